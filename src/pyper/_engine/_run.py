@@ -1,0 +1,268 @@
+"""One run of a pipeline: its channels, its stages, and how it stops.
+
+Data flow, for ``task(a) | task(b, workers=2) | task(c)`` consumed by a caller::
+
+    args -> [a] -> edge 0 -> [b] [b] -> edge 1 -> [c] -> edge 2 -> caller
+
+Each ``[x]`` is a stage worker: a thread (``_thread.py``) for a sync function, an
+asyncio task (``_async.py``) for an async one. Workers talk only through the
+channels (``_channel.py``). The first task reads a one-item input channel holding
+the call's arguments, unless the caller runs it inline (a sync function in a sync
+run, a coroutine function in an async run: called once, nothing to overlap).
+
+How a run stops:
+- normally: a stage's workers close their send ends when their input is
+  exhausted; the end travels down to the caller.
+- a receiver leaves (a join function returned early): the channel breaks and the
+  senders above it stop quietly, closing their own inputs in turn.
+- error, early exit, Ctrl-C, cancelled task: ``Run.cancel()`` cancels every
+  channel (every blocked get/put wakes and raises ``Cancelled``), empties every
+  batch in progress (a worker's ``for`` over it ends, so no new call starts),
+  cancels the run's asyncio tasks and any nested runs. Sync calls already running
+  cannot be interrupted: they finish in their thread and their results are
+  dropped by the cancelled channel.
+
+Who owns what: ``Run._lock`` guards ``cancelled``, ``error``, ``_others``,
+``_raised`` and ``children``. ``cursors`` is appended to by workers as they start
+(list.append is atomic) and read by ``cancel``. ``tasks`` belongs to the loop's
+thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .._channel import Channel
+from .._task import Task
+from . import _threads
+
+__all__ = ["Run", "Stage", "current_run"]
+
+log = logging.getLogger("pyper")
+
+#: Items an edge holds when the user set no throttle (plus batches in workers' hands).
+DEFAULT_CAPACITY = 4096
+#: The largest batch a worker takes or hands on.
+MAX_BATCH = 1024
+
+current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar("pyper_run", default=None)
+
+_live_lock = threading.Lock()
+_live: set[Run] = set()  # runs whose caller has not finished; cancelled at interpreter exit
+
+
+def _cancel_live_runs() -> None:
+    with _live_lock:
+        runs = list(_live)
+    for run in runs:
+        run.cancel()
+
+
+_threads.add_exit_hook(_cancel_live_runs)
+
+
+@dataclass(slots=True)
+class Stage:
+    task: Task
+    call: Callable[[Any], Any]  # one item in; for the first task, unpacks the call's arguments
+    inp: Channel
+    out: Channel
+    take: int  # the most items a worker takes from ``inp`` at once
+    emit: int  # the most items a worker hands to ``out`` at once
+
+
+def _edge(up: Task, down_workers: int) -> tuple[int, int]:
+    """(capacity, largest batch) of the channel after ``up``.
+
+    With ``throttle=T`` the outputs of ``up`` in flight are at most
+    ``capacity + (up.workers + down_workers) * batch <= T + up.workers + down_workers``.
+    """
+    if up.throttle == 0:
+        return DEFAULT_CAPACITY, MAX_BATCH
+    ends = up.workers + down_workers
+    batch = max(1, min(MAX_BATCH, up.throttle // (2 * ends)))
+    return up.throttle + ends * (1 - batch), batch
+
+
+def _first_call(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[Any], Any]:
+    func = task.func
+    return lambda _: func(*args, **kwargs)
+
+
+class Run:
+    def __init__(
+        self,
+        tasks: tuple[Task, ...],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        inline_first: bool,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self.cancelled = False
+        self.error: BaseException | None = None
+        self._others: list[BaseException] = []
+        self._raised = False
+        self.children: list[Run] = []
+        self.cursors: list[list[list[Any]]] = []
+        self.loop = loop
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.inline_first = inline_first
+        self.context = contextvars.copy_context()
+        self.context.run(current_run.set, self)
+
+        n = len(tasks)
+        edges: list[Channel] = []
+        for i, task in enumerate(tasks):
+            down = tasks[i + 1].workers if i + 1 < n else 1
+            capacity, _ = _edge(task, down)
+            edges.append(Channel(capacity, senders=task.workers if i else 1, receivers=down))
+        self.channels = edges
+        self.output = edges[-1]
+        source = Channel(1, 1, 1)
+        source.put([None])
+        source.close_send()
+        self.stages: list[Stage] = []
+        for i, task in enumerate(tasks):
+            take = _edge(tasks[i - 1], task.workers)[1] if i else 1
+            emit = _edge(task, tasks[i + 1].workers if i + 1 < n else 1)[1]
+            call = _first_call(task, args, kwargs) if i == 0 else task.func
+            self.stages.append(Stage(task, call, edges[i - 1] if i else source, edges[i], take, emit))
+
+        parent = current_run.get()
+        if parent is not None:
+            parent.adopt(self)
+        with _live_lock:
+            _live.add(self)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def adopt(self, child: Run) -> None:
+        with self._lock:
+            if not self.cancelled:
+                self.children.append(child)
+                return
+        child.cancel()
+
+    def cursor(self) -> list[list[Any]]:
+        """A slot where a worker keeps the batch it is working through."""
+        slot: list[list[Any]] = [[]]
+        self.cursors.append(slot)
+        if self.cancelled:
+            slot[0] = []
+        return slot
+
+    def cancel(self) -> None:
+        """Stop everything; safe from any thread, any number of times."""
+        with self._lock:
+            if self.cancelled:
+                return
+            self.cancelled = True
+            children = list(self.children)
+        for channel in self.channels:
+            channel.cancel()
+        for slot in self.cursors:
+            slot[0].clear()
+        for child in children:
+            child.cancel()
+        loop = self.loop
+        if loop is not None and self.tasks:
+            if _on_loop(loop):
+                self._cancel_tasks()
+            else:
+                try:
+                    loop.call_soon_threadsafe(self._cancel_tasks)
+                except RuntimeError:  # loop closed: its tasks are gone already
+                    pass
+
+    def _cancel_tasks(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    def finish(self) -> None:
+        """The caller is done with this run (normally or not)."""
+        with _live_lock:
+            _live.discard(self)
+
+    # -- errors ----------------------------------------------------------------
+
+    def fail(self, exc: BaseException, task: Task) -> None:
+        """A worker's call raised ``exc``: record it and cancel the run."""
+        late = False
+        with self._lock:
+            if self.error is None and not self.cancelled:
+                self.error = exc
+                _add_note(exc, f"pyper: raised in task {task.name!r}")
+            elif self._raised or self.error is None:
+                late = True
+            elif isinstance(exc, (KeyboardInterrupt, SystemExit)) and isinstance(self.error, Exception):
+                self._others.append(self.error)
+                self.error = exc
+            else:
+                self._others.append(exc)
+                _add_note(exc, f"pyper: raised in task {task.name!r}")
+        if late:
+            log.error(
+                "pyper: task %r raised after its pipeline had stopped", task.name, exc_info=exc
+            )
+        self.cancel()
+
+    def take_error(self) -> BaseException | None:
+        """The error to raise in the caller, with the others attached to it."""
+        with self._lock:
+            self._raised = True
+            error, others = self.error, self._others
+        if error is not None and others:
+            for other in others:
+                _add_note(error, f"pyper: while stopping, also raised {type(other).__name__}: {other}")
+            previous = getattr(error, "pyper_errors", [])
+            error.pyper_errors = previous + others  # type: ignore[union-attr]
+        return error
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    try:
+        exc.add_note(note)
+    except Exception:  # an exception type that refuses notes keeps its own message
+        pass
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+#: A worker aims to spend about this long on one batch: long enough to make the
+#: per-batch cost vanish, short enough for latency and load balance.
+TARGET_SECONDS = 0.0005
+
+
+def adapt(n: int, done: int, seconds: float, limit: int) -> int:
+    """The next batch size, after ``done`` items (of at most ``n``) took ``seconds``.
+
+    Starts at 1 and doubles while batches are cheap (slow start), so a slow call
+    never holds back items that other workers could take; shrinks to fit the
+    target as soon as calls turn out to be slow.
+    """
+    if seconds < TARGET_SECONDS / 2:
+        if done >= n:
+            return min(limit, 2 * n)
+        return n
+    if seconds > TARGET_SECONDS:
+        return max(1, min(n, int(done * TARGET_SECONDS / seconds)))
+    return n
+
+
+def branch_error(task: Task, result: object) -> TypeError:
+    return TypeError(
+        f"task {task.name!r} fans out its results (branch=True) but returned "
+        f"{type(result).__name__!s}, which is not iterable: return an iterable, "
+        "or create the task with branch=False"
+    )

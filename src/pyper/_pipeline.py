@@ -1,0 +1,141 @@
+"""``Pipeline`` and ``AsyncPipeline``: immutable plans, composed with ``|`` and ``>``.
+
+A pipeline is a tuple of validated tasks (``_task.Task``) and nothing else:
+nothing loop-bound or thread-bound is created before it is run, so one pipeline
+may be run many times, at once, from any thread, task or event loop. Calling it
+validates what can only be checked then and returns a generator (or async
+generator) that starts the run when first iterated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, overload
+
+from ._engine import _async, _thread
+from ._task import Task, _classify, describe
+
+__all__ = ["AsyncPipeline", "Pipeline"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+U = TypeVar("U")
+R = TypeVar("R")
+
+
+class Pipeline(Generic[P, T]):
+    """Tasks run concurrently, each feeding the next. Built by ``task(...)`` and ``|``."""
+
+    __slots__ = ("_tasks",)
+    _tasks: tuple[Task, ...]
+
+    def __init__(self, tasks: tuple[Task, ...]) -> None:
+        object.__setattr__(self, "_tasks", tasks)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"{type(self).__name__} is immutable; compose a new one with |")
+
+    def __str__(self) -> str:
+        return " | ".join(t.name for t in self._tasks)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self})"
+
+    def check_first_task(self) -> None:
+        first = self._tasks[0]
+        if first.workers > 1 or first.join:
+            raise ValueError(
+                f"task {first.name!r} is the first task of pipeline {self}: it is called once, "
+                "with the pipeline's arguments, so it cannot have workers > 1 or join=True; "
+                "give those to a later task"
+            )
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Generator[T, None, None]:
+        """Run lazily: nothing starts until the returned generator is iterated."""
+        self.check_first_task()
+        return _thread.iterate(self._tasks, args, kwargs)
+
+    @overload
+    def pipe(self, other: AsyncPipeline[[T], U]) -> AsyncPipeline[P, U]: ...
+    @overload
+    def pipe(self, other: Pipeline[[T], U]) -> Pipeline[P, U]: ...
+    def pipe(self, other: Pipeline[[T], U]) -> Pipeline[P, U]:
+        """This pipeline's outputs become ``other``'s inputs (also spelled ``|``)."""
+        if not isinstance(other, Pipeline):
+            raise TypeError(
+                f"cannot pipe {self} into {other!r}: wrap a function with task() first, "
+                f"as in `... | task({describe(other)})`"
+            )
+        tasks = self._tasks + other._tasks
+        if any(t.is_async for t in tasks):
+            return AsyncPipeline(tasks)
+        return Pipeline(tasks)
+
+    __or__ = pipe
+
+    @overload
+    def consume(
+        self, consumer: Callable[[AsyncGenerator[T, None]], Awaitable[R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def consume(self, consumer: Callable[[Generator[T, None, None]], R]) -> Callable[P, R]: ...
+    def consume(self, consumer: Callable[..., Any]) -> Callable[P, Any]:
+        """A function that runs the pipeline and passes its output stream to ``consumer``
+        (also spelled ``>``). The stream is closed when ``consumer`` returns."""
+        _check_consumer(self, consumer)
+        if _classify(consumer)[0] != "sync":
+            return AsyncPipeline(self._tasks).consume(consumer)
+
+        def run(*args: P.args, **kwargs: P.kwargs) -> Any:
+            stream = self(*args, **kwargs)
+            try:
+                return consumer(stream)
+            finally:
+                stream.close()
+
+        return run
+
+    __gt__ = consume  # type: ignore[assignment]
+
+
+class AsyncPipeline(Pipeline[P, T]):
+    """A pipeline with at least one async task: run with ``async for`` or ``await``."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[T, None]:  # type: ignore[override]
+        """Run lazily: nothing starts until the returned async generator is iterated."""
+        self.check_first_task()
+        return _async.iterate(self._tasks, args, kwargs)
+
+    def pipe(self, other: Pipeline[[T], U]) -> AsyncPipeline[P, U]:  # type: ignore[override]
+        return AsyncPipeline(Pipeline.pipe(self, other)._tasks)
+
+    __or__ = pipe
+
+    def consume(  # type: ignore[override]
+        self, consumer: Callable[[AsyncGenerator[T, None]], Awaitable[R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        _check_consumer(self, consumer)
+        if _classify(consumer)[0] == "sync":
+            raise TypeError(
+                f"{describe(consumer)!r} cannot consume {self!r}: an AsyncPipeline's output is an "
+                "async stream, so its consumer must be an async function (async def ..., "
+                "reading it with `async for`)"
+            )
+
+        async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            stream = self(*args, **kwargs)
+            try:
+                return await consumer(stream)
+            finally:
+                await stream.aclose()
+
+        return run
+
+    __gt__ = consume  # type: ignore[assignment]
+
+
+def _check_consumer(pipeline: Pipeline[Any, Any], consumer: object) -> None:
+    if not callable(consumer):
+        raise TypeError(f"{pipeline!r} > {consumer!r}: the consumer must be a callable")
