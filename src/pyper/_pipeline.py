@@ -10,7 +10,7 @@ generator) that starts the run when first iterated.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
-from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, overload
+from typing import Any, Generic, NoReturn, ParamSpec, Protocol, TypeVar, overload
 
 from ._engine import _async, _thread
 from ._task import Task, _classify, describe
@@ -56,10 +56,10 @@ class Pipeline(Generic[P, T]):
         return _thread.iterate(self._tasks, args, kwargs)
 
     @overload
-    def pipe(self, other: AsyncPipeline[[T], U]) -> AsyncPipeline[P, U]: ...
+    def pipe(self, other: _AsyncTaking[T, U]) -> AsyncPipeline[P, U]: ...
     @overload
-    def pipe(self, other: Pipeline[[T], U]) -> Pipeline[P, U]: ...
-    def pipe(self, other: Pipeline[[T], U]) -> Pipeline[P, U]:
+    def pipe(self, other: _Taking[T, U]) -> Pipeline[P, U]: ...
+    def pipe(self, other: object) -> Pipeline[P, Any]:
         """This pipeline's outputs become ``other``'s inputs (also spelled ``|``)."""
         if not isinstance(other, Pipeline):
             raise TypeError(
@@ -84,7 +84,8 @@ class Pipeline(Generic[P, T]):
         (also spelled ``>``). The stream is closed when ``consumer`` returns."""
         _check_consumer(self, consumer)
         if _classify(consumer)[0] != "sync":
-            return AsyncPipeline(self._tasks).consume(consumer)
+            as_async: AsyncPipeline[P, T] = AsyncPipeline(self._tasks)
+            return as_async.consume(consumer)
 
         def run(*args: P.args, **kwargs: P.kwargs) -> Any:
             stream = self(*args, **kwargs)
@@ -95,7 +96,7 @@ class Pipeline(Generic[P, T]):
 
         return run
 
-    __gt__ = consume  # type: ignore[assignment]
+    __gt__ = consume
 
 
 class AsyncPipeline(Pipeline[P, T]):
@@ -108,7 +109,7 @@ class AsyncPipeline(Pipeline[P, T]):
         self.check_first_task()
         return _async.iterate(self._tasks, args, kwargs)
 
-    def pipe(self, other: Pipeline[[T], U]) -> AsyncPipeline[P, U]:  # type: ignore[override]
+    def pipe(self, other: _Taking[T, U] | _AsyncTaking[T, U]) -> AsyncPipeline[P, U]:
         return AsyncPipeline(Pipeline.pipe(self, other)._tasks)
 
     __or__ = pipe
@@ -134,6 +135,31 @@ class AsyncPipeline(Pipeline[P, T]):
         return run
 
     __gt__ = consume  # type: ignore[assignment]
+
+
+# -- Types for | and .pipe: "a pipeline whose first task accepts an item T" ---------------------
+# Protocols rather than Pipeline[[T], U], whose parameters are invariant: with these the next
+# task may accept a wider type (items T = int into a task taking float, object, int | None).
+# ``_tasks`` keeps plain functions out, as the run-time check in ``pipe`` does.
+
+_T_contra = TypeVar("_T_contra", contravariant=True)
+_U_co = TypeVar("_U_co", covariant=True)
+
+
+class _Taking(Protocol[_T_contra, _U_co]):
+    """A ``Pipeline`` (not async) that can be called with one item ``_T_contra``."""
+
+    @property
+    def _tasks(self) -> tuple[Task, ...]: ...
+    def __call__(self, item: _T_contra, /) -> Generator[_U_co, None, None]: ...
+
+
+class _AsyncTaking(Protocol[_T_contra, _U_co]):
+    """An ``AsyncPipeline`` that can be called with one item ``_T_contra``."""
+
+    @property
+    def _tasks(self) -> tuple[Task, ...]: ...
+    def __call__(self, item: _T_contra, /) -> AsyncGenerator[_U_co, None]: ...
 
 
 def _check_consumer(pipeline: Pipeline[Any, Any], consumer: object) -> None:

@@ -163,7 +163,7 @@ async def _branch(stage: Stage, cursor: list[list[Any]]) -> None:
             batch = await inp.aget(n)  # type: ignore[assignment]
             if batch is None:
                 return
-            flush = out.aput
+            flush = out.aput  # type: ignore[assignment]
         cursor[0] = batch
         started = perf_counter()
         for x in batch:

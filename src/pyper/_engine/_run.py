@@ -221,7 +221,7 @@ class Run:
             for other in others:
                 _add_note(error, f"pyper: while stopping, also raised {type(other).__name__}: {other}")
             previous = getattr(error, "pyper_errors", [])
-            error.pyper_errors = previous + others  # type: ignore[union-attr]
+            error.pyper_errors = previous + others  # type: ignore[attr-defined]
         return error
 
 
