@@ -12,17 +12,35 @@ receive end.
   raises ``Cancelled``. It is how a run shuts down on an error, an early exit, a
   Ctrl-C or a cancelled task; nothing polls a flag.
 
-Items move as lists (batches). ``put`` hands a whole list over (the sender must
-not touch it afterwards); ``get(n)`` takes up to ``n`` items that are waiting,
-blocking only while there are none. The capacity counts items, not batches.
+Items move as lists (batches), but nothing ready is held back by a batch:
+
+- A sender collects outputs in its *outbox*, a list registered with the channel,
+  and hands it over with ``flush`` after each input batch. Whenever a receiver is
+  parked it flushes at once (one truthiness check per item, no lock), and a
+  receiver that finds the channel empty takes what is in the outboxes before it
+  parks. So an output is never held back by its worker's next call, however slow.
+- A receiver takes up to ``n`` items with ``get(n)``, blocking only while there
+  are none. The list iterator over its batch is its *claim*: a receiver that
+  finds nothing else steals half of what a sibling has claimed but not started,
+  and a worker that sees a sibling parked wakes it to do so (``wake_idle``). So
+  no item waits behind a blocked call while a worker is idle.
+
+An outbox is appended to only by its worker and emptied from the front only
+under ``_lock``; a claim is advanced by its worker's ``for`` loop and by thieves
+under ``_lock``; both are safe because list.append, del of a slice, and a list
+iterator's next are atomic. A receiver registers its waiter *before* it looks in
+the outboxes, and a sender checks for waiters *after* it appends, so a wake-up
+cannot be lost. The capacity counts items in batches and reorder buffers, not
+in outboxes or claims (each holds at most one batch).
 
 Both threads and asyncio tasks may wait on the same channel. A blocked thread
 waits on a lock of its own; a blocked task awaits a future of its own, woken
 directly on its loop's thread or through ``call_soon_threadsafe`` from any other.
 
-Ordered stages use ``get_seq``/``put_seq``: every batch taken gets the next
-sequence number, and outputs put under a sequence number are released to
-receivers in sequence order (a reorder buffer). Items in the reorder buffer count
+Ordered stages use ``get_seq``/``flush_seq``: every batch taken gets the next
+sequence number, and outputs flushed under a sequence number are released to
+receivers in sequence order (a reorder buffer); their outboxes and claims are
+not shared. Items in the reorder buffer count
 against the capacity, except that the oldest sequence is always admitted once
 the visible part has room, so an ordered stage cannot deadlock.
 
@@ -35,6 +53,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from itertools import islice
+from operator import length_hint
+from collections.abc import Iterator
 from typing import Any, Final
 
 __all__ = ["Broken", "Cancelled", "Channel"]
@@ -68,19 +89,19 @@ class _ThreadWaiter:
 class _AsyncWaiter:
     """A task parked on a channel. ``wake`` may be called from any thread."""
 
-    __slots__ = ("_future", "_loop", "_loop_thread")
+    __slots__ = ("future", "_loop", "_loop_thread")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._loop_thread = threading.get_ident()  # created on the loop's thread
-        self._future: asyncio.Future[None] = loop.create_future()
+        self.future: asyncio.Future[None] = loop.create_future()
 
     def wake(self) -> None:
         if threading.get_ident() == self._loop_thread:
-            _resolve(self._future)
+            _resolve(self.future)
         else:
             try:
-                self._loop.call_soon_threadsafe(_resolve, self._future)
+                self._loop.call_soon_threadsafe(_resolve, self.future)
             except RuntimeError:  # the loop is closed: nobody is left to wake
                 pass
 
@@ -102,45 +123,84 @@ class Channel:
         "_senders",
         "_receivers",
         "_cancelled",
-        "_getters",
+        "getters",
         "_putters",
+        "_outboxes",
+        "_claims",
+        "_reordered",
+        "_sequenced",
         "_next_get_seq",
         "_next_put_seq",
-        "_pending",
-        "_pending_size",
+        "_reorder",
+        "_reorder_size",
     )
 
-    def __init__(self, capacity: int, senders: int, receivers: int) -> None:
+    def __init__(
+        self, capacity: int, senders: int, receivers: int, reordered: bool = False, sequenced: bool = False
+    ) -> None:
         self._lock = threading.Lock()
         self._batches: deque[list[Any]] = deque()  # visible to receivers, FIFO
-        self._size = 0  # items in _batches plus items in _pending
+        self._size = 0  # items in _batches plus items in _reorder
         self._capacity = capacity
         self._senders = senders  # open send ends; 0 = closed for sending
         self._receivers = receivers  # open receive ends; 0 = broken
         self._cancelled = False
-        self._getters: deque[_ThreadWaiter | _AsyncWaiter] = deque()
+        # Parked receivers. Public so that senders can check it without a lock
+        # (a stale read only makes a flush early or late by one item).
+        self.getters: deque[_ThreadWaiter | _AsyncWaiter] = deque()
         self._putters: deque[_ThreadWaiter | _AsyncWaiter] = deque()
-        # Reorder buffer, used only through get_seq/put_seq.
+        self._outboxes: list[list[Any]] = []  # senders' outboxes, unless reordered
+        self._claims: list[list[Iterator[Any] | None]] = []  # receivers' claims, unless sequenced
+        self._reordered = reordered  # senders use flush_seq: outputs are released in order
+        self._sequenced = sequenced  # receivers use get_seq: their batches are numbered
         self._next_get_seq = 0  # sequence number of the next batch taken
         self._next_put_seq = 0  # oldest sequence not yet fully released
-        self._pending: dict[int, tuple[list[list[Any]], bool]] = {}  # seq -> (chunks, last seen)
-        self._pending_size = 0
+        self._reorder: dict[int, tuple[list[list[Any]], bool]] = {}  # seq -> (chunks, last seen)
+        self._reorder_size = 0
 
-    # -- state changes that wake others (called with _lock held) -------------
+    # -- registration (once per worker) -----------------------------------------
+
+    def outbox(self) -> list[Any]:
+        """A list for one sender to append its outputs to, between flushes."""
+        box: list[Any] = []
+        if not self._reordered:
+            with self._lock:
+                self._outboxes.append(box)
+        return box
+
+    def claim(self) -> list[Iterator[Any] | None]:
+        """A slot where one receiver keeps the iterator over its current batch."""
+        slot: list[Iterator[Any] | None] = [None]
+        if not self._sequenced:
+            with self._lock:
+                self._claims.append(slot)
+        return slot
+
+    # -- waking (called with _lock held) -------------------------------------------
 
     def _wake_getter(self) -> None:
-        if self._getters:
-            self._getters.popleft().wake()
+        if self.getters:
+            self.getters.popleft().wake()
 
     def _wake_putter(self) -> None:
-        if self._putters:
+        if self._reordered:
+            # Only the oldest sequence may be able to go on: wake every sender.
+            while self._putters:
+                self._putters.popleft().wake()
+        elif self._putters:
             self._putters.popleft().wake()
 
     def _wake_all(self) -> None:
-        while self._getters:
-            self._getters.popleft().wake()
+        while self.getters:
+            self.getters.popleft().wake()
         while self._putters:
             self._putters.popleft().wake()
+
+    def wake_idle(self, claimed: Iterator[Any]) -> None:
+        """A receiver holding ``claimed`` items wakes a parked sibling to share them."""
+        if length_hint(claimed):
+            with self._lock:
+                self._wake_getter()
 
     def _abandon(self, waiter: _ThreadWaiter | _AsyncWaiter, getter: bool) -> None:
         """A waiter leaves without retrying (interrupted or cancelled).
@@ -149,7 +209,7 @@ class Channel:
         pass it on so that no item or free slot is left unnoticed.
         """
         with self._lock:
-            queue = self._getters if getter else self._putters
+            queue = self.getters if getter else self._putters
             try:
                 queue.remove(waiter)
             except ValueError:
@@ -158,13 +218,16 @@ class Channel:
                 else:
                     self._wake_putter()
 
-    # -- the operations, as "try once" steps (called with _lock held) ---------
+    # -- the operations, as "try once" steps (called with _lock held) ----------------
 
-    def _try_put(self, items: list[Any]) -> object:
+    def _check(self) -> None:
         if self._cancelled:
             raise Cancelled
         if self._receivers == 0:
             raise Broken
+
+    def _try_put(self, items: list[Any]) -> object:
+        self._check()
         size = self._size
         if size and size + len(items) > self._capacity:
             return _WAIT
@@ -175,13 +238,22 @@ class Channel:
             self._wake_putter()  # pass on the room a receiver made
         return None
 
+    def _try_flush(self, box: list[Any]) -> object:
+        k = len(box)
+        if k == 0:
+            if self._cancelled:
+                raise Cancelled
+            return None
+        result = self._try_put(box[:k])
+        if result is None:
+            del box[:k]  # the worker may have appended more meanwhile: keep those
+        return result
+
     def _try_get(self, n: int) -> object:
         if self._cancelled:
             raise Cancelled
         batches = self._batches
         if not batches:
-            if self._senders == 0:
-                return None  # closed and drained: the end of the stream
             return _WAIT
         first = batches.popleft()
         if len(first) > n:
@@ -198,6 +270,37 @@ class Channel:
         self._wake_putter()
         return taken
 
+    def _scavenge(self, n: int) -> Any:
+        """Nothing is in the channel: take ready outputs from the senders' outboxes,
+        or else half of what a sibling has claimed but not started."""
+        taken: list[Any] = []
+        for box in self._outboxes:
+            k = min(len(box), n - len(taken))
+            if k:
+                taken += box[:k]
+                del box[:k]
+                if len(taken) >= n:
+                    break
+        if taken:
+            # A sender parked in flush may be waiting for room for what was just taken.
+            while self._putters:
+                self._putters.popleft().wake()
+            return taken
+        most, richest = 0, None
+        for slot in self._claims:
+            it = slot[0]
+            if it is not None:
+                left = length_hint(it)
+                if left > most:
+                    most, richest = left, it
+        if richest is not None:
+            stolen = list(islice(richest, min(n, (most + 1) // 2)))
+            if stolen:
+                return stolen
+        if self._senders == 0:
+            return None  # closed and drained: the end of the stream
+        return _WAIT
+
     def _try_get_seq(self, n: int) -> object:
         taken = self._try_get(n)
         if taken is None or taken is _WAIT:
@@ -206,54 +309,54 @@ class Channel:
         self._next_get_seq = seq + 1
         return seq, taken
 
-    def _try_put_seq(self, seq: int, items: list[Any], last: bool) -> object:
-        if self._cancelled:
-            raise Cancelled
-        if self._receivers == 0:
-            raise Broken
+    def _try_flush_seq(self, seq: int, box: list[Any], last: bool) -> object:
+        self._check()
+        k = len(box)
         if seq == self._next_put_seq:
             # The oldest sequence: admitted as soon as the visible part has room.
-            visible = self._size - self._pending_size
-            if visible and visible + len(items) > self._capacity:
+            visible = self._size - self._reorder_size
+            if visible and visible + k > self._capacity:
                 return _WAIT
-            if items:
-                self._batches.append(items)
-                self._size += len(items)
+            if k:
+                self._batches.append(box[:k])
+                self._size += k
             if last:
                 self._release_following(seq + 1)
             if self._batches:
                 self._wake_getter()
-            return None
-        size = self._size
-        if size and size + len(items) > self._capacity:
-            return _WAIT
-        chunks, _ = self._pending.get(seq, ([], False))
-        if items:
-            chunks.append(items)
-        self._pending[seq] = (chunks, last)
-        self._size = size + len(items)
-        self._pending_size += len(items)
+        else:
+            size = self._size
+            if size and size + k > self._capacity:
+                return _WAIT
+            chunks, _ = self._reorder.get(seq, ([], False))
+            if k:
+                chunks.append(box[:k])
+            self._reorder[seq] = (chunks, last)
+            self._size = size + k
+            self._reorder_size += k
+        del box[:k]
         return None
 
     def _release_following(self, seq: int) -> None:
         """Make the reorder buffer visible from ``seq`` on, as far as it is complete."""
-        pending = self._pending
+        reorder = self._reorder
         while True:
             self._next_put_seq = seq
-            entry = pending.pop(seq, None)
+            entry = reorder.pop(seq, None)
             if entry is None:
                 return
             chunks, last = entry
             for chunk in chunks:
                 self._batches.append(chunk)
-                self._pending_size -= len(chunk)
+                self._reorder_size -= len(chunk)
             if not last:
                 return  # its worker goes on; its later chunks go straight out
             seq += 1
 
-    # -- blocking wrappers -----------------------------------------------------
+    # -- blocking wrappers ---------------------------------------------------------
 
-    def _sync(self, step: Any, getter: bool, *args: Any) -> Any:
+    def _sync(self, step: Any, *args: Any) -> Any:
+        """Retry a put-side ``step`` until it does not have to wait."""
         lock = self._lock
         while True:
             with lock:
@@ -261,14 +364,37 @@ class Channel:
                 if result is not _WAIT:
                     return result
                 waiter = _ThreadWaiter()
-                (self._getters if getter else self._putters).append(waiter)
+                self._putters.append(waiter)
             try:
                 waiter.wait()
             except BaseException:
-                self._abandon(waiter, getter)
+                self._abandon(waiter, False)
                 raise
 
-    async def _async(self, step: Any, getter: bool, *args: Any) -> Any:
+    def _sync_get(self, step: Any, n: int) -> Any:
+        lock = self._lock
+        while True:
+            with lock:
+                result = step(n)
+                if result is not _WAIT:
+                    return result
+                # Park first, then look in outboxes and claims: a sender that
+                # appends after this look sees the waiter and flushes.
+                waiter = _ThreadWaiter()
+                self.getters.append(waiter)
+                result = self._scavenge(n)
+                if result is not _WAIT:
+                    self.getters.pop()
+                    if result is not None and self._sequenced:
+                        result = self._number(result)
+                    return result
+            try:
+                waiter.wait()
+            except BaseException:
+                self._abandon(waiter, True)
+                raise
+
+    async def _async(self, step: Any, *args: Any) -> Any:
         lock = self._lock
         loop = asyncio.get_running_loop()
         while True:
@@ -277,44 +403,79 @@ class Channel:
                 if result is not _WAIT:
                     return result
                 waiter = _AsyncWaiter(loop)
-                (self._getters if getter else self._putters).append(waiter)
+                self._putters.append(waiter)
             try:
-                await waiter._future
+                await waiter.future
             except BaseException:
-                self._abandon(waiter, getter)
+                self._abandon(waiter, False)
                 raise
 
+    async def _async_get(self, step: Any, n: int) -> Any:
+        lock = self._lock
+        loop = asyncio.get_running_loop()
+        while True:
+            with lock:
+                result = step(n)
+                if result is not _WAIT:
+                    return result
+                waiter = _AsyncWaiter(loop)
+                self.getters.append(waiter)
+                result = self._scavenge(n)
+                if result is not _WAIT:
+                    self.getters.pop()
+                    if result is not None and self._sequenced:
+                        result = self._number(result)
+                    return result
+            try:
+                await waiter.future
+            except BaseException:
+                self._abandon(waiter, True)
+                raise
+
+    def _number(self, taken: list[Any]) -> tuple[int, list[Any]]:
+        seq = self._next_get_seq
+        self._next_get_seq = seq + 1
+        return seq, taken
+
     def put(self, items: list[Any]) -> None:
-        """Hand ``items`` over, blocking while the channel is full."""
-        self._sync(self._try_put, False, items)
+        """Hand ``items`` over (the caller gives the list up), blocking while the channel is full."""
+        self._sync(self._try_put, items)
+
+    def flush(self, box: list[Any]) -> None:
+        """Hand over what ``box`` (an outbox) holds, blocking while the channel is full."""
+        self._sync(self._try_flush, box)
+
+    def flush_seq(self, seq: int, box: list[Any], last: bool) -> None:
+        """Hand over ``box``'s items as outputs of batch ``seq``; ``last`` when ``seq`` is done."""
+        self._sync(self._try_flush_seq, seq, box, last)
 
     def get(self, n: int) -> list[Any] | None:
-        """Take up to ``n`` waiting items, blocking while there are none; ``None`` at the end."""
-        result: list[Any] | None = self._sync(self._try_get, True, n)
+        """Take up to ``n`` items, blocking while there are none; ``None`` at the end."""
+        result: list[Any] | None = self._sync_get(self._try_get, n)
         return result
 
     def get_seq(self, n: int) -> tuple[int, list[Any]] | None:
-        result: tuple[int, list[Any]] | None = self._sync(self._try_get_seq, True, n)
+        result: tuple[int, list[Any]] | None = self._sync_get(self._try_get_seq, n)
         return result
 
-    def put_seq(self, seq: int, items: list[Any], last: bool) -> None:
-        self._sync(self._try_put_seq, False, seq, items, last)
-
     async def aput(self, items: list[Any]) -> None:
-        await self._async(self._try_put, False, items)
+        await self._async(self._try_put, items)
+
+    async def aflush(self, box: list[Any]) -> None:
+        await self._async(self._try_flush, box)
+
+    async def aflush_seq(self, seq: int, box: list[Any], last: bool) -> None:
+        await self._async(self._try_flush_seq, seq, box, last)
 
     async def aget(self, n: int) -> list[Any] | None:
-        result: list[Any] | None = await self._async(self._try_get, True, n)
+        result: list[Any] | None = await self._async_get(self._try_get, n)
         return result
 
     async def aget_seq(self, n: int) -> tuple[int, list[Any]] | None:
-        result: tuple[int, list[Any]] | None = await self._async(self._try_get_seq, True, n)
+        result: tuple[int, list[Any]] | None = await self._async_get(self._try_get_seq, n)
         return result
 
-    async def aput_seq(self, seq: int, items: list[Any], last: bool) -> None:
-        await self._async(self._try_put_seq, False, seq, items, last)
-
-    # -- ends and cancellation -------------------------------------------------
+    # -- ends and cancellation -------------------------------------------------------
 
     def close_send(self) -> None:
         """One sender is done. When the last one is, receivers see the end after draining."""
@@ -339,5 +500,7 @@ class Channel:
 
     def _drop(self) -> None:
         self._batches.clear()
-        self._pending.clear()
-        self._size = self._pending_size = 0
+        self._reorder.clear()
+        self._size = self._reorder_size = 0
+        for box in self._outboxes:
+            box.clear()

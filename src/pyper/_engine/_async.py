@@ -16,7 +16,8 @@ cancelled on the loop's thread only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sized
+from functools import partial
 from itertools import islice
 from time import perf_counter
 from typing import Any
@@ -24,12 +25,10 @@ from typing import Any
 from .._channel import Broken, Cancelled
 from .._task import Task
 from . import _thread
-from ._run import MAX_BATCH, Run, Stage, adapt
+from ._run import MAX_BATCH, SETTLE_SECONDS, Run, Stage, adapt
+from ._thread import Claim, _siblings
 
 __all__ = ["iterate"]
-
-#: How long a finished caller waits for cancelled worker tasks to unwind.
-SETTLE_SECONDS = 1.0
 
 
 def _start(run: Run, stage: Stage) -> None:
@@ -46,13 +45,15 @@ def _start(run: Run, stage: Stage) -> None:
 async def _work(run: Run, stage: Stage) -> None:
     task = stage.task
     cursor = run.cursor()
+    claim = stage.inp.claim()
+    box = stage.out.outbox()
     try:
         if task.join:
-            await _join(stage, cursor)
+            await _join(stage, cursor, claim, box)
         elif task.branch:
-            await _branch(stage, cursor)
+            await _branch(stage, cursor, claim, box)
         else:
-            await _map(stage, cursor)
+            await _map(stage, cursor, claim, box)
     except (Cancelled, Broken):
         pass
     except asyncio.CancelledError:
@@ -61,15 +62,19 @@ async def _work(run: Run, stage: Stage) -> None:
         run.fail(exc, task)
     finally:
         cursor[0] = []
+        claim[0] = None
         stage.inp.close_receive()
         stage.out.close_send()
 
 
-async def _map(stage: Stage, cursor: list[list[Any]]) -> None:
+async def _map(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
     inp, out, call = stage.inp, stage.out, stage.call
     limit = min(stage.take, stage.emit)
     ordered = stage.task.ordered and stage.task.workers > 1
-    awaits = stage.task.kind == "coro"
+    awaits = stage.task.kind == "coro"  # else an async generator function, emitted as one item
+    receivers, idle = out.getters, _siblings(stage)
+    append = box.append
+    flush: Callable[[], Awaitable[None]] = partial(out.aflush, box)
     n = 1
     while True:
         if ordered:
@@ -77,134 +82,156 @@ async def _map(stage: Stage, cursor: list[list[Any]]) -> None:
             if got is None:
                 return
             seq, batch = got
+            flush = partial(out.aflush_seq, seq, box, False)
         else:
             batch = await inp.aget(n)  # type: ignore[assignment]
             if batch is None:
                 return
         cursor[0] = batch
+        claim[0] = items = iter(batch)
         started = perf_counter()
-        if awaits:
-            results = [await call(x) for x in batch]
-        else:  # an async generator function emitted as one item (branch=False)
-            results = [call(x) for x in batch]
+        for x in items:
+            if idle:
+                inp.wake_idle(items)
+            append(await call(x) if awaits else call(x))
+            if receivers:
+                await flush()
         elapsed = perf_counter() - started
         if ordered:
-            await out.aput_seq(seq, results, True)
+            await out.aflush_seq(seq, box, True)
         else:
-            await out.aput(results)
+            await out.aflush(box)
         n = adapt(n, len(batch), elapsed, limit)
 
 
 async def _pour(
     result: Any,
     task: Task,
-    buf: list[Any],
+    box: list[Any],
     m: int,
     limit: int,
-    flush: Callable[[list[Any]], Awaitable[None]],
-) -> tuple[list[Any], int]:
+    flush: Callable[[], Awaitable[None]],
+    receivers: Sized,
+) -> int:
     """The async twin of ``_thread.pour``, for async and sync iterables."""
-    last = perf_counter()
     if not hasattr(result, "__aiter__"):
         items = _thread.as_iterator(task, result)
         try:
-            while True:
-                size = len(buf)
-                room = m - size
-                buf.extend(islice(items, room))
-                if len(buf) - size < room:
-                    return buf, m
-                await flush(buf)
-                buf = []
-                now = perf_counter()
-                m = adapt(m, m, now - last, limit)
-                last = now
+            return await _pour_sync(items, box, m, limit, flush, receivers)
         finally:
             close = getattr(items, "close", None)
             if close is not None:
                 close()
-    items_a: AsyncIterator[Any] = result.__aiter__()
-    step = items_a.__anext__
-    append = buf.append
+    aitems: AsyncIterator[Any] = result.__aiter__()
+    step = aitems.__anext__
+    append = box.append
+    last = perf_counter()
     try:
         while True:
             append(await step())
-            if len(buf) >= m:
-                await flush(buf)
-                buf = []
-                append = buf.append
+            if receivers or len(box) >= m:
+                await flush()
                 now = perf_counter()
                 m = adapt(m, m, now - last, limit)
                 last = now
     except StopAsyncIteration:
-        return buf, m
+        return m
     finally:
-        aclose = getattr(items_a, "aclose", None)
+        aclose = getattr(aitems, "aclose", None)
         if aclose is not None:
             await aclose()
 
 
-async def _branch(stage: Stage, cursor: list[list[Any]]) -> None:
+async def _pour_sync(
+    items: Iterator[Any],
+    box: list[Any],
+    m: int,
+    limit: int,
+    flush: Callable[[], Awaitable[None]],
+    receivers: Sized,
+) -> int:
+    append = box.append
+    last = perf_counter()
+    while True:
+        room = m - len(box)
+        count = 0
+        if room > 0:
+            for count, item in enumerate(islice(items, room), 1):
+                append(item)
+                if receivers:
+                    await flush()
+            if count < room:
+                return m
+        await flush()
+        now = perf_counter()
+        m = adapt(m, m, now - last, limit)
+        last = now
+
+
+async def _branch(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
     inp, out, call, task = stage.inp, stage.out, stage.call, stage.task
     ordered = task.ordered and task.workers > 1
     awaits = task.kind == "coro"
+    receivers, idle = out.getters, _siblings(stage)
+    flush: Callable[[], Awaitable[None]] = partial(out.aflush, box)
     n = m = 1
-    buf: list[Any] = []
     while True:
         if ordered:
             got = await inp.aget_seq(n)
             if got is None:
                 return
             seq, batch = got
-
-            async def flush(b: list[Any]) -> None:
-                await out.aput_seq(seq, b, False)
+            flush = partial(out.aflush_seq, seq, box, False)
         else:
             batch = await inp.aget(n)  # type: ignore[assignment]
             if batch is None:
                 return
-            flush = out.aput  # type: ignore[assignment]
         cursor[0] = batch
+        claim[0] = items = iter(batch)
         started = perf_counter()
-        for x in batch:
+        for x in items:
+            if idle:
+                inp.wake_idle(items)
             result = await call(x) if awaits else call(x)
-            buf, m = await _pour(result, task, buf, m, stage.emit, flush)
+            m = await _pour(result, task, box, m, stage.emit, flush, receivers)
         if ordered:
-            await out.aput_seq(seq, buf, True)
-        elif buf:
-            await out.aput(buf)
-        buf = []
+            await out.aflush_seq(seq, box, True)
+        else:
+            await out.aflush(box)
         n = adapt(n, len(batch), perf_counter() - started, stage.take)
 
 
-async def _join(stage: Stage, cursor: list[list[Any]]) -> None:
+async def _join(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
     inp, out, task = stage.inp, stage.out, stage.task
+    idle = _siblings(stage)
 
-    async def items() -> AsyncGenerator[Any, None]:
+    async def stream() -> AsyncGenerator[Any, None]:
         n = 1
         while True:
             batch = await inp.aget(n)  # raises Cancelled into the join function if the run stops
             if batch is None:
                 return
             cursor[0] = batch
+            claim[0] = items = iter(batch)
             started = perf_counter()
-            for x in batch:
+            for x in items:
+                if idle:
+                    inp.wake_idle(items)
                 yield x
             n = adapt(n, len(batch), perf_counter() - started, stage.take)
 
-    stream = items()
+    inputs = stream()
     try:
-        result = stage.call(stream)
+        result = stage.call(inputs)
         if task.kind == "coro":
             result = await result
         if task.branch:
-            buf, _ = await _pour(result, task, [], 1, stage.emit, out.aput)
-            if buf:
-                await out.aput(buf)
+            await _pour(result, task, box, 1, stage.emit, partial(out.aflush, box), out.getters)
         else:
-            await out.aput([result])
+            box.append(result)
+        await out.aflush(box)
     finally:
-        await stream.aclose()
+        await inputs.aclose()
 
 
 async def iterate(

@@ -49,6 +49,8 @@ log = logging.getLogger("pyper")
 DEFAULT_CAPACITY = 4096
 #: The largest batch a worker takes or hands on.
 MAX_BATCH = 1024
+#: How long a finished caller waits for cancelled worker tasks to unwind.
+SETTLE_SECONDS = 1.0
 
 current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar("pyper_run", default=None)
 
@@ -89,6 +91,11 @@ def _edge(up: Task, down_workers: int) -> tuple[int, int]:
     return up.throttle + ends * (1 - batch), batch
 
 
+def _ordered(task: Task) -> bool:
+    """Whether the task's outputs go through a reorder buffer (one worker keeps order anyway)."""
+    return task.ordered and task.workers > 1
+
+
 def _first_call(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[Any], Any]:
     func = task.func
     return lambda _: func(*args, **kwargs)
@@ -121,7 +128,15 @@ class Run:
         for i, task in enumerate(tasks):
             down = tasks[i + 1].workers if i + 1 < n else 1
             capacity, _ = _edge(task, down)
-            edges.append(Channel(capacity, senders=task.workers if i else 1, receivers=down))
+            edges.append(
+                Channel(
+                    capacity,
+                    senders=task.workers if i else 1,
+                    receivers=down,
+                    reordered=_ordered(task),
+                    sequenced=i + 1 < n and _ordered(tasks[i + 1]),
+                )
+            )
         self.channels = edges
         self.output = edges[-1]
         source = Channel(1, 1, 1)

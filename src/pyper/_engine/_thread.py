@@ -4,7 +4,9 @@ A worker, in outline::
 
     with inp (receive end), out (send end):
         for batch in inp:                  # up to n items, n adapted to call cost
-            out.put([call(x) for x in batch])
+            for x in batch:
+                outbox.append(call(x))     # flushed at once if a receiver waits
+            out.flush(outbox)
 
 Each worker is one job on one thread from ``_threads``; it runs in its own copy
 of the caller's ``contextvars`` context, owns its local batch state, and reports
@@ -17,7 +19,10 @@ stop a thread, so the call finishes and its result is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Generator, Iterator, Sized
+from functools import partial
 from itertools import islice
 from time import perf_counter
 from typing import Any
@@ -25,9 +30,11 @@ from typing import Any
 from .._channel import Broken, Cancelled
 from .._task import Task
 from . import _threads
-from ._run import MAX_BATCH, Run, Stage, adapt, branch_error
+from ._run import MAX_BATCH, SETTLE_SECONDS, Run, Stage, adapt, branch_error
 
-__all__ = ["iterate", "pour", "start"]
+__all__ = ["Claim", "as_iterator", "iterate", "pour", "start"]
+
+Claim = list[Iterator[Any] | None]
 
 
 def start(run: Run, stage: Stage) -> None:
@@ -43,27 +50,40 @@ def start(run: Run, stage: Stage) -> None:
 def _work(run: Run, stage: Stage) -> None:
     task = stage.task
     cursor = run.cursor()
+    claim = stage.inp.claim()
+    box = stage.out.outbox()
     try:
         if task.join:
-            _join(stage, cursor)
+            _join(run, stage, cursor, claim, box)
         elif task.branch:
-            _branch(stage, cursor)
+            _branch(run, stage, cursor, claim, box)
         else:
-            _map(stage, cursor)
+            _map(stage, cursor, claim, box)
     except (Cancelled, Broken):
         pass
     except BaseException as exc:
         run.fail(exc, task)
     finally:
         cursor[0] = []
+        claim[0] = None
         stage.inp.close_receive()
         stage.out.close_send()
 
 
-def _map(stage: Stage, cursor: list[list[Any]]) -> None:
+def _siblings(stage: Stage) -> Sized:
+    """What a worker checks before each call: its siblings parked with nothing to do."""
+    if stage.task.workers > 1 and not stage.task.ordered:
+        return stage.inp.getters
+    return ()
+
+
+def _map(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
     inp, out, call = stage.inp, stage.out, stage.call
     limit = min(stage.take, stage.emit)
     ordered = stage.task.ordered and stage.task.workers > 1
+    receivers, idle = out.getters, _siblings(stage)
+    append = box.append
+    flush: Callable[[], None] = partial(out.flush, box)
     n = 1
     while True:
         if ordered:
@@ -71,46 +91,105 @@ def _map(stage: Stage, cursor: list[list[Any]]) -> None:
             if got is None:
                 return
             seq, batch = got
+            flush = partial(out.flush_seq, seq, box, False)
         else:
             batch = inp.get(n)  # type: ignore[assignment]
             if batch is None:
                 return
         cursor[0] = batch
+        claim[0] = items = iter(batch)
         started = perf_counter()
-        results = [call(x) for x in batch]
+        for x in items:
+            if idle:
+                inp.wake_idle(items)
+            append(call(x))
+            if receivers:
+                flush()
         elapsed = perf_counter() - started
         if ordered:
-            out.put_seq(seq, results, True)
+            out.flush_seq(seq, box, True)
         else:
-            out.put(results)
+            out.flush(box)
         n = adapt(n, len(batch), elapsed, limit)
 
 
-def as_iterator(task: Task, result: object) -> Iterator[Any]:
+def as_iterator(task: Task, result: object, run: Run | None = None) -> Iterator[Any]:
+    """The items a branching call returned, for a worker thread to pour."""
+    if run is not None and run.loop is not None and not hasattr(result, "__iter__") and hasattr(result, "__aiter__"):
+        return _on_loop(run, run.loop, result)
     try:
         return iter(result)  # type: ignore[call-overload,no-any-return]
     except TypeError:
         raise branch_error(task, result) from None
 
 
-def pour(
-    items: Iterator[Any], buf: list[Any], m: int, limit: int, flush: Callable[[list[Any]], None]
-) -> tuple[list[Any], int]:
-    """Move ``items`` into ``buf``, handing ``buf`` to ``flush`` each time it holds ``m``.
+def _on_loop(run: Run, loop: asyncio.AbstractEventLoop, result: Any) -> Generator[Any, None, None]:
+    """Iterate, from a worker thread, an async iterable that a sync call returned.
 
-    Returns the new buffer (with what is left) and the adapted ``m``. Closes
-    ``items`` if it stops early, in this thread, so a generator's ``finally`` runs here.
+    Each step runs on the run's loop (where the iterable belongs) as a task of the
+    run, so cancelling the run interrupts it; this thread waits for it.
     """
+    items = result.__aiter__()
+
+    async def step(advance: Callable[[], Any]) -> Any:
+        me = asyncio.current_task()
+        assert me is not None
+        run.tasks.add(me)
+        try:
+            return await advance()
+        finally:
+            run.tasks.discard(me)
+
+    def on_loop(advance: Callable[[], Any]) -> Any:
+        if run.cancelled:
+            raise Cancelled
+        try:
+            return asyncio.run_coroutine_threadsafe(step(advance), loop).result()
+        except concurrent.futures.CancelledError:
+            raise Cancelled from None
+
+    try:
+        while True:
+            try:
+                item = on_loop(items.__anext__)
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(aclose(), loop).result(timeout=SETTLE_SECONDS)
+            except (RuntimeError, concurrent.futures.CancelledError, TimeoutError):
+                pass  # the loop is gone or stopping: it closes what is left
+
+
+def pour(
+    items: Iterator[Any],
+    box: list[Any],
+    m: int,
+    limit: int,
+    flush: Callable[[], None],
+    receivers: Sized,
+) -> int:
+    """Move ``items`` into the outbox, flushing it whenever it holds ``m`` items or a
+    receiver is parked. Returns the adapted ``m``. Closes ``items`` if it stops
+    early, in this thread, so a generator's ``finally`` runs here.
+    """
+    append = box.append
     last = perf_counter()
     try:
         while True:
-            size = len(buf)
-            room = m - size
-            buf.extend(islice(items, room))
-            if len(buf) - size < room:
-                return buf, m
-            flush(buf)
-            buf = []
+            room = m - len(box)
+            count = 0
+            if room > 0:
+                for count, item in enumerate(islice(items, room), 1):
+                    append(item)
+                    if receivers:
+                        flush()
+                if count < room:
+                    return m
+            flush()
             now = perf_counter()
             m = adapt(m, m, now - last, limit)
             last = now
@@ -120,60 +199,66 @@ def pour(
             close()
 
 
-def _branch(stage: Stage, cursor: list[list[Any]]) -> None:
+def _branch(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
     inp, out, call, task = stage.inp, stage.out, stage.call, stage.task
     ordered = task.ordered and task.workers > 1
+    receivers, idle = out.getters, _siblings(stage)
+    flush: Callable[[], None] = partial(out.flush, box)
     n = m = 1
-    buf: list[Any] = []
     while True:
         if ordered:
             got = inp.get_seq(n)
             if got is None:
                 return
             seq, batch = got
-            flush: Callable[[list[Any]], None] = lambda b: out.put_seq(seq, b, False)
+            flush = partial(out.flush_seq, seq, box, False)
         else:
             batch = inp.get(n)  # type: ignore[assignment]
             if batch is None:
                 return
-            flush = out.put
         cursor[0] = batch
+        claim[0] = items = iter(batch)
         started = perf_counter()
-        for x in batch:
-            buf, m = pour(as_iterator(task, call(x)), buf, m, stage.emit, flush)
+        for x in items:
+            if idle:
+                inp.wake_idle(items)
+            m = pour(as_iterator(task, call(x), run), box, m, stage.emit, flush, receivers)
         if ordered:
-            out.put_seq(seq, buf, True)
-        elif buf:
-            out.put(buf)
-        buf = []
+            out.flush_seq(seq, box, True)
+        else:
+            out.flush(box)
         n = adapt(n, len(batch), perf_counter() - started, stage.take)
 
 
-def _join(stage: Stage, cursor: list[list[Any]]) -> None:
+def _join(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
     inp, out, task = stage.inp, stage.out, stage.task
+    idle = _siblings(stage)
 
-    def items() -> Generator[Any, None, None]:
+    def stream() -> Generator[Any, None, None]:
         n = 1
         while True:
             batch = inp.get(n)  # raises Cancelled into the join function if the run stops
             if batch is None:
                 return
             cursor[0] = batch
+            claim[0] = items = iter(batch)
             started = perf_counter()
-            yield from batch
+            for x in items:
+                if idle:
+                    inp.wake_idle(items)
+                yield x
             n = adapt(n, len(batch), perf_counter() - started, stage.take)
 
-    stream = items()
+    inputs = stream()
     try:
-        result = stage.call(stream)
+        result = stage.call(inputs)
+        if task.branch:  # a generator reads its inputs as it is iterated
+            pour(as_iterator(task, result, run), box, 1, stage.emit, partial(out.flush, box), out.getters)
+        else:
+            box.append(result)
     finally:
-        stream.close()
-    if task.branch:
-        buf, _ = pour(as_iterator(task, result), [], 1, stage.emit, out.put)
-        if buf:
-            out.put(buf)
-    else:
-        out.put([result])
+        inputs.close()
+    out.flush(box)
 
 
 def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Generator[Any, None, None]:
