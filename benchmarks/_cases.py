@@ -1,0 +1,361 @@
+"""Child script: the baselines and our `pyper`, one contender per process.
+
+    python benchmarks/_cases.py CONTENDER N REPS      (run.py puts src/ first on PYTHONPATH)
+
+Our pipelines are spelled the way a user writes them, with the engine's defaults. `pyper` is
+imported only by our contenders, so the baselines run while the engine does not import.
+python-pyper 0.4.4 runs the same shapes in `_original_cases.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from _workloads import (
+    acount,
+    adbl,
+    ainc,
+    aproduce,
+    asleep_10ms,
+    asleep_50ms,
+    chain_total,
+    check,
+    count,
+    dbl,
+    first_output_async,
+    first_output_sync,
+    inc,
+    main,
+    memory_growth,
+    perf,
+    produce,
+    sleep_10ms,
+    sleep_50ms,
+    time_async_calls,
+    time_async_sum,
+    time_sync_calls,
+    time_sync_sum,
+)
+
+Contender = Callable[[int, int], list[float]]
+CONTENDERS: dict[str, Contender] = {}
+
+
+def contender(func: Contender) -> Contender:
+    CONTENDERS[func.__name__] = func
+    return func
+
+
+# --- baselines: throughput ------------------------------------------------------------------
+
+def plain_chain(n: int) -> int:
+    return sum(dbl(inc(x)) for x in produce(n))
+
+
+async def plain_async_chain(n: int) -> int:
+    total = 0
+    async for x in aproduce(n):
+        total += await adbl(await ainc(x))
+    return total
+
+
+_STOP = object()
+
+
+def threads_queue_pipeline(n: int) -> int:
+    """One thread per stage, unbounded queue.Queue between stages, sentinel-terminated."""
+    q1: queue.Queue[Any] = queue.Queue()
+    q2: queue.Queue[Any] = queue.Queue()
+    q3: queue.Queue[Any] = queue.Queue()
+
+    def source() -> None:
+        for x in produce(n):
+            q1.put(x)
+        q1.put(_STOP)
+
+    def stage(func: Callable[[Any], Any], q_in: queue.Queue[Any], q_out: queue.Queue[Any]) -> None:
+        while (x := q_in.get()) is not _STOP:
+            q_out.put(func(x))
+        q_out.put(_STOP)
+
+    threads = [
+        threading.Thread(target=source, name="bench-source"),
+        threading.Thread(target=stage, args=(inc, q1, q2), name="bench-inc"),
+        threading.Thread(target=stage, args=(dbl, q2, q3), name="bench-dbl"),
+    ]
+    for t in threads:
+        t.start()
+    total = 0
+    while (x := q3.get()) is not _STOP:
+        total += x
+    for t in threads:
+        t.join()
+    return total
+
+
+async def asyncio_queue_pipeline(n: int) -> int:
+    """One asyncio task per stage, unbounded asyncio.Queue between stages (as in the original
+    README's hand-written example), sentinel-terminated."""
+    q1: asyncio.Queue[Any] = asyncio.Queue()
+    q2: asyncio.Queue[Any] = asyncio.Queue()
+    q3: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def source() -> None:
+        async for x in aproduce(n):
+            await q1.put(x)
+        await q1.put(_STOP)
+
+    async def stage(func: Callable[[Any], Any], q_in: asyncio.Queue[Any], q_out: asyncio.Queue[Any]) -> None:
+        while (x := await q_in.get()) is not _STOP:
+            await q_out.put(await func(x))
+        await q_out.put(_STOP)
+
+    tasks = [
+        asyncio.create_task(source()),
+        asyncio.create_task(stage(ainc, q1, q2)),
+        asyncio.create_task(stage(adbl, q2, q3)),
+    ]
+    total = 0
+    while (x := await q3.get()) is not _STOP:
+        total += x
+    await asyncio.gather(*tasks)
+    return total
+
+
+@contender
+def plain(n: int, reps: int) -> list[float]:
+    return time_sync_sum(plain_chain, n, reps)
+
+
+@contender
+def plain_async(n: int, reps: int) -> list[float]:
+    return time_async_sum(plain_async_chain, n, reps)
+
+
+@contender
+def threads_queue(n: int, reps: int) -> list[float]:
+    return time_sync_sum(threads_queue_pipeline, n, reps)
+
+
+@contender
+def asyncio_queue(n: int, reps: int) -> list[float]:
+    return time_async_sum(asyncio_queue_pipeline, n, reps)
+
+
+# --- ours: throughput -----------------------------------------------------------------------
+
+def _sum_sync(pipeline: Any) -> Callable[[int], int]:
+    return lambda n: sum(pipeline(n))
+
+
+def _sum_async(pipeline: Any) -> Callable[[int], Any]:
+    async def run(n: int) -> int:
+        total = 0
+        async for x in pipeline(n):
+            total += x
+        return total
+
+    return run
+
+
+@contender
+def sync_w1(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(produce) | task(inc) | task(dbl)
+    return time_sync_sum(_sum_sync(p), n, reps)
+
+
+@contender
+def sync_w4(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(produce) | task(inc, workers=4) | task(dbl, workers=4)
+    return time_sync_sum(_sum_sync(p), n, reps)
+
+
+@contender
+def async_w1(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(aproduce) | task(ainc) | task(adbl)
+    return time_async_sum(_sum_async(p), n, reps)
+
+
+@contender
+def async_w4(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(aproduce) | task(ainc, workers=4) | task(adbl, workers=4)
+    return time_async_sum(_sum_async(p), n, reps)
+
+
+@contender
+def async_mixed_w4(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(aproduce) | task(inc, workers=4) | task(adbl)
+    return time_async_sum(_sum_async(p), n, reps)
+
+
+# --- ours: per call (n = calls per repetition) -----------------------------------------------
+
+@contender
+def percall_sync(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(inc) | task(dbl)
+    return time_sync_calls(lambda: list(p(1)), [4], n, reps)
+
+
+@contender
+def percall_async(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(ainc) | task(adbl)
+
+    async def call() -> list[int]:
+        return [x async for x in p(1)]
+
+    return time_async_calls(call, [4], n, reps)
+
+
+# --- ours: latency --------------------------------------------------------------------------
+# `<name>` is cold: the first run in a fresh process (engine threads started on demand).
+# `<name>_warm` first makes one untimed run, then times `reps` runs right after it.
+
+def latency(func: Callable[[int, int], list[float]]) -> None:
+    """Register `func` as the cold contender and `<name>_warm` as the warm one."""
+
+    def warm(n: int, reps: int) -> list[float]:
+        func(n, 1)
+        return func(n, reps)
+
+    CONTENDERS[func.__name__] = func
+    CONTENDERS[func.__name__ + "_warm"] = warm
+
+
+@latency
+def first_sync(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(count) | task(sleep_10ms) | task(sleep_10ms) | task(sleep_10ms)
+    return first_output_sync(p, reps)
+
+
+@latency
+def first_async(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(acount) | task(asleep_10ms) | task(asleep_10ms) | task(asleep_10ms)
+    return first_output_async(p, reps)
+
+
+def _time_once(run: Callable[[], int], expect: int) -> list[float]:
+    t0 = perf()
+    total = run()
+    elapsed = perf() - t0
+    check("run", total, expect)
+    return [elapsed]
+
+
+@latency
+def fifty_sync(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(produce) | task(sleep_50ms, workers=50) | task(sleep_50ms, workers=50)
+    return [_time_once(lambda: sum(p(n)), sum(range(n)))[0] for _ in range(reps)]
+
+
+@latency
+def fifty_async(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(aproduce) | task(asleep_50ms, workers=50) | task(asleep_50ms, workers=50)
+
+    async def run() -> int:
+        return sum([x async for x in p(n)])
+
+    async def main_() -> list[float]:
+        values = []
+        for _ in range(reps):
+            t0 = perf()
+            total = await run()
+            values.append(perf() - t0)
+            check("run", total, sum(range(n)))
+        return values
+
+    return asyncio.run(main_())
+
+
+@contender
+def fifty_threads(n: int, reps: int) -> list[float]:
+    """Hand-written: 50 threads per stage, unbounded queues, one sentinel per worker."""
+
+    def run() -> int:
+        q1: queue.Queue[Any] = queue.Queue()
+        q2: queue.Queue[Any] = queue.Queue()
+        q3: queue.Queue[Any] = queue.Queue()
+        done = [0, 0]
+        lock = threading.Lock()
+
+        def source() -> None:
+            for x in produce(n):
+                q1.put(x)
+            for _ in range(50):
+                q1.put(_STOP)
+
+        def worker(i: int, q_in: queue.Queue[Any], q_out: queue.Queue[Any], consumers: int) -> None:
+            while (x := q_in.get()) is not _STOP:
+                q_out.put(sleep_50ms(x))
+            with lock:
+                done[i] += 1
+                last = done[i] == 50
+            if last:
+                for _ in range(consumers):
+                    q_out.put(_STOP)
+
+        threads = [threading.Thread(target=source)]
+        threads += [threading.Thread(target=worker, args=(0, q1, q2, 50)) for _ in range(50)]
+        threads += [threading.Thread(target=worker, args=(1, q2, q3, 1)) for _ in range(50)]
+        for t in threads:
+            t.start()
+        total = 0
+        while (x := q3.get()) is not _STOP:
+            total += x
+        for t in threads:
+            t.join()
+        return total
+
+    return [_time_once(run, sum(range(n)))[0] for _ in range(reps)]
+
+
+# --- memory (one value per fresh process) ---------------------------------------------------
+
+@contender
+def memory_plain(n: int, reps: int) -> list[float]:
+    return memory_growth(lambda: plain_chain(n), chain_total(n))
+
+
+@contender
+def memory_sync(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(produce, throttle=1000) | task(inc, throttle=1000) | task(dbl, throttle=1000)
+    return memory_growth(lambda: sum(p(n)), chain_total(n))
+
+
+@contender
+def memory_async(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(aproduce, throttle=1000) | task(ainc, throttle=1000) | task(adbl, throttle=1000)
+    return memory_growth(lambda: asyncio.run(_sum_async(p)(n)), chain_total(n))
+
+
+if __name__ == "__main__":
+    main(CONTENDERS)
