@@ -39,12 +39,17 @@ Claim = list[Iterator[Any] | None]
 
 def start(run: Run, stage: Stage) -> None:
     task = stage.task
-    for i in range(task.workers):
-        _threads.spawn(
-            lambda: run.context.copy().run(_work, run, stage),
-            name=f"pyper:{task.name}[{i}]",
-            daemon=task.daemon,
-        )
+    jobs: list[tuple[Callable[[], None], str]] = [
+        (lambda: run.context.copy().run(_work, run, stage), f"pyper:{task.name}[{i}]")
+        for i in range(task.workers)
+    ]
+    # On an event loop's thread, never wait for a thread to start.
+    _threads.spawn(
+        jobs,
+        daemon=task.daemon,
+        nonblocking=run.loop is not None,
+        on_error=lambda exc: run.fail(exc, task),
+    )
 
 
 def _work(run: Run, stage: Stage) -> None:

@@ -69,17 +69,44 @@ class _Worker:
                 self._wake.acquire()
 
 
-def spawn(job: Callable[[], None], name: str, daemon: bool = False) -> None:
-    """Run ``job`` on a parked worker thread, or on a new one."""
+def spawn(
+    jobs: list[tuple[Callable[[], None], str]],
+    daemon: bool,
+    nonblocking: bool,
+    on_error: Callable[[BaseException], None],
+) -> None:
+    """Run each ``(job, thread name)`` on a parked worker thread, or on a new one.
+
+    Starting a thread waits until it runs. With ``nonblocking`` (on an event
+    loop's thread), at most one thread is started here: the first new thread
+    starts the others before it runs its own job, and reports a failure to start
+    them to ``on_error``. Otherwise a failure to start raises here.
+    """
     with _lock:
         idle = _idle[daemon]
-        worker = idle.pop() if idle else None
-    if worker is None:
-        _Worker(job, name, daemon).thread.start()
-    else:
+        handed = [(idle.pop(), job, name) for job, name in jobs[: len(idle)]]
+    for worker, job, name in handed:
         worker.thread.name = name
         worker._job = job
         worker._wake.release()
+    rest = jobs[len(handed) :]
+    if not rest:
+        return
+    if nonblocking and len(rest) > 1:
+        (job, name), others = rest[0], rest[1:]
+
+        def start_others_then_run() -> None:
+            try:
+                for other, other_name in others:
+                    _Worker(other, other_name, daemon).thread.start()
+            except BaseException as exc:  # e.g. "can't start new thread"
+                on_error(exc)
+            job()
+
+        _Worker(start_others_then_run, name, daemon).thread.start()
+        return
+    for job, name in rest:
+        _Worker(job, name, daemon).thread.start()
 
 
 def idle_threads() -> frozenset[threading.Thread]:
