@@ -283,7 +283,7 @@ async def iterate(
     except Cancelled:
         pass
     except BaseException:
-        run.cancel()
+        run.leave()
         raise
     finally:
         run.finish()

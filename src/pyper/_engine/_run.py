@@ -227,6 +227,16 @@ class Run:
             )
         self.cancel()
 
+    def leave(self) -> None:
+        """The caller stopped early (break, close, cancelled, an exception of its own):
+        stop the run, and log the errors that will now never be raised."""
+        self.cancel()
+        with self._lock:
+            self._raised = True
+            errors = ([self.error] if self.error is not None else []) + self._others
+        for error in errors:
+            log.error("pyper: a task raised while its caller was leaving the pipeline", exc_info=error)
+
     def take_error(self) -> BaseException | None:
         """The error to raise in the caller, with the others attached to it."""
         with self._lock:

@@ -297,7 +297,7 @@ def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, An
     except Cancelled:
         pass
     except BaseException:
-        run.cancel()
+        run.leave()
         raise
     finally:
         run.finish()

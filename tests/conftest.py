@@ -1,0 +1,273 @@
+"""Shared fixtures and helpers for the black-box pyper test suite.
+
+The autouse ``leaks`` fixture is our version of CPython's ``threading_helper.wait_threads_exit``
+plus ``multiprocessing.active_children()``: it snapshots threads and child processes before a
+test and, afterwards, waits (polling every 10 ms, up to 2 s) until every thread the test started
+has exited or is parked, idle, in the engine's reuse cache (``pyper._engine._threads.idle_threads``),
+and every child process it started is gone.  Then it fails naming what is left.  Threads are
+checked by state, never by name.
+
+Tests import the helpers below with ``from conftest import ...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import multiprocessing
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+#: Grace period the leak fixture gives in-flight work to finish after a test.
+LEAK_GRACE_S = 2.0
+POLL_S = 0.01
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # keep hypothesis' files (example database, patches for failing examples) out of the repo
+    try:
+        from hypothesis.configuration import set_hypothesis_home_dir
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "pyper-tests-hypothesis"))
+    # hypothesis imports libcst to write patches for failing examples, and libcst touches the
+    # deprecated mypy_extensions.TypedDict: under filterwarnings=error that turned a failing
+    # property test into an INTERNALERROR that aborted the session.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning"
+    )
+
+
+def engine_idle_threads() -> frozenset[threading.Thread]:
+    """Threads the engine reports as idle, parked for reuse (empty if it reports none)."""
+    try:
+        from pyper._engine._threads import idle_threads
+    except ImportError:  # engine not built yet: then every new thread must exit
+        return frozenset()
+    return idle_threads()
+
+
+class Leaks:
+    """Threads and child processes alive before a test; what is new and busy after it."""
+
+    def __init__(self) -> None:
+        # engine threads parked idle by an earlier test may be reused by this one: watch them too
+        self.engine_before = engine_idle_threads()
+        self.threads_before = set(threading.enumerate())
+        self.procs_before = set(multiprocessing.active_children())
+
+    def new_threads(self) -> list[threading.Thread]:
+        """Threads started since the snapshot that are still alive (idle or not)."""
+        return [t for t in threading.enumerate() if t not in self.threads_before and t.is_alive()]
+
+    def engine_threads(self) -> list[threading.Thread]:
+        """New threads plus engine threads that were idle at the snapshot, still alive."""
+        return [
+            t
+            for t in threading.enumerate()
+            if (t not in self.threads_before or t in self.engine_before) and t.is_alive()
+        ]
+
+    def busy_threads(self) -> list[threading.Thread]:
+        """Threads of this test (see engine_threads) alive and not parked idle for reuse."""
+        idle = engine_idle_threads()
+        return [t for t in self.engine_threads() if t not in idle]
+
+    def new_procs(self) -> list[multiprocessing.process.BaseProcess]:
+        return [p for p in multiprocessing.active_children() if p not in self.procs_before]
+
+    def wait_quiet(self, timeout: float = LEAK_GRACE_S) -> list[Any]:
+        """Wait until no new busy thread nor new child process is left; return the leftovers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left: list[Any] = [*self.busy_threads(), *self.new_procs()]
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(POLL_S)
+
+    def wait_no_new_threads(self, timeout: float) -> list[threading.Thread]:
+        """Wait until every thread of this test, idle ones included, has exited; return the
+        leftovers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.engine_threads()
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(POLL_S)
+
+
+def describe(objs: list[Any]) -> str:
+    parts = []
+    for o in objs:
+        if isinstance(o, threading.Thread):
+            parts.append(f"thread {o.name!r} (daemon={o.daemon}, {type(o).__name__})")
+        else:
+            parts.append(f"process {o!r}")
+    return ", ".join(parts)
+
+
+@pytest.fixture(autouse=True)
+def leaks() -> Iterator[Leaks]:
+    """Fail a test that leaves a busy thread or a child process behind, or a signal handler."""
+    sigint_before = signal.getsignal(signal.SIGINT)
+    checker = Leaks()
+    yield checker
+    gc.collect()  # abandoned generators get finalized now, as they would be eventually
+    left = checker.wait_quiet(LEAK_GRACE_S)
+    problems = []
+    if left:
+        problems.append(f"left behind after {LEAK_GRACE_S} s: {describe(left)}")
+    if signal.getsignal(signal.SIGINT) is not sigint_before:
+        problems.append(f"SIGINT handler changed: {signal.getsignal(signal.SIGINT)!r}")
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Running async code
+
+
+class LoopErrors:
+    """Everything the event loop's exception handler was asked to report."""
+
+    def __init__(self) -> None:
+        self.contexts: list[dict[str, Any]] = []
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.contexts.append(context)
+
+    def describe(self) -> str:
+        return "; ".join(f"{c.get('message')!r}: {c.get('exception')!r}" for c in self.contexts)
+
+
+def run_async(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
+    """``asyncio.run(coro)`` with a deadline, failing on anything sent to the loop's exception
+    handler (for instance "Task exception was never retrieved", also after the loop closed)."""
+    errors = LoopErrors()
+
+    async def main() -> T:
+        asyncio.get_running_loop().set_exception_handler(errors)
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    try:
+        return asyncio.run(main())
+    finally:
+        gc.collect()  # abandoned tasks report "never retrieved" when collected
+        assert not errors.contexts, f"event loop exception handler called: {errors.describe()}"
+
+
+async def other_tasks() -> set[asyncio.Task[Any]]:
+    current = asyncio.current_task()
+    return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+
+
+async def wait_no_other_tasks(timeout: float = 0.5, allowed: set[Any] | None = None) -> None:
+    """Wait until this loop runs no task but the current one (and ``allowed``); else fail."""
+    allowed = allowed or set()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = await other_tasks() - allowed
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"tasks still running after {timeout} s: {left!r}")
+        await asyncio.sleep(POLL_S)
+
+
+async def acollect(agen: AsyncIterable[T]) -> list[T]:
+    return [x async for x in agen]
+
+
+def collect(pipeline: Any, *args: Any, **kwargs: Any) -> list[Any]:
+    """Run a Pipeline or AsyncPipeline to completion and return its outputs."""
+    from pyper import AsyncPipeline
+
+    if isinstance(pipeline, AsyncPipeline):
+        return run_async(acollect(pipeline(*args, **kwargs)))
+    return list(pipeline(*args, **kwargs))
+
+
+# --------------------------------------------------------------------------------------------
+# Time
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.stop: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return (self.stop if self.stop is not None else time.monotonic()) - self.start
+
+
+@contextmanager
+def elapsed() -> Iterator[Stopwatch]:
+    """``with elapsed() as t: ...`` then ``t.elapsed`` is the wall time of the block."""
+    sw = Stopwatch()
+    try:
+        yield sw
+    finally:
+        sw.stop = time.monotonic()
+
+
+def wait_until(pred: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``pred`` every 10 ms for up to ``timeout`` seconds; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= deadline:
+            return pred()
+        time.sleep(POLL_S)
+    return True
+
+
+async def await_until(pred: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= deadline:
+            return pred()
+        await asyncio.sleep(POLL_S)
+    return True
+
+
+class TimeLimitExceeded(Exception):
+    """Raised in the main thread by ``time_limit``, wherever it is waiting."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the main thread with TimeLimitExceeded after ``seconds`` (SIGALRM, as Ctrl-C
+    would: the engine must cope).  Restores pytest-timeout's alarm handler afterwards."""
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise TimeLimitExceeded(f"took longer than {seconds} s (hang?)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    old_timer = signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if old_timer[0]:  # re-arm pytest-timeout's alarm with what is left of it
+            left = old_timer[0] - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+
+
+async def maybe_await(x: Awaitable[T] | T) -> T:
+    if isinstance(x, Awaitable):
+        return await x  # type: ignore[no-any-return]
+    return x
