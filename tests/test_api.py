@@ -1133,3 +1133,22 @@ def test_sync_and_async_tasks_in_async_pipeline_see_contextvars() -> None:
         return await acollect(p(3))
 
     assert run_async(main()) == [("loop-ctx", "loop-ctx")] * 3
+
+
+@pytest.mark.timeout(20)
+def test_nested_runs_do_not_accumulate_in_a_long_outer_run() -> None:
+    """A nested pipeline called once per item must not leave a record per call behind:
+    memory of a long run stays flat however many items it has seen."""
+    from pyper._engine._run import Run
+
+    inner = task(lambda x: x) | task(lambda x: x + 1)
+    outer = task(lambda n: range(n), branch=True) | task(inner)
+    live: list[int] = []
+    out = []
+    for i, x in enumerate(outer(2000)):
+        out.append(x)
+        if i % 500 == 499:
+            gc.collect()
+            live.append(sum(isinstance(o, Run) for o in gc.get_objects()))
+    assert out == [x + 1 for x in range(2000)]
+    assert max(live) < 20, live

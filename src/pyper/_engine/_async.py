@@ -261,7 +261,7 @@ async def iterate(
     inline = first.kind == "coro" and not first.branch
     if inline:
         item = await first.func(*args, **kwargs)
-    run = Run(tasks, args, kwargs, inline_first=inline, loop=asyncio.get_running_loop())
+    run = Run(tasks, args, kwargs, loop=asyncio.get_running_loop())
     try:
         if inline:
             await run.stages[0].out.aput([item])

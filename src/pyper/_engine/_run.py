@@ -23,9 +23,10 @@ How a run stops:
   dropped by the cancelled channel.
 
 Who owns what: ``Run._lock`` guards ``cancelled``, ``error``, ``_others``,
-``_raised`` and ``children``. ``cursors`` is appended to by workers as they start
-(list.append is atomic) and read by ``cancel``. ``tasks`` belongs to the loop's
-thread.
+``_raised`` and ``children`` (a nested run adds itself when it starts and removes
+itself when its caller is done). ``cursors`` is appended to by workers as they
+start (list.append is atomic) and read by ``cancel``. ``tasks`` belongs to the
+loop's thread.
 """
 
 from __future__ import annotations
@@ -107,7 +108,6 @@ class Run:
         tasks: tuple[Task, ...],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        inline_first: bool,
         loop: asyncio.AbstractEventLoop | None,
     ) -> None:
         self._lock = threading.Lock()
@@ -119,39 +119,42 @@ class Run:
         self.cursors: list[list[list[Any]]] = []
         self.loop = loop
         self.tasks: set[asyncio.Task[None]] = set()
-        self.inline_first = inline_first
         self.context = contextvars.copy_context()
         self.context.run(current_run.set, self)
 
         n = len(tasks)
-        edges: list[Channel] = []
-        for i, task in enumerate(tasks):
-            down = tasks[i + 1].workers if i + 1 < n else 1
-            capacity, _ = _edge(task, down)
-            edges.append(
-                Channel(
-                    capacity,
-                    senders=task.workers if i else 1,
-                    receivers=down,
-                    reordered=_ordered(task),
-                    sequenced=i + 1 < n and _ordered(tasks[i + 1]),
-                )
+        # Edge i carries task i's outputs to task i + 1 (or, after the last task, to the caller).
+        receivers = [t.workers for t in tasks[1:]] + [1]
+        limits = [_edge(task, down) for task, down in zip(tasks, receivers)]
+        self.channels = [
+            Channel(
+                capacity,
+                senders=task.workers if i else 1,
+                receivers=receivers[i],
+                reordered=_ordered(task),
+                sequenced=i + 1 < n and _ordered(tasks[i + 1]),
             )
-        self.channels = edges
-        self.output = edges[-1]
-        source = Channel(1, 1, 1)
+            for i, (task, (capacity, _)) in enumerate(zip(tasks, limits))
+        ]
+        self.output = self.channels[-1]
+        source = Channel(1, 1, 1)  # the call's arguments, as the first task's one input
         source.put([None])
         source.close_send()
-        self.stages: list[Stage] = []
-        for i, task in enumerate(tasks):
-            take = _edge(tasks[i - 1], task.workers)[1] if i else 1
-            emit = _edge(task, tasks[i + 1].workers if i + 1 < n else 1)[1]
-            call = _first_call(task, args, kwargs) if i == 0 else task.func
-            self.stages.append(Stage(task, call, edges[i - 1] if i else source, edges[i], take, emit))
+        self.stages = [
+            Stage(
+                task,
+                call=_first_call(task, args, kwargs) if i == 0 else task.func,
+                inp=self.channels[i - 1] if i else source,
+                out=self.channels[i],
+                take=limits[i - 1][1] if i else 1,
+                emit=limits[i][1],
+            )
+            for i, task in enumerate(tasks)
+        ]
 
-        parent = current_run.get()
-        if parent is not None:
-            parent.adopt(self)
+        self.parent = current_run.get()
+        if self.parent is not None:
+            self.parent.adopt(self)
         with _live_lock:
             _live.add(self)
 
@@ -168,8 +171,6 @@ class Run:
         """A slot where a worker keeps the batch it is working through."""
         slot: list[list[Any]] = [[]]
         self.cursors.append(slot)
-        if self.cancelled:
-            slot[0] = []
         return slot
 
     def cancel(self) -> None:
@@ -203,6 +204,12 @@ class Run:
         """The caller is done with this run (normally or not)."""
         with _live_lock:
             _live.discard(self)
+        if self.parent is not None:
+            with self.parent._lock:
+                try:
+                    self.parent.children.remove(self)
+                except ValueError:
+                    pass
 
     # -- errors ----------------------------------------------------------------
 

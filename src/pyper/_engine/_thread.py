@@ -279,7 +279,7 @@ def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, An
     inline = not first.branch  # called once: nothing to overlap it with
     if inline:
         item = first.func(*args, **kwargs)
-    run = Run(tasks, args, kwargs, inline_first=inline, loop=None)
+    run = Run(tasks, args, kwargs, loop=None)
     try:
         if inline:
             run.stages[0].out.put([item])
