@@ -90,12 +90,16 @@ async def _map(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[An
         cursor[0] = batch
         claim[0] = items = iter(batch)
         started = perf_counter()
-        for x in items:
-            if idle:
-                inp.wake_idle(items)
-            append(await call(x) if awaits else call(x))
-            if receivers:
-                await flush()
+        if awaits:
+            for x in items:
+                if idle:
+                    inp.wake_idle(items)
+                append(await call(x))
+                if receivers:
+                    await flush()
+        else:
+            for x in items:
+                append(call(x))
         elapsed = perf_counter() - started
         if ordered:
             await out.aflush_seq(seq, box, True)
@@ -123,18 +127,20 @@ async def _pour(
             if close is not None:
                 close()
     aitems: AsyncIterator[Any] = result.__aiter__()
-    step = aitems.__anext__
     append = box.append
     last = perf_counter()
+    left = m - len(box)
     try:
-        while True:
-            append(await step())
-            if receivers or len(box) >= m:
+        async for item in aitems:
+            append(item)
+            left -= 1
+            if receivers or left <= 0:
                 await flush()
-                now = perf_counter()
-                m = adapt(m, m, now - last, limit)
-                last = now
-    except StopAsyncIteration:
+                if left <= 0:
+                    now = perf_counter()
+                    m = adapt(m, m, now - last, limit)
+                    last = now
+                    left = m
         return m
     finally:
         aclose = getattr(aitems, "aclose", None)
