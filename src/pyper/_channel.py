@@ -114,6 +114,20 @@ def _resolve(future: asyncio.Future[None]) -> None:
 _WAIT: Final = object()  # "cannot proceed yet": the caller parks and retries
 
 
+class _Stopped:
+    """Stands in ``getters`` of a cancelled or broken channel, so that a sender's
+    per-item "is a receiver waiting?" check turns true and its next flush raises:
+    a fast generator stops at its next item, at no cost on the hot path."""
+
+    __slots__ = ()
+
+    def wake(self) -> None:
+        pass
+
+
+_STOPPED: Final = _Stopped()
+
+
 class Channel:
     __slots__ = (
         "_lock",
@@ -133,10 +147,17 @@ class Channel:
         "_next_put_seq",
         "_reorder",
         "_reorder_size",
+        "_reserve",
     )
 
     def __init__(
-        self, capacity: int, senders: int, receivers: int, reordered: bool = False, sequenced: bool = False
+        self,
+        capacity: int,
+        senders: int,
+        receivers: int,
+        reordered: bool = False,
+        sequenced: bool = False,
+        batch: int = 1,
     ) -> None:
         self._lock = threading.Lock()
         self._batches: deque[list[Any]] = deque()  # visible to receivers, FIFO
@@ -147,7 +168,7 @@ class Channel:
         self._cancelled = False
         # Parked receivers. Public so that senders can check it without a lock
         # (a stale read only makes a flush early or late by one item).
-        self.getters: deque[_ThreadWaiter | _AsyncWaiter] = deque()
+        self.getters: deque[_ThreadWaiter | _AsyncWaiter | _Stopped] = deque()
         self._putters: deque[_ThreadWaiter | _AsyncWaiter] = deque()
         self._outboxes: list[list[Any]] = []  # senders' outboxes, unless reordered
         self._claims: list[list[Iterator[Any] | None]] = []  # receivers' claims, unless sequenced
@@ -157,6 +178,8 @@ class Channel:
         self._next_put_seq = 0  # oldest sequence not yet fully released
         self._reorder: dict[int, tuple[list[list[Any]], bool]] = {}  # seq -> (chunks, last seen)
         self._reorder_size = 0
+        # Room the reorder buffer leaves for the oldest sequence: one batch.
+        self._reserve = min(batch, capacity) if reordered else 0
 
     # -- registration (once per worker) -----------------------------------------
 
@@ -179,7 +202,7 @@ class Channel:
     # -- waking (called with _lock held) -------------------------------------------
 
     def _wake_getter(self) -> None:
-        if self.getters:
+        if self.getters and not self._stopped():
             self.getters.popleft().wake()
 
     def _wake_putter(self) -> None:
@@ -195,11 +218,24 @@ class Channel:
             self.getters.popleft().wake()
         while self._putters:
             self._putters.popleft().wake()
+        if self._stopped():
+            self.getters.append(_STOPPED)
+
+    def _stopped(self) -> bool:
+        return self._cancelled or self._receivers == 0
 
     def wake_idle(self, claimed: Iterator[Any]) -> None:
         """A receiver holding ``claimed`` items wakes a parked sibling to share them."""
         if length_hint(claimed):
             with self._lock:
+                self._wake_getter()
+
+    def give_back(self, items: list[Any]) -> None:
+        """A receiver leaving early returns the items it took but did not start."""
+        with self._lock:
+            if items and not self._stopped() and self._receivers > 1:
+                self._batches.appendleft(items)
+                self._size += len(items)
                 self._wake_getter()
 
     def _abandon(self, waiter: _ThreadWaiter | _AsyncWaiter, getter: bool) -> None:
@@ -312,21 +348,24 @@ class Channel:
     def _try_flush_seq(self, seq: int, box: list[Any], last: bool) -> object:
         self._check()
         k = len(box)
+        if k == 0 and not last:
+            return None
+        size = self._size
         if seq == self._next_put_seq:
-            # The oldest sequence: admitted as soon as the visible part has room.
-            visible = self._size - self._reorder_size
-            if visible and visible + k > self._capacity:
+            # The oldest sequence waits only while there is something visible to drain:
+            # later sequences left room for one batch of it (see below).
+            if size - self._reorder_size and size + k > self._capacity:
                 return _WAIT
             if k:
                 self._batches.append(box[:k])
-                self._size += k
+                self._size = size + k
             if last:
                 self._release_following(seq + 1)
+                self._wake_putter()  # the next oldest may be parked
             if self._batches:
                 self._wake_getter()
         else:
-            size = self._size
-            if size and size + k > self._capacity:
+            if k and size + k > self._capacity - self._reserve:
                 return _WAIT
             chunks, _ = self._reorder.get(seq, ([], False))
             if k:

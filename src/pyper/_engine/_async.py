@@ -25,7 +25,7 @@ from typing import Any
 from .._channel import Broken, Cancelled
 from .._task import Task
 from . import _thread
-from ._run import MAX_BATCH, SETTLE_SECONDS, Run, Stage, adapt
+from ._run import SETTLE_SECONDS, Run, Stage, adapt
 from ._thread import Claim, _siblings
 
 __all__ = ["iterate"]
@@ -49,15 +49,19 @@ async def _work(run: Run, stage: Stage) -> None:
     box = stage.out.outbox()
     try:
         if task.join:
-            await _join(stage, cursor, claim, box)
+            await _join(run, stage, cursor, claim, box)
         elif task.branch:
-            await _branch(stage, cursor, claim, box)
+            await _branch(run, stage, cursor, claim, box)
         else:
-            await _map(stage, cursor, claim, box)
+            await _map(run, stage, cursor, claim, box)
     except (Cancelled, Broken):
         pass
-    except asyncio.CancelledError:
-        run.cancel()  # the run's own cancel, or the loop shutting down: either way, stop
+    except asyncio.CancelledError as exc:
+        this = asyncio.current_task()
+        if run.cancelled or (this is not None and this.cancelling()):
+            run.cancel()  # the run's own cancel, or the loop shutting down: either way, stop
+        else:
+            run.fail(exc, task)  # raised by the task's own code, not a cancellation of it
     except BaseException as exc:
         run.fail(exc, task)
     finally:
@@ -67,7 +71,7 @@ async def _work(run: Run, stage: Stage) -> None:
         stage.out.close_send()
 
 
-async def _map(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
+async def _map(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
     inp, out, call = stage.inp, stage.out, stage.call
     limit = min(stage.take, stage.emit)
     ordered = stage.task.ordered and stage.task.workers > 1
@@ -88,6 +92,8 @@ async def _map(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[An
             if batch is None:
                 return
         cursor[0] = batch
+        if run.cancelled:  # cancel() may have emptied the previous batch instead
+            raise Cancelled
         claim[0] = items = iter(batch)
         started = perf_counter()
         if awaits:
@@ -174,7 +180,7 @@ async def _pour_sync(
         last = now
 
 
-async def _branch(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
+async def _branch(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
     inp, out, call, task = stage.inp, stage.out, stage.call, stage.task
     ordered = task.ordered and task.workers > 1
     awaits = task.kind == "coro"
@@ -193,6 +199,8 @@ async def _branch(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list
             if batch is None:
                 return
         cursor[0] = batch
+        if run.cancelled:  # cancel() may have emptied the previous batch instead
+            raise Cancelled
         claim[0] = items = iter(batch)
         started = perf_counter()
         for x in items:
@@ -207,7 +215,7 @@ async def _branch(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list
         n = adapt(n, len(batch), perf_counter() - started, stage.take)
 
 
-async def _join(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
+async def _join(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
     inp, out, task = stage.inp, stage.out, stage.task
     idle = _siblings(stage)
 
@@ -218,6 +226,8 @@ async def _join(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[A
             if batch is None:
                 return
             cursor[0] = batch
+            if run.cancelled:
+                raise Cancelled
             claim[0] = items = iter(batch)
             started = perf_counter()
             for x in items:
@@ -238,6 +248,8 @@ async def _join(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[A
         await out.aflush(box)
     finally:
         await inputs.aclose()
+        if claim[0] is not None:  # returned early: what it took but did not read is not its
+            inp.give_back(list(claim[0]))
 
 
 async def iterate(
@@ -269,34 +281,36 @@ async def iterate(
         item = await first.func(*args, **kwargs)
     run = Run(tasks, args, kwargs, loop=asyncio.get_running_loop())
     try:
-        if inline:
-            await run.stages[0].out.aput([item])
-            run.stages[0].out.close_send()
-        for stage in run.stages[1 if inline else 0 :]:
-            if stage.task.kind == "sync":
-                _thread.start(run, stage)
-            else:
-                _start(run, stage)
-        output = run.output
-        cursor = run.cursor()
-        while True:
-            batch = await output.aget(MAX_BATCH)
-            if batch is None:
-                return
-            cursor[0] = batch
-            for item in batch:
-                yield item
-    except Cancelled:
-        pass
+        try:
+            if inline:
+                await run.stages[0].out.aput([item])
+                run.stages[0].out.close_send()
+            for stage in run.stages[1 if inline else 0 :]:
+                if stage.task.kind == "sync":
+                    _thread.start(run, stage)
+                else:
+                    _start(run, stage)
+            output = run.output
+            cursor = run.cursor()
+            while True:
+                batch = await output.aget(run.output_take)
+                if batch is None:
+                    break
+                cursor[0] = batch
+                for item in batch:
+                    yield item
+        except Cancelled:
+            pass
+        ended = run.end()  # stops what is left, before waiting for it below
     except BaseException:
         run.leave()
         raise
     finally:
         run.finish()
+        # Let cancelled tasks unwind, so that what they raise meanwhile is attached
+        # to the error raised below, and no task outlives the run.
         unfinished = [t for t in run.tasks if not t.done()]
         if unfinished:
             await asyncio.wait(unfinished, timeout=SETTLE_SECONDS)
-    error = run.take_error()
-    if error is None:
-        raise Cancelled("the pipeline was cancelled from outside (an enclosing run or interpreter exit)")
-    raise error
+    if not ended:
+        raise run.failure()

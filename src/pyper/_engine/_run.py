@@ -38,7 +38,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .._channel import Channel
+from .._channel import Cancelled, Channel
 from .._task import Task
 from . import _threads
 
@@ -52,6 +52,10 @@ DEFAULT_CAPACITY = 4096
 MAX_BATCH = 1024
 #: How long a finished caller waits for cancelled worker tasks to unwind.
 SETTLE_SECONDS = 1.0
+
+_CANCELLED_FROM_OUTSIDE = (
+    "the pipeline was cancelled from outside (an enclosing run, or interpreter exit)"
+)
 
 current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar("pyper_run", default=None)
 
@@ -111,7 +115,8 @@ class Run:
         loop: asyncio.AbstractEventLoop | None,
     ) -> None:
         self._lock = threading.Lock()
-        self.cancelled = False
+        self.cancelled = False  # set once, first thing in cancel(); never reset
+        self._stopped = False  # cancel() has gone all the way through once
         self.error: BaseException | None = None
         self._others: list[BaseException] = []
         self._raised = False
@@ -133,10 +138,12 @@ class Run:
                 receivers=receivers[i],
                 reordered=_ordered(task),
                 sequenced=i + 1 < n and _ordered(tasks[i + 1]),
+                batch=batch,
             )
-            for i, (task, (capacity, _)) in enumerate(zip(tasks, limits))
+            for i, (task, (capacity, batch)) in enumerate(zip(tasks, limits))
         ]
         self.output = self.channels[-1]
+        self.output_take = limits[-1][1]  # the caller's batches count against a throttle too
         source = Channel(1, 1, 1)  # the call's arguments, as the first task's one input
         source.put([None])
         source.close_send()
@@ -174,13 +181,21 @@ class Run:
         return slot
 
     def cancel(self) -> None:
-        """Stop everything; safe from any thread, any number of times."""
+        """Stop everything; safe from any thread, any number of times.
+
+        Channels are cancelled downstream first: a worker that sees its input
+        cancelled and closes its output must find the output cancelled already,
+        or its receivers would take the close for a normal end of stream. Until
+        one call has gone all the way through (``_stopped``), later calls repeat
+        the work, so a KeyboardInterrupt in the middle of one leaves nothing
+        half-cancelled.
+        """
         with self._lock:
-            if self.cancelled:
+            if self._stopped:
                 return
             self.cancelled = True
             children = list(self.children)
-        for channel in self.channels:
+        for channel in reversed(self.channels):
             channel.cancel()
         for slot in self.cursors:
             slot[0].clear()
@@ -195,6 +210,23 @@ class Run:
                     loop.call_soon_threadsafe(self._cancel_tasks)
                 except RuntimeError:  # loop closed: its tasks are gone already
                     pass
+        self._stopped = True
+
+    def end(self) -> bool:
+        """The caller has seen the end of the output stream, or ``Cancelled``.
+
+        False if the run was cancelled (the caller then raises ``failure()``);
+        otherwise stops whatever is still running upstream (tasks above a join
+        that returned early) and returns True.
+        """
+        if self.cancelled:
+            return False
+        self.cancel()
+        return True
+
+    def failure(self) -> BaseException:
+        """What a cancelled run raises in its caller: its error, with the others attached."""
+        return self.take_error() or Cancelled(_CANCELLED_FROM_OUTSIDE)
 
     def _cancel_tasks(self) -> None:
         for task in list(self.tasks):
@@ -202,8 +234,9 @@ class Run:
 
     def finish(self) -> None:
         """The caller is done with this run (normally or not)."""
-        with _live_lock:
-            _live.discard(self)
+        if self._stopped:  # else a cancel was interrupted: interpreter exit cancels it again
+            with _live_lock:
+                _live.discard(self)
         if self.parent is not None:
             with self.parent._lock:
                 try:

@@ -30,7 +30,7 @@ from typing import Any
 from .._channel import Broken, Cancelled
 from .._task import Task
 from . import _threads
-from ._run import MAX_BATCH, SETTLE_SECONDS, Run, Stage, adapt, branch_error
+from ._run import SETTLE_SECONDS, Run, Stage, adapt, branch_error
 
 __all__ = ["Claim", "as_iterator", "iterate", "pour", "start"]
 
@@ -63,7 +63,7 @@ def _work(run: Run, stage: Stage) -> None:
         elif task.branch:
             _branch(run, stage, cursor, claim, box)
         else:
-            _map(stage, cursor, claim, box)
+            _map(run, stage, cursor, claim, box)
     except (Cancelled, Broken):
         pass
     except BaseException as exc:
@@ -82,7 +82,7 @@ def _siblings(stage: Stage) -> Sized:
     return ()
 
 
-def _map(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
+def _map(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
     inp, out, call = stage.inp, stage.out, stage.call
     limit = min(stage.take, stage.emit)
     ordered = stage.task.ordered and stage.task.workers > 1
@@ -102,6 +102,8 @@ def _map(stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) ->
             if batch is None:
                 return
         cursor[0] = batch
+        if run.cancelled:  # cancel() may have emptied the previous batch instead
+            raise Cancelled
         claim[0] = items = iter(batch)
         started = perf_counter()
         for x in items:
@@ -141,6 +143,8 @@ def _on_loop(run: Run, loop: asyncio.AbstractEventLoop, result: Any) -> Generato
         assert me is not None
         run.tasks.add(me)
         try:
+            if run.cancelled:  # cancelled before this step was registered
+                raise Cancelled
             return await advance()
         finally:
             run.tasks.discard(me)
@@ -150,8 +154,10 @@ def _on_loop(run: Run, loop: asyncio.AbstractEventLoop, result: Any) -> Generato
             raise Cancelled
         try:
             return asyncio.run_coroutine_threadsafe(step(advance), loop).result()
-        except concurrent.futures.CancelledError:
-            raise Cancelled from None
+        except (concurrent.futures.CancelledError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not loop.is_closed():
+                raise
+            raise Cancelled from None  # cancelled, or the loop is gone
 
     try:
         while True:
@@ -222,6 +228,8 @@ def _branch(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: 
             if batch is None:
                 return
         cursor[0] = batch
+        if run.cancelled:  # cancel() may have emptied the previous batch instead
+            raise Cancelled
         claim[0] = items = iter(batch)
         started = perf_counter()
         for x in items:
@@ -246,6 +254,8 @@ def _join(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: li
             if batch is None:
                 return
             cursor[0] = batch
+            if run.cancelled:
+                raise Cancelled
             claim[0] = items = iter(batch)
             started = perf_counter()
             for x in items:
@@ -263,6 +273,8 @@ def _join(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: li
             box.append(result)
     finally:
         inputs.close()
+        if claim[0] is not None:  # returned early: what it took but did not read is not its
+            inp.give_back(list(claim[0]))
     out.flush(box)
 
 
@@ -281,27 +293,27 @@ def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, An
         item = first.func(*args, **kwargs)
     run = Run(tasks, args, kwargs, loop=None)
     try:
-        if inline:
-            run.stages[0].out.put([item])
-            run.stages[0].out.close_send()
-        for stage in run.stages[1 if inline else 0 :]:
-            start(run, stage)
-        output = run.output
-        cursor = run.cursor()
-        while True:
-            batch = output.get(MAX_BATCH)
-            if batch is None:
-                return
-            cursor[0] = batch
-            yield from batch
-    except Cancelled:
-        pass
+        try:
+            if inline:
+                run.stages[0].out.put([item])
+                run.stages[0].out.close_send()
+            for stage in run.stages[1 if inline else 0 :]:
+                start(run, stage)
+            output = run.output
+            cursor = run.cursor()
+            while True:
+                batch = output.get(run.output_take)
+                if batch is None:
+                    break
+                cursor[0] = batch
+                yield from batch
+        except Cancelled:
+            pass
+        ended = run.end()
     except BaseException:
         run.leave()
         raise
     finally:
         run.finish()
-    error = run.take_error()
-    if error is None:
-        raise Cancelled("the pipeline was cancelled from outside (an enclosing run or interpreter exit)")
-    raise error
+    if not ended:
+        raise run.failure()
