@@ -2026,6 +2026,19 @@ def test_seed_programs_print_total_400_in_time(name: str) -> None:
     assert t.elapsed < 2.3, f"{name} took {t.elapsed:.3f} s"
 
 
+@pytest.mark.timeout(20)
+def test_quickstart_example_runs_concurrently() -> None:
+    """The README's first snippet (examples/quickstart.py): 100 downloads of 0.1 s on 20 workers."""
+    with elapsed() as t:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+            capture_output=True, text=True, env=_script_env(), timeout=15,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "saved 690 characters\n"
+    assert t.elapsed < 2.0, f"took {t.elapsed:.3f} s (serial would be 10 s)"
+
+
 # ============================================================================================
 # The event loop is never blocked
 
