@@ -22,11 +22,10 @@ from itertools import islice
 from time import perf_counter
 from typing import Any
 
-from .._channel import Broken, Cancelled
+from .._channel import Cancelled
 from .._task import Task
 from . import _thread
-from ._run import SETTLE_SECONDS, Run, Stage, adapt
-from ._thread import Claim, _siblings
+from ._run import SETTLE_SECONDS, Run, Stage, Worker, adapt
 
 __all__ = ["iterate"]
 
@@ -43,58 +42,45 @@ def _start(run: Run, stage: Stage) -> None:
 
 
 async def _work(run: Run, stage: Stage) -> None:
-    task = stage.task
-    cursor = run.cursor()
-    claim = stage.inp.claim()
-    box = stage.out.outbox()
+    worker = Worker(run, stage)
+    error: BaseException | None = None
     try:
-        if task.join:
-            await _join(run, stage, cursor, claim, box)
-        elif task.branch:
-            await _branch(run, stage, cursor, claim, box)
+        if stage.task.join:
+            await _join(worker)
+        elif stage.task.branch:
+            await _branch(worker)
         else:
-            await _map(run, stage, cursor, claim, box)
-    except (Cancelled, Broken):
-        pass
+            await _map(worker)
     except asyncio.CancelledError as exc:
         this = asyncio.current_task()
         if run.cancelled or (this is not None and this.cancelling()):
             run.cancel()  # the run's own cancel, or the loop shutting down: either way, stop
         else:
-            run.fail(exc, task)  # raised by the task's own code, not a cancellation of it
+            error = exc  # raised by the task's own code, not a cancellation of it
     except BaseException as exc:
-        run.fail(exc, task)
+        error = exc
     finally:
-        cursor[0] = []
-        claim[0] = None
-        stage.inp.close_receive()
-        stage.out.close_send()
+        worker.leave(error)
 
 
-async def _map(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
-    inp, out, call = stage.inp, stage.out, stage.call
-    limit = min(stage.take, stage.emit)
-    ordered = stage.task.ordered and stage.task.workers > 1
+def _flusher(worker: Worker) -> Callable[[bool], Awaitable[None]]:
+    """``await flush(last)``: hand the outbox on (as part of the batch in hand, when ordered)."""
+    out, box = worker.stage.out, worker.box
+    if worker.ordered:
+        return lambda last: out.aflush_seq(worker.seq, box, last)
+    return lambda last: out.aflush(box)
+
+
+async def _map(worker: Worker) -> None:
+    stage = worker.stage
+    inp, call = stage.inp, stage.call
+    get = inp.aget_seq if worker.ordered else inp.aget
+    receivers, idle, append = stage.out.getters, worker.idle, worker.box.append
+    flush = _flusher(worker)
     awaits = stage.task.kind == "coro"  # else an async generator function, emitted as one item
-    receivers, idle = out.getters, _siblings(stage)
-    append = box.append
-    flush: Callable[[], Awaitable[None]] = partial(out.aflush, box)
+    limit = min(stage.take, stage.emit)
     n = 1
-    while True:
-        if ordered:
-            got = await inp.aget_seq(n)
-            if got is None:
-                return
-            seq, batch = got
-            flush = partial(out.aflush_seq, seq, box, False)
-        else:
-            batch = await inp.aget(n)  # type: ignore[assignment]
-            if batch is None:
-                return
-        cursor[0] = batch
-        if run.cancelled:  # cancel() may have emptied the previous batch instead
-            raise Cancelled
-        claim[0] = items = iter(batch)
+    while (items := worker.begin(await get(n))) is not None:
         started = perf_counter()
         if awaits:
             for x in items:
@@ -102,16 +88,13 @@ async def _map(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, bo
                     inp.wake_idle(items)
                 append(await call(x))
                 if receivers:
-                    await flush()
+                    await flush(False)
         else:
             for x in items:
                 append(call(x))
         elapsed = perf_counter() - started
-        if ordered:
-            await out.aflush_seq(seq, box, True)
-        else:
-            await out.aflush(box)
-        n = adapt(n, len(batch), elapsed, limit)
+        await flush(True)
+        n = adapt(n, worker.size, elapsed, limit)
 
 
 async def _pour(
@@ -180,61 +163,40 @@ async def _pour_sync(
         last = now
 
 
-async def _branch(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
-    inp, out, call, task = stage.inp, stage.out, stage.call, stage.task
-    ordered = task.ordered and task.workers > 1
+async def _branch(worker: Worker) -> None:
+    stage = worker.stage
+    inp, call, task = stage.inp, stage.call, stage.task
+    get = inp.aget_seq if worker.ordered else inp.aget
+    receivers, idle = stage.out.getters, worker.idle
+    flush = _flusher(worker)
+    early = partial(flush, False)
     awaits = task.kind == "coro"
-    receivers, idle = out.getters, _siblings(stage)
-    flush: Callable[[], Awaitable[None]] = partial(out.aflush, box)
     n = m = 1
-    while True:
-        if ordered:
-            got = await inp.aget_seq(n)
-            if got is None:
-                return
-            seq, batch = got
-            flush = partial(out.aflush_seq, seq, box, False)
-        else:
-            batch = await inp.aget(n)  # type: ignore[assignment]
-            if batch is None:
-                return
-        cursor[0] = batch
-        if run.cancelled:  # cancel() may have emptied the previous batch instead
-            raise Cancelled
-        claim[0] = items = iter(batch)
+    while (items := worker.begin(await get(n))) is not None:
         started = perf_counter()
         for x in items:
             if idle:
                 inp.wake_idle(items)
             result = await call(x) if awaits else call(x)
-            m = await _pour(result, task, box, m, stage.emit, flush, receivers)
-        if ordered:
-            await out.aflush_seq(seq, box, True)
-        else:
-            await out.aflush(box)
-        n = adapt(n, len(batch), perf_counter() - started, stage.take)
+            m = await _pour(result, task, worker.box, m, stage.emit, early, receivers)
+        await flush(True)
+        n = adapt(n, worker.size, perf_counter() - started, stage.take)
 
 
-async def _join(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
-    inp, out, task = stage.inp, stage.out, stage.task
-    idle = _siblings(stage)
+async def _join(worker: Worker) -> None:
+    stage = worker.stage
+    inp, out, task, box = stage.inp, stage.out, stage.task, worker.box
 
     async def stream() -> AsyncGenerator[Any, None]:
         n = 1
-        while True:
-            batch = await inp.aget(n)  # raises Cancelled into the join function if the run stops
-            if batch is None:
-                return
-            cursor[0] = batch
-            if run.cancelled:
-                raise Cancelled
-            claim[0] = items = iter(batch)
+        # inp.aget raises Cancelled into the join function if the run stops.
+        while (items := worker.begin(await inp.aget(n))) is not None:
             started = perf_counter()
             for x in items:
-                if idle:
+                if worker.idle:
                     inp.wake_idle(items)
                 yield x
-            n = adapt(n, len(batch), perf_counter() - started, stage.take)
+            n = adapt(n, worker.size, perf_counter() - started, stage.take)
 
     inputs = stream()
     try:
@@ -245,11 +207,9 @@ async def _join(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, b
             await _pour(result, task, box, 1, stage.emit, partial(out.aflush, box), out.getters)
         else:
             box.append(result)
-        await out.aflush(box)
     finally:
         await inputs.aclose()
-        if claim[0] is not None:  # returned early: what it took but did not read is not its
-            inp.give_back(list(claim[0]))
+    await out.aflush(box)
 
 
 async def iterate(

@@ -36,13 +36,14 @@ import contextvars
 import logging
 import threading
 from dataclasses import dataclass
+from collections.abc import Iterator, Sized
 from typing import Any, Callable
 
-from .._channel import Cancelled, Channel
+from .._channel import Broken, Cancelled, Channel
 from .._task import Task
 from . import _threads
 
-__all__ = ["Run", "Stage", "current_run"]
+__all__ = ["Run", "Stage", "Worker", "current_run"]
 
 log = logging.getLogger("pyper")
 
@@ -331,3 +332,58 @@ def branch_error(task: Task, result: object) -> TypeError:
         f"{type(result).__name__!s}, which is not iterable: return an iterable, "
         "or create the task with branch=False"
     )
+
+
+class Worker:
+    """One stage worker's state, shared by the thread (``_thread``) and asyncio
+    (``_async``) twins, which differ only in blocking versus awaiting.
+
+    Owned by the worker's thread or task. Others touch it only through what it
+    registered: ``cursor`` (emptied by ``Run.cancel``), ``claim`` and ``box``
+    (read by the channels under their locks).
+    """
+
+    __slots__ = ("run", "stage", "ordered", "cursor", "claim", "box", "seq", "size", "idle")
+
+    def __init__(self, run: Run, stage: Stage) -> None:
+        self.run = run
+        self.stage = stage
+        task = stage.task
+        self.ordered = task.ordered and task.workers > 1  # input numbered, output reordered
+        self.cursor = run.cursor()
+        self.claim = stage.inp.claim()
+        self.box = stage.out.outbox()
+        self.seq = 0  # sequence number of the batch in hand, when ordered
+        self.size = 0  # items in the batch in hand, as taken
+        # Checked before each call: siblings parked with nothing to do (they may
+        # take a share of this worker's batch; not when order must be kept).
+        self.idle: Sized = stage.inp.getters if task.workers > 1 and not self.ordered else ()
+
+    def begin(self, got: Any) -> Iterator[Any] | None:
+        """Start on what ``get``/``get_seq`` returned: an iterator over the batch,
+        or ``None`` at the end of the input."""
+        if got is None:
+            return None
+        if self.ordered:
+            self.seq, batch = got
+        else:
+            batch = got
+        self.cursor[0] = batch
+        if self.run.cancelled:  # cancel() may have emptied the previous batch instead
+            raise Cancelled
+        self.size = len(batch)
+        items: Iterator[Any] = iter(batch)
+        self.claim[0] = items
+        return items
+
+    def leave(self, exc: BaseException | None) -> None:
+        """The worker is done: report ``exc`` (unless it is the run stopping), close both ends."""
+        if exc is not None and not isinstance(exc, (Cancelled, Broken)):
+            self.run.fail(exc, self.stage.task)
+        self.cursor[0] = []
+        items, self.claim[0] = self.claim[0], None
+        if items is not None and self.stage.task.join and exc is None:
+            # A join function returned early: what it took but did not read is not its.
+            self.stage.inp.give_back(list(items))
+        self.stage.inp.close_receive()
+        self.stage.out.close_send()

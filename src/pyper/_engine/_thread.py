@@ -27,14 +27,12 @@ from itertools import islice
 from time import perf_counter
 from typing import Any
 
-from .._channel import Broken, Cancelled
+from .._channel import Cancelled
 from .._task import Task
 from . import _threads
-from ._run import SETTLE_SECONDS, Run, Stage, adapt, branch_error
+from ._run import SETTLE_SECONDS, Run, Stage, Worker, adapt, branch_error
 
-__all__ = ["Claim", "as_iterator", "iterate", "pour", "start"]
-
-Claim = list[Iterator[Any] | None]
+__all__ = ["as_iterator", "iterate", "pour", "start"]
 
 
 def start(run: Run, stage: Stage) -> None:
@@ -53,71 +51,48 @@ def start(run: Run, stage: Stage) -> None:
 
 
 def _work(run: Run, stage: Stage) -> None:
-    task = stage.task
-    cursor = run.cursor()
-    claim = stage.inp.claim()
-    box = stage.out.outbox()
+    worker = Worker(run, stage)
+    error: BaseException | None = None
     try:
-        if task.join:
-            _join(run, stage, cursor, claim, box)
-        elif task.branch:
-            _branch(run, stage, cursor, claim, box)
+        if stage.task.join:
+            _join(worker)
+        elif stage.task.branch:
+            _branch(worker)
         else:
-            _map(run, stage, cursor, claim, box)
-    except (Cancelled, Broken):
-        pass
+            _map(worker)
     except BaseException as exc:
-        run.fail(exc, task)
+        error = exc
     finally:
-        cursor[0] = []
-        claim[0] = None
-        stage.inp.close_receive()
-        stage.out.close_send()
+        worker.leave(error)
 
 
-def _siblings(stage: Stage) -> Sized:
-    """What a worker checks before each call: its siblings parked with nothing to do."""
-    if stage.task.workers > 1 and not stage.task.ordered:
-        return stage.inp.getters
-    return ()
+def _flusher(worker: Worker) -> Callable[[bool], None]:
+    """``flush(last)``: hand the outbox on (as part of the batch in hand, when ordered)."""
+    out, box = worker.stage.out, worker.box
+    if worker.ordered:
+        return lambda last: out.flush_seq(worker.seq, box, last)
+    return lambda last: out.flush(box)
 
 
-def _map(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
-    inp, out, call = stage.inp, stage.out, stage.call
+def _map(worker: Worker) -> None:
+    stage = worker.stage
+    inp, call = stage.inp, stage.call
+    get = inp.get_seq if worker.ordered else inp.get
+    receivers, idle, append = stage.out.getters, worker.idle, worker.box.append
+    flush = _flusher(worker)
     limit = min(stage.take, stage.emit)
-    ordered = stage.task.ordered and stage.task.workers > 1
-    receivers, idle = out.getters, _siblings(stage)
-    append = box.append
-    flush: Callable[[], None] = partial(out.flush, box)
     n = 1
-    while True:
-        if ordered:
-            got = inp.get_seq(n)
-            if got is None:
-                return
-            seq, batch = got
-            flush = partial(out.flush_seq, seq, box, False)
-        else:
-            batch = inp.get(n)  # type: ignore[assignment]
-            if batch is None:
-                return
-        cursor[0] = batch
-        if run.cancelled:  # cancel() may have emptied the previous batch instead
-            raise Cancelled
-        claim[0] = items = iter(batch)
+    while (items := worker.begin(get(n))) is not None:
         started = perf_counter()
         for x in items:
             if idle:
                 inp.wake_idle(items)
             append(call(x))
             if receivers:
-                flush()
+                flush(False)
         elapsed = perf_counter() - started
-        if ordered:
-            out.flush_seq(seq, box, True)
-        else:
-            out.flush(box)
-        n = adapt(n, len(batch), elapsed, limit)
+        flush(True)
+        n = adapt(n, worker.size, elapsed, limit)
 
 
 def as_iterator(task: Task, result: object, run: Run | None = None) -> Iterator[Any]:
@@ -210,59 +185,38 @@ def pour(
             close()
 
 
-def _branch(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
-    inp, out, call, task = stage.inp, stage.out, stage.call, stage.task
-    ordered = task.ordered and task.workers > 1
-    receivers, idle = out.getters, _siblings(stage)
-    flush: Callable[[], None] = partial(out.flush, box)
+def _branch(worker: Worker) -> None:
+    stage, run = worker.stage, worker.run
+    inp, call, task = stage.inp, stage.call, stage.task
+    get = inp.get_seq if worker.ordered else inp.get
+    receivers, idle = stage.out.getters, worker.idle
+    flush = _flusher(worker)
+    early = partial(flush, False)
     n = m = 1
-    while True:
-        if ordered:
-            got = inp.get_seq(n)
-            if got is None:
-                return
-            seq, batch = got
-            flush = partial(out.flush_seq, seq, box, False)
-        else:
-            batch = inp.get(n)  # type: ignore[assignment]
-            if batch is None:
-                return
-        cursor[0] = batch
-        if run.cancelled:  # cancel() may have emptied the previous batch instead
-            raise Cancelled
-        claim[0] = items = iter(batch)
+    while (items := worker.begin(get(n))) is not None:
         started = perf_counter()
         for x in items:
             if idle:
                 inp.wake_idle(items)
-            m = pour(as_iterator(task, call(x), run), box, m, stage.emit, flush, receivers)
-        if ordered:
-            out.flush_seq(seq, box, True)
-        else:
-            out.flush(box)
-        n = adapt(n, len(batch), perf_counter() - started, stage.take)
+            m = pour(as_iterator(task, call(x), run), worker.box, m, stage.emit, early, receivers)
+        flush(True)
+        n = adapt(n, worker.size, perf_counter() - started, stage.take)
 
 
-def _join(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: list[Any]) -> None:
-    inp, out, task = stage.inp, stage.out, stage.task
-    idle = _siblings(stage)
+def _join(worker: Worker) -> None:
+    stage, run = worker.stage, worker.run
+    inp, out, task, box = stage.inp, stage.out, stage.task, worker.box
 
     def stream() -> Generator[Any, None, None]:
         n = 1
-        while True:
-            batch = inp.get(n)  # raises Cancelled into the join function if the run stops
-            if batch is None:
-                return
-            cursor[0] = batch
-            if run.cancelled:
-                raise Cancelled
-            claim[0] = items = iter(batch)
+        # inp.get raises Cancelled into the join function if the run stops.
+        while (items := worker.begin(inp.get(n))) is not None:
             started = perf_counter()
             for x in items:
-                if idle:
+                if worker.idle:
                     inp.wake_idle(items)
                 yield x
-            n = adapt(n, len(batch), perf_counter() - started, stage.take)
+            n = adapt(n, worker.size, perf_counter() - started, stage.take)
 
     inputs = stream()
     try:
@@ -273,8 +227,6 @@ def _join(run: Run, stage: Stage, cursor: list[list[Any]], claim: Claim, box: li
             box.append(result)
     finally:
         inputs.close()
-        if claim[0] is not None:  # returned early: what it took but did not read is not its
-            inp.give_back(list(claim[0]))
     out.flush(box)
 
 
