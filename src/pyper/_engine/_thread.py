@@ -41,7 +41,8 @@ def start(run: Run, stage: Stage) -> None:
         (lambda: run.context.copy().run(_work, run, stage), f"pyper:{task.name}[{i}]")
         for i in range(task.workers)
     ]
-    # On an event loop's thread, never wait for a thread to start.
+    # On an event loop's thread, wait for at most one new thread to start (~0.1 ms):
+    # that thread starts the others. Reused threads start without any wait.
     _threads.spawn(
         jobs,
         daemon=task.daemon,
