@@ -29,6 +29,7 @@ import pytest
 
 import pyper
 from conftest import (
+    InFlight,
     Leaks,
     LoopErrors,
     acollect,
@@ -54,27 +55,6 @@ class Boom(Exception):
 
 async def _aident(x: Any) -> Any:
     return x
-
-
-class InFlight:
-    """Outputs of one task that exist but were not yet handed to a downstream call: the
-    quantity a throttle bounds.  ``produce`` when an output is made, ``consume`` when a
-    downstream call (or the caller's loop body) receives one."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.produced = 0
-        self.consumed = 0
-        self.peak = 0
-
-    def produce(self) -> None:
-        with self.lock:
-            self.produced += 1
-            self.peak = max(self.peak, self.produced - self.consumed)
-
-    def consume(self) -> None:
-        with self.lock:
-            self.consumed += 1
 
 
 # --------------------------------------------------------------------------------------------

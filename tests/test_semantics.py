@@ -21,7 +21,7 @@ try:  # hypothesis is optional: without it the property test is skipped
 except ImportError:  # pragma: no cover
     st = None
 
-from conftest import acollect, collect, run_async, time_limit
+from conftest import InFlight, acollect, collect, run_async, time_limit
 from pyper import AsyncPipeline, task
 
 pytestmark = pytest.mark.timeout(20)
@@ -323,25 +323,6 @@ def test_sync_join_in_async_pipeline_gets_plain_iterator_on_a_thread() -> None:
 
 # --------------------------------------------------------------------------------------------
 # throttle
-
-
-class InFlight:
-    """Outputs produced by a task minus those handed to a downstream call; records the peak."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.produced = 0
-        self.consumed = 0
-        self.peak = 0
-
-    def produce(self) -> None:
-        with self.lock:
-            self.produced += 1
-            self.peak = max(self.peak, self.produced - self.consumed)
-
-    def consume(self) -> None:
-        with self.lock:
-            self.consumed += 1
 
 
 @pytest.mark.parametrize("mode", ["sync", "async", "mixed"])
