@@ -1030,36 +1030,55 @@ def test_none_items_from_generators_and_returns() -> None:
 # Nested pipelines
 
 
-def test_pipeline_as_task_is_flattened() -> None:
+def test_pipeline_as_task_with_branch_is_flattened() -> None:
     inner = task(my_mapper_fn) | task(twice_gen)  # inner(x) -> x+1, x+1
-    outer = task(count_up_gen) | task(inner) | task(lambda y: y * 10)
+    outer = task(count_up_gen) | task(inner, branch=True) | task(lambda y: y * 10)
     assert not is_async_pipeline(outer)
     assert collect(outer, 3) == [10, 10, 20, 20, 30, 30]
 
 
+def test_pipeline_as_task_emits_its_output_stream_per_input() -> None:
+    """As in the original: one item per input, the inner run's output stream (lazy: it
+    runs when the next task iterates it)."""
+    inner = task(my_mapper_fn) | task(twice_gen)
+    outer = task(count_up_gen) | task(inner) | task(list)
+    assert collect(outer, 3) == [[1, 1], [2, 2], [3, 3]]
+    assert collect(task(count_up_gen) | task(inner, branch=False) | task(list), 2) == [[1, 1], [2, 2]]
+
+
+def test_async_pipeline_as_task_emits_an_async_stream_per_input() -> None:
+    inner = task(my_async_mapper_fn) | task(twice_agen)
+
+    async def gather(stream: Any) -> list[int]:
+        return [x async for x in stream]
+
+    outer = task(count_up_gen) | task(inner, workers=2) | task(gather, workers=2)
+    assert sorted(collect(outer, 3)) == [[1, 1], [2, 2], [3, 3]]
+
+
 def test_pipeline_as_task_with_workers() -> None:
     inner = task(my_mapper_fn) | task(twice_gen) | task(my_mapper_fn, workers=2)
-    outer = task(count_up_gen) | task(inner, workers=3)
+    outer = task(count_up_gen) | task(inner, workers=3, branch=True)
     assert sorted(collect(outer, 5)) == sorted(x + 2 for x in range(5) for _ in (0, 1))
 
 
 def test_async_pipeline_in_async_pipeline() -> None:
     inner = task(my_async_mapper_fn) | task(twice_agen)
-    outer = task(count_up_agen) | task(inner, workers=2) | task(my_mapper_fn)
+    outer = task(count_up_agen) | task(inner, workers=2, branch=True) | task(my_mapper_fn)
     assert is_async_pipeline(outer)
     assert sorted(collect(outer, 3)) == [2, 2, 3, 3, 4, 4]
 
 
 def test_sync_pipeline_in_async_pipeline() -> None:
     inner = task(my_mapper_fn) | task(twice_gen)
-    outer = task(count_up_agen) | task(inner) | task(my_async_mapper_fn)
+    outer = task(count_up_agen) | task(inner, branch=True) | task(my_async_mapper_fn)
     assert is_async_pipeline(outer)
     assert collect(outer, 2) == [2, 2, 3, 3]
 
 
 def test_async_pipeline_as_task_makes_outer_async() -> None:
     inner = task(my_async_mapper_fn)
-    outer = task(count_up_gen) | task(inner)
+    outer = task(count_up_gen) | task(inner, branch=True)
     assert is_async_pipeline(outer)
     assert collect(outer, 3) == [1, 2, 3]
 
@@ -1081,7 +1100,7 @@ def test_nested_pipeline_error_reaches_outer_caller() -> None:
             raise err
         return x
 
-    outer = task(count_up_gen) | task(task(inner_fails) | task(twice_gen))
+    outer = task(count_up_gen) | task(task(inner_fails) | task(twice_gen), branch=True)
     with pytest.raises(RuntimeError) as ei:
         collect(outer, 5)
     assert ei.value is err
@@ -1142,7 +1161,7 @@ def test_nested_runs_do_not_accumulate_in_a_long_outer_run() -> None:
     from pyper._engine._run import Run
 
     inner = task(lambda x: x) | task(lambda x: x + 1)
-    outer = task(lambda n: range(n), branch=True) | task(inner)
+    outer = task(lambda n: range(n), branch=True) | task(inner, branch=True)
     live: list[int] = []
     out = []
     for i, x in enumerate(outer(2000)):

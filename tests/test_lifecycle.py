@@ -1511,7 +1511,7 @@ def test_nested_pipeline_cancelled_with_outer(kind: str, leaks: Leaks) -> None:
 
     asy = kind == "async_tasks"
     inner = task(lambda x: x + 1) | task(aper_item_forever if asy else per_item_forever, throttle=2)
-    outer = finish(kind, task(produce) | task(inner, workers=2))
+    outer = finish(kind, task(produce) | task(inner, workers=2, branch=True))
     out: list[int] = []
 
     if kind == "sync":

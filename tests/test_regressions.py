@@ -610,7 +610,7 @@ def test_nested_pipeline_runs_are_not_kept_by_the_outer_run(
         gc.collect()
         return len(runs) <= 3  # the outer run, and a nested one at most (in its teardown)
 
-    gen = (task(src) | task(inner) | task(lambda x: x))()
+    gen = (task(src) | task(inner, branch=True) | task(lambda x: x))()
     try:
         out = [next(gen) for _ in range(1000)]
         ok = wait_until(settled, 3.0)

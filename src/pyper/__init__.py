@@ -2,9 +2,16 @@
 
     from pyper import task
     run = task(produce) | task(fetch, workers=20) | task(parse) > save
+
+The public names are re-exported here from private modules: ``_task`` (``task``),
+``_pipeline`` (``Pipeline``, ``AsyncPipeline``) and ``_errors``.
 """
 
+from ._errors import PipelineSetupError
 from ._pipeline import AsyncPipeline, Pipeline
 from ._task import task
 
-__all__ = ["AsyncPipeline", "Pipeline", "task"]
+#: The version of the distribution ``python-pyper`` (kept equal to pyproject.toml's by a test).
+__version__ = "0.5.0"
+
+__all__ = ["AsyncPipeline", "Pipeline", "PipelineSetupError", "task", "__version__"]

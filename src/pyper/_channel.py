@@ -50,23 +50,19 @@ Thread-safety: every field below is guarded by ``_lock`` (a plain
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from itertools import islice
 from operator import length_hint
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-__all__ = ["Broken", "Cancelled", "Channel"]
+from ._errors import Broken, Cancelled
 
+if TYPE_CHECKING:
+    import asyncio
 
-class Cancelled(Exception):
-    """The run this channel belongs to was cancelled."""
-
-
-class Broken(Exception):
-    """Every receiver of this channel has left; nothing more will be read."""
+__all__ = ["Channel"]
 
 
 class _ThreadWaiter:
@@ -104,6 +100,14 @@ class _AsyncWaiter:
                 self._loop.call_soon_threadsafe(_resolve, self.future)
             except RuntimeError:  # the loop is closed: nobody is left to wake
                 pass
+
+
+def _running_loop() -> asyncio.AbstractEventLoop:
+    # Imported here, not at the top: a program that runs only sync pipelines never
+    # imports asyncio. Only a task that parks gets here, and asyncio is loaded then.
+    from asyncio import get_running_loop
+
+    return get_running_loop()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -435,13 +439,12 @@ class Channel:
 
     async def _async(self, step: Any, *args: Any) -> Any:
         lock = self._lock
-        loop = asyncio.get_running_loop()
         while True:
             with lock:
                 result = step(*args)
                 if result is not _WAIT:
                     return result
-                waiter = _AsyncWaiter(loop)
+                waiter = _AsyncWaiter(_running_loop())
                 self._putters.append(waiter)
             try:
                 await waiter.future
@@ -451,13 +454,12 @@ class Channel:
 
     async def _async_get(self, step: Any, n: int) -> Any:
         lock = self._lock
-        loop = asyncio.get_running_loop()
         while True:
             with lock:
                 result = step(n)
                 if result is not _WAIT:
                     return result
-                waiter = _AsyncWaiter(loop)
+                waiter = _AsyncWaiter(_running_loop())
                 self.getters.append(waiter)
                 result = self._scavenge(n)
                 if result is not _WAIT:

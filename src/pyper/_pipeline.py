@@ -1,6 +1,6 @@
 """``Pipeline`` and ``AsyncPipeline``: immutable plans, composed with ``|`` and ``>``.
 
-A pipeline is a tuple of validated tasks (``_task.Task``) and nothing else:
+A pipeline is a tuple of validated tasks (``_spec.Task``) and nothing else:
 nothing loop-bound or thread-bound is created before it is run, so one pipeline
 may be run many times, at once, from any thread, task or event loop. Calling it
 validates what can only be checked then and returns a generator (or async
@@ -9,11 +9,12 @@ generator) that starts the run when first iterated.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, Generic, NoReturn, ParamSpec, Protocol, TypeVar, overload
 
-from ._engine import _async, _thread
-from ._task import Task, _classify, describe
+from ._engine import _async_caller, _sync_caller
+from ._errors import PipelineSetupError
+from ._spec import Task, classify, describe
 
 __all__ = ["AsyncPipeline", "Pipeline"]
 
@@ -29,8 +30,24 @@ class Pipeline(Generic[P, T]):
     __slots__ = ("_tasks",)
     _tasks: tuple[Task, ...]
 
-    def __init__(self, tasks: tuple[Task, ...]) -> None:
+    def __new__(cls, tasks: Iterable[Task]) -> Pipeline[P, T]:
+        """``Pipeline(tasks)``: a pipeline of these tasks (an ``AsyncPipeline`` if any is
+        async), as ``Pipeline(p.tasks)`` in code written for the original Pyper."""
+        tasks = tuple(tasks)
+        if not tasks or not all(isinstance(t, Task) for t in tasks):
+            raise TypeError(
+                f"Pipeline(tasks) needs a non-empty sequence of tasks (from task(...).tasks), got {tasks!r}"
+            )
+        if cls is Pipeline and any(t.is_async for t in tasks):
+            cls = AsyncPipeline
+        self = object.__new__(cls)
         object.__setattr__(self, "_tasks", tasks)
+        return self
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        """The pipeline's tasks in order, each with its options as attributes (read-only)."""
+        return self._tasks
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         raise AttributeError(f"{type(self).__name__} is immutable; compose a new one with |")
@@ -44,7 +61,7 @@ class Pipeline(Generic[P, T]):
     def check_first_task(self) -> None:
         first = self._tasks[0]
         if first.workers > 1 or first.join:
-            raise ValueError(
+            raise PipelineSetupError(
                 f"task {first.name!r} is the first task of pipeline {self}: it is called once, "
                 "with the pipeline's arguments, so it cannot have workers > 1 or join=True; "
                 "give those to a later task"
@@ -53,7 +70,7 @@ class Pipeline(Generic[P, T]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Generator[T, None, None]:
         """Run lazily: nothing starts until the returned generator is iterated."""
         self.check_first_task()
-        return _thread.iterate(self._tasks, args, kwargs)
+        return _sync_caller.iterate(self._tasks, args, kwargs)  # type: ignore[return-value]
 
     @overload
     def pipe(self, other: _AsyncTaking[T, U]) -> AsyncPipeline[P, U]: ...
@@ -83,7 +100,7 @@ class Pipeline(Generic[P, T]):
         """A function that runs the pipeline and passes its output stream to ``consumer``
         (also spelled ``>``). The stream is closed when ``consumer`` returns."""
         _check_consumer(self, consumer)
-        if _classify(consumer)[0] != "sync":
+        if classify(consumer)[0] != "sync":
             as_async: AsyncPipeline[P, T] = AsyncPipeline(self._tasks)
             return as_async.consume(consumer)
 
@@ -107,7 +124,7 @@ class AsyncPipeline(Pipeline[P, T]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[T, None]:  # type: ignore[override]
         """Run lazily: nothing starts until the returned async generator is iterated."""
         self.check_first_task()
-        return _async.iterate(self._tasks, args, kwargs)
+        return _async_caller.iterate(self._tasks, args, kwargs)  # type: ignore[return-value]
 
     def pipe(self, other: _Taking[T, U] | _AsyncTaking[T, U]) -> AsyncPipeline[P, U]:
         return AsyncPipeline(Pipeline.pipe(self, other)._tasks)
@@ -118,7 +135,7 @@ class AsyncPipeline(Pipeline[P, T]):
         self, consumer: Callable[[AsyncGenerator[T, None]], Awaitable[R]]
     ) -> Callable[P, Coroutine[Any, Any, R]]:
         _check_consumer(self, consumer)
-        if _classify(consumer)[0] == "sync":
+        if classify(consumer)[0] == "sync":
             raise TypeError(
                 f"{describe(consumer)!r} cannot consume {self!r}: an AsyncPipeline's output is an "
                 "async stream, so its consumer must be an async function (async def ..., "

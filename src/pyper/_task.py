@@ -1,103 +1,39 @@
-"""``task(...)``: validate options once and classify the callable once.
+"""``task(...)``: a one-task pipeline from a callable and its options; also a decorator.
 
-Everything decided here (sync or async, branching or not, the call adapter) is
-decided at ``task(...)`` time, so that the engine's per-item path does no checks.
+Options are validated and the callable classified once, here (``_spec``), so that
+the engine's per-item path does no checks. Most of this file is the overloads that
+let a type checker follow the item types through ``|`` and ``>`` (the table below
+the class says which overload applies when).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-from dataclasses import dataclass
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Callable,
-    Literal,
-    ParamSpec,
-    Protocol,
-    TypeAlias,
-    TypedDict,
-    TypeVar,
-    Unpack,
-    overload,
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Iterator
+from typing import Any, Callable, Literal, Unpack, overload
+
+from ._pipeline import AsyncPipeline, Pipeline
+from ._spec import Kind, Task, check_bool, check_int, classify, describe
+from ._typing import (
+    _AIt,
+    _Bound,
+    _BoundBranchDecorator,
+    _BoundDecorator,
+    _BoundNoBranchDecorator,
+    _BranchDecorator,
+    _Decorator,
+    _JoinBranchDecorator,
+    _JoinDecorator,
+    _JoinNoBranchDecorator,
+    _NoBranchDecorator,
+    _Options,
+    _P,
+    _R,
+    _T,
+    _U,
 )
 
-if TYPE_CHECKING:
-    from ._pipeline import AsyncPipeline, Pipeline
-
-__all__ = ["Task", "describe", "make_task", "task"]
-
-Kind = Literal["sync", "coro", "agen"]
-
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    """One task of a pipeline, validated. Immutable and shared by every run."""
-
-    func: Callable[..., Any]
-    name: str
-    kind: Kind  # "sync": a plain call; "coro": returns an awaitable; "agen": returns an async iterator
-    workers: int
-    branch: bool
-    join: bool
-    throttle: int
-    ordered: bool
-    daemon: bool
-
-    @property
-    def is_async(self) -> bool:
-        return self.kind != "sync"
-
-
-def describe(func: object) -> str:
-    """A short name for messages and thread names."""
-    seen = 0
-    while isinstance(func, functools.partial) and seen < 10:
-        func, seen = func.func, seen + 1
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
-    if isinstance(name, str):
-        return name
-    return type(func).__name__
-
-
-def _unwrap(func: object) -> object:
-    """Look through partials, bound methods and ``functools.wraps`` decorators."""
-    for _ in range(100):
-        if isinstance(func, functools.partial):
-            func = func.func
-        elif inspect.ismethod(func):
-            func = func.__func__
-        elif hasattr(func, "__wrapped__") and (inspect.isfunction(func) or inspect.ismethod(func)):
-            func = func.__wrapped__  # type: ignore[union-attr]
-        else:
-            return func
-    return func
-
-
-def _classify(func: object) -> tuple[Kind, bool]:
-    """(kind, is a generator function) of any callable."""
-    target = _unwrap(func)
-    if not (inspect.isfunction(target) or inspect.isbuiltin(target) or inspect.isclass(target)):
-        call = getattr(type(target), "__call__", None)
-        if call is not None and not isinstance(target, type):
-            target = _unwrap(call)
-    if inspect.isasyncgenfunction(target):
-        return "agen", True
-    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(func):
-        return "coro", False
-    return "sync", inspect.isgeneratorfunction(target)
-
-
-def _check_int(name: str, option: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"task {name!r}: {option} must be an int, got {type(value).__name__} {value!r}"
-        )
-    if value < minimum:
-        raise ValueError(f"task {name!r}: {option} must be >= {minimum}, got {value}")
-    return value
+__all__ = ["make_task", "task"]
 
 
 def make_task(
@@ -113,8 +49,7 @@ def make_task(
     multiprocess: object,
     daemon: object,
 ) -> Task:
-    from ._pipeline import AsyncPipeline, Pipeline
-
+    """Validate ``task(func, ...)``'s options and classify ``func``: the task's data."""
     if not callable(func):
         raise TypeError(f"task() needs a callable (a function, method or Pipeline), got {func!r}")
     name = describe(func)
@@ -124,21 +59,26 @@ def make_task(
                 f"task {name!r}: give workers= or its older alias concurrency=, not both"
             )
         workers = concurrency
-    workers = _check_int(name, "workers", 1 if workers is None else workers, 1)
-    throttle = _check_int(name, "throttle", throttle, 0)
-    for option, value in (("join", join), ("ordered", ordered), ("multiprocess", multiprocess), ("daemon", daemon)):
-        if not isinstance(value, bool):
-            raise TypeError(f"task {name!r}: {option} must be True or False, got {value!r}")
+    workers = check_int(name, "workers", 1 if workers is None else workers, 1)
+    throttle = check_int(name, "throttle", throttle, 0)
+    join = check_bool(name, "join", join)
+    ordered = check_bool(name, "ordered", ordered)
+    multiprocess = check_bool(name, "multiprocess", multiprocess)
+    daemon = check_bool(name, "daemon", daemon)
     if branch is not None and not isinstance(branch, bool):
         raise TypeError(f"task {name!r}: branch must be True, False or None, got {branch!r}")
 
+    pipeline = isinstance(func, Pipeline)
+    kind: Kind
     if isinstance(func, Pipeline):
+        # A nested pipeline: each call returns the inner run's output stream, one item
+        # per input, fanned out only with branch=True (as in the original Pyper).
         func.check_first_task()
-        kind: Kind = "agen" if isinstance(func, AsyncPipeline) else "sync"
-        is_gen = True
+        kind = "agen" if isinstance(func, AsyncPipeline) else "sync"
+        is_gen = False
         name = f"pipeline({func})"
     else:
-        kind, is_gen = _classify(func)
+        kind, is_gen = classify(func)
 
     if bind is not None:
         if not (isinstance(bind, tuple) and len(bind) == 2):
@@ -169,12 +109,15 @@ def make_task(
         func=func,
         name=name,
         kind=kind,
+        is_gen=is_gen,
         workers=workers,
         branch=is_gen if branch is None else branch,
-        join=join,  # type: ignore[arg-type]  # checked above: a bool
+        join=join,
         throttle=throttle,
-        ordered=ordered,  # type: ignore[arg-type]
-        daemon=daemon,  # type: ignore[arg-type]
+        ordered=ordered,
+        multiprocess=multiprocess,
+        daemon=daemon,
+        pipeline=pipeline,
     )
 
 
@@ -244,16 +187,18 @@ class _TaskFactory:
     ) -> Callable[[Callable[..., Any]], Any]: ...
 
     # -- task(func): branch=None (the default) ----------------------------------------------------
+    # A nested pipeline emits its output stream per input (an AsyncPipeline: an async one;
+    # the two overlap because AsyncPipeline subclasses Pipeline; the first match is right).
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, func: AsyncPipeline[_P, _T], /, *, branch: None | Literal[False] = None,
+        join: Literal[False] = False, bind: None = None, **options: Unpack[_Options],
+    ) -> AsyncPipeline[_P, AsyncGenerator[_T, None]]: ...
     @overload
     def __call__(
-        self, func: AsyncPipeline[_P, _T], /, *, branch: None = None,
+        self, func: Pipeline[_P, _T], /, *, branch: None | Literal[False] = None,
         join: Literal[False] = False, bind: None = None, **options: Unpack[_Options],
-    ) -> AsyncPipeline[_P, _T]: ...
-    @overload
-    def __call__(
-        self, func: Pipeline[_P, _T], /, *, branch: None = None,
-        join: Literal[False] = False, bind: None = None, **options: Unpack[_Options],
-    ) -> Pipeline[_P, _T]: ...
+    ) -> Pipeline[_P, Generator[_T, None, None]]: ...
     @overload
     def __call__(
         self, func: Callable[_P, AsyncIterator[_T]], /, *, branch: None = None,
@@ -460,8 +405,6 @@ class _TaskFactory:
         multiprocess: bool = False,
         daemon: bool = False,
     ) -> Any:
-        from ._pipeline import AsyncPipeline, Pipeline
-
         options = dict(
             workers=workers,
             concurrency=concurrency,
@@ -502,7 +445,9 @@ class _TaskFactory:
 #   AsyncIterator[T] (async generator)     None/True  T                  AsyncPipeline
 #   Coroutine[.., R] (async def)           None       R                  AsyncPipeline
 #   Coroutine[.., Iterable[T]]             True       T                  AsyncPipeline
-#   Iterator[T] (generator; a Pipeline)    None/True  T                  Pipeline
+#   Iterator[T] (a generator function)     None/True  T                  Pipeline
+#   a Pipeline[P, T] (nested)              None/False Generator[T]       Pipeline (Async: AsyncGenerator[T])
+#   a Pipeline[P, T] (nested)              True       T                  as it is
 #   Iterable[T]                            True       T                  Pipeline
 #   R (anything else)                      None       R                  Pipeline
 #   anything                               False      the return value   as above
@@ -515,179 +460,10 @@ class _TaskFactory:
 # overload would accept it, but would also turn every mismatch in `p | task(f)` into Any
 # silently. The decorator form has one: task(branch=flag)(f) is typed Any.
 #
-# Where the static view differs from the run-time classification (_classify): a sync function
+# Where the static view differs from the run-time classification (_spec.classify): a sync function
 # annotated to return an Iterator that is not a generator function is typed as fanning out
 # (at run time it does only with branch=True); a sync callable returning a coroutine is typed
 # as async (at run time it is a sync task that emits coroutine objects).
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-_U = TypeVar("_U")
-_R = TypeVar("_R")
-_AIt = TypeVar("_AIt", bound=AsyncIterator[Any])
-
-_Bound: TypeAlias = tuple[tuple[Any, ...], dict[str, Any]]
-"""What ``task.bind(...)`` returns (with no arguments it returns ``None``)."""
-
-
-class _Options(TypedDict, total=False):
-    """The keyword options of ``task(...)`` that do not change its type."""
-
-    workers: int
-    concurrency: int | None
-    throttle: int
-    ordered: bool
-    multiprocess: bool
-    daemon: bool
-
-
-# -- What the decorator form @task(...) returns: the overloads above, per branch=/join= -----
-# These protocols exist for the type checker; at run time @task(...) returns a plain function.
-
-
-class _Decorator(Protocol):
-    """``@task(...)`` with the default branch (``None``) and ``join=False``."""
-
-    @overload
-    def __call__(self, func: AsyncPipeline[_P, _T], /) -> AsyncPipeline[_P, _T]: ...
-    @overload
-    def __call__(self, func: Pipeline[_P, _T], /) -> Pipeline[_P, _T]: ...
-    @overload
-    def __call__(self, func: Callable[_P, AsyncIterator[_T]], /) -> AsyncPipeline[_P, _T]: ...
-    @overload
-    def __call__(
-        self, func: Callable[_P, Coroutine[Any, Any, _R]], /
-    ) -> AsyncPipeline[_P, _R]: ...
-    @overload
-    def __call__(self, func: Callable[_P, Iterator[_T]], /) -> Pipeline[_P, _T]: ...
-    @overload
-    def __call__(self, func: Callable[_P, _R], /) -> Pipeline[_P, _R]: ...
-
-
-class _BranchDecorator(Protocol):
-    """``@task(branch=True, ...)``."""
-
-    @overload
-    def __call__(self, func: Callable[_P, AsyncIterator[_T]], /) -> AsyncPipeline[_P, _T]: ...
-    @overload
-    def __call__(
-        self, func: Callable[_P, Coroutine[Any, Any, AsyncIterable[_T]]], /
-    ) -> AsyncPipeline[_P, _T]: ...
-    @overload
-    def __call__(
-        self, func: Callable[_P, Coroutine[Any, Any, Iterable[_T]]], /
-    ) -> AsyncPipeline[_P, _T]: ...
-    @overload
-    def __call__(self, func: Callable[_P, Iterable[_T]], /) -> Pipeline[_P, _T]: ...
-
-
-class _NoBranchDecorator(Protocol):
-    """``@task(branch=False, ...)``."""
-
-    @overload
-    def __call__(
-        self, func: Callable[_P, Coroutine[Any, Any, _R]], /
-    ) -> AsyncPipeline[_P, _R]: ...
-    @overload
-    def __call__(self, func: Callable[_P, _AIt], /) -> AsyncPipeline[_P, _AIt]: ...
-    @overload
-    def __call__(self, func: Callable[_P, _R], /) -> Pipeline[_P, _R]: ...
-
-
-class _JoinDecorator(Protocol):
-    """``@task(join=True, ...)``."""
-
-    @overload
-    def __call__(
-        self, func: Callable[[AsyncIterator[_T]], AsyncIterator[_U]], /
-    ) -> AsyncPipeline[[_T], _U]: ...
-    @overload
-    def __call__(
-        self, func: Callable[[AsyncIterator[_T]], Coroutine[Any, Any, _R]], /
-    ) -> AsyncPipeline[[_T], _R]: ...
-    @overload
-    def __call__(self, func: Callable[[Iterator[_T]], Iterator[_U]], /) -> Pipeline[[_T], _U]: ...
-    @overload
-    def __call__(self, func: Callable[[Iterator[_T]], _R], /) -> Pipeline[[_T], _R]: ...
-
-
-class _JoinBranchDecorator(Protocol):
-    """``@task(join=True, branch=True, ...)``."""
-
-    @overload
-    def __call__(
-        self, func: Callable[[AsyncIterator[_T]], AsyncIterator[_U]], /
-    ) -> AsyncPipeline[[_T], _U]: ...
-    @overload
-    def __call__(
-        self, func: Callable[[AsyncIterator[_T]], Coroutine[Any, Any, AsyncIterable[_U]]], /
-    ) -> AsyncPipeline[[_T], _U]: ...
-    @overload
-    def __call__(
-        self, func: Callable[[AsyncIterator[_T]], Coroutine[Any, Any, Iterable[_U]]], /
-    ) -> AsyncPipeline[[_T], _U]: ...
-    @overload
-    def __call__(self, func: Callable[[Iterator[_T]], Iterable[_U]], /) -> Pipeline[[_T], _U]: ...
-
-
-class _JoinNoBranchDecorator(Protocol):
-    """``@task(join=True, branch=False, ...)``."""
-
-    @overload
-    def __call__(
-        self, func: Callable[[AsyncIterator[_T]], Coroutine[Any, Any, _R]], /
-    ) -> AsyncPipeline[[_T], _R]: ...
-    @overload
-    def __call__(
-        self, func: Callable[[AsyncIterator[_T]], _AIt], /
-    ) -> AsyncPipeline[[_T], _AIt]: ...
-    @overload
-    def __call__(self, func: Callable[[Iterator[_T]], _R], /) -> Pipeline[[_T], _R]: ...
-
-
-class _BoundDecorator(Protocol):
-    """``@task(bind=task.bind(...), ...)``: the pipeline's parameters are unknown (``...``)."""
-
-    @overload
-    def __call__(self, func: Callable[..., AsyncIterator[_T]], /) -> AsyncPipeline[..., _T]: ...
-    @overload
-    def __call__(
-        self, func: Callable[..., Coroutine[Any, Any, _R]], /
-    ) -> AsyncPipeline[..., _R]: ...
-    @overload
-    def __call__(self, func: Callable[..., Iterator[_T]], /) -> Pipeline[..., _T]: ...
-    @overload
-    def __call__(self, func: Callable[..., _R], /) -> Pipeline[..., _R]: ...
-
-
-class _BoundBranchDecorator(Protocol):
-    """``@task(bind=task.bind(...), branch=True, ...)``."""
-
-    @overload
-    def __call__(self, func: Callable[..., AsyncIterator[_T]], /) -> AsyncPipeline[..., _T]: ...
-    @overload
-    def __call__(
-        self, func: Callable[..., Coroutine[Any, Any, AsyncIterable[_T]]], /
-    ) -> AsyncPipeline[..., _T]: ...
-    @overload
-    def __call__(
-        self, func: Callable[..., Coroutine[Any, Any, Iterable[_T]]], /
-    ) -> AsyncPipeline[..., _T]: ...
-    @overload
-    def __call__(self, func: Callable[..., Iterable[_T]], /) -> Pipeline[..., _T]: ...
-
-
-class _BoundNoBranchDecorator(Protocol):
-    """``@task(bind=task.bind(...), branch=False, ...)``."""
-
-    @overload
-    def __call__(
-        self, func: Callable[..., Coroutine[Any, Any, _R]], /
-    ) -> AsyncPipeline[..., _R]: ...
-    @overload
-    def __call__(self, func: Callable[..., _AIt], /) -> AsyncPipeline[..., _AIt]: ...
-    @overload
-    def __call__(self, func: Callable[..., _R], /) -> Pipeline[..., _R]: ...
 
 
 task = _TaskFactory()

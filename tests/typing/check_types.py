@@ -172,11 +172,14 @@ assert_type(
 )
 assert_type(task(ainc, concurrency=20), AsyncPipeline[[int], int])
 
-# Nested pipelines are tasks; their outputs are flattened
+# Nested pipelines are tasks: each input gives one item, the inner output stream;
+# branch=True flattens it
 inner = task(inc) | task(to_str)
 ainner = task(inc) | task(ato_str)
-assert_type(task(inner), Pipeline[[int], str])
-assert_type(task(ainner), AsyncPipeline[[int], str])
+assert_type(task(inner), Pipeline[[int], Generator[str, None, None]])
+assert_type(task(ainner), AsyncPipeline[[int], AsyncGenerator[str, None]])
+assert_type(task(inner, branch=True), Pipeline[[int], str])
+assert_type(task(ainner, branch=True), AsyncPipeline[[int], str])
 
 # branch=True: fan out whatever iterable the function returns
 assert_type(task(split, branch=True), Pipeline[[str], str])
@@ -361,7 +364,7 @@ assert_type(o_scale, Pipeline[..., float])
 
 # The decorator also wraps existing functions and pipelines
 assert_type(task(workers=2)(ainc), AsyncPipeline[[int], int])
-assert_type(task(throttle=1)(inner), Pipeline[[int], str])
+assert_type(task(throttle=1)(inner), Pipeline[[int], Generator[str, None, None]])
 assert_type(task(join=True, branch=True)(abatches), AsyncPipeline[[int], bytes])
 assert_type(
     task(branch=False, join=True)(arunning), AsyncPipeline[[int], AsyncGenerator[str, None]]
@@ -406,7 +409,7 @@ assert_type(task(produce) | task(halve), Pipeline[[int], float])
 assert_type(task(produce) | task(show), Pipeline[[int], str])
 assert_type(task(produce) | task(maybe), AsyncPipeline[[int], bool])
 assert_type(task(split, branch=False) | task(len), Pipeline[[str], int])
-assert_type(task(produce) | task(ainner), AsyncPipeline[[int], str])
+assert_type(task(produce) | task(ainner, branch=True), AsyncPipeline[[int], str])
 
 # --------------------------------------------------------------------------------------------
 # Consumers: > and .consume

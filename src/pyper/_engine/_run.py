@@ -1,14 +1,13 @@
-"""One run of a pipeline: its channels, its stages, and how it stops.
+"""One run of a pipeline: its channels, its stages, its errors, and how it stops.
 
 Data flow, for ``task(a) | task(b, workers=2) | task(c)`` consumed by a caller::
 
     args -> [a] -> edge 0 -> [b] [b] -> edge 1 -> [c] -> edge 2 -> caller
 
-Each ``[x]`` is a stage worker: a thread (``_thread.py``) for a sync function, an
-asyncio task (``_async.py``) for an async one. Workers talk only through the
-channels (``_channel.py``). The first task reads a one-item input channel holding
-the call's arguments, unless the caller runs it inline (a sync function in a sync
-run, a coroutine function in an async run: called once, nothing to overlap).
+Each ``[x]`` is a stage worker started by the stage's executor (``_executors``);
+workers talk only through the channels (``_channel.py``). The first task reads a
+one-item input channel holding the call's arguments, unless the caller runs it
+inline (called once, nothing to overlap it with).
 
 How a run stops:
 - normally: a stage's workers close their send ends when their input is
@@ -18,32 +17,43 @@ How a run stops:
 - error, early exit, Ctrl-C, cancelled task: ``Run.cancel()`` cancels every
   channel (every blocked get/put wakes and raises ``Cancelled``), empties every
   batch in progress (a worker's ``for`` over it ends, so no new call starts),
-  cancels the run's asyncio tasks and any nested runs. Sync calls already running
+  cancels the run's asyncio tasks and its nested runs. Sync calls already running
   cannot be interrupted: they finish in their thread and their results are
   dropped by the cancelled channel.
 
-Who owns what: ``Run._lock`` guards ``cancelled``, ``error``, ``_others``,
-``_raised`` and ``children`` (a nested run adds itself when it starts and removes
-itself when its caller is done). ``cursors`` is appended to by workers as they
-start (list.append is atomic) and read by ``cancel``. ``tasks`` belongs to the
-loop's thread.
+Who owns what:
+- ``_lock`` guards ``cancelled``, ``error``, ``_others``, ``_raised``, ``_stopped``
+  and ``children`` (a nested run adds itself when it starts and removes itself
+  when its caller is done).
+- ``cursors``: appended to by workers as they start, read by ``cancel``. Under the
+  GIL ``list.append`` and iteration over a list are atomic; in a free-threaded
+  build too (lists lock themselves per operation). ``cancel`` may miss a cursor
+  appended while it runs: such a worker checks ``cancelled`` after it registers
+  (``Worker.begin``), so it starts nothing either.
+- ``tasks`` (asyncio tasks of the run) belong to the loop's thread.
+- Each ``Worker`` belongs to its thread or task; see the class.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
+import gc
 import logging
 import threading
-from dataclasses import dataclass
+from _thread import start_new_thread
 from collections.abc import Iterator, Sized
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
-from .._channel import Broken, Cancelled, Channel
-from .._task import Task
+from .._channel import Channel
+from .._errors import Broken, Cancelled, add_note, attach
+from .._spec import Task
 from . import _threads
 
-__all__ = ["Run", "Stage", "Worker", "current_run"]
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["Run", "Stage", "Worker", "adapt", "current_run"]
 
 log = logging.getLogger("pyper")
 
@@ -51,33 +61,63 @@ log = logging.getLogger("pyper")
 DEFAULT_CAPACITY = 4096
 #: The largest batch a worker takes or hands on.
 MAX_BATCH = 1024
-#: How long a finished caller waits for cancelled worker tasks to unwind.
+#: How long a finished async caller waits for cancelled worker tasks to unwind.
 SETTLE_SECONDS = 1.0
 
 _CANCELLED_FROM_OUTSIDE = (
     "the pipeline was cancelled from outside (an enclosing run, or interpreter exit)"
 )
 
-current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar("pyper_run", default=None)
+#: The run whose call is in progress here, as ``(run, thread ident, asyncio task or None)``.
+#: Set by each worker in its own context; a pipeline started from the same thread (and,
+#: for an async worker, the same task) belongs to that run. Background work started by
+#: a call (a thread given a copy of the context, ``asyncio.create_task``) inherits the
+#: value but runs elsewhere, so it is not adopted.
+current_run: contextvars.ContextVar[tuple[Run, int, object] | None] = contextvars.ContextVar(
+    "pyper_run", default=None
+)
 
 _live_lock = threading.Lock()
-_live: set[Run] = set()  # runs whose caller has not finished; cancelled at interpreter exit
+_live: set[Run] = set()  # runs whose caller has not finished (guarded by _live_lock)
 
 
-def _cancel_live_runs() -> None:
+def _cancel_abandoned_runs() -> None:
+    """At interpreter exit: cancel the runs nobody will finish.
+
+    A run iterated by a live non-daemon thread other than the main thread goes on:
+    Python waits for that thread, and its code must see the run to its end.
+    """
     with _live_lock:
         runs = list(_live)
+    main = threading.main_thread()
     for run in runs:
-        run.cancel()
+        caller = run.caller
+        if caller is main or caller.daemon or not caller.is_alive():
+            run.cancel()
 
 
-_threads.add_exit_hook(_cancel_live_runs)
+_threads.add_exit_hook(_cancel_abandoned_runs)
+
+# Threads inside a garbage collection. A generator dropped in a reference cycle is
+# closed by the collector in whatever thread triggered it, which may hold any lock of
+# the engine at that moment; its run must then be stopped from another thread.
+_collecting: set[int] = set()  # set.add/discard are atomic (GIL, or the set's own lock)
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _collecting.add(threading.get_ident())
+    else:
+        _collecting.discard(threading.get_ident())
+
+
+gc.callbacks.append(_on_gc)
 
 
 @dataclass(slots=True)
 class Stage:
     task: Task
-    call: Callable[[Any], Any]  # one item in; for the first task, unpacks the call's arguments
+    call: Callable[[Any], Any]  # one item in; for the first task, applies the call's arguments
     inp: Channel
     out: Channel
     take: int  # the most items a worker takes from ``inp`` at once
@@ -102,9 +142,28 @@ def _ordered(task: Task) -> bool:
     return task.ordered and task.workers > 1
 
 
-def _first_call(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[Any], Any]:
+def stage_call(task: Task, args: tuple[Any, ...] | None, kwargs: dict[str, Any]) -> Callable[[Any], Any]:
+    """What a worker calls per item (``args`` given: the first task, called once with them).
+
+    For an async stage the result is always awaitable: an async generator function's
+    call is wrapped, so the worker loops await every call.
+    """
     func = task.func
-    return lambda _: func(*args, **kwargs)
+    if args is not None:
+        if task.kind == "agen":
+
+            async def first_agen(_: Any) -> Any:
+                return func(*args, **kwargs)
+
+            return first_agen
+        return lambda _: func(*args, **kwargs)
+    if task.kind == "agen":
+
+        async def agen(x: Any) -> Any:
+            return func(x)
+
+        return agen
+    return func
 
 
 class Run:
@@ -121,12 +180,13 @@ class Run:
         self.error: BaseException | None = None
         self._others: list[BaseException] = []
         self._raised = False
+        self._deferred = False  # leave() handed the stop to another thread (see leave)
         self.children: list[Run] = []
         self.cursors: list[list[list[Any]]] = []
         self.loop = loop
+        self.caller = threading.current_thread()
         self.tasks: set[asyncio.Task[None]] = set()
         self.context = contextvars.copy_context()
-        self.context.run(current_run.set, self)
 
         n = len(tasks)
         # Edge i carries task i's outputs to task i + 1 (or, after the last task, to the caller).
@@ -151,7 +211,7 @@ class Run:
         self.stages = [
             Stage(
                 task,
-                call=_first_call(task, args, kwargs) if i == 0 else task.func,
+                call=stage_call(task, args if i == 0 else None, kwargs),
                 inp=self.channels[i - 1] if i else source,
                 out=self.channels[i],
                 take=limits[i - 1][1] if i else 1,
@@ -160,7 +220,7 @@ class Run:
             for i, task in enumerate(tasks)
         ]
 
-        self.parent = current_run.get()
+        self.parent = _calling_run()
         if self.parent is not None:
             self.parent.adopt(self)
         with _live_lock:
@@ -180,6 +240,11 @@ class Run:
         slot: list[list[Any]] = [[]]
         self.cursors.append(slot)
         return slot
+
+    def enter(self, task: object = None) -> None:
+        """Called by a worker (or the inline first call) in its own context: pipelines
+        run from here, while this call is in progress, belong to this run."""
+        current_run.set((self, threading.get_ident(), task))
 
     def cancel(self) -> None:
         """Stop everything; safe from any thread, any number of times.
@@ -211,7 +276,8 @@ class Run:
                     loop.call_soon_threadsafe(self._cancel_tasks)
                 except RuntimeError:  # loop closed: its tasks are gone already
                     pass
-        self._stopped = True
+        with self._lock:
+            self._stopped = True
 
     def end(self) -> bool:
         """The caller has seen the end of the output stream, or ``Cancelled``.
@@ -233,17 +299,64 @@ class Run:
         for task in list(self.tasks):
             task.cancel()
 
+    def leave(self) -> None:
+        """The caller stopped early (break, close, cancelled, an exception of its own):
+        stop the run, and log the errors that will now never be raised.
+
+        When the garbage collector closes the caller's generator, this thread may
+        hold any lock of the engine (the collector runs wherever memory is
+        allocated): the stop then runs on a thread of its own, which waits for
+        those locks instead of deadlocking on them.
+        """
+        if threading.get_ident() in _collecting:
+            self._deferred = True
+            start_new_thread(self._leave_and_finish, ())
+            return
+        self._leave()
+
+    def _leave(self) -> None:
+        self.cancel()
+        with self._lock:
+            self._raised = True
+            errors = ([self.error] if self.error is not None else []) + self._others
+        for error in errors:
+            log.error("pyper: a task raised while its caller was leaving the pipeline", exc_info=error)
+
+    def _leave_and_finish(self) -> None:
+        self._leave()
+        self._finish()
+
     def finish(self) -> None:
         """The caller is done with this run (normally or not)."""
-        if self._stopped:  # else a cancel was interrupted: interpreter exit cancels it again
-            with _live_lock:
-                _live.discard(self)
+        if not self._deferred:
+            self._finish()
+
+    def _finish(self) -> None:
+        # Make sure the run is stopped all the way through: a worker's cancel may still
+        # be under way in its own thread. If this is interrupted, the run stays live and
+        # interpreter exit cancels it again.
+        self.cancel()
+        with _live_lock:
+            _live.discard(self)
         if self.parent is not None:
             with self.parent._lock:
                 try:
                     self.parent.children.remove(self)
                 except ValueError:
                     pass
+
+    async def asettle(self) -> None:
+        """Let cancelled tasks unwind, so that what they raise meanwhile is attached to
+        the error the caller raises, and no task outlives the run."""
+        import asyncio  # loaded: this is an async run
+
+        unfinished = [t for t in self.tasks if not t.done()]
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=SETTLE_SECONDS)
+
+    def settle(self) -> None:
+        """The sync twin of ``asettle``: threads are not waited for (Python cannot stop
+        a running call); their late errors are logged."""
 
     # -- errors ----------------------------------------------------------------
 
@@ -253,30 +366,23 @@ class Run:
         with self._lock:
             if self.error is None and not self.cancelled:
                 self.error = exc
-                _add_note(exc, f"pyper: raised in task {task.name!r}")
+                note = True
             elif self._raised or self.error is None:
-                late = True
+                late, note = True, False
             elif isinstance(exc, (KeyboardInterrupt, SystemExit)) and isinstance(self.error, Exception):
                 self._others.append(self.error)
                 self.error = exc
+                note = True
             else:
                 self._others.append(exc)
-                _add_note(exc, f"pyper: raised in task {task.name!r}")
+                note = True
+        if note:
+            add_note(exc, f"pyper: raised in task {task.name!r}")
         if late:
             log.error(
                 "pyper: task %r raised after its pipeline had stopped", task.name, exc_info=exc
             )
         self.cancel()
-
-    def leave(self) -> None:
-        """The caller stopped early (break, close, cancelled, an exception of its own):
-        stop the run, and log the errors that will now never be raised."""
-        self.cancel()
-        with self._lock:
-            self._raised = True
-            errors = ([self.error] if self.error is not None else []) + self._others
-        for error in errors:
-            log.error("pyper: a task raised while its caller was leaving the pipeline", exc_info=error)
 
     def take_error(self) -> BaseException | None:
         """The error to raise in the caller, with the others attached to it."""
@@ -284,23 +390,34 @@ class Run:
             self._raised = True
             error, others = self.error, self._others
         if error is not None and others:
-            for other in others:
-                _add_note(error, f"pyper: while stopping, also raised {type(other).__name__}: {other}")
-            previous = getattr(error, "pyper_errors", [])
-            error.pyper_errors = previous + others  # type: ignore[attr-defined]
+            attach(error, others)
         return error
 
 
-def _add_note(exc: BaseException, note: str) -> None:
-    try:
-        exc.add_note(note)
-    except Exception:  # an exception type that refuses notes keeps its own message
-        pass
+def _calling_run() -> Run | None:
+    """The run whose call is in progress in this thread (and task), if any."""
+    entry = current_run.get()
+    if entry is None:
+        return None
+    run, ident, task = entry
+    if ident != threading.get_ident():
+        return None
+    if task is not None:
+        from asyncio import current_task  # loaded: an async worker set the entry
+
+        try:
+            if current_task() is not task:
+                return None
+        except RuntimeError:  # no loop running in this thread
+            return None
+    return run
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    from asyncio import get_running_loop  # loaded: the run has a loop
+
     try:
-        return asyncio.get_running_loop() is loop
+        return get_running_loop() is loop
     except RuntimeError:
         return False
 
@@ -335,8 +452,7 @@ def branch_error(task: Task, result: object) -> TypeError:
 
 
 class Worker:
-    """One stage worker's state, shared by the thread (``_thread``) and asyncio
-    (``_async``) twins, which differ only in blocking versus awaiting.
+    """One stage worker's state, for whichever executor runs it.
 
     Owned by the worker's thread or task. Others touch it only through what it
     registered: ``cursor`` (emptied by ``Run.cancel``), ``claim`` and ``box``

@@ -1,0 +1,92 @@
+"""Generate the sync twins of pyper's async engine sources, or check they are current.
+
+    python scripts/unasync.py           # rewrite the generated files
+    python scripts/unasync.py --check   # exit 1 if a generated file is stale (the tests run this)
+
+The async file is the source (as in httpcore's ``scripts/unasync.py``): ``async``
+and ``await`` are dropped, the names below are replaced by their sync twins (whole
+words only), and a line that ends in ``# sync: CODE`` becomes ``CODE`` (same
+indentation) where the plain rewrite would be wrong or slow. The module docstring
+is copied as it is: it describes both files.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ENGINE = Path(__file__).resolve().parent.parent / "src" / "pyper" / "_engine"
+
+#: source -> generated
+FILES = {"_async_loops.py": "_sync_loops.py", "_async_caller.py": "_sync_caller.py"}
+
+#: whole-word replacements, applied after async/await are dropped
+NAMES = {
+    "AsyncIterator": "Iterator",
+    "Awaitable[None]": "None",
+    "__aiter__": "__iter__",
+    "__anext__": "__next__",
+    "StopAsyncIteration": "StopIteration",
+    "aget": "get",
+    "aget_seq": "get_seq",
+    "aput": "put",
+    "aflush": "flush",
+    "aflush_seq": "flush_seq",
+    "aclose": "close",
+    "aiter_result": "iter_result",
+    "acall_inline": "call_inline",
+    "asettle": "settle",
+    "_async_loops": "_sync_loops",
+    "_async_caller": "_sync_caller",
+}
+
+_DIRECTIVE = re.compile(r"^(\s*)(.*?)\s+# sync: (.*)$")
+_NAME = re.compile(r"(?<![\w.])(" + "|".join(re.escape(k) for k in sorted(NAMES, key=len, reverse=True)) + r")(?!\w)")
+_ATTR = re.compile(r"(?<=\.)(" + "|".join(re.escape(k) for k in sorted(NAMES, key=len, reverse=True)) + r")(?!\w)")
+
+
+def _line(line: str) -> str:
+    directive = _DIRECTIVE.match(line)
+    if directive:
+        return directive.group(1) + directive.group(3)
+    line = re.sub(r"\basync (def|for|with)\b", r"\1", line)
+    line = re.sub(r"\bawait ", "", line)
+    line = _NAME.sub(lambda m: NAMES[m.group(1)], line)
+    line = _ATTR.sub(lambda m: NAMES[m.group(1)], line)
+    return line
+
+
+def generate(source: str, name: str) -> str:
+    """The sync twin of ``source``; its module docstring, which speaks of both, is kept."""
+    header = (
+        f"# GENERATED from {name} by scripts/unasync.py: edit that file, then run\n"
+        "# `python scripts/unasync.py` (a test fails while this file is stale).\n"
+    )
+    lines = source.splitlines()
+    end = next(i for i, line in enumerate(lines) if i and line.rstrip().endswith('"""'))
+    kept, rest = lines[: end + 1], lines[end + 1 :]
+    return header + "".join(line + "\n" for line in kept) + "".join(_line(line) + "\n" for line in rest)
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for src, dst in FILES.items():
+        text = generate((ENGINE / src).read_text(), src)
+        target = ENGINE / dst
+        if target.exists() and target.read_text() == text:
+            continue
+        if check:
+            stale.append(dst)
+        else:
+            target.write_text(text)
+            print(f"wrote {target}")
+    if stale:
+        print(f"stale: {', '.join(stale)}: run `python scripts/unasync.py`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,56 @@
+"""The caller's side of a run: a generator over the last task's outputs, written once.
+
+``_async_caller.py`` is the source; ``_sync_caller.py`` (``Pipeline.__call__``) is generated
+from it by ``scripts/unasync.py``, as the worker loops are (``_async_loops.py``).
+
+The caller starts the run when first iterated: it runs the first task inline if it
+is called once and can run here (a sync function for a sync caller, a coroutine
+function for an async one), starts every other stage on its executor, and reads
+the output channel. It owns the run's lifecycle: whatever way it leaves (the end,
+an error, a break, ``close()``, a cancelled task) ends in ``Run.finish``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .._errors import Cancelled
+from .._spec import Task
+from ._bridge import acall_inline
+from ._executors import running_loop, start
+from ._run import Run
+
+__all__ = ["iterate"]
+
+
+async def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+    first = tasks[0]
+    inline = not first.branch and first.kind != "sync"  # sync: inline = not first.branch
+    if inline and len(tasks) == 1:
+        yield await acall_inline(first, args, kwargs, None)
+        return
+    run = Run(tasks, args, kwargs, loop=running_loop())  # sync: run = Run(tasks, args, kwargs, loop=None)
+    try:
+        try:
+            if inline:
+                out = run.stages[0].out
+                await out.aput([await acall_inline(first, args, kwargs, run)])
+                out.close_send()
+            for stage in run.stages[1 if inline else 0 :]:
+                start(run, stage)
+            output, take, cursor = run.output, run.output_take, run.cursor()
+            while (batch := await output.aget(take)) is not None:
+                cursor[0] = batch
+                for item in batch: yield item  # sync: yield from batch
+        except Cancelled:
+            pass
+        ended = run.end()  # stops what is left, before waiting for it below
+    except BaseException:
+        run.leave()
+        raise
+    finally:
+        run.finish()
+        await run.asettle()
+    if not ended:
+        raise run.failure()

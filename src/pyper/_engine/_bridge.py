@@ -1,0 +1,233 @@
+"""Where a worker meets what it did not make: the iterable a branching call returned,
+and the context an inline call runs in. Each function has a sync twin (for thread
+workers and sync callers) and an async one (for asyncio workers and async callers),
+named ``x``/``ax`` as the generated worker loops expect (``scripts/unasync.py``).
+
+- ``iter_result``: the items a branching call returned, as a sync iterator, for a
+  thread. An async iterable (a sync call in an async run returned one) is stepped
+  on the run's loop, each step a task of the run, while the thread waits.
+- ``aiter_result``: the same as an async iterator, for a task on the loop. A lazy
+  sync iterator (say, a generator an async function returned) is advanced on a
+  pyper thread a chunk at a time, so the loop never runs its code; a built-in
+  container is iterated in place.
+- ``call_inline``/``acall_inline``: call a task once, inline in its caller, in a
+  copy of the caller's context, so that its context changes stay its own.
+
+asyncio is imported by the async functions only, so that sync programs never load it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from itertools import islice
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from .._errors import Cancelled
+from .._spec import Task
+from . import _threads
+from ._run import MAX_BATCH, SETTLE_SECONDS, Run, adapt, branch_error
+
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["acall_inline", "aiter_result", "call_inline", "iter_result"]
+
+#: Iterated on the loop as they are: their iteration runs no user code.
+_IN_PLACE = (list, tuple, dict, set, frozenset, str, bytes, bytearray, range, deque)
+
+
+def iter_result(task: Task, result: object, run: Run | None) -> Iterator[Any]:
+    """The items a branching call returned, for a thread to pour."""
+    if run is not None and run.loop is not None and not hasattr(result, "__iter__") and hasattr(result, "__aiter__"):
+        return _stepped_on_loop(run, run.loop, result)
+    try:
+        return iter(result)  # type: ignore[call-overload,no-any-return]
+    except TypeError:
+        cls = type(result)
+        if hasattr(cls, "__iter__") or hasattr(cls, "__getitem__"):
+            raise  # the iterable's own __iter__ raised: the user's error, as it is
+        raise branch_error(task, result) from None
+
+
+def aiter_result(task: Task, result: object, run: Run | None) -> AsyncIterator[Any]:
+    """The items a branching call returned, for a task on the loop to pour."""
+    if hasattr(result, "__aiter__"):
+        return result.__aiter__()  # type: ignore[no-any-return]
+    items = iter_result(task, result, None)
+    if isinstance(result, _IN_PLACE):
+        return _in_place(items)
+    return _stepped_on_threads(items, task)
+
+
+async def _in_place(items: Iterator[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+def call_inline(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], run: Run | None) -> Any:
+    """Call ``task`` once with the pipeline's arguments, in a copy of the caller's context."""
+    context = run.context.copy() if run is not None else contextvars.copy_context()
+    return context.run(_entered, run, task.func, args, kwargs)
+
+
+def _entered(run: Run | None, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if run is not None:
+        run.enter()
+    return func(*args, **kwargs)
+
+
+async def acall_inline(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], run: Run | None) -> Any:
+    """The async twin of ``call_inline``: awaited as a task of its own, which is how a
+    coroutine gets a context of its own; cancelling the caller cancels it."""
+    import asyncio
+
+    context = run.context.copy() if run is not None else contextvars.copy_context()
+
+    async def call() -> Any:
+        if run is not None:
+            run.enter(asyncio.current_task())
+        result = task.func(*args, **kwargs)
+        if task.kind == "coro":
+            result = await result
+        return result
+
+    return await asyncio.create_task(call(), context=context)
+
+
+def _stepped_on_loop(run: Run, loop: asyncio.AbstractEventLoop, result: Any) -> Iterator[Any]:
+    """Iterate, from a worker thread, an async iterable that a sync call returned.
+
+    Each step runs on the run's loop (where the iterable belongs) as a task of the
+    run, so cancelling the run interrupts it; this thread waits for it.
+    """
+    import asyncio
+    import concurrent.futures
+
+    items = result.__aiter__()
+
+    async def step(advance: Callable[[], Any]) -> Any:
+        me = asyncio.current_task()
+        assert me is not None
+        run.tasks.add(me)
+        try:
+            if run.cancelled:  # cancelled before this step was registered
+                raise Cancelled
+            return await advance()
+        finally:
+            run.tasks.discard(me)
+
+    def on_loop(advance: Callable[[], Any]) -> Any:
+        if run.cancelled:
+            raise Cancelled
+        try:
+            return asyncio.run_coroutine_threadsafe(step(advance), loop).result()
+        except (concurrent.futures.CancelledError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not loop.is_closed():
+                raise
+            raise Cancelled from None  # cancelled, or the loop is gone
+
+    try:
+        while True:
+            try:
+                item = on_loop(items.__anext__)
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(aclose(), loop).result(timeout=SETTLE_SECONDS)
+            except (RuntimeError, concurrent.futures.CancelledError, TimeoutError):
+                pass  # the loop is gone or stopping: it closes what is left
+
+
+class _Stepper:
+    """A sync iterator advanced on pyper threads, one chunk per job, for a task on the loop.
+
+    At most one job touches the iterator at a time. ``_lock`` guards ``_busy`` (a job
+    is advancing the iterator) and ``_closing`` (the consumer left: whoever finishes
+    last closes the iterator, on a thread, so its ``finally`` never runs on the loop).
+    """
+
+    def __init__(self, items: Iterator[Any], task: Task) -> None:
+        self.items = items
+        self.name = f"pyper:{task.name}:iterate"
+        self._lock = threading.Lock()
+        self._busy = False
+        self._closing = False
+
+    def next_chunk(self, n: int, loop: asyncio.AbstractEventLoop) -> asyncio.Future[list[Any]]:
+        future: asyncio.Future[list[Any]] = loop.create_future()
+
+        def job() -> None:
+            chunk: list[Any] | None = None
+            error: BaseException | None = None
+            try:
+                chunk = list(islice(self.items, n))
+            except BaseException as exc:
+                error = exc
+            with self._lock:
+                self._busy = False
+                close = self._closing
+            if close:
+                self._close()
+                return
+            try:
+                loop.call_soon_threadsafe(_settle, future, chunk, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                self._close()
+
+        with self._lock:
+            self._busy = True
+        _threads.spawn([(job, self.name)], daemon=False, nonblocking=True, on_error=lambda exc: None)
+        return future
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            if self._busy:
+                return  # the job in flight closes it when its chunk is done
+        _threads.spawn([(self._close, self.name)], daemon=False, nonblocking=True, on_error=lambda exc: None)
+
+    def _close(self) -> None:
+        close = getattr(self.items, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass  # the consumer has left: nobody to report to but the log
+        self.items = iter(())
+
+
+def _settle(future: asyncio.Future[list[Any]], chunk: list[Any] | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(chunk)  # type: ignore[arg-type]
+
+
+async def _stepped_on_threads(items: Iterator[Any], task: Task) -> AsyncIterator[Any]:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    stepper = _Stepper(items, task)
+    n = 1
+    try:
+        while True:
+            started = perf_counter()
+            chunk = await stepper.next_chunk(n, loop)
+            elapsed = perf_counter() - started
+            for item in chunk:
+                yield item
+            if len(chunk) < n:
+                return
+            n = adapt(n, len(chunk), elapsed, MAX_BATCH)
+    finally:
+        stepper.close()

@@ -1,0 +1,83 @@
+"""Which executor runs a stage (the one place it is chosen), and what an executor is.
+
+An executor is one module that runs a stage's workers somewhere: ``_thread``
+(sync functions, on pyper's reused threads) and ``_async`` (async functions, as
+tasks on the caller's event loop). The protocol is one function::
+
+    def start(run: Run, stage: Stage) -> None
+
+What the run gives it: ``stage.task`` (the validated options), ``stage.call`` (what
+to call per item: bound arguments applied; for an async stage always awaitable),
+``stage.inp``/``stage.out`` (the channels: ``get``/``aget`` a batch of at most
+``stage.take`` items, ``None`` at the end; ``put``/``flush`` outputs, at most
+``stage.emit`` at once), and ``run.context`` (the caller's ``contextvars``, to copy
+per worker).
+
+What it must do: start ``stage.task.workers`` workers and return at once (it may
+be called on an event loop's thread: it never waits for a worker). Each worker
+makes a ``Worker(run, stage)``, calls ``run.enter(...)`` in a context of its own,
+runs the shared loops (``_async_loops.work``, or its generated sync twin), and
+ends with ``worker.leave(error)``, on every path, exactly once.
+
+How it learns of cancellation: every blocked or later channel operation raises
+``Cancelled``, and ``Run.cancel`` empties the batch a worker is working through,
+so a local worker starts no new call; an executor whose workers are tasks
+registers them in ``run.tasks`` and they are cancelled too.
+
+How it reports an error: ``worker.leave(exc)`` records it (``Run.fail``), notes
+the task on it and cancels the run; ``Cancelled`` and ``Broken`` are the run
+stopping, not errors.
+
+An executor whose workers live elsewhere (another process, another machine)
+fits the same protocol: its ``start`` runs one local relay per worker, a
+``Worker`` like any other that moves whole batches between the channels and the
+remote side, where the same loops run over a pipe; cancellation reaches the
+remote side as a message, sent by the relay when its channel raises ``Cancelled``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._spec import Task
+from . import _thread
+from ._run import Run, Stage
+
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["running_loop", "start"]
+
+
+def start(run: Run, stage: Stage) -> None:
+    """Start the stage's workers on the executor its task's options choose."""
+    if _executor(stage.task) == "thread":
+        _thread.start(run, stage)
+    else:
+        from . import _async  # imports asyncio: only async runs get here
+
+        _async.start(run, stage)
+
+
+def _executor(task: Task) -> str:
+    return "thread" if task.kind == "sync" else "asyncio"
+
+
+def running_loop() -> asyncio.AbstractEventLoop:
+    """The loop an async pipeline runs on; a clear error where there is none."""
+    import asyncio
+    import sys
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        hint = (
+            " (trio is loaded: pyper needs asyncio; run the pipeline in an asyncio loop,"
+            " for example with trio-asyncio, or from a thread with asyncio.run)"
+            if "trio" in sys.modules
+            else ""
+        )
+        raise RuntimeError(
+            "an AsyncPipeline runs on an asyncio event loop, and none is running here: "
+            "iterate it inside a coroutine run by asyncio (asyncio.run(main()))" + hint
+        ) from None

@@ -1,0 +1,155 @@
+# GENERATED from _async_loops.py by scripts/unasync.py: edit that file, then run
+# `python scripts/unasync.py` (a test fails while this file is stale).
+"""The stage worker loops (map, branch, join, pour), written once.
+
+``_async_loops.py`` is the source. ``_sync_loops.py``, the loops of thread workers, is
+generated from it by ``scripts/unasync.py`` (``async``/``await`` dropped, each
+``a``-name replaced by its sync twin, and a line marked ``# sync: ...`` replaced
+by what the mark says); a test fails when the generated file is stale. Why
+generated rather than shared through callbacks: the per-item path must stay a
+plain ``for`` loop with a direct call in it (a callback per item, or a generic
+loop that awaits maybe-awaitables, costs more than the rest of the engine's per-
+item work), and a loop cannot be both blocking and awaiting.
+
+A worker, in outline::
+
+    for batch in inp:                  # up to n items, n adapted to call cost
+        for x in batch:
+            outbox.append(call(x))     # flushed at once if a receiver waits
+        out.flush(outbox)
+
+Who owns what: everything here runs in the worker's own thread or task and owns
+the ``Worker`` it is given; other threads reach it only through the channels and
+through what the worker registered (see ``_run.Worker``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Awaitable, Callable, Sized
+from functools import partial
+from time import perf_counter
+from typing import Any
+
+from ._bridge import iter_result
+from ._run import Worker, adapt
+
+__all__ = ["pour", "work"]
+
+
+def work(worker: Worker) -> None:
+    """Run one stage worker until its input ends; raises what stopped it otherwise."""
+    task = worker.stage.task
+    if task.join:
+        _join(worker)
+    elif task.branch:
+        _branch(worker)
+    else:
+        _map(worker)
+
+
+def _flusher(worker: Worker) -> Callable[[bool], None]:
+    """``flush(last)``: hand the outbox on (as part of the batch in hand, when ordered)."""
+    out, box = worker.stage.out, worker.box
+    if worker.ordered:
+        return lambda last: out.flush_seq(worker.seq, box, last)
+    return lambda last: out.flush(box)
+
+
+def _map(worker: Worker) -> None:
+    stage = worker.stage
+    inp, call = stage.inp, stage.call
+    get = inp.get_seq if worker.ordered else inp.get
+    receivers, idle, append = stage.out.getters, worker.idle, worker.box.append
+    flush = _flusher(worker)
+    limit = min(stage.take, stage.emit)
+    n = 1
+    while (items := worker.begin(get(n))) is not None:
+        started = perf_counter()
+        for x in items:
+            if idle:
+                inp.wake_idle(items)
+            append(call(x))
+            if receivers:
+                flush(False)
+        elapsed = perf_counter() - started
+        flush(True)
+        n = adapt(n, worker.size, elapsed, limit)
+
+
+def pour(
+    items: Iterator[Any],
+    box: list[Any],
+    m: int,
+    limit: int,
+    flush: Callable[[], None],
+    receivers: Sized,
+) -> int:
+    """Move ``items`` into the outbox, flushing it whenever it holds ``m`` items or a
+    receiver is parked. Returns the adapted ``m``. Closes ``items`` if it stops
+    early, in this worker, so a generator's ``finally`` runs here.
+    """
+    append = box.append
+    last = perf_counter()
+    left = m - len(box)
+    try:
+        for item in items:
+            append(item)
+            left -= 1
+            if receivers or left <= 0:
+                flush()
+                if left <= 0:
+                    now = perf_counter()
+                    m = adapt(m, m, now - last, limit)
+                    last = now
+                    left = m
+        return m
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def _branch(worker: Worker) -> None:
+    stage, run = worker.stage, worker.run
+    inp, call, task = stage.inp, stage.call, stage.task
+    get = inp.get_seq if worker.ordered else inp.get
+    receivers, idle = stage.out.getters, worker.idle
+    flush = _flusher(worker)
+    early = partial(flush, False)
+    n = m = 1
+    while (items := worker.begin(get(n))) is not None:
+        started = perf_counter()
+        for x in items:
+            if idle:
+                inp.wake_idle(items)
+            result = call(x)
+            m = pour(iter_result(task, result, run), worker.box, m, stage.emit, early, receivers)
+        flush(True)
+        n = adapt(n, worker.size, perf_counter() - started, stage.take)
+
+
+def _join(worker: Worker) -> None:
+    stage, run = worker.stage, worker.run
+    inp, out, task, box = stage.inp, stage.out, stage.task, worker.box
+
+    def stream() -> Iterator[Any]:
+        n = 1
+        # inp.get raises Cancelled into the join function if the run stops.
+        while (items := worker.begin(inp.get(n))) is not None:
+            started = perf_counter()
+            for x in items:
+                if worker.idle:
+                    inp.wake_idle(items)
+                yield x
+            n = adapt(n, worker.size, perf_counter() - started, stage.take)
+
+    inputs = stream()
+    try:
+        result = stage.call(inputs)
+        if task.branch:  # a generator reads its inputs as it is iterated
+            pour(iter_result(task, result, run), box, 1, stage.emit, partial(out.flush, box), out.getters)
+        else:
+            box.append(result)
+    finally:
+        inputs.close()  # type: ignore[attr-defined]
+    out.flush(box)

@@ -1,0 +1,71 @@
+"""Errors: the exception types pyper raises, and how errors are annotated.
+
+    Exception
+     +-- PipelineSetupError(ValueError, RuntimeError)  a pipeline that cannot run as built
+     +-- Cancelled           internal: the run stopped (never reaches a caller as itself,
+     |                       except when a run is cancelled from outside it)
+     +-- Broken              internal: every receiver of a channel has left
+
+A user's own exception always reaches the caller as the original object, with a
+note naming the task that raised it; errors raised by other workers while the run
+stops are attached to it (notes and the ``pyper_errors`` attribute). Attaching
+never replaces the original: an exception that refuses attributes or notes, or
+whose ``__str__`` raises, keeps its own identity and message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Broken",
+    "Cancelled",
+    "PipelineSetupError",
+    "add_note",
+    "attach",
+    "safe_str",
+]
+
+
+class PipelineSetupError(ValueError, RuntimeError):
+    """A pipeline that cannot run as it was built, e.g. ``workers > 1`` or
+    ``join=True`` on its first task.
+
+    Both a ``ValueError`` (the options are invalid) and a ``RuntimeError`` (what
+    the original Pyper raised for these), so code written for either catches it.
+    """
+
+
+class Cancelled(Exception):
+    """The run this channel belongs to was cancelled."""
+
+
+class Broken(Exception):
+    """Every receiver of this channel has left; nothing more will be read."""
+
+
+def safe_str(exc: BaseException) -> str:
+    """``TypeName: message``, even for an exception whose ``__str__`` raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<str() failed>"
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """Add ``note`` unless the exception refuses notes (it keeps its own message)."""
+    try:
+        exc.add_note(note)
+    except Exception:
+        pass
+
+
+def attach(error: BaseException, others: list[BaseException]) -> None:
+    """Attach errors raised while the run stopped to the one the caller gets."""
+    for other in others:
+        add_note(error, f"pyper: while stopping, also raised {safe_str(other)}")
+    try:
+        previous = list(getattr(error, "pyper_errors", ()))
+        error.pyper_errors = previous + others  # type: ignore[attr-defined]
+    except Exception:  # frozen, slotted or otherwise read-only: the notes must do
+        pass

@@ -1,0 +1,105 @@
+"""The task data: one validated, immutable ``Task`` per task of a pipeline, and the
+classification of a callable (sync or async, generator or not).
+
+This module is the bottom of pyper: every layer reads a ``Task``, and it imports
+nothing of pyper. Everything decided here is decided once, at ``task(...)`` time,
+so that the engine's per-item path does no checks.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+__all__ = ["Kind", "Task", "check_bool", "check_int", "classify", "describe"]
+
+Kind = Literal["sync", "coro", "agen"]
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One task of a pipeline, validated. Immutable and shared by every run.
+
+    The attribute names are those of the original Pyper's ``Task`` (``func``,
+    ``workers``, ``throttle``, ``join``, ``branch``, ``multiprocess``, ``is_gen``,
+    ``is_async``), read by code written for it through ``Pipeline.tasks``.
+    """
+
+    func: Callable[..., Any]  # what the engine calls: bound arguments already applied
+    name: str  # for messages, thread names and logs
+    kind: Kind  # "sync": a plain call; "coro": returns an awaitable; "agen": returns an async iterator
+    is_gen: bool  # a generator (or async generator) function, or a pipeline
+    workers: int
+    branch: bool  # fan out what each call returns (resolved: never None here)
+    join: bool
+    throttle: int
+    ordered: bool
+    multiprocess: bool
+    daemon: bool
+    pipeline: bool = False  # ``func`` runs a nested pipeline: each call returns its output stream
+
+    @property
+    def is_async(self) -> bool:
+        return self.kind != "sync"
+
+    @property
+    def concurrency(self) -> int:
+        """The older name of ``workers``."""
+        return self.workers
+
+
+def describe(func: object) -> str:
+    """A short name for messages and thread names."""
+    seen = 0
+    while isinstance(func, functools.partial) and seen < 10:
+        func, seen = func.func, seen + 1
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if isinstance(name, str):
+        return name
+    return type(func).__name__
+
+
+def _unwrap(func: object) -> object:
+    """Look through partials, bound methods and ``functools.wraps`` decorators."""
+    for _ in range(100):
+        if isinstance(func, functools.partial):
+            func = func.func
+        elif inspect.ismethod(func):
+            func = func.__func__
+        elif hasattr(func, "__wrapped__") and (inspect.isfunction(func) or inspect.ismethod(func)):
+            func = func.__wrapped__  # type: ignore[union-attr]
+        else:
+            return func
+    return func
+
+
+def classify(func: object) -> tuple[Kind, bool]:
+    """(kind, is a generator function) of any callable."""
+    target = _unwrap(func)
+    if not (inspect.isfunction(target) or inspect.isbuiltin(target) or inspect.isclass(target)):
+        call = getattr(type(target), "__call__", None)
+        if call is not None and not isinstance(target, type):
+            target = _unwrap(call)
+    if inspect.isasyncgenfunction(target):
+        return "agen", True
+    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(func):
+        return "coro", False
+    return "sync", inspect.isgeneratorfunction(target)
+
+
+def check_int(name: str, option: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"task {name!r}: {option} must be an int, got {type(value).__name__} {value!r}"
+        )
+    if value < minimum:
+        raise ValueError(f"task {name!r}: {option} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_bool(name: str, option: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"task {name!r}: {option} must be True or False, got {value!r}")
+    return value

@@ -1,0 +1,106 @@
+"""The package's structure: generated files current, no import cycles, what importing costs."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import pyper
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src" / "pyper"
+
+
+@pytest.mark.timeout(30)
+def test_generated_sync_loops_are_current() -> None:
+    """The sync worker loops and caller are generated from the async sources."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "unasync.py"), "--check"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """pyper module -> the pyper modules it imports (anywhere but under TYPE_CHECKING)."""
+    names = {
+        ".".join(p.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in SRC.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found: set[str] = set()
+        tree = ast.parse(path.read_text())
+        skip = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+                for target in [mod] + [f"{mod}.{a.name}" for a in node.names]:
+                    if target in names and target != name and not name.startswith(target + "."):
+                        found.add(target)
+        graph[name] = found
+    return graph
+
+
+def test_no_import_cycles_among_pyper_modules() -> None:
+    graph = _module_imports()
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(nxt) :] + [nxt]))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_the_task_data_imports_nothing_of_pyper() -> None:
+    graph = _module_imports()
+    assert graph["pyper._spec"] == set()
+    assert graph["pyper._errors"] == set()
+
+
+def test_every_module_says_what_it_is_for() -> None:
+    for path in SRC.rglob("*.py"):
+        if path.name == "__init__.py" and path.parent != SRC:
+            continue
+        assert ast.get_docstring(ast.parse(path.read_text())), f"{path} has no opening docstring"
+
+
+@pytest.mark.timeout(30)
+def test_sync_programs_never_import_asyncio() -> None:
+    code = (
+        "import sys, pyper\n"
+        "assert 'asyncio' not in sys.modules, 'import pyper loaded asyncio'\n"
+        "p = pyper.task(range, branch=True) | pyper.task(lambda x: x * 2, workers=3) | pyper.task(str)\n"
+        "assert list(p(5)) == ['0', '2', '4', '6', '8']\n"
+        "assert 'asyncio' not in sys.modules, 'a sync run loaded asyncio'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+
+
+def test_version_is_the_distributions() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "python-pyper"
+    assert pyper.__version__ == project["version"]
