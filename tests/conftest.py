@@ -17,6 +17,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +35,12 @@ POLL_S = 0.01
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # PYPER_SWITCH_INTERVAL=1e-6 (tests/run.sh sets it for the concurrency tests): threads
+    # switch every microsecond instead of every 5 ms, to shake out interleavings that the GIL's
+    # usual switching rarely produces. Tests only: the library never changes it.
+    interval = os.environ.get("PYPER_SWITCH_INTERVAL")
+    if interval:
+        sys.setswitchinterval(float(interval))
     # keep hypothesis' files (example database, patches for failing examples) out of the repo
     try:
         from hypothesis.configuration import set_hypothesis_home_dir
@@ -66,6 +73,7 @@ class Leaks:
         self.engine_before = engine_idle_threads()
         self.threads_before = set(threading.enumerate())
         self.procs_before = set(multiprocessing.active_children())
+        self.fds_before = open_fds()
 
     def new_threads(self) -> list[threading.Thread]:
         """Threads started since the snapshot that are still alive (idle or not)."""
@@ -84,14 +92,19 @@ class Leaks:
         idle = engine_idle_threads()
         return [t for t in self.engine_threads() if t not in idle]
 
+    def new_fds(self) -> list[str]:
+        """File descriptors opened since the snapshot and still open, with what they point to."""
+        return [f"fd {fd} -> {target}" for fd, target in sorted(open_fds().items()) if self.fds_before.get(fd) != target]
+
     def new_procs(self) -> list[multiprocessing.process.BaseProcess]:
         return [p for p in multiprocessing.active_children() if p not in self.procs_before]
 
     def wait_quiet(self, timeout: float = LEAK_GRACE_S) -> list[Any]:
-        """Wait until no new busy thread nor new child process is left; return the leftovers."""
+        """Wait until no new busy thread, child process nor file descriptor is left; return the
+        leftovers."""
         deadline = time.monotonic() + timeout
         while True:
-            left: list[Any] = [*self.busy_threads(), *self.new_procs()]
+            left: list[Any] = [*self.busy_threads(), *self.new_procs(), *self.new_fds()]
             if not left or time.monotonic() >= deadline:
                 return left
             time.sleep(POLL_S)
@@ -107,10 +120,27 @@ class Leaks:
             time.sleep(POLL_S)
 
 
+def open_fds() -> dict[int, str]:
+    """This process's open file descriptors and what each points to (Linux: /proc/self/fd)."""
+    fds: dict[int, str] = {}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # not Linux: nothing to compare
+        return fds
+    for name in names:
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the descriptor listdir itself used, closed already
+            pass
+    return fds
+
+
 def describe(objs: list[Any]) -> str:
     parts = []
     for o in objs:
-        if isinstance(o, threading.Thread):
+        if isinstance(o, str):
+            parts.append(o)
+        elif isinstance(o, threading.Thread):
             parts.append(f"thread {o.name!r} (daemon={o.daemon}, {type(o).__name__})")
         else:
             parts.append(f"process {o!r}")
@@ -119,7 +149,8 @@ def describe(objs: list[Any]) -> str:
 
 @pytest.fixture(autouse=True)
 def leaks() -> Iterator[Leaks]:
-    """Fail a test that leaves a busy thread or a child process behind, or a signal handler."""
+    """Fail a test that leaves a busy thread, a child process, an open file descriptor or a
+    changed signal handler behind."""
     sigint_before = signal.getsignal(signal.SIGINT)
     checker = Leaks()
     yield checker

@@ -117,6 +117,11 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 _WAIT: Final = object()  # "cannot proceed yet": the caller parks and retries
 
+#: An unthrottled edge holds about this long of its receivers' work (``Channel.pace``).
+PACE_SECONDS = 0.1
+#: ... and at most this many items (with no throttle set by the user).
+MAX_CAPACITY = 4096
+
 
 class _Stopped:
     """Stands in ``getters`` of a cancelled or broken channel, so that a sender's
@@ -152,6 +157,8 @@ class Channel:
         "_reorder",
         "_reorder_size",
         "_reserve",
+        "_paced",
+        "_seq_boxes",
     )
 
     def __init__(
@@ -162,6 +169,7 @@ class Channel:
         reordered: bool = False,
         sequenced: bool = False,
         batch: int = 1,
+        paced: bool = False,
     ) -> None:
         self._lock = threading.Lock()
         self._batches: deque[list[Any]] = deque()  # visible to receivers, FIFO
@@ -174,8 +182,13 @@ class Channel:
         # (a stale read only makes a flush early or late by one item).
         self.getters: deque[_ThreadWaiter | _AsyncWaiter | _Stopped] = deque()
         self._putters: deque[_ThreadWaiter | _AsyncWaiter] = deque()
-        self._outboxes: list[list[Any]] = []  # senders' outboxes, unless reordered
-        self._claims: list[list[Iterator[Any] | None]] = []  # receivers' claims, unless sequenced
+        # Senders' outboxes that may hold outputs between flushes, by id (shown at the start of
+        # a batch that can leave outputs behind a later call, hidden by its last flush); for
+        # a reordered channel by the sequence number of the batch instead.
+        self._outboxes: dict[int, list[Any]] = {}
+        self._seq_boxes: dict[int, list[Any]] = {}
+        # Receivers' claims on multi-item batches, by id (pruned when exhausted), unless sequenced.
+        self._claims: dict[int, list[Iterator[Any] | None]] = {}
         self._reordered = reordered  # senders use flush_seq: outputs are released in order
         self._sequenced = sequenced  # receivers use get_seq: their batches are numbered
         self._next_get_seq = 0  # sequence number of the next batch taken
@@ -184,24 +197,48 @@ class Channel:
         self._reorder_size = 0
         # Room the reorder buffer leaves for the oldest sequence: one batch.
         self._reserve = min(batch, capacity) if reordered else 0
+        # Capacity follows the receivers' pace (``pace``): an edge with no throttle of the user's.
+        self._paced = paced and not reordered
 
-    # -- registration (once per worker) -----------------------------------------
+    # -- registration (per batch, and only where it can matter) ----------------------
+    # A receiver that finds the channel empty looks only at what is registered, so its
+    # cost follows the workers that hold something, not all workers (10 000 async
+    # workers with one-item batches register nothing).
 
-    def outbox(self) -> list[Any]:
-        """A list for one sender to append its outputs to, between flushes."""
-        box: list[Any] = []
-        if not self._reordered:
-            with self._lock:
-                self._outboxes.append(box)
-        return box
+    def show(self, box: list[Any], seq: int | None) -> None:
+        """A sender starts a batch whose outputs may wait in ``box`` behind a later call:
+        receivers may take them from there (for a reordered channel, only while ``seq``
+        is the oldest sequence). Hidden again by the batch's last flush."""
+        with self._lock:
+            if seq is None:
+                self._outboxes[id(box)] = box
+            else:
+                self._seq_boxes[seq] = box
 
-    def claim(self) -> list[Iterator[Any] | None]:
-        """A slot where one receiver keeps the iterator over its current batch."""
-        slot: list[Iterator[Any] | None] = [None]
+    def share(self, slot: list[Iterator[Any] | None]) -> None:
+        """A receiver holds an iterator over a multi-item batch in ``slot``: an idle
+        sibling may take half of what it has not started."""
         if not self._sequenced:
             with self._lock:
-                self._claims.append(slot)
-        return slot
+                self._claims[id(slot)] = slot
+
+    def pace(self, n: int, seconds: float) -> None:
+        """A receiver took ``seconds`` over ``n`` items: on an edge with no throttle of the
+        user's, hold about ``PACE_SECONDS`` of the receivers' work (at least a batch per
+        receiver, at most the default capacity), so that a slow or heavy consumer never
+        has a large backlog. Called once per batch, without the lock unless it changes."""
+        if not self._paced:
+            return
+        receivers = max(self._receivers, 1)
+        floor = receivers * n
+        target = int(PACE_SECONDS * floor / seconds) if seconds > 0 else MAX_CAPACITY
+        capacity = max(floor, min(MAX_CAPACITY, target))
+        current = self._capacity
+        if 4 * capacity < 3 * current or 4 * capacity > 5 * current:  # hysteresis: +-25%
+            with self._lock:
+                self._capacity = capacity
+                if capacity > current:
+                    self._wake_putter()
 
     # -- waking (called with _lock held) -------------------------------------------
 
@@ -278,15 +315,18 @@ class Channel:
             self._wake_putter()  # pass on the room a receiver made
         return None
 
-    def _try_flush(self, box: list[Any]) -> object:
+    def _try_flush(self, box: list[Any], last: bool) -> object:
         k = len(box)
         if k == 0:
             if self._cancelled:
                 raise Cancelled
-            return None
-        result = self._try_put(box[:k])
-        if result is None:
-            del box[:k]  # the worker may have appended more meanwhile: keep those
+            result = None
+        else:
+            result = self._try_put(box[:k])
+            if result is None:
+                del box[:k]  # the worker may have appended more meanwhile: keep those
+        if last and result is None:
+            self._outboxes.pop(id(box), None)
         return result
 
     def _try_get(self, n: int) -> object:
@@ -314,25 +354,36 @@ class Channel:
         """Nothing is in the channel: take ready outputs from the senders' outboxes,
         or else half of what a sibling has claimed but not started."""
         taken: list[Any] = []
-        for box in self._outboxes:
-            k = min(len(box), n - len(taken))
-            if k:
-                taken += box[:k]
-                del box[:k]
-                if len(taken) >= n:
-                    break
+        if self._reordered:
+            # Only the oldest sequence's outputs may go out, and they may go now.
+            oldest = self._seq_boxes.get(self._next_put_seq)
+            if oldest:
+                taken = oldest[:n]
+                del oldest[: len(taken)]
+        else:
+            for box in self._outboxes.values():
+                k = min(len(box), n - len(taken))
+                if k:
+                    taken += box[:k]
+                    del box[:k]
+                    if len(taken) >= n:
+                        break
         if taken:
             # A sender parked in flush may be waiting for room for what was just taken.
             while self._putters:
                 self._putters.popleft().wake()
             return taken
         most, richest = 0, None
-        for slot in self._claims:
+        spent = []
+        for key, slot in self._claims.items():
             it = slot[0]
-            if it is not None:
-                left = length_hint(it)
-                if left > most:
-                    most, richest = left, it
+            left = length_hint(it) if it is not None else 0
+            if left > most:
+                most, richest = left, it
+            elif not left:
+                spent.append(key)
+        for key in spent:
+            del self._claims[key]
         if richest is not None:
             stolen = list(islice(richest, min(n, (most + 1) // 2)))
             if stolen:
@@ -364,6 +415,7 @@ class Channel:
                 self._batches.append(box[:k])
                 self._size = size + k
             if last:
+                self._seq_boxes.pop(seq, None)
                 self._release_following(seq + 1)
                 self._wake_putter()  # the next oldest may be parked
             if self._batches:
@@ -375,6 +427,8 @@ class Channel:
             if k:
                 chunks.append(box[:k])
             self._reorder[seq] = (chunks, last)
+            if last:
+                self._seq_boxes.pop(seq, None)
             self._size = size + k
             self._reorder_size += k
         del box[:k]
@@ -482,9 +536,10 @@ class Channel:
         """Hand ``items`` over (the caller gives the list up), blocking while the channel is full."""
         self._sync(self._try_put, items)
 
-    def flush(self, box: list[Any]) -> None:
-        """Hand over what ``box`` (an outbox) holds, blocking while the channel is full."""
-        self._sync(self._try_flush, box)
+    def flush(self, box: list[Any], last: bool) -> None:
+        """Hand over what ``box`` (an outbox) holds, blocking while the channel is full;
+        ``last``: the batch is done (the box is hidden from receivers again)."""
+        self._sync(self._try_flush, box, last)
 
     def flush_seq(self, seq: int, box: list[Any], last: bool) -> None:
         """Hand over ``box``'s items as outputs of batch ``seq``; ``last`` when ``seq`` is done."""
@@ -502,8 +557,8 @@ class Channel:
     async def aput(self, items: list[Any]) -> None:
         await self._async(self._try_put, items)
 
-    async def aflush(self, box: list[Any]) -> None:
-        await self._async(self._try_flush, box)
+    async def aflush(self, box: list[Any], last: bool) -> None:
+        await self._async(self._try_flush, box, last)
 
     async def aflush_seq(self, seq: int, box: list[Any], last: bool) -> None:
         await self._async(self._try_flush_seq, seq, box, last)
@@ -543,5 +598,5 @@ class Channel:
         self._batches.clear()
         self._reorder.clear()
         self._size = self._reorder_size = 0
-        for box in self._outboxes:
+        for box in (*self._outboxes.values(), *self._seq_boxes.values()):
             box.clear()

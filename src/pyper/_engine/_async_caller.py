@@ -13,6 +13,7 @@ an error, a break, ``close()``, a cancelled task) ends in ``Run.finish``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from time import perf_counter
 from typing import Any
 
 from .._errors import Cancelled
@@ -42,7 +43,9 @@ async def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[s
             output, take, cursor = run.output, run.output_take, run.cursor()
             while (batch := await output.aget(take)) is not None:
                 cursor[0] = batch
+                started = perf_counter()
                 for item in batch: yield item  # sync: yield from batch
+                output.pace(len(batch), perf_counter() - started)  # how fast the caller reads
         except Cancelled:
             pass
         ended = run.end()  # stops what is left, before waiting for it below

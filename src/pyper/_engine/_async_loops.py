@@ -50,7 +50,7 @@ def _flusher(worker: Worker) -> Callable[[bool], Awaitable[None]]:
     out, box = worker.stage.out, worker.box
     if worker.ordered:
         return lambda last: out.aflush_seq(worker.seq, box, last)
-    return lambda last: out.aflush(box)
+    return lambda last: out.aflush(box, last)
 
 
 async def _map(worker: Worker) -> None:
@@ -71,6 +71,7 @@ async def _map(worker: Worker) -> None:
                 await flush(False)
         elapsed = perf_counter() - started
         await flush(True)
+        inp.pace(worker.size, elapsed)
         n = adapt(n, worker.size, elapsed, limit)
 
 
@@ -123,7 +124,9 @@ async def _branch(worker: Worker) -> None:
             result = await call(x)
             m = await pour(aiter_result(task, result, run), worker.box, m, stage.emit, early, receivers)
         await flush(True)
-        n = adapt(n, worker.size, perf_counter() - started, stage.take)
+        elapsed = perf_counter() - started
+        inp.pace(worker.size, elapsed)
+        n = adapt(n, worker.size, elapsed, stage.take)
 
 
 async def _join(worker: Worker) -> None:
@@ -139,15 +142,18 @@ async def _join(worker: Worker) -> None:
                 if worker.idle:
                     inp.wake_idle(items)
                 yield x
-            n = adapt(n, worker.size, perf_counter() - started, stage.take)
+            elapsed = perf_counter() - started
+            inp.pace(worker.size, elapsed)
+            n = adapt(n, worker.size, elapsed, stage.take)
 
     inputs = stream()
     try:
         result = await stage.call(inputs)
         if task.branch:  # a generator reads its inputs as it is iterated
-            await pour(aiter_result(task, result, run), box, 1, stage.emit, partial(out.aflush, box), out.getters)
+            flush = partial(out.aflush, box, False)
+            await pour(aiter_result(task, result, run), box, 1, stage.emit, flush, out.getters)
         else:
             box.append(result)
     finally:
         await inputs.aclose()  # type: ignore[attr-defined]
-    await out.aflush(box)
+    await out.aflush(box, True)

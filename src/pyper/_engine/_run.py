@@ -45,7 +45,7 @@ from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from .._channel import Channel
+from .._channel import MAX_CAPACITY, Channel
 from .._errors import Broken, Cancelled, add_note, attach
 from .._spec import Task
 from . import _threads
@@ -57,8 +57,9 @@ __all__ = ["Run", "Stage", "Worker", "adapt", "current_run"]
 
 log = logging.getLogger("pyper")
 
-#: Items an edge holds when the user set no throttle (plus batches in workers' hands).
-DEFAULT_CAPACITY = 4096
+#: Items an edge holds at first when the user set no throttle, per receiving worker; then
+#: it follows how fast they consume (``Channel.pace``), up to ``MAX_CAPACITY``.
+INITIAL_CAPACITY = 64
 #: The largest batch a worker takes or hands on.
 MAX_BATCH = 1024
 #: How long a finished async caller waits for cancelled worker tasks to unwind.
@@ -129,11 +130,14 @@ def _edge(up: Task, down_workers: int) -> tuple[int, int]:
 
     With ``throttle=T`` the outputs of ``up`` in flight are at most
     ``capacity + (up.workers + down_workers) * batch <= T + up.workers + down_workers``.
+    Batches on a throttled edge are small against ``T`` (at most ``T / 64`` per worker on
+    either side), so that a producer runs ahead of a blocked consumer by nearly ``T``
+    items, as the original Pyper documents ("paused after 5000 values").
     """
     if up.throttle == 0:
-        return DEFAULT_CAPACITY, MAX_BATCH
+        return min(MAX_CAPACITY, INITIAL_CAPACITY * down_workers), MAX_BATCH
     ends = up.workers + down_workers
-    batch = max(1, min(MAX_BATCH, up.throttle // (2 * ends)))
+    batch = max(1, min(MAX_BATCH, up.throttle // (64 * ends)))
     return up.throttle + ends * (1 - batch), batch
 
 
@@ -200,6 +204,7 @@ class Run:
                 reordered=_ordered(task),
                 sequenced=i + 1 < n and _ordered(tasks[i + 1]),
                 batch=batch,
+                paced=task.throttle == 0,
             )
             for i, (task, (capacity, batch)) in enumerate(zip(tasks, limits))
         ]
@@ -456,10 +461,12 @@ class Worker:
 
     Owned by the worker's thread or task. Others touch it only through what it
     registered: ``cursor`` (emptied by ``Run.cancel``), ``claim`` and ``box``
-    (read by the channels under their locks).
+    (read by the channels under their locks, while shown to them: see ``begin``).
     """
 
-    __slots__ = ("run", "stage", "ordered", "cursor", "claim", "box", "seq", "size", "idle")
+    __slots__ = (
+        "run", "stage", "ordered", "cursor", "claim", "box", "seq", "size", "idle", "shows", "shares",
+    )
 
     def __init__(self, run: Run, stage: Stage) -> None:
         self.run = run
@@ -467,13 +474,17 @@ class Worker:
         task = stage.task
         self.ordered = task.ordered and task.workers > 1  # input numbered, output reordered
         self.cursor = run.cursor()
-        self.claim = stage.inp.claim()
-        self.box = stage.out.outbox()
+        self.claim: list[Iterator[Any] | None] = [None]  # the iterator over the batch in hand
+        self.box: list[Any] = []  # outputs not yet flushed
         self.seq = 0  # sequence number of the batch in hand, when ordered
         self.size = 0  # items in the batch in hand, as taken
         # Checked before each call: siblings parked with nothing to do (they may
         # take a share of this worker's batch; not when order must be kept).
-        self.idle: Sized = stage.inp.getters if task.workers > 1 and not self.ordered else ()
+        self.shares = task.workers > 1 and not self.ordered
+        self.idle: Sized = stage.inp.getters if self.shares else ()
+        # A branching or joining call may leave outputs in the box while it computes the
+        # next one, whatever the batch size; a map worker, only in a multi-item batch.
+        self.shows = task.branch or task.join
 
     def begin(self, got: Any) -> Iterator[Any] | None:
         """Start on what ``get``/``get_seq`` returned: an iterator over the batch,
@@ -487,9 +498,13 @@ class Worker:
         self.cursor[0] = batch
         if self.run.cancelled:  # cancel() may have emptied the previous batch instead
             raise Cancelled
-        self.size = len(batch)
+        self.size = size = len(batch)
         items: Iterator[Any] = iter(batch)
         self.claim[0] = items
+        if size > 1 and self.shares:
+            self.stage.inp.share(self.claim)
+        if size > 1 or self.shows:
+            self.stage.out.show(self.box, self.seq if self.ordered else None)
         return items
 
     def leave(self, exc: BaseException | None) -> None:

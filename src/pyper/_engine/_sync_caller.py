@@ -15,6 +15,7 @@ an error, a break, ``close()``, a cancelled task) ends in ``Run.finish``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from time import perf_counter
 from typing import Any
 
 from .._errors import Cancelled
@@ -44,7 +45,9 @@ def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, An
             output, take, cursor = run.output, run.output_take, run.cursor()
             while (batch := output.get(take)) is not None:
                 cursor[0] = batch
+                started = perf_counter()
                 yield from batch
+                output.pace(len(batch), perf_counter() - started)  # how fast the caller reads
         except Cancelled:
             pass
         ended = run.end()  # stops what is left, before waiting for it below

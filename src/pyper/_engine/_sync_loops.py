@@ -52,7 +52,7 @@ def _flusher(worker: Worker) -> Callable[[bool], None]:
     out, box = worker.stage.out, worker.box
     if worker.ordered:
         return lambda last: out.flush_seq(worker.seq, box, last)
-    return lambda last: out.flush(box)
+    return lambda last: out.flush(box, last)
 
 
 def _map(worker: Worker) -> None:
@@ -73,6 +73,7 @@ def _map(worker: Worker) -> None:
                 flush(False)
         elapsed = perf_counter() - started
         flush(True)
+        inp.pace(worker.size, elapsed)
         n = adapt(n, worker.size, elapsed, limit)
 
 
@@ -125,7 +126,9 @@ def _branch(worker: Worker) -> None:
             result = call(x)
             m = pour(iter_result(task, result, run), worker.box, m, stage.emit, early, receivers)
         flush(True)
-        n = adapt(n, worker.size, perf_counter() - started, stage.take)
+        elapsed = perf_counter() - started
+        inp.pace(worker.size, elapsed)
+        n = adapt(n, worker.size, elapsed, stage.take)
 
 
 def _join(worker: Worker) -> None:
@@ -141,15 +144,18 @@ def _join(worker: Worker) -> None:
                 if worker.idle:
                     inp.wake_idle(items)
                 yield x
-            n = adapt(n, worker.size, perf_counter() - started, stage.take)
+            elapsed = perf_counter() - started
+            inp.pace(worker.size, elapsed)
+            n = adapt(n, worker.size, elapsed, stage.take)
 
     inputs = stream()
     try:
         result = stage.call(inputs)
         if task.branch:  # a generator reads its inputs as it is iterated
-            pour(iter_result(task, result, run), box, 1, stage.emit, partial(out.flush, box), out.getters)
+            flush = partial(out.flush, box, False)
+            pour(iter_result(task, result, run), box, 1, stage.emit, flush, out.getters)
         else:
             box.append(result)
     finally:
         inputs.close()  # type: ignore[attr-defined]
-    out.flush(box)
+    out.flush(box, True)
