@@ -14,24 +14,37 @@ receive end.
 
 Items move as lists (batches), but nothing ready is held back by a batch:
 
-- A sender collects outputs in its *outbox*, a list registered with the channel,
-  and hands it over with ``flush`` after each input batch. Whenever a receiver is
-  parked it flushes at once (one truthiness check per item, no lock), and a
-  receiver that finds the channel empty takes what is in the outboxes before it
-  parks. So an output is never held back by its worker's next call, however slow.
+- A sender collects outputs in its *outbox*, a list shown to the channel while
+  it may hold outputs behind a later call (``show``), and hands it over with
+  ``flush`` after each input batch. Whenever a receiver is parked it flushes at
+  once (one truthiness check per item, no lock), and a receiver that finds the
+  channel empty takes what is in the shown outboxes before it parks. So an output
+  is never held back by its worker's next call, however slow.
 - A receiver takes up to ``n`` items with ``get(n)``, blocking only while there
-  are none. The list iterator over its batch is its *claim*: a receiver that
-  finds nothing else steals half of what a sibling has claimed but not started,
-  and a worker that sees a sibling parked wakes it to do so (``wake_idle``). So
-  no item waits behind a blocked call while a worker is idle.
+  are none. The list iterator over its batch is its *claim*. A worker that sees a
+  sibling parked, before its next call, hands half of what it has not started
+  back to the channel and wakes the sibling (``wake_idle``); and, in a build with
+  a GIL, a receiver that finds nothing else steals half of what a sibling has
+  claimed (``share``) but not started, even while that sibling is blocked in a
+  call. So no item waits behind a blocked call while a worker is idle.
 
-An outbox is appended to only by its worker and emptied from the front only
-under ``_lock``; a claim is advanced by its worker's ``for`` loop and by thieves
-under ``_lock``; both are safe because list.append, del of a slice, and a list
-iterator's next are atomic. A receiver registers its waiter *before* it looks in
-the outboxes, and a sender checks for waiters *after* it appends, so a wake-up
-cannot be lost. The capacity counts items in batches and reorder buffers, not
-in outboxes or claims (each holds at most one batch).
+Lock-free accesses, and why they are safe with or without the GIL:
+- An outbox is appended to only by its worker and emptied from the front only
+  under ``_lock``: ``list.append``, a slice and ``del`` of a slice are each atomic
+  (under the GIL, and in a free-threaded build where a list locks itself per
+  operation), and appends land after whatever the remover took.
+- A claim's iterator is advanced by its worker's ``for`` loop; ``wake_idle`` runs in
+  that same worker. Thieves advance it too, under ``_lock``, only where the GIL
+  makes ``next()`` on a list iterator atomic: a free-threaded build does not
+  promise that for an iterator shared between threads (an item could be taken
+  twice), so there stealing is off (``_STEAL``) and only the owner shares.
+- ``getters`` is read without the lock by senders (its length): a stale read only
+  makes a flush one item early or late. ``_capacity`` and ``_receivers`` are read
+  without it by ``pace``: a stale value only delays an adjustment by a batch.
+A receiver registers its waiter *before* it looks in the outboxes, and a sender
+checks for waiters *after* it appends, so a wake-up cannot be lost. The capacity
+counts items in batches and reorder buffers, not in outboxes or claims (each
+holds at most one batch).
 
 Both threads and asyncio tasks may wait on the same channel. A blocked thread
 waits on a lock of its own; a blocked task awaits a future of its own, woken
@@ -50,6 +63,7 @@ Thread-safety: every field below is guarded by ``_lock`` (a plain
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import deque
 from itertools import islice
@@ -116,6 +130,10 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 _WAIT: Final = object()  # "cannot proceed yet": the caller parks and retries
+
+#: Whether receivers may advance a sibling's claim (see the module docstring): only where a
+#: GIL makes a list iterator's ``next()`` atomic.
+_STEAL: Final = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 #: An unthrottled edge holds about this long of its receivers' work (``Channel.pace``).
 PACE_SECONDS = 0.1
@@ -266,10 +284,17 @@ class Channel:
         return self._cancelled or self._receivers == 0
 
     def wake_idle(self, claimed: Iterator[Any]) -> None:
-        """A receiver holding ``claimed`` items wakes a parked sibling to share them."""
-        if length_hint(claimed):
+        """A receiver about to start its next item sees a sibling parked: it hands back
+        half of the items left in ``claimed`` (its own iterator) and wakes the sibling."""
+        left = length_hint(claimed)
+        if left:
             with self._lock:
-                self._wake_getter()
+                if self.getters and not self._stopped():
+                    shared = list(islice(claimed, (left + 1) // 2))
+                    if shared:
+                        self._batches.appendleft(shared)
+                        self._size += len(shared)
+                    self._wake_getter()
 
     def give_back(self, items: list[Any]) -> None:
         """A receiver leaving early returns the items it took but did not start."""
@@ -384,7 +409,7 @@ class Channel:
                 spent.append(key)
         for key in spent:
             del self._claims[key]
-        if richest is not None:
+        if richest is not None and _STEAL:
             stolen = list(islice(richest, min(n, (most + 1) // 2)))
             if stolen:
                 return stolen

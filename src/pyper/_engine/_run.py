@@ -130,14 +130,14 @@ def _edge(up: Task, down_workers: int) -> tuple[int, int]:
 
     With ``throttle=T`` the outputs of ``up`` in flight are at most
     ``capacity + (up.workers + down_workers) * batch <= T + up.workers + down_workers``.
-    Batches on a throttled edge are small against ``T`` (at most ``T / 64`` per worker on
+    Batches on a throttled edge are small against ``T`` (at most ``T / 1024`` per worker on
     either side), so that a producer runs ahead of a blocked consumer by nearly ``T``
     items, as the original Pyper documents ("paused after 5000 values").
     """
     if up.throttle == 0:
         return min(MAX_CAPACITY, INITIAL_CAPACITY * down_workers), MAX_BATCH
     ends = up.workers + down_workers
-    batch = max(1, min(MAX_BATCH, up.throttle // (64 * ends)))
+    batch = max(1, min(MAX_BATCH, up.throttle // (1024 * ends)))
     return up.throttle + ends * (1 - batch), batch
 
 
