@@ -6,7 +6,8 @@
 The async file is the source (as in httpcore's ``scripts/unasync.py``): ``async``
 and ``await`` are dropped, the names below are replaced by their sync twins (whole
 words only), and a line that ends in ``# sync: CODE`` becomes ``CODE`` (same
-indentation) where the plain rewrite would be wrong or slow. The module docstring
+indentation) where the plain rewrite would be wrong or slow (``# sync: -``: the line
+is left out). The module docstring
 is copied as it is: it describes both files.
 """
 
@@ -46,10 +47,11 @@ _NAME = re.compile(r"(?<![\w.])(" + "|".join(re.escape(k) for k in sorted(NAMES,
 _ATTR = re.compile(r"(?<=\.)(" + "|".join(re.escape(k) for k in sorted(NAMES, key=len, reverse=True)) + r")(?!\w)")
 
 
-def _line(line: str) -> str:
+def _line(line: str) -> str | None:
     directive = _DIRECTIVE.match(line)
     if directive:
-        return directive.group(1) + directive.group(3)
+        code = directive.group(3).strip()
+        return None if code == "-" else directive.group(1) + code
     line = re.sub(r"\basync (def|for|with)\b", r"\1", line)
     line = re.sub(r"\bawait ", "", line)
     line = _NAME.sub(lambda m: NAMES[m.group(1)], line)
@@ -66,7 +68,8 @@ def generate(source: str, name: str) -> str:
     lines = source.splitlines()
     end = next(i for i, line in enumerate(lines) if i and line.rstrip().endswith('"""'))
     kept, rest = lines[: end + 1], lines[end + 1 :]
-    return header + "".join(line + "\n" for line in kept) + "".join(_line(line) + "\n" for line in rest)
+    body = [converted for converted in map(_line, rest) if converted is not None]
+    return header + "".join(line + "\n" for line in kept) + "".join(line + "\n" for line in body)
 
 
 def main(argv: list[str]) -> int:

@@ -3,7 +3,7 @@
 ``_async_loops.py`` is the source. ``_sync_loops.py``, the loops of thread workers, is
 generated from it by ``scripts/unasync.py`` (``async``/``await`` dropped, each
 ``a``-name replaced by its sync twin, and a line marked ``# sync: ...`` replaced
-by what the mark says); a test fails when the generated file is stale. Why
+by what the mark says, or left out for ``# sync: -``); a test fails when the generated file is stale. Why
 generated rather than shared through callbacks: the per-item path must stay a
 plain ``for`` loop with a direct call in it (a callback per item, or a generic
 loop that awaits maybe-awaitables, costs more than the rest of the engine's per-
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sized
 from functools import partial
+from itertools import islice  # used by the sync twin's pour
 from time import perf_counter
 from typing import Any
 
@@ -89,19 +90,24 @@ async def pour(
     """
     append = box.append
     last = perf_counter()
-    left = m - len(box)
     try:
-        async for item in items:
-            append(item)
-            left -= 1
-            if receivers or left <= 0:
-                await flush()
-                if left <= 0:
-                    now = perf_counter()
-                    m = adapt(m, m, now - last, limit)
-                    last = now
-                    left = m
-        return m
+        while True:
+            room = m - len(box)
+            count = 0
+            if room > 0:
+                # The sync twin lets islice count (C speed); the async loop counts itself.
+                async for item in items:  # sync: for count, item in enumerate(islice(items, room), 1):
+                    append(item)
+                    if receivers:
+                        await flush()
+                    count += 1  # sync: -
+                    if count >= room: break  # sync: -
+                if count < room:
+                    return m  # the items are exhausted
+            await flush()
+            now = perf_counter()
+            m = adapt(m, m, now - last, limit)
+            last = now
     finally:
         close = getattr(items, "aclose", None)
         if close is not None:

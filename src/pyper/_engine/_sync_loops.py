@@ -5,7 +5,7 @@
 ``_async_loops.py`` is the source. ``_sync_loops.py``, the loops of thread workers, is
 generated from it by ``scripts/unasync.py`` (``async``/``await`` dropped, each
 ``a``-name replaced by its sync twin, and a line marked ``# sync: ...`` replaced
-by what the mark says); a test fails when the generated file is stale. Why
+by what the mark says, or left out for ``# sync: -``); a test fails when the generated file is stale. Why
 generated rather than shared through callbacks: the per-item path must stay a
 plain ``for`` loop with a direct call in it (a callback per item, or a generic
 loop that awaits maybe-awaitables, costs more than the rest of the engine's per-
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Awaitable, Callable, Sized
 from functools import partial
+from itertools import islice  # used by the sync twin's pour
 from time import perf_counter
 from typing import Any
 
@@ -91,19 +92,22 @@ def pour(
     """
     append = box.append
     last = perf_counter()
-    left = m - len(box)
     try:
-        for item in items:
-            append(item)
-            left -= 1
-            if receivers or left <= 0:
-                flush()
-                if left <= 0:
-                    now = perf_counter()
-                    m = adapt(m, m, now - last, limit)
-                    last = now
-                    left = m
-        return m
+        while True:
+            room = m - len(box)
+            count = 0
+            if room > 0:
+                # The sync twin lets islice count (C speed); the async loop counts itself.
+                for count, item in enumerate(islice(items, room), 1):
+                    append(item)
+                    if receivers:
+                        flush()
+                if count < room:
+                    return m  # the items are exhausted
+            flush()
+            now = perf_counter()
+            m = adapt(m, m, now - last, limit)
+            last = now
     finally:
         close = getattr(items, "close", None)
         if close is not None:
