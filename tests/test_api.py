@@ -1171,3 +1171,24 @@ def test_nested_runs_do_not_accumulate_in_a_long_outer_run() -> None:
             live.append(sum(isinstance(o, Run) for o in gc.get_objects()))
     assert out == [x + 1 for x in range(2000)]
     assert max(live) < 20, live
+
+
+# --------------------------------------------------------------------------------------------
+# Event loops other than asyncio
+
+
+@pytest.mark.timeout(10)
+def test_async_pipeline_under_trio_says_it_needs_asyncio() -> None:
+    import trio  # a test dependency (pyproject's "test" extra): never skipped
+
+    async def ainc(x: int) -> int:
+        return x + 1
+
+    async def main() -> None:
+        p = task(ainc) | task(ainc)
+        with pytest.raises(RuntimeError, match="asyncio") as ei:
+            async for _ in p(1):
+                pass
+        assert "trio" in str(ei.value)
+
+    trio.run(main)
