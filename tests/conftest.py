@@ -93,8 +93,15 @@ class Leaks:
         return [t for t in self.engine_threads() if t not in idle]
 
     def new_fds(self) -> list[str]:
-        """File descriptors opened since the snapshot and still open, with what they point to."""
-        return [f"fd {fd} -> {target}" for fd, target in sorted(open_fds().items()) if self.fds_before.get(fd) != target]
+        """File descriptors opened since the snapshot and still open, with what they point to
+        (but those of multiprocessing's own long-lived helpers: the fork server and the
+        resource tracker, started once per program by the first process stage)."""
+        helpers = multiprocessing_helper_fds()
+        return [
+            f"fd {fd} -> {target}"
+            for fd, target in sorted(open_fds().items())
+            if self.fds_before.get(fd) != target and fd not in helpers
+        ]
 
     def new_procs(self) -> list[multiprocessing.process.BaseProcess]:
         return [p for p in multiprocessing.active_children() if p not in self.procs_before]
@@ -118,6 +125,21 @@ class Leaks:
             if not left or time.monotonic() >= deadline:
                 return left
             time.sleep(POLL_S)
+
+
+def multiprocessing_helper_fds() -> set[int]:
+    fds: set[int] = set()
+    try:
+        from multiprocessing import forkserver, resource_tracker
+    except ImportError:  # pragma: no cover
+        return fds
+    for fd in (
+        getattr(forkserver._forkserver, "_forkserver_alive_fd", None),
+        getattr(resource_tracker._resource_tracker, "_fd", None),
+    ):
+        if isinstance(fd, int):
+            fds.add(fd)
+    return fds
 
 
 def open_fds() -> dict[int, str]:

@@ -2,8 +2,7 @@
 # Install pyper with its test tools into a fresh virtual environment and run the
 # whole suite: pytest (with its leak fixture and timeouts), the concurrency tests
 # again with a tiny thread switch interval, mypy --strict, and the original Pyper's
-# own tests against ours (scripts/run_original_tests.sh; the 3 that run process
-# stages are deselected until process stages exist).
+# own tests (all 39) against ours (scripts/run_original_tests.sh).
 # PYTHON picks the interpreter (default python3); the venv is .venv-<version>.
 set -eu
 cd "$(dirname "$0")/.."
@@ -14,4 +13,4 @@ VENV=".venv-$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 "$VENV/bin/python" -m pytest -q
 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_regressions.py
 "$VENV/bin/python" -m mypy
-PYTHON="$VENV/bin/python" PYPER_ORIGINAL_SKIP_MULTIPROCESS=1 sh scripts/run_original_tests.sh
+PYTHON="$VENV/bin/python" sh scripts/run_original_tests.sh

@@ -190,9 +190,8 @@ def test_async_multiprocess_is_value_error(fn: Any) -> None:
         task(fn, multiprocess=True)
 
 
-def test_sync_multiprocess_is_not_implemented_at_task_time() -> None:
-    with pytest.raises(NotImplementedError, match="multiprocess"):
-        task(my_mapper_fn, multiprocess=True)
+def test_sync_multiprocess_is_a_process_task() -> None:
+    assert task(my_mapper_fn, multiprocess=True).tasks[0].multiprocess  # runs: test_process.py
 
 
 def test_multiprocess_false_is_fine() -> None:

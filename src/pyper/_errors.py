@@ -2,6 +2,9 @@
 
     Exception
      +-- PipelineSetupError(ValueError, RuntimeError)  a pipeline that cannot run as built
+     +-- WorkerProcessDied(RuntimeError)  a worker process of a process stage died
+     +-- RemoteTraceback     the traceback of an error raised in a worker process,
+     |                       attached to it as its ``__cause__``
      +-- Cancelled           internal: the run stopped (never reaches a caller as itself,
      |                       except when a run is cancelled from outside it)
      +-- Broken              internal: every receiver of a channel has left
@@ -19,6 +22,8 @@ __all__ = [
     "Broken",
     "Cancelled",
     "PipelineSetupError",
+    "RemoteTraceback",
+    "WorkerProcessDied",
     "add_note",
     "attach",
     "safe_str",
@@ -32,6 +37,24 @@ class PipelineSetupError(ValueError, RuntimeError):
     Both a ``ValueError`` (the options are invalid) and a ``RuntimeError`` (what
     the original Pyper raised for these), so code written for either catches it.
     """
+
+
+class WorkerProcessDied(RuntimeError):
+    """A worker process of a process stage (``multiprocess=True``) died: killed, out of
+    memory, crashed, or it called ``os._exit``. The message names the task and the exit
+    code or signal."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an error raised in a worker process, as text; set as the
+    ``__cause__`` of the error the caller gets, so it prints with it."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.text}\"\"\""
 
 
 class Cancelled(Exception):

@@ -9,9 +9,11 @@ the class says which overload applies when).
 from __future__ import annotations
 
 import functools
+import pickle
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Iterator
 from typing import Any, Callable, Literal, Unpack, overload
 
+from ._errors import PipelineSetupError
 from ._pipeline import AsyncPipeline, Pipeline
 from ._spec import Kind, Task, check_bool, check_int, classify, describe
 from ._typing import (
@@ -87,15 +89,7 @@ def make_task(
         func = functools.partial(func, *args, **kwargs)
 
     if multiprocess:
-        if kind != "sync":
-            raise ValueError(
-                f"task {name!r}: an async function cannot run in a process; "
-                "drop multiprocess=True or make the function synchronous"
-            )
-        raise NotImplementedError(
-            f"task {name!r}: multiprocess=True is not available yet in this version of pyper; "
-            "drop it to run the task on threads"
-        )
+        _check_process_task(name, func, kind, pipeline, join)
     if daemon and kind != "sync":
         raise ValueError(
             f"task {name!r}: daemon=True applies to threads only; an async task cannot be a daemon"
@@ -119,6 +113,28 @@ def make_task(
         daemon=daemon,
         pipeline=pipeline,
     )
+
+
+def _check_process_task(name: str, func: object, kind: Kind, pipeline: bool, join: bool) -> None:
+    if kind != "sync" or pipeline:
+        raise ValueError(
+            f"task {name!r}: an async function or a pipeline cannot run in a process; "
+            "drop multiprocess=True or give it a synchronous function"
+        )
+    if join:
+        raise NotImplementedError(
+            f"task {name!r}: join=True is not available with multiprocess=True yet; "
+            "drop one of them"
+        )
+    try:
+        pickle.dumps(func)
+    except Exception as exc:
+        raise PipelineSetupError(
+            f"task {name!r}: multiprocess=True sends the function to worker processes, but it "
+            f"cannot be pickled ({type(exc).__name__}: {exc}). Define it at the top level of "
+            "a module (not a lambda, a nested function or a closure) and bind arguments with "
+            "bind=task.bind(...)"
+        ) from None
 
 
 class _TaskFactory:

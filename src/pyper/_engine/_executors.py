@@ -1,8 +1,9 @@
 """Which executor runs a stage (the one place it is chosen), and what an executor is.
 
 An executor is one module that runs a stage's workers somewhere: ``_thread``
-(sync functions, on pyper's reused threads) and ``_async`` (async functions, as
-tasks on the caller's event loop). The protocol is one function::
+(sync functions, on pyper's reused threads), ``_async`` (async functions, as
+tasks on the caller's event loop) and ``_process`` (sync functions with
+``multiprocess=True``, in worker processes). The protocol is one function::
 
     def start(run: Run, stage: Stage) -> None
 
@@ -22,7 +23,8 @@ ends with ``worker.leave(error)``, on every path, exactly once.
 How it learns of cancellation: every blocked or later channel operation raises
 ``Cancelled``, and ``Run.cancel`` empties the batch a worker is working through,
 so a local worker starts no new call; an executor whose workers are tasks
-registers them in ``run.tasks`` and they are cancelled too.
+registers them in ``run.tasks`` and they are cancelled too; one that waits
+elsewhere (on a pipe) registers a hook with ``run.on_cancel`` to be woken.
 
 How it reports an error: ``worker.leave(exc)`` records it (``Run.fail``), notes
 the task on it and cancels the run; ``Cancelled`` and ``Broken`` are the run
@@ -31,8 +33,9 @@ stopping, not errors.
 An executor whose workers live elsewhere (another process, another machine)
 fits the same protocol: its ``start`` runs one local relay per worker, a
 ``Worker`` like any other that moves whole batches between the channels and the
-remote side, where the same loops run over a pipe; cancellation reaches the
-remote side as a message, sent by the relay when its channel raises ``Cancelled``.
+remote side (``_process`` does so over pipes, ``_child`` is the remote loop);
+cancellation reaches the remote side as a message, sent by the relay when its
+channel raises ``Cancelled`` or its ``on_cancel`` hook wakes it.
 """
 
 from __future__ import annotations
@@ -51,8 +54,13 @@ __all__ = ["running_loop", "start"]
 
 def start(run: Run, stage: Stage) -> None:
     """Start the stage's workers on the executor its task's options choose."""
-    if _executor(stage.task) == "thread":
+    executor = _executor(stage.task)
+    if executor == "thread":
         _thread.start(run, stage)
+    elif executor == "process":
+        from . import _process  # imports multiprocessing: only process stages get here
+
+        _process.start(run, stage)
     else:
         from . import _async  # imports asyncio: only async runs get here
 
@@ -60,6 +68,8 @@ def start(run: Run, stage: Stage) -> None:
 
 
 def _executor(task: Task) -> str:
+    if task.multiprocess:
+        return "process"
     return "thread" if task.kind == "sync" else "asyncio"
 
 

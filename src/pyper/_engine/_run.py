@@ -22,8 +22,8 @@ How a run stops:
   dropped by the cancelled channel.
 
 Who owns what:
-- ``_lock`` guards ``cancelled``, ``error``, ``_others``, ``_raised``, ``_stopped``
-  and ``children`` (a nested run adds itself when it starts and removes itself
+- ``_lock`` guards ``cancelled``, ``error``, ``_others``, ``_raised``, ``_stopped``,
+  ``hooks`` and ``children`` (a nested run adds itself when it starts and removes itself
   when its caller is done).
 - ``cursors``: appended to by workers as they start, read by ``cancel``. Under the
   GIL ``list.append`` and iteration over a list are atomic; in a free-threaded
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextvars
 import gc
+import os
 import logging
 import threading
 from _thread import start_new_thread
@@ -115,6 +116,16 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
 gc.callbacks.append(_on_gc)
 
 
+def _forget_runs_in_child() -> None:
+    # A forked child (the fork start method, or the user's own os.fork) inherits the
+    # parent's live runs: they are the parent's to stop, never the child's (cancelling
+    # them at the child's exit would wake the parent's workers through shared pipes).
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_forget_runs_in_child)
+
+
 @dataclass(slots=True)
 class Stage:
     task: Task
@@ -186,8 +197,10 @@ class Run:
         self._raised = False
         self._deferred = False  # leave() handed the stop to another thread (see leave)
         self.children: list[Run] = []
+        self.hooks: list[Callable[[], None]] = []  # called by cancel(); guarded by _lock
         self.cursors: list[list[list[Any]]] = []
         self.loop = loop
+        self.args, self.kwargs = args, kwargs  # the pipeline's arguments, for the first task
         self.caller = threading.current_thread()
         self.tasks: set[asyncio.Task[None]] = set()
         self.context = contextvars.copy_context()
@@ -246,6 +259,23 @@ class Run:
         self.cursors.append(slot)
         return slot
 
+    def on_cancel(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` (from any thread, once) when the run is cancelled, or now if it
+        was: how a worker blocked outside the channels (on a pipe) learns of it."""
+        with self._lock:
+            if not self.cancelled:
+                self.hooks.append(hook)
+                return
+        hook()
+
+    def off_cancel(self, hook: Callable[[], None]) -> None:
+        """Forget a hook given to ``on_cancel`` (its worker is done)."""
+        with self._lock:
+            try:
+                self.hooks.remove(hook)
+            except ValueError:
+                pass
+
     def enter(self, task: object = None) -> None:
         """Called by a worker (or the inline first call) in its own context: pipelines
         run from here, while this call is in progress, belong to this run."""
@@ -266,8 +296,11 @@ class Run:
                 return
             self.cancelled = True
             children = list(self.children)
+            hooks, self.hooks = self.hooks, []
         for channel in reversed(self.channels):
             channel.cancel()
+        for hook in hooks:
+            hook()
         for slot in self.cursors:
             slot[0].clear()
         for child in children:
@@ -509,6 +542,11 @@ class Worker:
 
     def leave(self, exc: BaseException | None) -> None:
         """The worker is done: report ``exc`` (unless it is the run stopping), close both ends."""
+        if isinstance(exc, Cancelled) and not self.run.cancelled:
+            # Only a cancelled run cancels its workers: anything else would end the stream
+            # silently short. Never expected; reported rather than hidden if it happens.
+            exc = RuntimeError(f"pyper: internal error: a worker of task {self.stage.task.name!r} "
+                               "was stopped as cancelled while its run was not")
         if exc is not None and not isinstance(exc, (Cancelled, Broken)):
             self.run.fail(exc, self.stage.task)
         self.cursor[0] = []

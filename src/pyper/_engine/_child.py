@@ -1,0 +1,119 @@
+"""The main loop of a worker process of a process stage (``multiprocess=True``).
+
+It runs in the child, which imports as little as it can: this module, and pickle.
+The parent's relay (``_process.py``) drives it with messages over two one-way
+pipes; every message is a pickled tuple:
+
+    parent -> child   ("map", items)           call the function on each item
+                      ("branch", items, n)     start fanning out these items' results:
+                                               reply with up to n outputs
+                      ("pull", n)              up to n more outputs of that batch
+                      ("stop",)                exit
+    child -> parent   ("out", outputs, done)   outputs; done: the batch is finished
+                      ("error", exc, text)     the call raised (exc pickled, or None
+                                               when it cannot be), with its traceback
+
+A branching batch is advanced only when the parent pulls, so a generator in a
+process runs no further ahead than the parent's room downstream allows. The
+child ignores SIGINT (the parent stops it: one KeyboardInterrupt per Ctrl-C). A
+third pipe is its lifeline: only the parent holds its write end, and a daemon
+thread of the child waits on it, so when the parent dies (even by SIGKILL) the
+child exits at once, even in the middle of a call.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from itertools import islice
+from multiprocessing.connection import Connection
+from typing import Any
+
+__all__ = ["main"]
+
+_DUMP = pickle.HIGHEST_PROTOCOL
+
+
+def _watch(lifeline: Connection) -> None:
+    """Exit when the parent has gone: its end of the lifeline closes with it."""
+    try:
+        lifeline.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)
+
+
+def _outputs(call: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
+    for x in items:
+        result = call(x)
+        try:
+            outputs = iter(result)
+        except TypeError:
+            cls = type(result)
+            if hasattr(cls, "__iter__") or hasattr(cls, "__getitem__"):
+                raise
+            raise TypeError(
+                f"fans out its results (branch=True) but returned {cls.__name__}, which is "
+                "not iterable: return an iterable, or create the task with branch=False"
+            ) from None
+        yield from outputs
+
+
+def main(inbox: Connection, outbox: Connection, lifeline: Connection, payload: bytes) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch, args=(lifeline,), name="pyper:lifeline", daemon=True).start()
+    func, args, kwargs = pickle.loads(payload)
+    if args is not None:  # the first task: called once, with the pipeline's arguments
+        call: Callable[[Any], Any] = lambda _: func(*args, **kwargs)
+    else:
+        call = func
+    stream: Iterator[Any] = iter(())
+    while True:
+        try:
+            message = pickle.loads(inbox.recv_bytes())
+        except (EOFError, OSError):  # the parent has gone
+            return
+        kind = message[0]
+        if kind == "stop":
+            return
+        try:
+            if kind == "map":
+                reply: tuple[Any, ...] = ("out", [call(x) for x in message[1]], True)
+            else:
+                if kind == "branch":
+                    stream, n = _outputs(call, message[1]), message[2]
+                else:
+                    n = message[1]
+                chunk = list(islice(stream, n))
+                reply = ("out", chunk, len(chunk) < n)
+            data = _dumps(reply)
+        except BaseException as exc:
+            stream = iter(())
+            data = _error(exc)
+        try:
+            outbox.send_bytes(data)
+        except (BrokenPipeError, OSError):
+            return
+
+
+def _dumps(reply: tuple[Any, ...]) -> bytes:
+    try:
+        return pickle.dumps(reply, _DUMP)
+    except Exception as exc:
+        kinds = sorted({type(x).__name__ for x in reply[1]})
+        raise TypeError(
+            f"an output of type {', '.join(kinds)} cannot be pickled to return it from the "
+            f"worker process ({type(exc).__name__}: {exc}); return picklable values"
+        ) from exc
+
+
+def _error(exc: BaseException) -> bytes:
+    text = "".join(traceback.format_exception(exc))
+    try:
+        return pickle.dumps(("error", exc, text), _DUMP)
+    except Exception:  # an exception that does not pickle: its type and text still go back
+        return pickle.dumps(("error", None, text), _DUMP)

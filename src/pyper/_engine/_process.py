@@ -1,0 +1,258 @@
+"""Executor: worker processes, for sync functions with ``multiprocess=True``
+(see ``_executors`` for the protocol).
+
+Data flow, for one of a stage's N workers::
+
+    inp channel --get--> [relay thread] --pipe--> [child process: _child.main]
+    out channel <-flush-- [relay thread] <--pipe-- (outputs, or the error)
+
+Each worker is a relay: a ``Worker`` on one of pyper's threads that takes a batch
+from the input channel, sends it to its own child process, and flushes the
+outputs the child sends back. The child is started by the relay itself (never on
+an event loop's thread), with the ``forkserver`` start method where there is one
+and ``spawn`` elsewhere, or whatever ``multiprocessing.set_start_method`` chose:
+pyper never forks the process it runs in, which may run threads. Each child has
+private pipes, so terminating one corrupts nothing shared.
+
+How it stops: a relay waits on three things at once: its child's pipe, its
+child's sentinel (the child died: ``WorkerProcessDied``), and a wake-up pipe
+written by ``Run.cancel`` (a hook). On the end of its input, on an error or on
+cancellation it sends ``("stop",)``, gives the child ``GRACE_SECONDS`` to exit,
+then terminates and finally kills it, and joins it: no zombie is left. An error
+in the child comes back as the original exception, its traceback as
+``__cause__`` (``RemoteTraceback``).
+
+Who owns what: a ``_Child`` belongs to its relay thread; only its wake-up pipe's
+write end is touched by another thread (``Run.cancel``, through ``interrupt``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+from collections.abc import Callable
+from functools import partial
+from multiprocessing.connection import wait
+from time import perf_counter
+from typing import Any
+
+from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied
+from .._spec import Task
+from . import _child, _threads
+from ._run import Run, Stage, Worker, adapt
+
+__all__ = ["start"]
+
+#: How long a child may take to exit after ``("stop",)`` before it is terminated.
+GRACE_SECONDS = 0.2
+
+
+def start(run: Run, stage: Stage) -> None:
+    task = stage.task
+    first = stage is run.stages[0]
+    payload = pickle.dumps(
+        (task.func, run.args if first else None, run.kwargs if first else None),
+        pickle.HIGHEST_PROTOCOL,
+    )
+    jobs: list[tuple[Callable[[], None], str]] = [
+        (partial(_in_context, run, stage, payload, i), f"pyper:{task.name}[{i}]")
+        for i in range(task.workers)
+    ]
+    _threads.spawn(
+        jobs,
+        daemon=task.daemon,
+        nonblocking=run.loop is not None,
+        on_error=lambda exc: run.fail(exc, task),
+    )
+
+
+_method: str | None = None  # chosen on first use; only relay threads write it (any one wins)
+
+
+def context() -> Any:
+    """The multiprocessing context process stages use.
+
+    The start method set with ``multiprocessing.set_start_method`` before the first
+    process stage runs, or else ``forkserver`` where there is one and ``spawn``
+    elsewhere. Chosen once: starting a process makes ``multiprocessing`` fix its own
+    default (``fork`` on Linux before Python 3.14), which must not be taken for a
+    choice of the user's.
+    """
+    global _method
+    if _method is None:
+        method = multiprocessing.get_start_method(allow_none=True)
+        if method is None:
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        _method = method
+    return multiprocessing.get_context(_method)
+
+
+class _Child:
+    """One worker process and the pipes to it."""
+
+    def __init__(self, task: Task, payload: bytes, index: int) -> None:
+        self.task = task
+        ctx = context()
+        to_child_r, self.to_child = ctx.Pipe(duplex=False)
+        self.from_child, from_child_w = ctx.Pipe(duplex=False)
+        lifeline_r, self.lifeline = ctx.Pipe(duplex=False)  # closes when this process dies
+        self._wake_r, self._wake_w = os.pipe()
+        # Guards _closed: interrupt() (any thread) never writes to the wake-up pipe once
+        # close() has closed it, since its descriptor number may by then be another pipe's.
+        self._lock = threading.Lock()
+        self._closed = False
+        self.process = ctx.Process(
+            target=_child.main,
+            args=(to_child_r, from_child_w, lifeline_r, payload),
+            name=f"pyper:{task.name}[{index}]",
+            daemon=True,
+        )
+        try:
+            self.process.start()
+        finally:
+            to_child_r.close()  # the child's ends: the parent keeps none of them
+            from_child_w.close()
+            lifeline_r.close()
+
+    def interrupt(self) -> None:
+        """Wake the relay from its wait (any thread)."""
+        with self._lock:
+            if not self._closed:
+                os.write(self._wake_w, b"x")
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        try:
+            data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            kinds = sorted({type(x).__name__ for x in message[1]}) if len(message) > 1 else []
+            raise TypeError(
+                f"task {self.task.name!r} runs in a process (multiprocess=True), but an input "
+                f"of type {', '.join(kinds)} cannot be pickled to send it there "
+                f"({type(exc).__name__}: {exc}); pass picklable items"
+            ) from exc
+        try:
+            self.to_child.send_bytes(data)
+        except (BrokenPipeError, OSError):
+            self._raise_died()
+
+    def receive(self) -> tuple[list[Any], bool]:
+        """The child's next reply: ``(outputs, done)``; raises its error, its death, or
+        ``Cancelled`` when the run is cancelled meanwhile."""
+        ready = wait([self.from_child, self.process.sentinel, self._wake_r])
+        if self.from_child in ready:
+            try:
+                reply = pickle.loads(self.from_child.recv_bytes())
+            except (EOFError, OSError):
+                self._raise_died()
+            if reply[0] == "error":
+                _, exc, text = reply
+                if exc is None:
+                    exc = RuntimeError(f"task {self.task.name!r} raised in its worker process:\n{text}")
+                exc.__cause__ = RemoteTraceback(text)
+                raise exc
+            return reply[1], reply[2]
+        if self._wake_r in ready:
+            raise Cancelled
+        self._raise_died()
+        raise AssertionError("unreachable")
+
+    def _raise_died(self) -> None:
+        self.process.join(GRACE_SECONDS)
+        code = self.process.exitcode
+        if code is None:
+            how = "closed its pipe"
+        elif code < 0:
+            try:
+                how = f"was killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        raise WorkerProcessDied(
+            f"task {self.task.name!r}: its worker process {self.process.name} (pid "
+            f"{self.process.pid}) {how} while running a call"
+        )
+
+    def close(self) -> None:
+        """Stop the child (ask, then terminate, then kill), join it, close every pipe."""
+        process = self.process
+        if process.exitcode is None:
+            try:
+                self.to_child.send_bytes(pickle.dumps(("stop",)))
+            except (BrokenPipeError, OSError):
+                pass
+            process.join(GRACE_SECONDS)
+            if process.exitcode is None:
+                process.terminate()
+                process.join(GRACE_SECONDS)
+            if process.exitcode is None:
+                process.kill()
+        process.join()
+        process.close()
+        self.to_child.close()
+        self.from_child.close()
+        self.lifeline.close()
+        with self._lock:
+            self._closed = True
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+
+def _in_context(run: Run, stage: Stage, payload: bytes, index: int) -> None:
+    run.context.copy().run(_relay, run, stage, payload, index)
+
+
+def _relay(run: Run, stage: Stage, payload: bytes, index: int) -> None:
+    run.enter()
+    worker = Worker(run, stage)
+    error: BaseException | None = None
+    child: _Child | None = None
+    try:
+        child = _Child(stage.task, payload, index)
+        run.on_cancel(child.interrupt)
+        _work(worker, child)
+    except BaseException as exc:
+        error = exc
+    finally:
+        if child is not None:
+            run.off_cancel(child.interrupt)
+            child.close()
+        worker.leave(error)
+
+
+def _work(worker: Worker, child: _Child) -> None:
+    stage = worker.stage
+    inp, out, box = stage.inp, stage.out, worker.box
+    get = inp.get_seq if worker.ordered else inp.get
+    if worker.ordered:
+        flush: Callable[[bool], None] = lambda last: out.flush_seq(worker.seq, box, last)
+    else:
+        flush = lambda last: out.flush(box, last)
+    branch = stage.task.branch
+    limit = min(stage.take, stage.emit)
+    n = m = 1
+    while (items := worker.begin(get(n))) is not None:
+        batch = list(items)  # all of it goes to the child: nothing is left to share
+        started = perf_counter()
+        if branch:
+            child.send(("branch", batch, m))
+            while True:
+                chunk_started = perf_counter()
+                outputs, done = child.receive()
+                box.extend(outputs)
+                flush(False)  # blocks while downstream is full: the child waits for the pull
+                if done:
+                    break
+                m = adapt(m, len(outputs), perf_counter() - chunk_started, stage.emit)
+                child.send(("pull", m))
+        else:
+            child.send(("map", batch))
+            outputs, _ = child.receive()
+            box.extend(outputs)
+        flush(True)
+        elapsed = perf_counter() - started
+        inp.pace(len(batch), elapsed)
+        n = adapt(n, len(batch), elapsed, limit)

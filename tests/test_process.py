@@ -1,0 +1,271 @@
+"""Process stages (multiprocess=True): results, errors, dead workers, early exit, no leftovers.
+
+The functions run in worker processes, so they live at module level (picklable by reference).
+The leak fixture checks that every child process is gone after each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import acollect, elapsed, run_async
+
+from pyper import PipelineSetupError, task
+from pyper._errors import RemoteTraceback, WorkerProcessDied
+
+
+class Boom(Exception):
+    pass
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.5)
+    return x * x
+
+
+def pid_of(x: int) -> tuple[int, int]:
+    return x, os.getpid()
+
+
+def count_to(n: int) -> Any:
+    yield from range(n)
+
+
+def count_forever() -> Any:
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+def fan(x: int) -> Any:
+    for k in range(x):
+        yield (x, k)
+
+
+def scale(factor: int, x: int, *, offset: int) -> int:
+    return factor * x + offset
+
+
+def boom_on_3(x: int) -> int:
+    if x == 3:
+        raise Boom(f"no {x}")
+    return x
+
+
+def exit_on_3(x: int) -> int:
+    if x == 3:
+        os._exit(3)
+    return x
+
+
+def kill_self_on_3(x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def sleep_long(x: int) -> int:
+    time.sleep(30)
+    return x
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+@pytest.mark.timeout(30)
+def test_map_in_processes_gives_every_output() -> None:
+    p = task(count_to, branch=True) | task(square, workers=2, multiprocess=True)
+    assert sorted(p(1000)) == [x * x for x in range(1000)]
+    assert sorted(p(3)) == [0, 1, 4]  # a second run of the same pipeline
+
+
+@pytest.mark.timeout(30)
+def test_workers_are_separate_processes_running_at_once() -> None:
+    p = task(count_to, branch=True) | task(pid_of, workers=4, multiprocess=True)
+    with elapsed() as t:
+        out = sorted(p(4))
+    assert [x for x, _ in out] == [0, 1, 2, 3]
+    assert os.getpid() not in {pid for _, pid in out}
+    slow = task(count_to, branch=True) | task(slow_square, workers=4, multiprocess=True)
+    with elapsed() as t:
+        assert sorted(slow(4)) == [0, 1, 4, 9]
+    assert t.elapsed < 1.9, f"4 calls of 0.5 s on 4 processes took {t.elapsed:.2f} s"
+
+
+@pytest.mark.timeout(30)
+def test_generators_in_processes_fan_out_first_task_included() -> None:
+    p = task(count_to, multiprocess=True) | task(fan, workers=2, multiprocess=True)
+    for _ in range(5):  # two process stages in a row, several runs
+        assert sorted(p(5)) == sorted((x, k) for x in range(5) for k in range(x))
+
+
+@pytest.mark.timeout(30)
+def test_bind_and_ordered_in_processes() -> None:
+    p = task(count_to, branch=True) | task(
+        scale, workers=3, multiprocess=True, ordered=True, bind=task.bind(10, offset=1)
+    )
+    assert list(p(200)) == [10 * x + 1 for x in range(200)]
+
+
+@pytest.mark.timeout(30)
+def test_async_pipeline_with_a_process_stage() -> None:
+    async def ainc(x: int) -> int:
+        await asyncio.sleep(0)
+        return x + 1
+
+    p = task(count_to, branch=True) | task(square, workers=2, multiprocess=True) | task(ainc)
+    assert sorted(run_async(acollect(p(50)))) == sorted(x * x + 1 for x in range(50))
+
+
+@pytest.mark.timeout(30)
+def test_break_stops_an_infinite_generator_in_a_process() -> None:
+    p = task(count_forever, multiprocess=True) | task(square, multiprocess=True)
+    out = []
+    with elapsed() as t:
+        for x in p():
+            out.append(x)
+            if len(out) == 100:
+                break
+    assert out == [x * x for x in range(100)]
+    assert t.elapsed < 10
+
+
+@pytest.mark.timeout(30)
+def test_error_in_a_child_is_the_original_with_its_traceback() -> None:
+    p = task(count_to, branch=True) | task(boom_on_3, workers=2, multiprocess=True)
+    with pytest.raises(Boom, match="no 3") as ei:
+        list(p(10))
+    cause = ei.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "boom_on_3" in cause.text and "Boom: no 3" in cause.text
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("func", "how"), [(exit_on_3, "exited with code 3"), (kill_self_on_3, "SIGKILL")])
+def test_a_dead_child_is_a_clear_error(func: Any, how: str) -> None:
+    p = task(count_to, branch=True) | task(func, workers=2, multiprocess=True)
+    with elapsed() as t, pytest.raises(WorkerProcessDied, match=how) as ei:
+        list(p(10))
+    assert func.__name__ in str(ei.value)
+    assert t.elapsed < 5
+
+
+def first_fast_then_stuck(x: int) -> int:
+    if x:
+        time.sleep(30)
+    return x
+
+
+@pytest.mark.timeout(30)
+def test_error_elsewhere_stops_children_stuck_in_calls() -> None:
+    def fail(x: int) -> int:
+        raise Boom(f"downstream {x}")
+
+    p = task(count_to, branch=True) | task(first_fast_then_stuck, workers=2, multiprocess=True) | task(fail)
+    with elapsed() as t, pytest.raises(Boom, match="downstream 0"):
+        list(p(4))
+    assert t.elapsed < 5  # the stuck child was terminated after the grace period
+
+
+@pytest.mark.timeout(30)
+def test_break_while_a_child_is_stuck_returns_promptly() -> None:
+    p = task(count_to, branch=True) | task(first_fast_then_stuck, workers=2, multiprocess=True)
+    with elapsed() as t:
+        for x in p(4):
+            assert x == 0
+            break
+    assert t.elapsed < 5
+
+
+def test_unpicklable_function_fails_at_task_time() -> None:
+    with pytest.raises(PipelineSetupError, match="cannot be pickled") as ei:
+        task(lambda x: x, multiprocess=True)
+    assert isinstance(ei.value, RuntimeError)
+
+    def nested(x: int) -> int:
+        return x
+
+    with pytest.raises(RuntimeError, match="nested"):
+        task(nested, multiprocess=True)
+
+
+@pytest.mark.timeout(30)
+def test_unpicklable_input_is_a_clear_error() -> None:
+    def locks(n: int) -> Any:
+        for _ in range(n):
+            yield threading.Lock()
+
+    p = task(locks) | task(identity, multiprocess=True)
+    with pytest.raises(TypeError, match=r"identity.*lock.*cannot be pickled"):
+        list(p(2))
+
+
+def test_async_or_join_process_tasks_are_refused() -> None:
+    async def afunc(x: int) -> int:
+        return x
+
+    with pytest.raises(ValueError, match="async"):
+        task(afunc, multiprocess=True)
+    with pytest.raises(NotImplementedError, match="join"):
+        task(identity, join=True, multiprocess=True)
+
+
+def print_pid_then_stuck(x: int) -> int:
+    print(os.getpid(), flush=True)
+    time.sleep(60)
+    return x
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.split()[1:2] == ["Z"] for line in f if line.startswith("State:"))
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+def test_workers_die_with_a_parent_killed_by_sigkill() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from pyper import task\n"
+        "from test_process import count_to, print_pid_then_stuck\n"
+        "if __name__ == '__main__':\n"
+        "    list((task(count_to, branch=True) | task(print_pid_then_stuck, workers=2, multiprocess=True))(2))\n"
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, here], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        pids = [int(proc.stdout.readline()), int(proc.stdout.readline())]
+        proc.kill()  # SIGKILL: no cleanup code of the parent runs
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(pid) for pid in pids), f"workers {pids} outlived their parent"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of its session
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
