@@ -40,6 +40,11 @@ class Pipeline(Generic[P, T]):
             )
         if cls is Pipeline and any(t.is_async for t in tasks):
             cls = AsyncPipeline
+        if cls is AsyncPipeline:
+            # Load the asyncio executor (and asyncio) now rather than inside the first run:
+            # a program that makes an async pipeline runs it, and its first output should
+            # not wait for an import. Sync-only programs never get here.
+            from ._engine import _async  # noqa: F401
         self = object.__new__(cls)
         object.__setattr__(self, "_tasks", tasks)
         return self
