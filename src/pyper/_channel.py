@@ -117,11 +117,11 @@ class _AsyncWaiter:
 
 
 def _running_loop() -> asyncio.AbstractEventLoop:
-    # Imported here, not at the top: a program that runs only sync pipelines never
-    # imports asyncio. Only a task that parks gets here, and asyncio is loaded then.
-    from asyncio import get_running_loop
-
-    return get_running_loop()
+    # Not imported at the top: a program that runs only sync pipelines never imports
+    # asyncio. Only a task that parks gets here, and asyncio is loaded then (a lookup
+    # in sys.modules costs far less than an import statement on this path).
+    loop: asyncio.AbstractEventLoop = sys.modules["asyncio"].get_running_loop()
+    return loop
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -11,7 +11,8 @@ named ``x``/``ax`` as the generated worker loops expect (``scripts/unasync.py``)
   pyper thread a chunk at a time, so the loop never runs its code; a built-in
   container is iterated in place.
 - ``call_inline``/``acall_inline``: call a task once, inline in its caller, in a
-  copy of the caller's context, so that its context changes stay its own.
+  copy of the caller's context, so that its context changes stay its own (for a
+  coroutine, each of its steps runs in the copy).
 
 asyncio is imported by the async functions only, so that sync programs never load it.
 """
@@ -19,9 +20,11 @@ asyncio is imported by the async functions only, so that sync programs never loa
 from __future__ import annotations
 
 import contextvars
+import sys
 import threading
+import types
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from itertools import islice
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -81,21 +84,36 @@ def _entered(run: Run | None, func: Callable[..., Any], args: tuple[Any, ...], k
 
 
 async def acall_inline(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], run: Run | None) -> Any:
-    """The async twin of ``call_inline``: awaited as a task of its own, which is how a
-    coroutine gets a context of its own; cancelling the caller cancels it."""
-    import asyncio
-
+    """The async twin of ``call_inline``: the call and every step of the awaitable it
+    returns run in the copy, in the caller's task (no task of its own: no loop hop)."""
     context = run.context.copy() if run is not None else contextvars.copy_context()
+    if run is not None:  # asyncio is loaded: this is an async run
+        context.run(run.enter, sys.modules["asyncio"].current_task())
+    result = context.run(task.func, *args, **kwargs)
+    if task.kind == "coro":
+        result = await _stepped_in(context, result.__await__())
+    return result
 
-    async def call() -> Any:
-        if run is not None:
-            run.enter(asyncio.current_task())
-        result = task.func(*args, **kwargs)
-        if task.kind == "coro":
-            result = await result
-        return result
 
-    return await asyncio.create_task(call(), context=context)
+@types.coroutine
+def _stepped_in(context: contextvars.Context, steps: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """Drive an awaitable's iterator to its end, each step inside ``context``, passing
+    what it yields (futures) up to the task and what the task sends or throws (results,
+    cancellation) down to it: ``yield from``, but in another context."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            if error is None:
+                yielded = context.run(steps.send, value)
+            else:
+                yielded = context.run(steps.throw, error)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value, error = (yield yielded), None
+        except BaseException as exc:  # thrown into the task: cancellation, for one
+            value, error = None, exc
 
 
 def _stepped_on_loop(run: Run, loop: asyncio.AbstractEventLoop, result: Any) -> Iterator[Any]:

@@ -40,7 +40,8 @@ channel raises ``Cancelled`` or its ``on_cancel`` hook wakes it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Any
 
 from .._spec import Task
 from . import _thread
@@ -57,14 +58,21 @@ def start(run: Run, stage: Stage) -> None:
     executor = _executor(stage.task)
     if executor == "thread":
         _thread.start(run, stage)
-    elif executor == "process":
-        from . import _process  # imports multiprocessing: only process stages get here
-
-        _process.start(run, stage)
     else:
-        from . import _async  # imports asyncio: only async runs get here
+        _loaded(executor).start(run, stage)
 
-        _async.start(run, stage)
+
+@functools.cache
+def _loaded(executor: str) -> Any:
+    """The module of an executor that is imported only when a stage needs it: asyncio
+    only for async runs, multiprocessing only for process stages."""
+    if executor == "process":
+        from . import _process
+
+        return _process
+    from . import _async
+
+    return _async
 
 
 def _executor(task: Task) -> str:

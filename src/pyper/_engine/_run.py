@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextvars
 import gc
 import os
+import sys
 import logging
 import threading
 from _thread import start_new_thread
@@ -373,7 +374,8 @@ class Run:
         # Make sure the run is stopped all the way through: a worker's cancel may still
         # be under way in its own thread. If this is interrupted, the run stays live and
         # interpreter exit cancels it again.
-        self.cancel()
+        if not self._stopped:  # a stale False only repeats cancel's quick check
+            self.cancel()
         with _live_lock:
             _live.discard(self)
         if self.parent is not None:
@@ -441,10 +443,8 @@ def _calling_run() -> Run | None:
     if ident != threading.get_ident():
         return None
     if task is not None:
-        from asyncio import current_task  # loaded: an async worker set the entry
-
-        try:
-            if current_task() is not task:
+        try:  # asyncio is loaded: an async worker set the entry
+            if sys.modules["asyncio"].current_task() is not task:
                 return None
         except RuntimeError:  # no loop running in this thread
             return None
@@ -452,10 +452,8 @@ def _calling_run() -> Run | None:
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    from asyncio import get_running_loop  # loaded: the run has a loop
-
-    try:
-        return get_running_loop() is loop
+    try:  # asyncio is loaded: the run has a loop
+        return sys.modules["asyncio"].get_running_loop() is loop
     except RuntimeError:
         return False
 
