@@ -269,3 +269,89 @@ def test_workers_die_with_a_parent_killed_by_sigkill() -> None:
             pass
         proc.wait(10)
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+def _run_script(script: str, timeout: float = 30) -> Any:
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.run(
+        [sys.executable, "-c", script, here], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.timeout(60)
+def test_spawn_start_method_is_honoured() -> None:
+    done = _run_script(
+        "import sys, os; sys.path.insert(0, sys.argv[1])\n"
+        "import multiprocessing\n"
+        "from pyper import task\n"
+        "from test_process import count_to, pid_of\n"
+        "if __name__ == '__main__':\n"
+        "    multiprocessing.set_start_method('spawn')\n"
+        "    out = sorted((task(count_to, branch=True) | task(pid_of, workers=2, multiprocess=True))(4))\n"
+        "    assert [x for x, _ in out] == [0, 1, 2, 3], out\n"
+        "    assert os.getpid() not in {p for _, p in out}\n"
+        "    from pyper._engine import _process\n"
+        "    print(_process.context().get_start_method())\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "spawn"
+
+
+@pytest.mark.timeout(60)
+def test_a_function_the_worker_cannot_import_is_a_clear_error() -> None:
+    # Defined in the __main__ of a `python -c` program: a spawned worker cannot import it.
+    done = _run_script(
+        "import multiprocessing\n"
+        "from pyper import task\n"
+        "def double(x):\n"
+        "    return 2 * x\n"
+        "if __name__ == '__main__':\n"
+        "    multiprocessing.set_start_method('spawn')\n"
+        "    try:\n"
+        "        list((task(range, branch=True) | task(double, multiprocess=True))(3))\n"
+        "    except RuntimeError as exc:\n"
+        "        print('ERROR', exc)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "could not load the task's function" in done.stdout, done.stdout + done.stderr
+    assert "importable module" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_shows_one_keyboard_interrupt_and_leaves_no_process() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from pyper import task\n"
+        "from test_process import count_to, print_pid_then_stuck\n"
+        "if __name__ == '__main__':\n"
+        "    list((task(count_to, branch=True) | task(print_pid_then_stuck, workers=2, multiprocess=True))(2))\n"
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, here],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        pids = [int(proc.stdout.readline()), int(proc.stdout.readline())]
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole group
+        code = proc.wait(10)
+        err = proc.stderr.read()
+        assert code != 0
+        assert err.count("KeyboardInterrupt") == 1, err
+        deadline = time.monotonic() + 5
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(pid) for pid in pids), f"workers {pids} outlived the Ctrl-C"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]

@@ -66,7 +66,11 @@ def _outputs(call: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
 def main(inbox: Connection, outbox: Connection, lifeline: Connection, payload: bytes) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch, args=(lifeline,), name="pyper:lifeline", daemon=True).start()
-    func, args, kwargs = pickle.loads(payload)
+    try:
+        func, args, kwargs, name = pickle.loads(payload)
+    except BaseException as exc:  # every request gets this error: the parent raises it
+        _refuse(inbox, outbox, exc)
+        return
     if args is not None:  # the first task: called once, with the pipeline's arguments
         call: Callable[[Any], Any] = lambda _: func(*args, **kwargs)
     else:
@@ -97,6 +101,26 @@ def main(inbox: Connection, outbox: Connection, lifeline: Connection, payload: b
         try:
             outbox.send_bytes(data)
         except (BrokenPipeError, OSError):
+            return
+
+
+def _refuse(inbox: Connection, outbox: Connection, exc: BaseException) -> None:
+    """The function could not be loaded here: say why, to every request."""
+    error = RuntimeError(
+        "the worker process could not load the task's function "
+        f"({type(exc).__name__}: {exc}). Under the forkserver and spawn start methods a "
+        "worker imports the function by its module and name: define it at the top level of "
+        "an importable module (in a script, keep the pipeline's work under "
+        "`if __name__ == '__main__':`)"
+    )
+    data = _error(error)
+    while True:
+        try:
+            message = pickle.loads(inbox.recv_bytes())
+            if message[0] == "stop":
+                return
+            outbox.send_bytes(data)
+        except (EOFError, OSError):
             return
 
 

@@ -54,7 +54,7 @@ def start(run: Run, stage: Stage) -> None:
     task = stage.task
     first = stage is run.stages[0]
     payload = pickle.dumps(
-        (task.func, run.args if first else None, run.kwargs if first else None),
+        (task.func, run.args if first else None, run.kwargs if first else None, task.name),
         pickle.HIGHEST_PROTOCOL,
     )
     jobs: list[tuple[Callable[[], None], str]] = [
