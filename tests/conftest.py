@@ -29,6 +29,10 @@ import pytest
 
 T = TypeVar("T")
 
+#: test_cloudpickle.py needs the optional cloudpickle, which makes the original's lambda test
+#: fail: tests/run.sh installs it last and sets PYPER_WITH_CLOUDPICKLE=1 to run that file.
+collect_ignore = [] if os.environ.get("PYPER_WITH_CLOUDPICKLE") else ["test_cloudpickle.py"]
+
 #: Grace period the leak fixture gives in-flight work to finish after a test.
 LEAK_GRACE_S = 2.0
 POLL_S = 0.01

@@ -14,3 +14,6 @@ VENV=".venv-$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_regressions.py
 "$VENV/bin/python" -m mypy
 PYTHON="$VENV/bin/python" sh scripts/run_original_tests.sh
+# Last, the optional cloudpickle extra: lambdas and closures in process stages.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[cloudpickle]'
+PYPER_WITH_CLOUDPICKLE=1 "$VENV/bin/python" -m pytest -q tests/test_cloudpickle.py

@@ -189,7 +189,10 @@ def test_break_while_a_child_is_stuck_returns_promptly() -> None:
     assert t.elapsed < 5
 
 
-def test_unpicklable_function_fails_at_task_time() -> None:
+def test_unpicklable_function_fails_at_task_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyper import _pickling
+
+    monkeypatch.setattr(_pickling, "_cloudpickle", lambda: None)  # as without the extra
     with pytest.raises(PipelineSetupError, match="cannot be pickled") as ei:
         task(lambda x: x, multiprocess=True)
     assert isinstance(ei.value, RuntimeError)
@@ -355,3 +358,13 @@ def test_ctrl_c_shows_one_keyboard_interrupt_and_leaves_no_process() -> None:
         proc.wait(10)
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_without_cloudpickle_the_error_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyper import _pickling
+
+    monkeypatch.setattr(_pickling, "_cloudpickle", lambda: None)
+    with pytest.raises(PipelineSetupError, match=r"python-pyper\[cloudpickle\]"):
+        task(lambda x: x, multiprocess=True)
+    with pytest.raises(PipelineSetupError, match="bind"):
+        task(scale, multiprocess=True, bind=task.bind(threading.Lock(), offset=1))

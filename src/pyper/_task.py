@@ -9,11 +9,11 @@ the class says which overload applies when).
 from __future__ import annotations
 
 import functools
-import pickle
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Iterator
 from typing import Any, Callable, Literal, Unpack, overload
 
 from ._errors import PipelineSetupError
+from ._pickling import dumps, have_cloudpickle
 from ._pipeline import AsyncPipeline, Pipeline
 from ._spec import Kind, Task, check_bool, check_int, classify, describe
 from ._typing import (
@@ -127,13 +127,18 @@ def _check_process_task(name: str, func: object, kind: Kind, pipeline: bool, joi
             "drop one of them"
         )
     try:
-        pickle.dumps(func)
+        dumps(func)
     except Exception as exc:
+        how = (
+            "" if have_cloudpickle() else
+            ", or install cloudpickle (pip install 'python-pyper[cloudpickle]'), which sends "
+            "lambdas, closures and decorated functions by value"
+        )
         raise PipelineSetupError(
-            f"task {name!r}: multiprocess=True sends the function to worker processes, but it "
-            f"cannot be pickled ({type(exc).__name__}: {exc}). Define it at the top level of "
-            "a module (not a lambda, a nested function or a closure) and bind arguments with "
-            "bind=task.bind(...)"
+            f"task {name!r}: multiprocess=True sends the function (and what bind= binds to it) "
+            f"to worker processes, but it cannot be pickled ({type(exc).__name__}: {exc}). Define it at the top level of "
+            "a module (not a lambda, a nested function, a closure or a function decorated "
+            f"with @task) and bind arguments with bind=task.bind(...){how}"
         ) from None
 
 

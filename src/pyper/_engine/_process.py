@@ -40,6 +40,7 @@ from time import perf_counter
 from typing import Any
 
 from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied
+from .._pickling import dumps
 from .._spec import Task
 from . import _child, _threads
 from ._run import Run, Stage, Worker, adapt
@@ -53,10 +54,13 @@ GRACE_SECONDS = 0.2
 def start(run: Run, stage: Stage) -> None:
     task = stage.task
     first = stage is run.stages[0]
-    payload = pickle.dumps(
-        (task.func, run.args if first else None, run.kwargs if first else None, task.name),
-        pickle.HIGHEST_PROTOCOL,
-    )
+    try:
+        payload = dumps((task.func, run.args if first else None, run.kwargs if first else None, task.name))
+    except Exception as exc:  # the function was checked at task(...): the call's arguments
+        raise TypeError(
+            f"task {task.name!r} runs in a process (multiprocess=True), but the pipeline's "
+            f"arguments cannot be pickled to send them there ({type(exc).__name__}: {exc})"
+        ) from exc
     jobs: list[tuple[Callable[[], None], str]] = [
         (partial(_in_context, run, stage, payload, i), f"pyper:{task.name}[{i}]")
         for i in range(task.workers)

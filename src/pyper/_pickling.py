@@ -1,0 +1,40 @@
+"""Pickling what goes to worker processes: plain ``pickle`` first, and ``cloudpickle``
+(the optional extra ``python-pyper[cloudpickle]``) for what plain pickle refuses:
+lambdas, closures, functions defined in ``__main__`` or decorated with ``@task``.
+
+cloudpickle is imported only when plain pickle has failed, never by ``import pyper``.
+This module imports nothing of pyper.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+__all__ = ["dumps", "have_cloudpickle"]
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def _cloudpickle() -> Any:
+    try:
+        import cloudpickle  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return cloudpickle
+
+
+def have_cloudpickle() -> bool:
+    return _cloudpickle() is not None
+
+
+def dumps(obj: object) -> bytes:
+    """``obj`` pickled; by value with cloudpickle where pickling by reference fails."""
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        cloudpickle = _cloudpickle()
+        if cloudpickle is None:
+            raise
+        data: bytes = cloudpickle.dumps(obj, PROTOCOL)
+        return data
