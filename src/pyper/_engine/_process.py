@@ -42,7 +42,7 @@ from typing import Any
 from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied
 from .._pickling import dumps
 from .._spec import Task
-from . import _child, _threads
+from . import _child, _thread
 from ._run import Run, Stage, Worker, adapt
 
 __all__ = ["start"]
@@ -61,16 +61,7 @@ def start(run: Run, stage: Stage) -> None:
             f"task {task.name!r} runs in a process (multiprocess=True), but the pipeline's "
             f"arguments cannot be pickled to send them there ({type(exc).__name__}: {exc})"
         ) from exc
-    jobs: list[tuple[Callable[[], None], str]] = [
-        (partial(_in_context, run, stage, payload, i), f"pyper:{task.name}[{i}]")
-        for i in range(task.workers)
-    ]
-    _threads.spawn(
-        jobs,
-        daemon=task.daemon,
-        nonblocking=run.loop is not None,
-        on_error=lambda exc: run.fail(exc, task),
-    )
+    _thread.start_jobs(run, stage, partial(_relay, payload))
 
 
 _method: str | None = None  # chosen on first use; only relay threads write it (any one wins)
@@ -205,11 +196,7 @@ class _Child:
             os.close(self._wake_w)
 
 
-def _in_context(run: Run, stage: Stage, payload: bytes, index: int) -> None:
-    run.context.copy().run(_relay, run, stage, payload, index)
-
-
-def _relay(run: Run, stage: Stage, payload: bytes, index: int) -> None:
+def _relay(payload: bytes, run: Run, stage: Stage, index: int) -> None:
     run.enter()
     worker = Worker(run, stage)
     error: BaseException | None = None

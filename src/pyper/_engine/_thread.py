@@ -9,6 +9,7 @@ call finishes and its result is dropped by the cancelled channel.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from . import _threads
 from ._run import Run, Stage, Worker
@@ -18,9 +19,15 @@ __all__ = ["start"]
 
 
 def start(run: Run, stage: Stage) -> None:
+    start_jobs(run, stage, _job)
+
+
+def start_jobs(run: Run, stage: Stage, job: Callable[[Run, Stage, int], None]) -> None:
+    """Run ``job(run, stage, i)`` for each of the stage's workers on a pyper thread, each
+    in its own copy of the caller's context (also the process executor's relays)."""
     task = stage.task
     jobs: list[tuple[Callable[[], None], str]] = [
-        (lambda: run.context.copy().run(_job, run, stage), f"pyper:{task.name}[{i}]")
+        (partial(run.context.copy().run, job, run, stage, i), f"pyper:{task.name}[{i}]")
         for i in range(task.workers)
     ]
     # On an event loop's thread, wait for at most one new thread to start (~0.1 ms):
@@ -33,7 +40,7 @@ def start(run: Run, stage: Stage) -> None:
     )
 
 
-def _job(run: Run, stage: Stage) -> None:
+def _job(run: Run, stage: Stage, index: int) -> None:
     run.enter()
     worker = Worker(run, stage)
     error: BaseException | None = None
