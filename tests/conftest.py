@@ -69,6 +69,12 @@ def engine_idle_threads() -> frozenset[threading.Thread]:
     return idle_threads()
 
 
+def engine_idle_processes() -> list[Any]:
+    """Worker processes the engine keeps warm for reuse (none before a process stage ran)."""
+    module = sys.modules.get("pyper._engine._process")
+    return module.idle_processes() if module is not None else []
+
+
 class Leaks:
     """Threads and child processes alive before a test; what is new and busy after it."""
 
@@ -101,6 +107,9 @@ class Leaks:
         (but those of multiprocessing's own long-lived helpers: the fork server and the
         resource tracker, started once per program by the first process stage)."""
         helpers = multiprocessing_helper_fds()
+        module = sys.modules.get("pyper._engine._process")
+        if module is not None:  # the pipes of worker processes kept warm for reuse
+            helpers |= module.idle_fds()
         return [
             f"fd {fd} -> {target}"
             for fd, target in sorted(open_fds().items())
@@ -108,7 +117,10 @@ class Leaks:
         ]
 
     def new_procs(self) -> list[multiprocessing.process.BaseProcess]:
-        return [p for p in multiprocessing.active_children() if p not in self.procs_before]
+        """Child processes started since the snapshot and still alive, but those the engine
+        keeps warm for reuse (idle; they exit with the program)."""
+        warm = set(engine_idle_processes())
+        return [p for p in multiprocessing.active_children() if p not in self.procs_before and p not in warm]
 
     def wait_quiet(self, timeout: float = LEAK_GRACE_S) -> list[Any]:
         """Wait until no new busy thread, child process nor file descriptor is left; return the

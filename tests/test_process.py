@@ -368,3 +368,50 @@ def test_without_cloudpickle_the_error_says_how_to_get_it(monkeypatch: pytest.Mo
         task(lambda x: x, multiprocess=True)
     with pytest.raises(PipelineSetupError, match="bind"):
         task(scale, multiprocess=True, bind=task.bind(threading.Lock(), offset=1))
+
+
+@pytest.mark.timeout(30)
+def test_calling_a_pipeline_again_reuses_its_warm_workers() -> None:
+    p = task(count_to, branch=True) | task(pid_of, workers=2, multiprocess=True)
+    first = {pid for _, pid in p(20)}
+    with elapsed() as t:
+        second = {pid for _, pid in p(20)}
+    assert second <= first and second, (first, second)  # no process started for the second run
+    assert t.elapsed < 1.0
+
+
+@pytest.mark.timeout(60)
+def test_warm_workers_never_run_stale_code_and_leave_nothing_at_exit(tmp_path: Any) -> None:
+    (tmp_path / "late.py").write_text("def f(x):\n    return ('v1', x)\n")
+    script = (
+        "import sys, os, importlib; sys.path.insert(0, sys.argv[1])\n"
+        "from pyper import task\n"
+        "from test_process import count_to, pid_of\n"
+        "if __name__ == '__main__':\n"
+        "    p = task(count_to, branch=True) | task(pid_of, workers=2, multiprocess=True)\n"
+        "    pids = {pid for _, pid in p(10)} | {pid for _, pid in p(10)}\n"
+        "    sys.path.insert(0, sys.argv[2])\n"
+        "    import late  # a module, and a function, that appear after the workers started\n"
+        "    assert sorted((task(count_to, branch=True) | task(late.f, multiprocess=True))(2)) == [('v1', 0), ('v1', 1)]\n"
+        "    open(os.path.join(sys.argv[2], 'late.py'), 'w').write(\"def f(x):\\n    return ('v2', x)\\n\")\n"
+        "    importlib.invalidate_caches(); importlib.reload(late)\n"
+        "    out = sorted((task(count_to, branch=True) | task(late.f, multiprocess=True))(2))\n"
+        "    assert out == [('v2', 0), ('v2', 1)], out\n"
+        "    print(' '.join(map(str, sorted(pids))))\n"
+    )
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    with elapsed() as t:
+        done = subprocess.run(
+            [sys.executable, "-c", script, here, str(tmp_path)], capture_output=True, text=True, timeout=30
+        )
+    assert done.returncode == 0, done.stderr
+    assert t.elapsed < 10
+    pids = [int(p) for p in done.stdout.split()]
+    assert pids
+    deadline = time.monotonic() + 5
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(_gone(pid) for pid in pids), f"warm workers {pids} outlived the program"

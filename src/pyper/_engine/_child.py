@@ -89,6 +89,9 @@ def main(inbox: Connection, outbox: Connection, lifeline: Connection, payload: b
                 reply: tuple[Any, ...] = ("out", [call(x) for x in message[1]], True)
             else:
                 if kind == "branch":
+                    close = getattr(stream, "close", None)
+                    if close is not None:  # a stream a stopped run left half read
+                        close()
                     stream, n = _outputs(call, message[1]), message[2]
                 else:
                     n = message[1]

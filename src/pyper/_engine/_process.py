@@ -42,7 +42,7 @@ from typing import Any
 from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied
 from .._pickling import dumps
 from .._spec import Task
-from . import _child, _thread
+from . import _child, _thread, _threads
 from ._run import Run, Stage, Worker, adapt
 
 __all__ = ["start"]
@@ -90,11 +90,15 @@ class _Child:
 
     def __init__(self, task: Task, payload: bytes, index: int) -> None:
         self.task = task
+        self.func = task.func  # what it was loaded with (identity: a reloaded module is new code)
+        self.payload = payload
+        self.busy = False  # a request was sent and its reply not yet read (owned by the relay)
         ctx = context()
         to_child_r, self.to_child = ctx.Pipe(duplex=False)
         self.from_child, from_child_w = ctx.Pipe(duplex=False)
         lifeline_r, self.lifeline = ctx.Pipe(duplex=False)  # closes when this process dies
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
         # Guards _closed: interrupt() (any thread) never writes to the wake-up pipe once
         # close() has closed it, since its descriptor number may by then be another pipe's.
         self._lock = threading.Lock()
@@ -132,6 +136,7 @@ class _Child:
             self.to_child.send_bytes(data)
         except (BrokenPipeError, OSError):
             self._raise_died()
+        self.busy = True
 
     def receive(self) -> tuple[list[Any], bool]:
         """The child's next reply: ``(outputs, done)``; raises its error, its death, or
@@ -142,6 +147,7 @@ class _Child:
                 reply = pickle.loads(self.from_child.recv_bytes())
             except (EOFError, OSError):
                 self._raise_died()
+            self.busy = False
             if reply[0] == "error":
                 _, exc, text = reply
                 if exc is None:
@@ -171,6 +177,29 @@ class _Child:
             f"{self.process.pid}) {how} while running a call"
         )
 
+    def fds(self) -> list[int]:
+        """Descriptors held for this child: its pipes, and those multiprocessing keeps for
+        it until it is closed (its sentinel and, for forkserver, a duplicate of a pipe)."""
+        popen = getattr(self.process, "_popen", None)
+        finalizer = getattr(popen, "finalizer", None)
+        kept = [fd for fd in getattr(finalizer, "_args", ()) if isinstance(fd, int)]
+        return [
+            self.to_child.fileno(), self.from_child.fileno(), self.lifeline.fileno(),
+            self._wake_r, self._wake_w, self.process.sentinel, *kept,
+        ]
+
+    def reusable_for(self, task: Task, payload: bytes) -> bool:
+        return self.func is task.func and self.payload == payload and self.process.is_alive()
+
+    def settle(self) -> bool:
+        """After a run: whether this child is idle and clean, fit to be kept warm."""
+        try:
+            while os.read(self._wake_r, 64):  # a cancel's wake-up left from the run
+                pass
+        except BlockingIOError:
+            pass
+        return not self.busy and self.process.is_alive()
+
     def close(self) -> None:
         """Stop the child (ask, then terminate, then kill), join it, close every pipe."""
         process = self.process
@@ -196,13 +225,73 @@ class _Child:
             os.close(self._wake_w)
 
 
+# -- warm children --------------------------------------------------------------------
+# A child whose run is over, idle and clean, is kept for the next run of the same task
+# (the same function object and the same pickled payload: never stale code, since a
+# redefined or reloaded function is another object), so that calling a pipeline again
+# costs no process start. At most IDLE_MAX are kept, the oldest closed first; all are
+# closed at interpreter exit, and a lifeline makes any child exit with this process.
+# ``_idle`` is guarded by ``_idle_lock``.
+
+IDLE_MAX = 8
+_idle_lock = threading.Lock()
+_idle: list[_Child] = []
+_exiting = False
+
+
+def _take(task: Task, payload: bytes, index: int) -> _Child:
+    with _idle_lock:
+        for i, child in enumerate(_idle):
+            if child.reusable_for(task, payload):
+                del _idle[i]
+                return child
+    return _Child(task, payload, index)
+
+
+def _keep(child: _Child) -> None:
+    closing = [child]
+    if child.settle():
+        with _idle_lock:
+            if not _exiting:
+                _idle.append(child)
+                closing = _idle[:-IDLE_MAX] if len(_idle) > IDLE_MAX else []
+                del _idle[: len(closing)]
+    for old in closing:
+        old.close()
+
+
+def _close_idle() -> None:
+    global _exiting
+    with _idle_lock:
+        _exiting = True
+        idle = list(_idle)
+        _idle.clear()
+    for child in idle:
+        child.close()
+
+
+def idle_processes() -> list[Any]:
+    """Worker processes kept warm for reuse: idle, and gone at interpreter exit."""
+    with _idle_lock:
+        return [child.process for child in _idle]
+
+
+def idle_fds() -> set[int]:
+    """The file descriptors this process holds for the warm children (their pipes)."""
+    with _idle_lock:
+        return {fd for child in _idle for fd in child.fds()}
+
+
+_threads.add_exit_hook(_close_idle)
+
+
 def _relay(payload: bytes, run: Run, stage: Stage, index: int) -> None:
     run.enter()
     worker = Worker(run, stage)
     error: BaseException | None = None
     child: _Child | None = None
     try:
-        child = _Child(stage.task, payload, index)
+        child = _take(stage.task, payload, index)
         run.on_cancel(child.interrupt)
         _work(worker, child)
     except BaseException as exc:
@@ -210,8 +299,12 @@ def _relay(payload: bytes, run: Run, stage: Stage, index: int) -> None:
     finally:
         if child is not None:
             run.off_cancel(child.interrupt)
-            child.close()
-        worker.leave(error)
+            try:
+                _keep(child)
+            finally:
+                worker.leave(error)
+        else:
+            worker.leave(error)
 
 
 def _work(worker: Worker, child: _Child) -> None:
