@@ -45,6 +45,12 @@ def pytest_configure(config: pytest.Config) -> None:
     interval = os.environ.get("PYPER_SWITCH_INTERVAL")
     if interval:
         sys.setswitchinterval(float(interval))
+    # PYPER_NO_STEAL=1: run as in a free-threaded build, where a receiver never advances a
+    # sibling's claim (no GIL makes that atomic); the owner shares and gives back instead.
+    if os.environ.get("PYPER_NO_STEAL"):
+        import pyper._channel
+
+        pyper._channel._STEAL = False  # type: ignore[misc]
     # keep hypothesis' files (example database, patches for failing examples) out of the repo
     try:
         from hypothesis.configuration import set_hypothesis_home_dir

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install pyper with its test tools into a fresh virtual environment and run the
 # whole suite: pytest (with its leak fixture and timeouts), the concurrency tests
-# again with a tiny thread switch interval, mypy --strict, and the original Pyper's
+# again with a tiny thread switch interval (and once more as a free-threaded build
+# would share work: PYPER_NO_STEAL), mypy --strict, and the original Pyper's
 # own tests (all 39) against ours (scripts/run_original_tests.sh).
 # PYTHON picks the interpreter (default python3); the venv is .venv-<version>.
 set -eu
@@ -12,6 +13,7 @@ VENV=".venv-$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
 "$VENV/bin/python" -m pytest -q
 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_regressions.py
+PYPER_NO_STEAL=1 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_regressions.py
 "$VENV/bin/python" -m mypy
 PYTHON="$VENV/bin/python" sh scripts/run_original_tests.sh
 # Last, the optional cloudpickle extra: lambdas and closures in process stages.

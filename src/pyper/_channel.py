@@ -296,9 +296,15 @@ class Channel:
                         self._size += len(shared)
                     self._wake_getter()
 
-    def give_back(self, items: list[Any]) -> None:
-        """A receiver leaving early returns the items it took but did not start."""
+    def give_back(self, slot: list[Iterator[Any] | None]) -> None:
+        """A receiver leaving early returns the items it took but did not start.
+
+        The claim leaves its slot and its items enter the channel in one step under the
+        lock: a sibling looking for work sees them in one place or the other, never in
+        neither (it would take the end of the stream for real, and the items be lost)."""
         with self._lock:
+            claimed, slot[0] = slot[0], None
+            items = list(claimed) if claimed is not None else []
             if items and not self._stopped() and self._receivers > 1:
                 self._batches.appendleft(items)
                 self._size += len(items)
@@ -409,7 +415,11 @@ class Channel:
                 spent.append(key)
         for key in spent:
             del self._claims[key]
-        if richest is not None and _STEAL:
+        if richest is not None:
+            if not _STEAL:
+                # Its owner shares it, or gives it back when it leaves (and wakes us);
+                # until then the stream has not ended, however closed the channel is.
+                return _WAIT
             stolen = list(islice(richest, min(n, (most + 1) // 2)))
             if stolen:
                 return stolen
@@ -606,12 +616,16 @@ class Channel:
                 self._wake_all()
 
     def close_receive(self) -> None:
-        """One receiver has left. When the last one has, senders get ``Broken``."""
+        """One receiver has left. When the last one has, senders get ``Broken``; until then
+        the parked ones look again (one may be waiting for this one's claim)."""
         with self._lock:
             self._receivers -= 1
             if self._receivers == 0:
                 self._drop()
                 self._wake_all()
+            elif not _STEAL:
+                while self.getters:
+                    self.getters.popleft().wake()
 
     def cancel(self) -> None:
         with self._lock:

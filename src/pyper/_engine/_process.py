@@ -99,10 +99,12 @@ class _Child:
         lifeline_r, self.lifeline = ctx.Pipe(duplex=False)  # closes when this process dies
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        # Guards _closed: interrupt() (any thread) never writes to the wake-up pipe once
-        # close() has closed it, since its descriptor number may by then be another pipe's.
+        # Guards _closed and generation: interrupt() (any thread) never writes to the wake-up
+        # pipe once close() has closed it (its number may by then be another pipe's), nor
+        # for a run the child no longer serves (generation: one per run it is taken for).
         self._lock = threading.Lock()
         self._closed = False
+        self.generation = 0
         self.process = ctx.Process(
             target=_child.main,
             args=(to_child_r, from_child_w, lifeline_r, payload),
@@ -116,10 +118,10 @@ class _Child:
             from_child_w.close()
             lifeline_r.close()
 
-    def interrupt(self) -> None:
-        """Wake the relay from its wait (any thread)."""
+    def interrupt(self, generation: int) -> None:
+        """Wake the relay of run ``generation`` from its wait (any thread)."""
         with self._lock:
-            if not self._closed:
+            if not self._closed and generation == self.generation:
                 os.write(self._wake_w, b"x")
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -193,6 +195,8 @@ class _Child:
 
     def settle(self) -> bool:
         """After a run: whether this child is idle and clean, fit to be kept warm."""
+        with self._lock:
+            self.generation += 1  # a late cancel of the run that is over wakes nobody
         try:
             while os.read(self._wake_r, 64):  # a cancel's wake-up left from the run
                 pass
@@ -292,13 +296,14 @@ def _relay(payload: bytes, run: Run, stage: Stage, index: int) -> None:
     child: _Child | None = None
     try:
         child = _take(stage.task, payload, index)
-        run.on_cancel(child.interrupt)
+        hook = partial(child.interrupt, child.generation)
+        run.on_cancel(hook)
         _work(worker, child)
     except BaseException as exc:
         error = exc
     finally:
         if child is not None:
-            run.off_cancel(child.interrupt)
+            run.off_cancel(hook)
             try:
                 _keep(child)
             finally:

@@ -548,9 +548,10 @@ class Worker:
         if exc is not None and not isinstance(exc, (Cancelled, Broken)):
             self.run.fail(exc, self.stage.task)
         self.cursor[0] = []
-        items, self.claim[0] = self.claim[0], None
-        if items is not None and self.stage.task.join and exc is None:
+        if self.stage.task.join and exc is None:
             # A join function returned early: what it took but did not read is not its.
-            self.stage.inp.give_back(list(items))
+            self.stage.inp.give_back(self.claim)
+        else:
+            self.claim[0] = None
         self.stage.inp.close_receive()
         self.stage.out.close_send()
