@@ -231,6 +231,14 @@ def print_pid_then_stuck(x: int) -> int:
     return x
 
 
+def _assert_gone(pids: list[int], what: str, timeout: float = 5) -> None:
+    """Wait until every pid has exited (or is a zombie), else fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(_gone(pid) for pid in pids), f"workers {pids} outlived {what}"
+
+
 def _gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -261,10 +269,7 @@ def test_workers_die_with_a_parent_killed_by_sigkill() -> None:
         pids = [int(proc.stdout.readline()), int(proc.stdout.readline())]
         proc.kill()  # SIGKILL: no cleanup code of the parent runs
         proc.wait(10)
-        deadline = time.monotonic() + 10
-        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(_gone(pid) for pid in pids), f"workers {pids} outlived their parent"
+        _assert_gone(pids, "their parent", timeout=10)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of its session
@@ -348,10 +353,7 @@ def test_ctrl_c_shows_one_keyboard_interrupt_and_leaves_no_process() -> None:
         err = proc.stderr.read()
         assert code != 0
         assert err.count("KeyboardInterrupt") == 1, err
-        deadline = time.monotonic() + 5
-        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(_gone(pid) for pid in pids), f"workers {pids} outlived the Ctrl-C"
+        _assert_gone(pids, "the Ctrl-C")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -411,7 +413,4 @@ def test_warm_workers_never_run_stale_code_and_leave_nothing_at_exit(tmp_path: A
     assert t.elapsed < 10
     pids = [int(p) for p in done.stdout.split()]
     assert pids
-    deadline = time.monotonic() + 5
-    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert all(_gone(pid) for pid in pids), f"warm workers {pids} outlived the program"
+    _assert_gone(pids, "the program")
