@@ -226,7 +226,7 @@ def test_async_or_join_process_tasks_are_refused() -> None:
 
 
 def print_pid_then_stuck(x: int) -> int:
-    print(os.getpid(), flush=True)
+    os.write(1, f"{os.getpid()}\n".encode())  # one write: the two workers' lines never interleave
     time.sleep(60)
     return x
 
@@ -237,6 +237,28 @@ def _assert_gone(pids: list[int], what: str, timeout: float = 5) -> None:
     while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert all(_gone(pid) for pid in pids), f"workers {pids} outlived {what}"
+
+
+#: A program whose two process workers print their pids, then hang in their calls.
+_STUCK_WORKERS = (
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "from pyper import task\n"
+    "from test_process import count_to, print_pid_then_stuck\n"
+    "if __name__ == '__main__':\n"
+    "    list((task(count_to, branch=True) | task(print_pid_then_stuck, workers=2, multiprocess=True))(2))\n"
+)
+
+
+def _start_stuck_workers() -> Any:
+    """Run ``_STUCK_WORKERS`` in its own session (so a signal can go to its whole group)."""
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.Popen(
+        [sys.executable, "-c", _STUCK_WORKERS, here],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
 
 
 def _gone(pid: int) -> bool:
@@ -250,20 +272,7 @@ def _gone(pid: int) -> bool:
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
 def test_workers_die_with_a_parent_killed_by_sigkill() -> None:
-    import subprocess
-    import sys
-
-    script = (
-        "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from pyper import task\n"
-        "from test_process import count_to, print_pid_then_stuck\n"
-        "if __name__ == '__main__':\n"
-        "    list((task(count_to, branch=True) | task(print_pid_then_stuck, workers=2, multiprocess=True))(2))\n"
-    )
-    here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, here], stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
+    proc = _start_stuck_workers()
     try:
         assert proc.stdout is not None
         pids = [int(proc.stdout.readline()), int(proc.stdout.readline())]
@@ -277,6 +286,7 @@ def test_workers_die_with_a_parent_killed_by_sigkill() -> None:
             pass
         proc.wait(10)
         proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def _run_script(script: str, timeout: float = 30) -> Any:
@@ -330,21 +340,7 @@ def test_a_function_the_worker_cannot_import_is_a_clear_error() -> None:
 
 @pytest.mark.timeout(60)
 def test_ctrl_c_shows_one_keyboard_interrupt_and_leaves_no_process() -> None:
-    import subprocess
-    import sys
-
-    script = (
-        "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from pyper import task\n"
-        "from test_process import count_to, print_pid_then_stuck\n"
-        "if __name__ == '__main__':\n"
-        "    list((task(count_to, branch=True) | task(print_pid_then_stuck, workers=2, multiprocess=True))(2))\n"
-    )
-    here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, here],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
+    proc = _start_stuck_workers()
     try:
         assert proc.stdout is not None and proc.stderr is not None
         pids = [int(proc.stdout.readline()), int(proc.stdout.readline())]
