@@ -215,14 +215,112 @@ def test_unpicklable_input_is_a_clear_error() -> None:
         list(p(2))
 
 
-def test_async_or_join_process_tasks_are_refused() -> None:
+def test_async_process_tasks_are_refused() -> None:
     async def afunc(x: int) -> int:
         return x
 
     with pytest.raises(ValueError, match="async"):
         task(afunc, multiprocess=True)
-    with pytest.raises(NotImplementedError, match="join"):
-        task(identity, join=True, multiprocess=True)
+
+
+def total(items: Any) -> tuple[int, int]:
+    return sum(items), os.getpid()
+
+
+def running_sums(items: Any) -> Any:
+    acc = 0
+    for x in items:
+        acc += x
+        yield acc
+
+
+def first_three(items: Any) -> list[int]:
+    it = iter(items)
+    return [next(it), next(it), next(it)]
+
+
+def join_boom(items: Any) -> int:
+    for x in items:
+        if x == 50:
+            raise Boom("at 50")
+    return 0
+
+
+@pytest.mark.timeout(30)
+def test_join_in_a_process_reads_the_whole_stream() -> None:
+    p = task(count_to, branch=True) | task(total, join=True, multiprocess=True)
+    [(result, pid)] = list(p(10_000))
+    assert result == sum(range(10_000)) and pid != os.getpid()
+
+
+@pytest.mark.timeout(30)
+def test_join_generator_in_a_process_streams_its_outputs_lazily() -> None:
+    p = task(count_to, branch=True) | task(running_sums, join=True, multiprocess=True)
+    assert list(p(2000)) == [x * (x + 1) // 2 for x in range(2000)]
+    # An infinite input: the join generator reads only as far as its outputs are pulled.
+    q = task(count_forever) | task(running_sums, join=True, multiprocess=True)
+    got = []
+    for y in q():
+        got.append(y)
+        if len(got) == 5:
+            break
+    assert got == [0, 1, 3, 6, 10]
+
+
+@pytest.mark.timeout(30)
+def test_join_in_processes_with_several_workers_shares_the_input() -> None:
+    p = task(count_to, branch=True) | task(total, join=True, workers=2, multiprocess=True)
+    results = list(p(20_000))
+    assert len(results) == 2
+    assert sum(r for r, _ in results) == sum(range(20_000))  # each item went to exactly one
+
+
+@pytest.mark.timeout(30)
+def test_join_in_a_process_returning_early_or_raising() -> None:
+    p = task(count_to, branch=True) | task(first_three, join=True, multiprocess=True)
+    assert list(p(1000)) == [[0, 1, 2]]
+    q = task(count_to, branch=True) | task(join_boom, join=True, multiprocess=True)
+    with pytest.raises(Boom, match="at 50") as info:
+        list(q(1000))
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    # The workers are fit for the next run after both.
+    assert list(p(5)) == [[0, 1, 2]]
+
+
+def sixty_four_kib(n: int) -> Any:
+    for x in range(n):
+        yield bytes([x % 256]) * (1 << 16)  # distinct objects: pickle's memo cannot fold them
+
+
+def byte_length(b: bytes) -> int:
+    return len(b)
+
+
+@pytest.mark.timeout(60)
+def test_batches_of_large_items_stay_within_the_byte_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyper._engine import _process
+
+    sizes: list[int] = []
+    real_send, real_receive = _process._Child.send, _process._Child.receive
+
+    def send(self: Any, message: Any) -> int:
+        sizes.append(real_send(self, message))
+        return sizes[-1]
+
+    def receive(self: Any) -> Any:
+        reply = real_receive(self)
+        sizes.append(self.received)
+        return reply
+
+    monkeypatch.setattr(_process._Child, "send", send)
+    monkeypatch.setattr(_process._Child, "receive", receive)
+    monkeypatch.setattr(_process, "MAX_BATCH_BYTES", 1 << 17)  # two items
+    # A cheap call on large items: batches grow on time, but not past the byte cap.
+    p = task(sixty_four_kib, branch=True) | task(byte_length, workers=2, multiprocess=True)
+    assert list(p(3000)) == [1 << 16] * 3000
+    item = (1 << 16) + 100
+    assert max(sizes) <= _process.MAX_BATCH_BYTES + item, (max(sizes), sorted(sizes)[-20:])
+    assert sum(s > item for s in sizes) > 0  # batches did grow past one item
 
 
 def print_pid_then_stuck(x: int) -> int:

@@ -89,7 +89,7 @@ def make_task(
         func = functools.partial(func, *args, **kwargs)
 
     if multiprocess:
-        _check_process_task(name, func, kind, pipeline, join)
+        _check_process_task(name, func, kind, pipeline)
     if daemon and kind != "sync":
         raise ValueError(
             f"task {name!r}: daemon=True applies to threads only; an async task cannot be a daemon"
@@ -115,16 +115,11 @@ def make_task(
     )
 
 
-def _check_process_task(name: str, func: object, kind: Kind, pipeline: bool, join: bool) -> None:
+def _check_process_task(name: str, func: object, kind: Kind, pipeline: bool) -> None:
     if kind != "sync" or pipeline:
         raise ValueError(
             f"task {name!r}: an async function or a pipeline cannot run in a process; "
             "drop multiprocess=True or give it a synchronous function"
-        )
-    if join:
-        raise NotImplementedError(
-            f"task {name!r}: join=True is not available with multiprocess=True yet; "
-            "drop one of them"
         )
     try:
         dumps(func)

@@ -8,10 +8,20 @@ pipes; every message is a pickled tuple:
                       ("branch", items, n)     start fanning out these items' results:
                                                reply with up to n outputs
                       ("pull", n)              up to n more outputs of that batch
+                      ("join", n)              call the function once on a stream of
+                                               inputs the child asks for; outputs as
+                                               for a branching batch
+                      ("feed", items)          more inputs for the join call
+                      ("end",)                 its inputs are exhausted
                       ("stop",)                exit
     child -> parent   ("out", outputs, done)   outputs; done: the batch is finished
+                      ("need", outputs)        the join call wants more input (outputs:
+                                               what it yielded meanwhile)
                       ("error", exc, text)     the call raised (exc pickled, or None
                                                when it cannot be), with its traceback
+
+The child always sends one message and then waits for one: the parent's relay
+is the only other party, so neither side ever has to buffer what the other sent.
 
 A branching batch is advanced only when the parent pulls, so a generator in a
 process runs no further ahead than the parent's room downstream allows. The
@@ -85,6 +95,9 @@ def main(inbox: Connection, outbox: Connection, lifeline: Connection, payload: b
         if kind == "stop":
             return
         try:
+            if kind == "join":
+                _join(call, message[1], message[2], inbox, outbox)
+                continue
             if kind == "map":
                 reply: tuple[Any, ...] = ("out", [call(x) for x in message[1]], True)
             else:
@@ -105,6 +118,54 @@ def main(inbox: Connection, outbox: Connection, lifeline: Connection, payload: b
             outbox.send_bytes(data)
         except (BrokenPipeError, OSError):
             return
+
+
+class _Stop(BaseException):
+    """The parent asked the child to exit in the middle of a join call."""
+
+
+def _join(call: Callable[[Any], Any], n: int, branch: bool, inbox: Connection, outbox: Connection) -> None:
+    """Run a join call to its end: its inputs come from the parent on request, its
+    outputs go back ``n`` at a time (or all that are ready when it needs input)."""
+    pending: list[Any] = []
+
+    def exchange(message: tuple[Any, ...]) -> tuple[Any, ...]:
+        data = _dumps(message)
+        try:
+            outbox.send_bytes(data)
+            reply: tuple[Any, ...] = pickle.loads(inbox.recv_bytes())
+        except (EOFError, OSError):  # the parent has gone
+            raise _Stop from None
+        if reply[0] == "stop":
+            raise _Stop
+        return reply
+
+    def inputs() -> Iterator[Any]:
+        while True:
+            reply = exchange(("need", pending[:]))
+            pending.clear()
+            if reply[0] == "end":
+                return
+            yield from reply[1]
+
+    try:
+        result = call(inputs())
+        outputs = _outputs(lambda x: x, [result]) if branch else iter([result])
+        for item in outputs:
+            pending.append(item)
+            if len(pending) >= n:
+                reply = exchange(("out", pending[:], False))
+                pending.clear()
+                n = reply[1]
+        data = _dumps(("out", pending, True))
+    except _Stop:
+        os._exit(0)  # the parent has gone or stops this worker: nothing to tell it
+    except BaseException as exc:
+        data = _error(exc)
+    try:
+        outbox.send_bytes(data)
+    except (BrokenPipeError, OSError):
+        os._exit(0)
 
 
 def _refuse(inbox: Connection, outbox: Connection, exc: BaseException) -> None:

@@ -49,6 +49,9 @@ __all__ = ["start"]
 
 #: How long a child may take to exit after ``("stop",)`` before it is terminated.
 GRACE_SECONDS = 0.2
+#: Batches grow while calls are cheap, but not past this many pickled bytes each way
+#: (a cheap function of large items would otherwise pickle thousands of them at once).
+MAX_BATCH_BYTES = 1 << 22
 
 
 def start(run: Run, stage: Stage) -> None:
@@ -93,6 +96,8 @@ class _Child:
         self.func = task.func  # what it was loaded with (identity: a reloaded module is new code)
         self.payload = payload
         self.busy = False  # a request was sent and its reply not yet read (owned by the relay)
+        self.received = 0  # the size of the last reply, in bytes (owned by the relay)
+        self.joining = False  # a join call is under way (owned by the relay)
         ctx = context()
         to_child_r, self.to_child = ctx.Pipe(duplex=False)
         self.from_child, from_child_w = ctx.Pipe(duplex=False)
@@ -124,7 +129,8 @@ class _Child:
             if not self._closed and generation == self.generation:
                 os.write(self._wake_w, b"x")
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: tuple[Any, ...]) -> int:
+        """Send a request; returns its size in bytes."""
         try:
             data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
@@ -139,24 +145,32 @@ class _Child:
         except (BrokenPipeError, OSError):
             self._raise_died()
         self.busy = True
+        if message[0] == "join":
+            self.joining = True
+        return len(data)
 
-    def receive(self) -> tuple[list[Any], bool]:
-        """The child's next reply: ``(outputs, done)``; raises its error, its death, or
-        ``Cancelled`` when the run is cancelled meanwhile."""
+    def receive(self) -> tuple[Any, ...]:
+        """The child's next reply, ``("out", outputs, done)`` or ``("need", outputs)``;
+        raises its error, its death, or ``Cancelled`` when the run is cancelled
+        meanwhile. ``received`` is its size."""
         ready = wait([self.from_child, self.process.sentinel, self._wake_r])
         if self.from_child in ready:
             try:
-                reply = pickle.loads(self.from_child.recv_bytes())
+                data = self.from_child.recv_bytes()
             except (EOFError, OSError):
                 self._raise_died()
-            self.busy = False
+            self.received = len(data)
+            reply: tuple[Any, ...] = pickle.loads(data)
+            if reply[0] == "error" or (reply[0] == "out" and reply[2]):
+                self.joining = False
+            self.busy = self.joining  # a join call stopped halfway cannot serve another run
             if reply[0] == "error":
                 _, exc, text = reply
                 if exc is None:
                     exc = RuntimeError(f"task {self.task.name!r} raised in its worker process:\n{text}")
                 exc.__cause__ = RemoteTraceback(text)
                 raise exc
-            return reply[1], reply[2]
+            return reply
         if self._wake_r in ready:
             raise Cancelled
         self._raise_died()
@@ -314,6 +328,9 @@ def _relay(payload: bytes, run: Run, stage: Stage, index: int) -> None:
 
 def _work(worker: Worker, child: _Child) -> None:
     stage = worker.stage
+    if stage.task.join:
+        _join(worker, child)
+        return
     inp, out, box = stage.inp, stage.out, worker.box
     get = inp.get_seq if worker.ordered else inp.get
     if worker.ordered:
@@ -327,21 +344,66 @@ def _work(worker: Worker, child: _Child) -> None:
         batch = list(items)  # all of it goes to the child: nothing is left to share
         started = perf_counter()
         if branch:
-            child.send(("branch", batch, m))
+            sent = child.send(("branch", batch, m))
             while True:
                 chunk_started = perf_counter()
-                outputs, done = child.receive()
+                _, outputs, done = child.receive()
                 box.extend(outputs)
                 flush(False)  # blocks while downstream is full: the child waits for the pull
                 if done:
                     break
-                m = adapt(m, len(outputs), perf_counter() - chunk_started, stage.emit)
+                m = _capped(adapt(m, len(outputs), perf_counter() - chunk_started, stage.emit), m, child.received)
                 child.send(("pull", m))
         else:
-            child.send(("map", batch))
-            outputs, _ = child.receive()
-            box.extend(outputs)
+            sent = child.send(("map", batch))
+            box.extend(child.receive()[1])
         flush(True)
         elapsed = perf_counter() - started
         inp.pace(len(batch), elapsed)
-        n = adapt(n, len(batch), elapsed, limit)
+        n = _capped(adapt(n, len(batch), elapsed, limit), len(batch), max(sent, child.received))
+
+
+def _join(worker: Worker, child: _Child) -> None:
+    """Relay a join call: feed the child the stage's input as it asks for it, and hand
+    its outputs on as they come."""
+    stage = worker.stage
+    inp, out, box = stage.inp, stage.out, worker.box
+    n = m = 1
+    batch: list[Any] = []
+    sent = 0
+    started = perf_counter()
+    child.send(("join", m, stage.task.branch))
+    while True:
+        reply = child.receive()
+        box.extend(reply[1])
+        if reply[0] == "need":
+            if box:
+                out.flush(box, False)
+            if batch:  # how long the child took to read the last feed
+                elapsed = perf_counter() - started
+                inp.pace(len(batch), elapsed)
+                n = _capped(adapt(n, len(batch), elapsed, stage.take), len(batch), sent)
+            items = worker.begin(inp.get(n))
+            if items is None:
+                batch = []
+                child.send(("end",))
+            else:
+                batch = list(items)
+                started = perf_counter()
+                sent = child.send(("feed", batch))
+        elif reply[2]:
+            break
+        else:
+            chunk_started = perf_counter()
+            out.flush(box, False)
+            m = _capped(adapt(m, len(reply[1]), perf_counter() - chunk_started, stage.emit), m, child.received)
+            child.send(("pull", m))
+    out.flush(box, True)
+
+
+def _capped(n: int, count: int, size: int) -> int:
+    """``n``, reduced so that a batch like the last one (``count`` items, ``size``
+    bytes) stays within ``MAX_BATCH_BYTES``."""
+    if size <= MAX_BATCH_BYTES:
+        return n
+    return max(1, min(n, count * MAX_BATCH_BYTES // size))
