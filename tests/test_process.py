@@ -337,24 +337,27 @@ def _assert_gone(pids: list[int], what: str, timeout: float = 5) -> None:
     assert all(_gone(pid) for pid in pids), f"workers {pids} outlived {what}"
 
 
-#: A program whose two process workers print their pids, then hang in their calls.
+#: A program whose two process workers print their pids, then hang in their calls
+#: (started with the start method named by its second argument, or the default).
 _STUCK_WORKERS = (
     "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "import multiprocessing\n"
     "from pyper import task\n"
     "from test_process import count_to, print_pid_then_stuck\n"
     "if __name__ == '__main__':\n"
+    "    if sys.argv[2:]: multiprocessing.set_start_method(sys.argv[2])\n"
     "    list((task(count_to, branch=True) | task(print_pid_then_stuck, workers=2, multiprocess=True))(2))\n"
 )
 
 
-def _start_stuck_workers() -> Any:
+def _start_stuck_workers(*method: str) -> Any:
     """Run ``_STUCK_WORKERS`` in its own session (so a signal can go to its whole group)."""
     import subprocess
     import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
     return subprocess.Popen(
-        [sys.executable, "-c", _STUCK_WORKERS, here],
+        [sys.executable, "-c", _STUCK_WORKERS, here, *method],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
 
@@ -369,8 +372,9 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
-def test_workers_die_with_a_parent_killed_by_sigkill() -> None:
-    proc = _start_stuck_workers()
+@pytest.mark.parametrize("method", [[], ["fork"], ["spawn"]], ids=["default", "fork", "spawn"])
+def test_workers_die_with_a_parent_killed_by_sigkill(method: list[str]) -> None:
+    proc = _start_stuck_workers(*method)
     try:
         assert proc.stdout is not None
         pids = [int(proc.stdout.readline()), int(proc.stdout.readline())]
@@ -388,13 +392,64 @@ def test_workers_die_with_a_parent_killed_by_sigkill() -> None:
 
 
 def _run_script(script: str, timeout: float = 30) -> Any:
+    """Run ``script`` in a fresh interpreter, with warnings as errors."""
     import subprocess
     import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
     return subprocess.run(
-        [sys.executable, "-c", script, here], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-W", "error", "-c", script, here], capture_output=True, text=True, timeout=timeout
     )
+
+
+MARK = "imported"  # what a worker sees: set anew by a parent only a forked child inherits
+
+
+def mark_of(x: int) -> tuple[int, str]:
+    return x, MARK
+
+
+def other_mark_of(x: int) -> tuple[int, str]:
+    return x, MARK
+
+
+def third_mark_of(x: int) -> tuple[int, str]:
+    return x, MARK
+
+
+_FORK_PROGRAM = (
+    "import sys, threading; sys.path.insert(0, sys.argv[1])\n"
+    "import multiprocessing\n"
+    "from pyper import task\n"
+    "import test_process as t\n"
+    "if __name__ == '__main__':\n"
+    "    multiprocessing.set_start_method('fork')\n"
+    "    t.MARK = 'set at run time'\n"
+    "    p = task(t.count_to, branch=True) | task(t.square, workers=2) | task(t.mark_of, workers=2, multiprocess=True)\n"
+    "    for _ in range(2):  # again: pyper's threads of the first run are parked now\n"
+    "        print(sorted(p(4)))\n"
+    "    q = task(t.count_to, branch=True) | task(t.other_mark_of, workers=2, multiprocess=True)\n"
+    "    print(sorted(q(2)))  # new workers, forked after a run\n"
+    "    stop = threading.Event()\n"
+    "    user = threading.Thread(target=stop.wait); user.start()  # a thread of the user's\n"
+    "    r = task(t.count_to, branch=True) | task(t.third_mark_of, workers=2, multiprocess=True)\n"
+    "    print(sorted(r(2)))  # not forked while it runs: started by the fork server\n"
+    "    stop.set(); user.join()\n"
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="no fork here")
+def test_fork_start_method_forks_only_while_no_thread_runs() -> None:
+    done = _run_script(_FORK_PROGRAM)
+    assert done.returncode == 0, done.stderr  # warnings are errors: no fork of a threaded process
+    forked = "set at run time"
+    assert done.stdout.splitlines() == [
+        str([(0, forked), (1, forked), (4, forked), (9, forked)]),
+        str([(0, forked), (1, forked), (4, forked), (9, forked)]),
+        str([(0, forked), (1, forked)]),
+        str([(0, "imported"), (1, "imported")]),
+    ]
 
 
 @pytest.mark.timeout(60)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -57,6 +58,19 @@ def _watch(lifeline: Connection) -> None:
     os._exit(1)
 
 
+def _die_with_parent() -> None:
+    """Be killed when the fork server, this child's parent, dies (which it does when
+    pyper's process does): unlike the lifeline thread, this reaches a child stuck in
+    C code that holds the GIL. Not used for fork and spawn, where the parent is the
+    thread that started the child, and a thread may end before its children."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _outputs(call: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
     for x in items:
         result = call(x)
@@ -73,8 +87,18 @@ def _outputs(call: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
         yield from outputs
 
 
-def main(inbox: Connection, outbox: Connection, lifeline: Connection, payload: bytes) -> None:
+def main(
+    inbox: Connection, outbox: Connection, lifeline: Connection, payload: bytes,
+    method: str, inherited: list[int],
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in inherited:  # forked: the parent's ends of this child's pipes, and its siblings'
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    if method == "forkserver" and sys.platform == "linux":
+        _die_with_parent()
     threading.Thread(target=_watch, args=(lifeline,), name="pyper:lifeline", daemon=True).start()
     try:
         func, args, kwargs, name = pickle.loads(payload)

@@ -50,7 +50,14 @@ from ._run import Run, Stage
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["running_loop", "start"]
+__all__ = ["running_loop", "start", "start_all"]
+
+
+def start_all(run: Run, stages: list[Stage]) -> None:
+    """Start the stages' workers; process stages first, so that under the ``fork``
+    start method their processes are forked before the run has started a thread."""
+    for stage in sorted(stages, key=lambda stage: not stage.task.multiprocess):
+        start(run, stage)
 
 
 def start(run: Run, stage: Stage) -> None:

@@ -28,6 +28,7 @@ write end is touched by another thread (``Run.cancel``, through ``interrupt``).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -64,7 +65,34 @@ def start(run: Run, stage: Stage) -> None:
             f"task {task.name!r} runs in a process (multiprocess=True), but the pipeline's "
             f"arguments cannot be pickled to send them there ({type(exc).__name__}: {exc})"
         ) from exc
-    _thread.start_jobs(run, stage, partial(_relay, payload))
+    ready = _fork_children(task, payload) if context().get_start_method() == "fork" else {}
+    _thread.start_jobs(run, stage, partial(_relay, payload, ready))
+
+
+def _fork_children(task: Task, payload: bytes) -> dict[int, _Child]:
+    """Under the ``fork`` start method: the stage's children, warm ones or forked here,
+    in the caller's thread, before the run starts any thread (``start_all`` starts
+    process stages first, and pyper's parked threads are ended first). Where other
+    threads run, forking could deadlock a child: the children still missing are
+    left to the relays, which start them with forkserver (spawn where there is none)."""
+    ready: dict[int, _Child] = {}
+    for index in range(task.workers):
+        warm = _take_warm(task, payload)
+        if warm is None:
+            break
+        ready[index] = warm
+    missing = range(len(ready), task.workers)
+    if missing and threading.active_count() == 1 + len(_threads.idle_threads()):
+        _threads.retire_idle()
+    if missing and threading.active_count() == 1:
+        try:
+            for index in missing:
+                ready[index] = _Child(task, payload, index, context())
+        except BaseException:
+            for child in ready.values():
+                child.close()
+            raise
+    return ready
 
 
 _method: str | None = None  # chosen on first use; only relay threads write it (any one wins)
@@ -88,17 +116,26 @@ def context() -> Any:
     return multiprocessing.get_context(_method)
 
 
+def _threaded_context() -> Any:
+    """The context for children started from a relay thread: never ``fork``."""
+    ctx = context()
+    if ctx.get_start_method() != "fork":
+        return ctx
+    return multiprocessing.get_context(
+        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    )
+
+
 class _Child:
     """One worker process and the pipes to it."""
 
-    def __init__(self, task: Task, payload: bytes, index: int) -> None:
+    def __init__(self, task: Task, payload: bytes, index: int, ctx: Any) -> None:
         self.task = task
         self.func = task.func  # what it was loaded with (identity: a reloaded module is new code)
         self.payload = payload
         self.busy = False  # a request was sent and its reply not yet read (owned by the relay)
         self.received = 0  # the size of the last reply, in bytes (owned by the relay)
         self.joining = False  # a join call is under way (owned by the relay)
-        ctx = context()
         to_child_r, self.to_child = ctx.Pipe(duplex=False)
         self.from_child, from_child_w = ctx.Pipe(duplex=False)
         lifeline_r, self.lifeline = ctx.Pipe(duplex=False)  # closes when this process dies
@@ -110,14 +147,27 @@ class _Child:
         self._lock = threading.Lock()
         self._closed = False
         self.generation = 0
-        self.process = ctx.Process(
-            target=_child.main,
-            args=(to_child_r, from_child_w, lifeline_r, payload),
-            name=f"pyper:{task.name}[{index}]",
-            daemon=True,
-        )
+        method = ctx.get_start_method()
+        forked = method == "fork"
         try:
-            self.process.start()
+            # A forked child holds every descriptor this process holds: it closes this
+            # child's parent ends and every other child's pipes, since holding them
+            # would keep their ends open (no end-of-file, no parent-death notice).
+            # The lock keeps the list whole while the child forks.
+            with _idle_lock if forked else contextlib.nullcontext():
+                inherited = [
+                    self.to_child.fileno(), self.from_child.fileno(), self.lifeline.fileno(),
+                    self._wake_r, self._wake_w, *(fd for child in _open for fd in child.fds()),
+                ] if forked else []
+                self.process = ctx.Process(
+                    target=_child.main,
+                    args=(to_child_r, from_child_w, lifeline_r, payload, method, inherited),
+                    name=f"pyper:{task.name}[{index}]",
+                    daemon=True,
+                )
+                self.process.start()
+            with _idle_lock:
+                _open.add(self)
         finally:
             to_child_r.close()  # the child's ends: the parent keeps none of them
             from_child_w.close()
@@ -233,6 +283,8 @@ class _Child:
             if process.exitcode is None:
                 process.kill()
         process.join()
+        with _idle_lock:
+            _open.discard(self)
         process.close()
         self.to_child.close()
         self.from_child.close()
@@ -252,18 +304,23 @@ class _Child:
 # ``_idle`` is guarded by ``_idle_lock``.
 
 IDLE_MAX = 8
-_idle_lock = threading.Lock()
+_idle_lock = threading.Lock()  # also guards _open
 _idle: list[_Child] = []
+_open: set[_Child] = set()  # every child started and not yet closed, warm or at work
 _exiting = False
 
 
-def _take(task: Task, payload: bytes, index: int) -> _Child:
+def _take_warm(task: Task, payload: bytes) -> _Child | None:
     with _idle_lock:
         for i, child in enumerate(_idle):
             if child.reusable_for(task, payload):
                 del _idle[i]
                 return child
-    return _Child(task, payload, index)
+    return None
+
+
+def _take(task: Task, payload: bytes, index: int) -> _Child:
+    return _take_warm(task, payload) or _Child(task, payload, index, _threaded_context())
 
 
 def _keep(child: _Child) -> None:
@@ -303,13 +360,14 @@ def idle_fds() -> set[int]:
 _threads.add_exit_hook(_close_idle)
 
 
-def _relay(payload: bytes, run: Run, stage: Stage, index: int) -> None:
+def _relay(payload: bytes, ready: dict[int, _Child], run: Run, stage: Stage, index: int) -> None:
     run.enter()
     worker = Worker(run, stage)
     error: BaseException | None = None
-    child: _Child | None = None
+    child: _Child | None = ready.pop(index, None)  # forked before the run's threads started
     try:
-        child = _take(stage.task, payload, index)
+        if child is None:
+            child = _take(stage.task, payload, index)
         hook = partial(child.interrupt, child.generation)
         run.on_cancel(hook)
         _work(worker, child)

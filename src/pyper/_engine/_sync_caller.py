@@ -21,7 +21,7 @@ from typing import Any
 from .._errors import Cancelled
 from .._spec import Task
 from ._bridge import call_inline
-from ._executors import running_loop, start
+from ._executors import running_loop, start_all
 from ._run import Run
 
 __all__ = ["iterate"]
@@ -40,8 +40,7 @@ def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, An
                 out = run.stages[0].out
                 out.put([call_inline(first, args, kwargs, run)])
                 out.close_send()
-            for stage in run.stages[1 if inline else 0 :]:
-                start(run, stage)
+            start_all(run, run.stages[1 if inline else 0 :])
             output, take, cursor = run.output, run.output_take, run.cursor()
             while (batch := output.get(take)) is not None:
                 cursor[0] = batch

@@ -27,7 +27,7 @@ import os
 import threading
 from collections.abc import Callable
 
-__all__ = ["IDLE_SECONDS", "add_exit_hook", "idle_threads", "spawn"]
+__all__ = ["IDLE_SECONDS", "add_exit_hook", "idle_threads", "retire_idle", "spawn"]
 
 IDLE_SECONDS = 0.2
 
@@ -113,6 +113,20 @@ def idle_threads() -> frozenset[threading.Thread]:
     """Threads parked for reuse: they run nothing, hold nothing, and exit on their own."""
     with _lock:
         return frozenset(w.thread for idle in _idle.values() for w in idle)
+
+
+def retire_idle() -> None:
+    """End every parked thread now and wait until each has exited (before a fork:
+    a process that runs no thread forks safely)."""
+    with _lock:
+        parked = _idle[False] + _idle[True]
+        for idle in _idle.values():
+            idle.clear()
+    for worker in parked:
+        worker._job = None
+        worker._wake.release()
+    for worker in parked:
+        worker.thread.join()
 
 
 def add_exit_hook(hook: Callable[[], None]) -> None:
