@@ -563,3 +563,32 @@ def test_warm_workers_never_run_stale_code_and_leave_nothing_at_exit(tmp_path: A
     pids = [int(p) for p in done.stdout.split()]
     assert pids
     _assert_gone(pids, "the program")
+
+
+# The original's documented CPU-bound examples (docs: ApiReference/task.md `multiprocess`,
+# UserGuide/AdvancedConcepts.md "CPU-bound work"), with shorter loops.
+
+
+def slow_func(data: int) -> int:
+    for i in range(1, 200_000):
+        i *= i
+    return data
+
+
+def long_computation(data: int) -> int:
+    for i in range(1, 2_000):
+        data *= i
+    return data
+
+
+@pytest.mark.timeout(60)
+def test_the_originals_documented_cpu_bound_examples() -> None:
+    pipeline = task(range, branch=True) | task(slow_func, workers=20, multiprocess=True)
+    assert sorted(pipeline(20)) == list(range(20))  # 20 workers: 20 processes, on 2 cores
+    # The docs' `pipeline = task(long_computation, workers=10, multiprocess=True)` alone
+    # is a first task with workers > 1: the original raises RuntimeError on it, as we do.
+    with pytest.raises(RuntimeError, match="first task"):
+        list(task(long_computation, workers=10, multiprocess=True)(3))
+    assert list(task(long_computation, multiprocess=True)(3)) == [long_computation(3)]
+    fanned = task(range, branch=True) | task(long_computation, workers=10, multiprocess=True)
+    assert sorted(fanned(12)) == sorted(long_computation(x) for x in range(12))
