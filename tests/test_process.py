@@ -592,3 +592,21 @@ def test_the_originals_documented_cpu_bound_examples() -> None:
     assert list(task(long_computation, multiprocess=True)(3)) == [long_computation(3)]
     fanned = task(range, branch=True) | task(long_computation, workers=10, multiprocess=True)
     assert sorted(fanned(12)) == sorted(long_computation(x) for x in range(12))
+
+
+
+def stop_after_nine(items: Any) -> Any:
+    """A join generator that stops early in whichever worker reads the item 9."""
+    for x in items:
+        yield x
+        if x == 9:
+            return
+
+
+@pytest.mark.timeout(30)
+def test_join_in_a_process_returning_early_hands_unread_input_to_its_sibling() -> None:
+    # Both workers' join calls read one stream; the one that reads 9 stops there. What
+    # it was fed but did not read goes to the other: together they see every item once.
+    p = task(count_to, branch=True) | task(stop_after_nine, join=True, workers=2, multiprocess=True)
+    for _ in range(5):
+        assert sorted(p(3000)) == list(range(3000))

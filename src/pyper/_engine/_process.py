@@ -450,6 +450,10 @@ def _join(worker: Worker, child: _Child) -> None:
                 started = perf_counter()
                 sent = child.send(("feed", batch))
         elif reply[2]:
+            # The call returned without reading all it was fed: those items are the
+            # claim that Worker.leave hands back to the siblings. (A sibling that found
+            # the input ended meanwhile has left: then, as on threads, no one takes them.)
+            worker.claim[0] = iter(reply[3])
             break
         else:
             chunk_started = perf_counter()
