@@ -1191,3 +1191,15 @@ def test_async_pipeline_under_trio_says_it_needs_asyncio() -> None:
         assert "trio" in str(ei.value)
 
     trio.run(main)
+
+
+def test_an_unknown_option_names_the_task_and_the_closest_valid_one() -> None:
+    def fetch(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match=r"task '\S*fetch': unknown option 'worker' \(did you mean 'workers'\?\); the options are workers, concurrency"):
+        task(fetch, worker=2)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"task '\S*fetch': unknown options 'throtle' \(did you mean 'throttle'\?\), 'colour';"):
+        task(fetch, throtle=2, colour=1)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"task\(\): unknown option 'retries'; the options are"):
+        task(retries=3)  # type: ignore[call-overload]

@@ -420,7 +420,10 @@ class _TaskFactory:
         bind: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
         multiprocess: bool = False,
         daemon: bool = False,
+        **unknown: Any,
     ) -> Any:
+        if unknown:
+            raise _unknown_options(func, unknown)
         options = dict(
             workers=workers,
             concurrency=concurrency,
@@ -450,6 +453,24 @@ class _TaskFactory:
         if not args and not kwargs:
             return None
         return args, kwargs
+
+
+def _unknown_options(func: object, unknown: dict[str, Any]) -> TypeError:
+    """The error for options ``task(...)`` does not have: names the task, each option,
+    and the closest valid ones."""
+    import difflib
+
+    valid = ["workers", "concurrency", "branch", "join", "throttle", "ordered", "bind",
+             "multiprocess", "daemon"]
+    where = f"task {describe(func)!r}" if callable(func) else "task()"
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.7)
+        parts.append(f"{name!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+    return TypeError(
+        f"{where}: unknown option{'s' if len(parts) > 1 else ''} {', '.join(parts)}; "
+        f"the options are {', '.join(valid)}"
+    )
 
 
 # -- Types of task(...) ---------------------------------------------------------------------
