@@ -90,6 +90,12 @@ def make_task(
 
     if multiprocess:
         _check_process_task(name, func, kind, pipeline)
+        if join and workers > 1:
+            raise PipelineSetupError(
+                f"task {name!r}: join=True with multiprocess=True runs one join call in one "
+                f"worker process, so workers must be 1 (got {workers}); to split the stream "
+                "over several processes, give a task without join=True more workers"
+            )
     if daemon and kind != "sync":
         raise ValueError(
             f"task {name!r}: daemon=True applies to threads only; an async task cannot be a daemon"

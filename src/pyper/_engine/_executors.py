@@ -54,10 +54,17 @@ __all__ = ["running_loop", "start", "start_all"]
 
 
 def start_all(run: Run, stages: list[Stage]) -> None:
-    """Start the stages' workers; process stages first, so that under the ``fork``
+    """Start the stages' workers. Process stages are prepared first: under the ``fork``
     start method their processes are forked before the run has started a thread."""
-    for stage in sorted(stages, key=lambda stage: not stage.task.multiprocess):
-        start(run, stage)
+    processes = [stage for stage in stages if stage.task.multiprocess]
+    if processes:
+        _loaded("process").prepare(run, processes)
+    try:
+        for stage in stages:
+            start(run, stage)
+    finally:
+        if processes:
+            _loaded("process").unprepare(processes)  # what a failed start left
 
 
 def start(run: Run, stage: Stage) -> None:

@@ -56,17 +56,56 @@ MAX_BATCH_BYTES = 1 << 22
 
 
 def start(run: Run, stage: Stage) -> None:
+    payload = _payload(run, stage)
+    ready = _forked.pop(id(stage), {})
+    try:
+        _thread.start_jobs(run, stage, partial(_relay, payload, ready))
+    except BaseException:
+        _close_all(ready)  # the children no relay took
+        raise
+
+
+def prepare(run: Run, stages: list[Stage]) -> None:
+    """Before any stage starts (``start_all``): under the ``fork`` start method, fork
+    every process stage's children now, in the caller's thread, while the run has
+    no thread of its own yet."""
+    if context().get_start_method() != "fork":
+        return
+    try:
+        for stage in stages:
+            _forked[id(stage)] = _fork_children(stage.task, _payload(run, stage))
+    except BaseException:
+        unprepare(stages)
+        raise
+
+
+def unprepare(stages: list[Stage]) -> None:
+    """Close the children ``prepare`` forked for stages that did not start."""
+    for stage in stages:
+        _close_all(_forked.pop(id(stage), {}))
+
+
+def _payload(run: Run, stage: Stage) -> bytes:
     task = stage.task
     first = stage is run.stages[0]
     try:
-        payload = dumps((task.func, run.args if first else None, run.kwargs if first else None, task.name))
+        return dumps((task.func, run.args if first else None, run.kwargs if first else None, task.name))
     except Exception as exc:  # the function was checked at task(...): the call's arguments
         raise TypeError(
             f"task {task.name!r} runs in a process (multiprocess=True), but the pipeline's "
             f"arguments cannot be pickled to send them there ({type(exc).__name__}: {exc})"
         ) from exc
-    ready = _fork_children(task, payload) if context().get_start_method() == "fork" else {}
-    _thread.start_jobs(run, stage, partial(_relay, payload, ready))
+
+
+#: Children forked by ``prepare`` for a stage about to start, by ``id(stage)``; only
+#: the caller's thread touches it, between ``prepare`` and ``start`` of one run.
+_forked: dict[int, dict[int, _Child]] = {}
+
+
+def _close_all(children: dict[int, _Child]) -> None:
+    for child in children.values():
+        child.close()
+    children.clear()
 
 
 def _fork_children(task: Task, payload: bytes) -> dict[int, _Child]:
@@ -89,8 +128,7 @@ def _fork_children(task: Task, payload: bytes) -> dict[int, _Child]:
             for index in missing:
                 ready[index] = _Child(task, payload, index, context())
         except BaseException:
-            for child in ready.values():
-                child.close()
+            _close_all(ready)
             raise
     return ready
 
@@ -357,7 +395,19 @@ def idle_fds() -> set[int]:
         return {fd for child in _idle for fd in child.fds()}
 
 
+def _after_fork_in_child() -> None:
+    # The parent's children are not this process's, and the lock may have been held
+    # (a fork happens while _Child.__init__ holds it): start afresh, closing nothing.
+    global _idle_lock, _exiting
+    _idle_lock = threading.Lock()
+    _idle.clear()
+    _open.clear()
+    _forked.clear()
+    _exiting = True  # this process keeps no warm children of its own
+
+
 _threads.add_exit_hook(_close_idle)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _relay(payload: bytes, ready: dict[int, _Child], run: Run, stage: Stage, index: int) -> None:
@@ -450,11 +500,7 @@ def _join(worker: Worker, child: _Child) -> None:
                 started = perf_counter()
                 sent = child.send(("feed", batch))
         elif reply[2]:
-            # The call returned without reading all it was fed: those items are the
-            # claim that Worker.leave hands back to the siblings. (A sibling that found
-            # the input ended meanwhile has left: then, as on threads, no one takes them.)
-            worker.claim[0] = iter(reply[3])
-            break
+            break  # (reply[3]: what it was fed and did not read; one worker: no one else wants it)
         else:
             chunk_started = perf_counter()
             out.flush(box, False)
@@ -464,8 +510,8 @@ def _join(worker: Worker, child: _Child) -> None:
 
 
 def _capped(n: int, count: int, size: int) -> int:
-    """``n``, reduced so that a batch like the last one (``count`` items, ``size``
-    bytes) stays within ``MAX_BATCH_BYTES``."""
-    if size <= MAX_BATCH_BYTES:
+    """``n``, reduced so that ``n`` items of the size of the last batch's (``count``
+    items, ``size`` bytes) stay within ``MAX_BATCH_BYTES``."""
+    if n * size <= count * MAX_BATCH_BYTES:
         return n
-    return max(1, min(n, count * MAX_BATCH_BYTES // size))
+    return max(1, count * MAX_BATCH_BYTES // size)
