@@ -1,32 +1,43 @@
-"""Process stages against the standard library's process pools, in one run.
+"""Process stages (`task(f, workers=2, multiprocess=True)`) against peers, in one run.
 
-    python benchmarks/process.py [--rounds N]
+    python benchmarks/process.py                       # full run, 5 rounds
+    python benchmarks/process.py --quick               # smoke run, small sizes, 1 round
+    python benchmarks/process.py --markdown benchmarks/RESULTS.md
 
-A first cut for issue 7: our process stage (multiprocess=True), ProcessPoolExecutor.map,
-multiprocessing.Pool.imap (chunksize 1 and a tuned one) and, for CPU-bound work, a raw
-two-process split. mpire and python-pyper 0.4.4 are not in it yet. Rounds are
-interleaved; medians are printed. Every contender uses the forkserver start method, as
-our stages do by default.
+Contenders: ours (from this checkout's src/), multiprocessing.Pool, ProcessPoolExecutor, and,
+from benchmarks/.venv-original (`bash benchmarks/setup_original.sh`), mpire and python-pyper
+0.4.4. Every sample runs in a fresh child process (`process.py --child NAME N MODE`, which
+prints `{"values": [...]}`); a child that hangs is killed with its process group after a
+timeout and shown as HANG. Rounds are interleaved, the order rotated each round. Every
+contender uses the forkserver start method unless its row says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import multiprocessing
 import os
+import platform
+import shlex
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+VENV_PYTHON = HERE / ".venv-original" / "bin" / "python"
+SECTION = "## Process stages (benchmarks/process.py)"
+perf = time.perf_counter
 
-from pyper import task  # noqa: E402
 
-CTX = multiprocessing.get_context("forkserver")
-N_TRIVIAL = 100_000
-
+# --- user functions (module level, so that every start method can pickle them) -----------------
 
 def trivial(x: int) -> int:
     return x + 1
@@ -45,11 +56,7 @@ def burn(x: int) -> int:
 
 
 def payload(x: int) -> bytes:
-    return os.urandom(1 << 20)  # 1 MiB, distinct each time (pickle cannot dedupe)
-
-
-def length(b: bytes) -> int:
-    return len(b)
+    return os.urandom(1 << 20)  # 1 MiB, distinct each time
 
 
 def boom(x: int) -> int:
@@ -64,97 +71,571 @@ def die(x: int) -> int:
     return x
 
 
-def timed(func: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    func()
-    return time.perf_counter() - t0
+PULLED = [0]
 
 
-def cases() -> dict[str, dict[str, Callable[[], object]]]:
-    ours_trivial = task(numbers, branch=True) | task(trivial, workers=2, multiprocess=True)
-    ours_burn = task(numbers, branch=True) | task(burn, workers=2, multiprocess=True)
-    ours_payload = task(numbers, branch=True) | task(payload, workers=2, multiprocess=True) | task(length)
-    ours_one = task(numbers, branch=True) | task(trivial, workers=2, multiprocess=True)
-    ours_boom = task(numbers, branch=True) | task(boom, workers=2, multiprocess=True)
-    ours_die = task(numbers, branch=True) | task(die, workers=2, multiprocess=True)
+def counting() -> Iterator[int]:
+    """count(), counting in the parent how many items it has yielded."""
+    i = 0
+    while True:
+        PULLED[0] += 1
+        yield i
+        i += 1
 
-    def expect_error(p: object, n: int) -> None:
+
+# --- children: one contender per process --------------------------------------------------------
+
+def ctx() -> multiprocessing.context.BaseContext:
+    return multiprocessing.get_context("forkserver")
+
+
+def stage(func: Callable):  # type: ignore[no-untyped-def]
+    """numbers | func (2 worker processes). The first task of a pipeline cannot have workers."""
+    from pyper import task  # ours from src/ (PYTHONPATH), or 0.4.4 in the venv
+
+    return task(numbers, branch=True) | task(func, workers=2, multiprocess=True)
+
+
+class Peer:
+    """Pool / PPE / mpire behind one interface: start(), imap(f, it, chunksize), stop()."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def start(self) -> Peer:
+        if self.kind == "pool":
+            self.pool = ctx().Pool(2)
+        elif self.kind == "ppe":
+            from concurrent.futures import ProcessPoolExecutor
+            self.pool = ProcessPoolExecutor(2, mp_context=ctx())
+        else:
+            from mpire import WorkerPool
+            self.pool = WorkerPool(n_jobs=2, start_method="forkserver", keep_alive=True)
+        return self
+
+    def imap(self, func: Callable, it, chunksize: int = 1):  # type: ignore[no-untyped-def]
+        if self.kind == "pool":
+            return self.pool.imap(func, it, chunksize=chunksize)
+        if self.kind == "ppe":
+            return self.pool.map(func, it, chunksize=chunksize)
+        return self.pool.imap(func, it, chunk_size=chunksize)
+
+    def warm(self) -> None:
+        list(self.imap(trivial, range(100)))
+
+    def stop(self) -> None:
+        if self.kind == "pool":
+            self.pool.terminate()
+            self.pool.join()
+        elif self.kind == "ppe":
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            self.pool.terminate()
+
+
+def ours_run(func: Callable, n: int, mode: str) -> float:
+    p = stage(func)
+    if mode == "warm":
+        list(p(n))  # a first call: the stage's workers stay warm for the second
+    t0 = perf()
+    for _ in p(n):
+        pass
+    return perf() - t0
+
+
+def peer_run(kind: str, func: Callable, n: int, mode: str, chunksize: int) -> float:
+    t0 = perf()
+    peer = Peer(kind).start()
+    if mode == "warm":
+        peer.warm()
+        t0 = perf()
+    for _ in peer.imap(func, numbers(n), chunksize):
+        pass
+    elapsed = perf() - t0  # to the last output; the pool's shutdown is not timed
+    peer.stop()
+    return elapsed
+
+
+def child_trivial(who: str, n: int, mode: str, chunksize: int) -> dict:
+    t = ours_run(trivial, n, mode) if who == "pyper" else peer_run(who, trivial, n, mode, chunksize)
+    return {"values": [t * 1e6 / n]}
+
+
+def child_burn(who: str, n: int, mode: str, chunksize: int) -> dict:
+    if who == "sequential":
+        t0 = perf()
+        [burn(x) for x in range(n)]
+        return {"values": [perf() - t0]}
+    if who == "raw":
+        return {"values": [raw_split(n) if mode == "warm" else raw_split_cold(n)]}
+    t = ours_run(burn, n, mode) if who == "pyper" else peer_run(who, burn, n, mode, chunksize)
+    return {"values": [t]}
+
+
+def _half(items: list[int], ready, go, done) -> None:  # type: ignore[no-untyped-def]
+    ready.put(1)
+    go.wait()
+    done.put([burn(x) for x in items])
+
+
+def raw_split(n: int) -> float:
+    """Two processes doing n/2 items each, started before the timer, released by an Event."""
+    c = ctx()
+    ready, done, go = c.Queue(), c.Queue(), c.Event()
+    procs = [c.Process(target=_half, args=(list(range(i, n, 2)), ready, go, done)) for i in (0, 1)]
+    for p in procs:
+        p.start()
+    ready.get(), ready.get()
+    t0 = perf()
+    go.set()
+    done.get(), done.get()
+    elapsed = perf() - t0
+    for p in procs:
+        p.join()
+    return elapsed
+
+
+def raw_split_cold(n: int) -> float:
+    t0 = perf()
+    with ctx().Pool(2) as pool:
+        pool.map(burn, range(n), chunksize=n // 2)
+        return perf() - t0
+
+
+def child_payload(who: str, n: int, mode: str, chunksize: int) -> dict:
+    t = ours_run(payload, n, mode) if who == "pyper" else peer_run(who, payload, n, mode, chunksize)
+    return {"values": [n / t]}  # MiB/s
+
+
+def child_percall(who: str, n: int, mode: str, chunksize: int) -> dict:
+    """mode: warm (n calls after an untimed one), first (forkserver), spawn (ours only)."""
+    if mode == "spawn":
+        multiprocessing.set_start_method("spawn")
+    elif who == "pyper" and os.environ.get("PYPER_IS_ORIGINAL"):
+        multiprocessing.set_start_method("forkserver")
+
+    def call() -> None:
+        if who == "pyper":
+            assert list(stage(trivial)(1)) == [1]  # numbers(1) | trivial
+        else:
+            peer = Peer(who).start()
+            assert list(peer.imap(trivial, numbers(1))) == [1]
+            peer.stop()
+
+    calls = 1 if mode in ("first", "spawn") else n
+    if calls > 1:
+        call()
+    values = []
+    for _ in range(calls):
+        t0 = perf()
+        call()
+        values.append((perf() - t0) * 1e3)
+    return {"values": values}
+
+
+def child_error(who: str, n: int, mode: str, chunksize: int) -> dict:
+    """mode boom: raise at item 5 of 10; die: os._exit(3) at item 5. The stage (pool) is warm."""
+    func = boom if mode == "boom" else die
+    values, seen = [], set()
+    for _ in range(n):
+        if who == "pyper":
+            p = stage(func)
+            list(p(5))  # warm, no error (items 0-4)
+            run: Callable[[], object] = lambda: list(p(10))
+        else:
+            peer = Peer(who).start()
+            peer.warm()
+            run = lambda: list(peer.imap(func, range(10)))
+        t0 = perf()
         try:
-            list(p(n))  # type: ignore[operator]
-        except Exception:
-            return
-        raise AssertionError("no error")
-
-    def raw_split() -> None:
-        with CTX.Pool(2) as pool:
-            pool.map(burn, range(16), chunksize=8)
-
-    def pool_imap(chunksize: int, func: Callable[[int], object], n: int) -> Callable[[], object]:
-        def run() -> None:
-            with CTX.Pool(2) as pool:
-                for _ in pool.imap(func, range(n), chunksize=chunksize):
-                    pass
-        return run
-
-    def ppe(func: Callable[[int], object], n: int, chunksize: int = 1) -> Callable[[], object]:
-        def run() -> None:
-            with ProcessPoolExecutor(2, mp_context=CTX) as ex:
-                for _ in ex.map(func, range(n), chunksize=chunksize):
-                    pass
-        return run
-
-    return {
-        f"trivial items, {N_TRIVIAL} (us per item)": {
-            "ours: multiprocess, workers=2": lambda: sum(ours_trivial(N_TRIVIAL)),
-            "Pool.imap chunksize=1": pool_imap(1, trivial, N_TRIVIAL),
-            "Pool.imap chunksize=1000": pool_imap(1000, trivial, N_TRIVIAL),
-            "ProcessPoolExecutor.map chunksize=1000": ppe(trivial, N_TRIVIAL, 1000),
-        },
-        "CPU-bound, 16 items of ~25 ms, 2 workers (s)": {
-            "ours: multiprocess, workers=2": lambda: list(ours_burn(16)),
-            "raw two-process split (Pool.map, chunksize 8)": raw_split,
-            "sequential": lambda: [burn(x) for x in range(16)],
-        },
-        "1 MiB payloads, 200 items (s)": {
-            "ours: multiprocess, workers=2": lambda: sum(ours_payload(200)),
-            "Pool.imap chunksize=1": pool_imap(1, payload, 200),
-        },
-        "per call, one item, 2 workers, warm program (s)": {
-            "ours: multiprocess, workers=2": lambda: list(ours_one(1)),
-        },
-        "an error in a child, to the caller (s, includes the run's start)": {
-            "ours: multiprocess, workers=2": lambda: expect_error(ours_boom, 10),
-        },
-        "a child that dies, to the caller (s, includes the run's start)": {
-            "ours: multiprocess, workers=2": lambda: expect_error(ours_die, 10),
-        },
-    }
+            run()
+        except Exception as exc:  # noqa: BLE001 - we report which
+            values.append((perf() - t0) * 1e3)
+            seen.add(type(exc).__name__)
+        else:
+            raise AssertionError("no exception")
+        if who != "pyper":
+            peer.stop()
+    return {"values": values, "note": "raised " + ", ".join(sorted(seen))}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
+def child_break(who: str, n: int, mode: str, chunksize: int) -> dict:
+    """Consume 10 outputs of count() | trivial (2 workers), then break: time the close."""
+    values, pulled = [], []
+    for _ in range(n):
+        PULLED[0] = 0
+        if who == "pyper":
+            from pyper import task
+            it = iter((task(counting, branch=True) | task(trivial, workers=2, multiprocess=True))())
+            close = it.close
+        else:
+            peer = Peer(who).start()
+            it = iter(peer.imap(trivial, counting()))
+            close = peer.stop
+        for i, _ in enumerate(it):
+            if i == 9:
+                break
+        t0 = perf()
+        close()
+        values.append((perf() - t0) * 1e3)
+        pulled.append(PULLED[0] - 10)
+    return {"values": values, "pulled": pulled}
+
+
+CHILDREN = {"trivial": child_trivial, "burn": child_burn, "payload": child_payload,
+            "percall": child_percall, "error": child_error, "break": child_break}
+
+
+def child_main(argv: list[str]) -> None:
+    case, who, n, mode, chunksize = argv[0], argv[1], int(argv[2]), argv[3], int(argv[4])
+    if who == "pyper" and os.environ.get("PYPER_IS_ORIGINAL") and mode != "spawn" and case != "percall":
+        multiprocessing.set_start_method("forkserver")  # 0.4.4 uses the default context
+    print(json.dumps(CHILDREN[case](who, n, mode, chunksize)), flush=True)
+
+
+# --- runner -------------------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    text: str
+    met: Callable[[float], bool]
+
+
+def at_most(limit: float, unit: str) -> Target:
+    return Target(f"<= {limit:g} {unit}", lambda v: v <= limit)
+
+
+def at_least(limit: float, unit: str) -> Target:
+    return Target(f">= {limit:g} {unit}", lambda v: v >= limit)
+
+
+@dataclass
+class Contender:
+    label: str
+    kind: str  # "ours" | "venv" (mpire, 0.4.4) | "ref"
+    args: list[str]  # case who n mode chunksize
+    timeout: float
+    target: Target | None = None
+    skip: str | None = None
+    error: str | None = None
+    by_round: dict[int, list[float]] = field(default_factory=dict)
+    extra: dict[str, list[float]] = field(default_factory=dict)
+    notes: set[str] = field(default_factory=set)
+
+    @property
+    def values(self) -> list[float]:
+        return [v for r in sorted(self.by_round) for v in self.by_round[r]]
+
+
+@dataclass
+class Case:
+    key: str
+    title: str
+    unit: str
+    contenders: list[Contender] = field(default_factory=list)
+
+
+def build(quick: bool, venv_skip: str | None) -> list[Case]:
+    hang = 5.0 if quick else 10.0
+    n_triv, n_orig = (20_000, 2_000) if quick else (100_000, 10_000)
+    n_pay = 50 if quick else 200
+    cases = []
+
+    def add(case: Case, label: str, args: list[object], kind: str = "ref", timeout: float = 120,
+            target: Target | None = None, skip: str | None = None) -> None:
+        who = str(args[1])
+        if who == "mpire" or label.startswith("0.4.4"):
+            kind = "venv"
+            skip = skip or venv_skip
+        case.contenders.append(Contender(label, kind, [str(a) for a in args], timeout, target, skip))
+
+    c = Case("trivial", f"trivial x+1, {n_triv:,} items from a generator".replace(",", " ").replace("1, ", "1: ", 1), "us/item")
+    t = at_most(1, "us/item")
+    add(c, "ours, cold", ["trivial", "pyper", n_triv, "cold", 1], "ours", target=t)
+    add(c, "ours, warm (second call)", ["trivial", "pyper", n_triv, "warm", 1], "ours", target=t)
+    for who, name in (("pool", "Pool.imap"), ("ppe", "ProcessPoolExecutor.map"), ("mpire", "mpire imap")):
+        for cs in (1, 1000):
+            for mode in ("cold", "warm"):
+                add(c, f"{name} chunksize={cs}, {mode}", ["trivial", who, n_triv, mode, cs])
+    add(c, f"0.4.4, cold ({n_orig} items)", ["trivial", "pyper", n_orig, "cold", 1], timeout=120)
+    cases.append(c)
+
+    c = Case("cpu", "CPU-bound, 16 items of ~25 ms, 2 workers", "s")
+    add(c, "sequential", ["burn", "sequential", 16, "cold", 1])
+    add(c, "raw two-process split, pre-started (Event)", ["burn", "raw", 16, "warm", 1])
+    add(c, "raw split, cold (Pool.map chunksize 8 in the timer)", ["burn", "raw", 16, "cold", 1])
+    add(c, "ours, warm (second call)", ["burn", "pyper", 16, "warm", 1], "ours")
+    add(c, "ours, cold", ["burn", "pyper", 16, "cold", 1], "ours")
+    add(c, "Pool.imap chunksize=1, warm", ["burn", "pool", 16, "warm", 1])
+    add(c, "ProcessPoolExecutor.map chunksize=1, warm", ["burn", "ppe", 16, "warm", 1])
+    add(c, "mpire imap chunksize=1, warm", ["burn", "mpire", 16, "warm", 1])
+    add(c, "0.4.4, cold", ["burn", "pyper", 16, "cold", 1])
+    cases.append(c)
+
+    c = Case("payload", f"1 MiB bytes (os.urandom) from the workers, {n_pay} items", "MiB/s")
+    t = at_least(300, "MiB/s")
+    add(c, "ours, warm (second call)", ["payload", "pyper", n_pay, "warm", 1], "ours", target=t)
+    add(c, "ours, cold", ["payload", "pyper", n_pay, "cold", 1], "ours", target=t)
+    for who, name in (("pool", "Pool.imap"), ("ppe", "ProcessPoolExecutor.map"), ("mpire", "mpire imap")):
+        add(c, f"{name} chunksize=1, warm", ["payload", who, n_pay, "warm", 1])
+    add(c, "0.4.4, cold", ["payload", "pyper", n_pay, "cold", 1])
+    cases.append(c)
+
+    calls = 5 if quick else 20
+    c = Case("per call", "one process stage of 2 workers, one item, per call", "ms")
+    add(c, "ours, warm program", ["percall", "pyper", calls, "warm", 1], "ours", target=at_most(10, "ms"))
+    add(c, "ours, first call, forkserver", ["percall", "pyper", 1, "first", 1], "ours",
+        target=at_most(100, "ms"))
+    add(c, "ours, first call, spawn", ["percall", "pyper", 1, "spawn", 1], "ours", target=at_most(120, "ms"))
+    for who, name in (("pool", "Pool (new pool per call)"), ("ppe", "ProcessPoolExecutor (new per call)"),
+                      ("mpire", "mpire WorkerPool (new per call)")):
+        add(c, f"{name}, warm program", ["percall", who, calls, "warm", 1])
+        add(c, f"{name}, first call", ["percall", who, 1, "first", 1])
+    add(c, "0.4.4, warm program", ["percall", "pyper", 3, "warm", 1], timeout=60)
+    add(c, "0.4.4, first call", ["percall", "pyper", 1, "first", 1], timeout=60)
+    cases.append(c)
+
+    reps = 2 if quick else 3
+    for mode, title, limit in (("boom", "an error at item 5 of 10, to the caller (warm stage)", 50),
+                               ("die", "a child dies (os._exit(3)) at item 5, to the caller", 100)):
+        c = Case(mode, title, "ms")
+        add(c, "ours", ["error", "pyper", reps, mode, 1], "ours", timeout=60, target=at_most(limit, "ms"))
+        for who, name in (("pool", "Pool.imap"), ("ppe", "ProcessPoolExecutor.map"), ("mpire", "mpire imap")):
+            add(c, name, ["error", who, reps, mode, 1], timeout=hang + 10)
+        add(c, "0.4.4, cold", ["error", "pyper", reps, mode, 1], timeout=hang)
+        cases.append(c)
+
+    c = Case("break", "count() | trivial (2 workers): 10 outputs, then break; time of the close", "ms")
+    add(c, "ours", ["break", "pyper", reps, "warm", 1], "ours", timeout=60, target=at_most(10, "ms"))
+    add(c, "Pool.imap (pool.terminate())", ["break", "pool", reps, "warm", 1], timeout=hang + 10)
+    add(c, "ProcessPoolExecutor.map", ["break", "ppe", reps, "warm", 1],
+        skip="map() submits its whole input before returning: never returns on count()")
+    add(c, "mpire imap (pool.terminate())", ["break", "mpire", reps, "warm", 1], timeout=hang + 10)
+    add(c, "0.4.4", ["break", "pyper", reps, "warm", 1], timeout=hang)
+    cases.append(c)
+    return cases
+
+
+def env_for(contender: Contender) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if contender.kind == "venv":
+        env["PYPER_IS_ORIGINAL"] = "1"
+    else:
+        env["PYTHONPATH"] = str(REPO / "src")  # ours, first on the path
+    return env
+
+
+class ChildFailed(Exception):
+    def __init__(self, status: str, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+
+
+def run_child(contender: Contender) -> dict:
+    python = str(VENV_PYTHON) if contender.kind == "venv" else sys.executable
+    argv = [python, str(Path(__file__).resolve()), "--child", *contender.args]
+    proc = subprocess.Popen(argv, cwd=HERE, env=env_for(contender), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=contender.timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid)
+        proc.communicate()
+        raise ChildFailed("HANG", f"killed after {contender.timeout:g} s") from None
+    finally:
+        kill_group(proc.pid)  # whatever the child left behind
+    if proc.returncode != 0:
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        raise ChildFailed("ERROR", f"exit {proc.returncode}: {lines[-1] if lines else '(no stderr)'}")
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError) as exc:
+        raise ChildFailed("ERROR", f"unreadable output {out.strip()[-200:]!r}: {exc}") from None
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def measure(cases: list[Case], rounds: int) -> None:
+    for r in range(rounds):
+        for case in cases:
+            shift = r % len(case.contenders)
+            for c in case.contenders[shift:] + case.contenders[:shift]:
+                if c.skip or c.error:
+                    continue
+                try:
+                    out = run_child(c)
+                except ChildFailed as exc:
+                    c.error = f"{exc.status}: {exc}"
+                    log(f"[{r + 1}/{rounds}] {case.key}: {c.label}: {c.error}")
+                    continue
+                c.by_round[r] = [float(v) for v in out["values"]]
+                for k, v in out.items():
+                    if k == "note":
+                        c.notes.add(v)
+                    elif k != "values":
+                        c.extra.setdefault(k, []).extend(float(x) for x in v)
+                log(f"[{r + 1}/{rounds}] {case.key}: {c.label}: "
+                    + ", ".join(fmt(v) for v in c.by_round[r]) + f" {case.unit}")
+
+
+def fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+
+
+def row(case: str, label: str, values: list[float], unit: str, target: Target | None,
+        kind: str) -> tuple[str, ...]:
+    med = statistics.median(values)
+    status = ("PASS" if target.met(med) else "MISS") if target else "ref"
+    return (case, label, f"{fmt(med)} {unit}", f"{fmt(min(values))}-{fmt(max(values))}",
+            target.text if target else "", status)
+
+
+def table(cases: list[Case]) -> tuple[list[tuple[str, ...]], list[str]]:
+    rows, notes = [], []
+    for case in cases:
+        title = f"{case.key}: {case.title}"
+        for c in case.contenders:
+            if c.skip or not c.values:
+                status = "SKIP" if c.skip else c.error.split(":")[0] if c.error else "ERROR"
+                rows.append((title, c.label, "-", "-", c.target.text if c.target else "", status))
+                notes.append(f"{case.key}: {c.label}: {c.skip or c.error}")
+                continue
+            r = list(row(title, c.label, c.values, case.unit, c.target, c.kind))
+            if c.error:
+                r[5] += " (then " + c.error.split(":")[0] + ")"
+                notes.append(f"{case.key}: {c.label}: a later round: {c.error}")
+            rows.append(tuple(r))
+            for note in sorted(c.notes):
+                notes.append(f"{case.key}: {c.label}: {note}")
+            if "pulled" in c.extra:
+                rows.append((title, f"{c.label}: inputs pulled ahead of the 10 consumed",
+                             *row("", "", c.extra["pulled"], "items", None, "")[2:5], "reported"))
+        if case.key == "cpu":  # speed relative to the raw split, paired round by round
+            by = {c.label.split(",")[0] + ("" if "warm" in c.label or "pre-started" in c.label else " cold"): c
+                  for c in case.contenders}
+            for ours, raw in (("ours", "raw two-process split"), ("ours cold", "raw split cold")):
+                o, w = by.get(ours), by.get(raw)
+                if o is None or w is None:
+                    continue
+                ratios = [w.by_round[r][0] / o.by_round[r][0] for r in o.by_round if r in w.by_round]
+                label = f"{'ours, warm' if ours == 'ours' else 'ours, cold'}: raw split time / ours time " \
+                        f"({'pre-started' if ours == 'ours' else 'cold'} split, paired per round)"
+                if ratios:
+                    rows.append(row(title, label, ratios, "x", at_least(0.9, "x"), "ours"))
+                else:
+                    rows.append((title, label, "-", "-", ">= 0.9 x", "ERROR"))
+    return rows, notes
+
+
+HEADERS = ("case", "contender", "median", "min-max", "target", "status")
+
+
+def markdown(rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    last = None
+    for r in rows:
+        cells = ("" if r[0] == last else r[0], *r[1:5],
+                 f"**{r[5]}**" if r[5].startswith(("MISS", "ERROR", "HANG")) and "ours" in r[1] else r[5])
+        last = r[0]
+        lines.append("| " + " | ".join(s.replace("|", "\\|").replace("<", "&lt;") for s in cells) + " |")
+    return "\n".join(lines)
+
+
+def git_revision() -> str:
+    from run import git_revision as revision  # the engine benchmark's runner, beside this file
+
+    return revision()
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def write_markdown(path: Path, rows: list[tuple[str, ...]], notes: list[str], header: list[str]) -> None:
+    """Write the section; in an existing file, replace (or append) only this section."""
+    section = "\n".join([SECTION, "", *header, "", markdown(rows), ""]
+                        + (["Notes:", "", *[f"- {n}" for n in notes], ""] if notes else []))
+    old = path.read_text() if path.exists() else ""
+    if SECTION in old:
+        before, rest = old.split(SECTION, 1)
+        nxt = rest.find("\n## ")
+        text = before + section + (rest[nxt + 1:] if nxt >= 0 else "")
+    else:
+        text = (old.rstrip("\n") + "\n\n" if old else "") + section
+    path.write_text(text)
+
+
+def venv_problem() -> str | None:
+    if not VENV_PYTHON.exists():
+        return "benchmarks/.venv-original missing: run `bash benchmarks/setup_original.sh`"
+    code = "import importlib.metadata as m, mpire, pyper; print(m.version('python-pyper'))"
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([str(VENV_PYTHON), "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode != 0 or proc.stdout.strip() != "0.4.4":
+        return f".venv-original lacks python-pyper 0.4.4 or mpire: rerun setup_original.sh ({proc.stderr.strip()[-100:]})"
+    return None
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_main(sys.argv[2:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=None, help="default 5 (1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, 1 round, short timeouts")
+    parser.add_argument("--markdown", type=Path, metavar="PATH",
+                        help=f"write the table as the section {SECTION!r} of PATH (kept: the rest)")
     args = parser.parse_args()
-    table = cases()
-    list((task(numbers, branch=True) | task(trivial, multiprocess=True))(1))  # start the fork server
-    results: dict[tuple[str, str], list[float]] = {}
-    for r in range(args.rounds):
-        for case, contenders in table.items():
-            names = list(contenders)
-            names = names[r % len(names):] + names[: r % len(names)]  # rotate the order
-            for name in names:
-                results.setdefault((case, name), []).append(timed(contenders[name]))
-    print(f"Python {sys.version.split()[0]}, {args.rounds} interleaved rounds, medians (min-max)")
-    for case, contenders in table.items():
-        print(f"\n{case}")
-        for name in contenders:
-            values = results[(case, name)]
-            scale, unit = (1e6 / N_TRIVIAL, "us/item") if case.startswith("trivial") else (1.0, "s")
-            med = statistics.median(values) * scale
-            print(f"  {name:48s} {med:9.3f} {unit}  ({min(values) * scale:.3f}-{max(values) * scale:.3f})")
-            if case.startswith("1 MiB"):
-                print(f"  {'':48s} {200 / statistics.median(values):9.1f} MiB/s")
+    rounds = args.rounds or (1 if args.quick else 5)
+    skip = venv_problem()
+    if skip:
+        log(f"note: {skip}; the mpire and 0.4.4 rows are skipped")
+    before = loadavg()
+    if os.getloadavg()[0] > 0.5:
+        log(f"warning: load average {before}: other work skews the numbers")
+    cases = build(args.quick, skip)
+    t0 = perf()
+    measure(cases, rounds)
+    elapsed = perf() - t0
+    rows, notes = table(cases)
+    width = [max(len(r[i]) for r in rows) for i in range(1, 6)]
+    last = None
+    for r in rows:
+        if r[0] != last:
+            print(f"\n{r[0]}")
+            last = r[0]
+        print("  " + "  ".join(s.ljust(w) for s, w in zip(r[1:], width)).rstrip())
+    for n in notes:
+        print(f"note: {n}")
+    if args.markdown:
+        command = " ".join(["python", "benchmarks/process.py", *map(shlex.quote, sys.argv[1:])])
+        header = [
+            f"- command: `{command}`",
+            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+            f"- Python: {platform.python_version()} ({sys.executable}); mpire and python-pyper 0.4.4 "
+            "from benchmarks/.venv-original (Python 3.11)",
+            f"- pyper under test: {git_revision()}; machine: nproc {os.cpu_count()}, {platform.platform()}",
+            f"- load average before / after: {before} / {loadavg()}; run took {elapsed:.0f} s",
+            f"- rounds: {rounds}, interleaved (order rotated each round); each sample in a fresh child "
+            "process; start method forkserver unless the row says otherwise; median (min-max) over all "
+            "values of all rounds. Targets apply to our rows; `ref` rows are for comparison.",
+        ]
+        write_markdown(args.markdown, rows, notes, header)
+        log(f"wrote {args.markdown}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create benchmarks/.venv-original with python-pyper 0.4.4 (the original project), used only
-# as a contender by benchmarks/run.py. It is never a dependency of ours.
+# Create benchmarks/.venv-original with python-pyper 0.4.4 (the original project) and mpire,
+# used only as contenders by benchmarks/run.py and benchmarks/process.py. Neither is ever a
+# dependency of ours.
 #
 #   bash benchmarks/setup_original.sh            # uses python3.11 (pyenv) or $PYTHON
 set -euo pipefail
@@ -23,9 +24,10 @@ pick_python() {
 py="$(pick_python)"
 rm -rf "$venv"
 "$py" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'python-pyper==0.4.4'
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'python-pyper==0.4.4' mpire
 "$venv/bin/python" - <<'PY'
 import importlib.metadata, sys
-print("python", sys.version.split()[0], "python-pyper", importlib.metadata.version("python-pyper"))
+v = importlib.metadata.version
+print("python", sys.version.split()[0], "python-pyper", v("python-pyper"), "mpire", v("mpire"))
 PY
 echo "ready: $venv"
