@@ -15,8 +15,6 @@ pipes; every message is a pickled tuple:
                       ("end",)                 its inputs are exhausted
                       ("stop",)                exit
     child -> parent   ("out", outputs, done)   outputs; done: the batch is finished
-                                               (a join call's last one adds the inputs
-                                               it was fed but did not read)
                       ("need", outputs)        the join call wants more input (outputs:
                                                what it yielded meanwhile)
                       ("error", exc, text)     the call raised (exc pickled, or None
@@ -166,17 +164,13 @@ def _join(call: Callable[[Any], Any], n: int, branch: bool, inbox: Connection, o
             raise _Stop
         return reply
 
-    feed: Iterator[Any] = iter(())  # the inputs fed last, as far as the call has read them
-
     def inputs() -> Iterator[Any]:
-        nonlocal feed
         while True:
             reply = exchange(("need", pending[:]))
             pending.clear()
             if reply[0] == "end":
                 return
-            feed = iter(reply[1])
-            yield from feed
+            yield from reply[1]
 
     try:
         result = call(inputs())
@@ -187,8 +181,7 @@ def _join(call: Callable[[Any], Any], n: int, branch: bool, inbox: Connection, o
                 reply = exchange(("out", pending[:], False))
                 pending.clear()
                 n = reply[1]
-        # What the call did not read goes back: a sibling worker may still take it.
-        data = _dumps(("out", pending, True, list(feed)))
+        data = _dumps(("out", pending, True))
     except _Stop:
         os._exit(0)  # the parent has gone or stops this worker: nothing to tell it
     except BaseException as exc:

@@ -110,7 +110,7 @@ def _close_all(children: dict[int, _Child]) -> None:
 
 def _fork_children(task: Task, payload: bytes) -> dict[int, _Child]:
     """Under the ``fork`` start method: the stage's children, warm ones or forked here,
-    in the caller's thread, before the run starts any thread (``start_all`` starts
+    in the caller's thread, before the run starts any thread (``start_all`` prepares
     process stages first, and pyper's parked threads are ended first). Where other
     threads run, forking could deadlock a child: the children still missing are
     left to the relays, which start them with forkserver (spawn where there is none)."""
@@ -133,7 +133,9 @@ def _fork_children(task: Task, payload: bytes) -> dict[int, _Child]:
     return ready
 
 
-_method: str | None = None  # chosen on first use; only relay threads write it (any one wins)
+# Chosen on first use, by the thread that first starts a process stage (a caller under
+# fork, else a relay): every thread computes the same value, so any one may win.
+_method: str | None = None
 
 
 def context() -> Any:
@@ -149,7 +151,7 @@ def context() -> Any:
     if _method is None:
         method = multiprocessing.get_start_method(allow_none=True)
         if method is None:
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            method = _no_fork()
         _method = method
     return multiprocessing.get_context(_method)
 
@@ -159,9 +161,12 @@ def _threaded_context() -> Any:
     ctx = context()
     if ctx.get_start_method() != "fork":
         return ctx
-    return multiprocessing.get_context(
-        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    )
+    return multiprocessing.get_context(_no_fork())
+
+
+def _no_fork() -> str:
+    """The start method that never forks this process: forkserver where there is one."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 class _Child:
@@ -500,7 +505,7 @@ def _join(worker: Worker, child: _Child) -> None:
                 started = perf_counter()
                 sent = child.send(("feed", batch))
         elif reply[2]:
-            break  # (reply[3]: what it was fed and did not read; one worker: no one else wants it)
+            break
         else:
             chunk_started = perf_counter()
             out.flush(box, False)
