@@ -13,6 +13,7 @@ import functools
 import gc
 import inspect
 import threading
+import sys
 import time
 import weakref
 from typing import Any
@@ -1203,3 +1204,63 @@ def test_an_unknown_option_names_the_task_and_the_closest_valid_one() -> None:
         task(fetch, throtle=2, colour=1)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match=r"task\(\): unknown option 'retries'; the options are"):
         task(retries=3)  # type: ignore[call-overload]
+
+
+def _callables() -> list[object]:
+    def gen(x: int) -> Any:
+        yield x
+
+    async def coro(x: int) -> int:
+        return x
+
+    async def agen(x: int) -> Any:
+        yield x
+
+    def plain(x: int) -> int:
+        return x
+
+    class Holder:
+        def gen(self, x: int) -> Any:
+            yield x
+
+        async def coro(self, x: int) -> int:
+            return x
+
+    class AsyncCallable:
+        async def __call__(self, x: int) -> int:
+            return x
+
+    class GenCallable:
+        def __call__(self, x: int) -> Any:
+            yield x
+
+    @functools.wraps(coro)
+    def wrapped(x: int) -> Any:
+        return coro(x)
+
+    found: list[object] = [gen, coro, agen, plain, Holder().gen, Holder().coro, AsyncCallable(),
+                           GenCallable(), wrapped, len, int, lambda x: x, str.upper]
+    found += [functools.partial(f, 1) for f in (gen, coro, agen, plain, Holder().coro)]
+    if sys.version_info >= (3, 12):
+        def marked(x: int) -> Any:
+            return coro(x)
+
+        found.append(inspect.markcoroutinefunction(marked))
+    return found
+
+
+@pytest.mark.parametrize("fn", _callables(), ids=lambda f: getattr(f, "__qualname__", type(f).__name__))
+def test_classify_agrees_with_inspect(fn: Any) -> None:
+    """pyper reads code flags instead of importing inspect; the answers must be inspect's."""
+    from pyper._spec import _unwrap, classify
+
+    target = _unwrap(fn)
+    if not isinstance(target, type) and not inspect.isroutine(target):
+        target = _unwrap(type(target).__call__)
+    if inspect.isasyncgenfunction(target):
+        expected = ("agen", True)
+    elif inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(fn):
+        expected = ("coro", False)
+    else:
+        expected = ("sync", inspect.isgeneratorfunction(target))
+    assert classify(fn) == expected

@@ -602,3 +602,35 @@ def test_the_originals_documented_cpu_bound_examples() -> None:
     assert list(task(long_computation, multiprocess=True)(3)) == [long_computation(3)]
     fanned = task(range, branch=True) | task(long_computation, workers=10, multiprocess=True)
     assert sorted(fanned(12)) == sorted(long_computation(x) for x in range(12))
+
+
+def sleep_then_identity(x: int) -> int:
+    time.sleep(0.01)
+    return x
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_input_pulled_ahead_of_a_process_stage_is_a_few_batches(workers: int) -> None:
+    """Slow calls keep batches at one item; the edge in front holds PROCESS_AHEAD of them
+    per worker, and each worker has one in its child: the producer runs no further ahead."""
+    from pyper._engine._run import PROCESS_AHEAD
+
+    pulled = [0]
+
+    def produce() -> Any:
+        while True:
+            pulled[0] += 1
+            yield pulled[0]
+
+    p = task(produce, branch=True) | task(sleep_then_identity, workers=workers, multiprocess=True)
+    out = []
+    for x in p():
+        out.append(x)
+        if len(out) == 30:
+            break
+    assert sorted(out) == out if workers == 1 else len(set(out)) == 30
+    ahead = pulled[0] - len(out)
+    # In the edge and in the children, plus the one the producer holds and the outputs
+    # on their way to the caller (at most one per worker).
+    assert ahead <= (PROCESS_AHEAD + 1) * workers + 1 + workers, ahead

@@ -100,6 +100,17 @@ def test_sync_programs_never_import_asyncio() -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.timeout(30)
+def test_import_pyper_stays_light() -> None:
+    """What ``import pyper`` costs, every program pays, and every worker process again."""
+    heavy = ["asyncio", "inspect", "dataclasses", "logging", "pickle", "multiprocessing",
+             "concurrent.futures", "cloudpickle", "ray", "tqdm", "rich"]
+    code = f"import sys, pyper\nprint([m for m in {heavy!r} if m in sys.modules])\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_version_is_the_distributions() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == "python-pyper"

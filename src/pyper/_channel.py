@@ -175,7 +175,8 @@ class Channel:
         "_reorder",
         "_reorder_size",
         "_reserve",
-        "_paced",
+        "_pace",
+        "_ahead",
         "_seq_boxes",
     )
 
@@ -187,7 +188,8 @@ class Channel:
         reordered: bool = False,
         sequenced: bool = False,
         batch: int = 1,
-        paced: bool = False,
+        pace: float | None = None,
+        ahead: int = 0,
     ) -> None:
         self._lock = threading.Lock()
         self._batches: deque[list[Any]] = deque()  # visible to receivers, FIFO
@@ -215,8 +217,10 @@ class Channel:
         self._reorder_size = 0
         # Room the reorder buffer leaves for the oldest sequence: one batch.
         self._reserve = min(batch, capacity) if reordered else 0
-        # Capacity follows the receivers' pace (``pace``): an edge with no throttle of the user's.
-        self._paced = paced and not reordered
+        # Capacity follows the receivers' pace (``pace``) on an edge with no throttle of the
+        # user's: it holds about this many seconds of their work (0: one batch each).
+        self._pace = None if reordered else pace
+        self._ahead = ahead  # if set, at most this many batches per receiver (as they pace)
 
     # -- registration (per batch, and only where it can matter) ----------------------
     # A receiver that finds the channel empty looks only at what is registered, so its
@@ -242,14 +246,16 @@ class Channel:
 
     def pace(self, n: int, seconds: float) -> None:
         """A receiver took ``seconds`` over ``n`` items: on an edge with no throttle of the
-        user's, hold about ``PACE_SECONDS`` of the receivers' work (at least a batch per
-        receiver, at most the default capacity), so that a slow or heavy consumer never
-        has a large backlog. Called once per batch, without the lock unless it changes."""
-        if not self._paced:
+        user's, hold about the channel's ``pace`` seconds of the receivers' work (at least
+        a batch per receiver, at most ``ahead`` batches per receiver if set, and at most
+        ``MAX_CAPACITY``), so that a slow or heavy consumer never has a large backlog. Called once per batch, without the lock unless it changes."""
+        if self._pace is None:
             return
         receivers = max(self._receivers, 1)
         floor = receivers * n
-        target = int(PACE_SECONDS * floor / seconds) if seconds > 0 else MAX_CAPACITY
+        target = int(self._pace * floor / seconds) if seconds > 0 else MAX_CAPACITY
+        if self._ahead:
+            target = min(target, self._ahead * floor)
         capacity = max(floor, min(MAX_CAPACITY, target))
         current = self._capacity
         if 4 * capacity < 3 * current or 4 * capacity > 5 * current:  # hysteresis: +-25%

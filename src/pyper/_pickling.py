@@ -8,12 +8,9 @@ This module imports nothing of pyper.
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 __all__ = ["dumps", "have_cloudpickle"]
-
-PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 def _cloudpickle() -> Any:
@@ -30,11 +27,13 @@ def have_cloudpickle() -> bool:
 
 def dumps(obj: object) -> bytes:
     """``obj`` pickled; by value with cloudpickle where pickling by reference fails."""
+    import pickle  # here, not at the top: only programs with process stages need it
+
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:
         cloudpickle = _cloudpickle()
         if cloudpickle is None:
             raise
-        data: bytes = cloudpickle.dumps(obj, PROTOCOL)
+        data: bytes = cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
         return data

@@ -9,22 +9,23 @@ so that the engine's per-item path does no checks.
 from __future__ import annotations
 
 import functools
-import inspect
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+import sys
+from types import BuiltinFunctionType, FunctionType, MethodType
+from typing import Any, Callable, Literal, NamedTuple
 
 __all__ = ["Kind", "Task", "check_bool", "check_int", "classify", "describe"]
 
 Kind = Literal["sync", "coro", "agen"]
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
+class Task(NamedTuple):
     """One task of a pipeline, validated. Immutable and shared by every run.
 
     The attribute names are those of the original Pyper's ``Task`` (``func``,
     ``workers``, ``throttle``, ``join``, ``branch``, ``multiprocess``, ``is_gen``,
-    ``is_async``), read by code written for it through ``Pipeline.tasks``.
+    ``is_async``), read by code written for it through ``Pipeline.tasks``. A ``NamedTuple``,
+    not a dataclass: ``dataclasses`` imports ``inspect``, which would double the time
+    ``import pyper`` takes, in every program and again in every worker process.
     """
 
     func: Callable[..., Any]  # what the engine calls: bound arguments already applied
@@ -66,27 +67,46 @@ def _unwrap(func: object) -> object:
     for _ in range(100):
         if isinstance(func, functools.partial):
             func = func.func
-        elif inspect.ismethod(func):
+        elif isinstance(func, MethodType):
             func = func.__func__
-        elif hasattr(func, "__wrapped__") and (inspect.isfunction(func) or inspect.ismethod(func)):
-            func = func.__wrapped__  # type: ignore[union-attr]
+        elif isinstance(func, FunctionType) and hasattr(func, "__wrapped__"):
+            func = func.__wrapped__
         else:
             return func
     return func
 
 
+# Code flags (``inspect.CO_*``), stable since Python 3.6; read here instead of importing
+# ``inspect`` (with ``ast``, ``dis`` and ``tokenize``) into every program and worker process.
+_CO_GENERATOR, _CO_COROUTINE, _CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
+
+
+def _flags(func: object) -> int:
+    return func.__code__.co_flags if isinstance(func, FunctionType) else 0
+
+
+def _marked_coroutine(func: object) -> bool:
+    """Marked with ``inspect.markcoroutinefunction`` (Python 3.12+)."""
+    if sys.version_info >= (3, 12) and hasattr(func, "_is_coroutine_marker"):
+        import inspect  # only for a callable that carries the mark
+
+        return inspect.iscoroutinefunction(func)
+    return False
+
+
 def classify(func: object) -> tuple[Kind, bool]:
     """(kind, is a generator function) of any callable."""
     target = _unwrap(func)
-    if not (inspect.isfunction(target) or inspect.isbuiltin(target) or inspect.isclass(target)):
+    if not isinstance(target, (FunctionType, BuiltinFunctionType, type)):
         call = getattr(type(target), "__call__", None)
-        if call is not None and not isinstance(target, type):
+        if call is not None:
             target = _unwrap(call)
-    if inspect.isasyncgenfunction(target):
+    flags = _flags(target)
+    if flags & _CO_ASYNC_GENERATOR:
         return "agen", True
-    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(func):
+    if flags & _CO_COROUTINE or _marked_coroutine(target) or _marked_coroutine(func):
         return "coro", False
-    return "sync", inspect.isgeneratorfunction(target)
+    return "sync", bool(flags & _CO_GENERATOR)
 
 
 def check_int(name: str, option: str, value: object, minimum: int) -> int:

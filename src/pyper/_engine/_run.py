@@ -40,14 +40,12 @@ import contextvars
 import gc
 import os
 import sys
-import logging
 import threading
 from _thread import start_new_thread
 from collections.abc import Iterator, Sized
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from .._channel import MAX_CAPACITY, Channel
+from .._channel import MAX_CAPACITY, PACE_SECONDS, Channel
 from .._errors import Broken, Cancelled, add_note, attach
 from .._spec import Task
 from . import _threads
@@ -57,13 +55,24 @@ if TYPE_CHECKING:
 
 __all__ = ["Run", "Stage", "Worker", "adapt", "current_run"]
 
-log = logging.getLogger("pyper")
+
+def _log_error(message: str, *args: object, exc_info: BaseException) -> None:
+    """Log on the ``pyper`` logger; ``logging`` is imported the first time it is needed."""
+    import logging
+
+    logging.getLogger("pyper").error(message, *args, exc_info=exc_info)
+
 
 #: Items an edge holds at first when the user set no throttle, per receiving worker; then
 #: it follows how fast they consume (``Channel.pace``), up to ``MAX_CAPACITY``.
 INITIAL_CAPACITY = 64
 #: The largest batch a worker takes or hands on.
 MAX_BATCH = 1024
+#: Batches per worker that the edge in front of a process stage holds, at most: with the
+#: batch each worker has in its child, the input pulled ahead of a process stage is at
+#: most ``(PROCESS_AHEAD + 1) * workers`` batches (each of at most ``MAX_BATCH`` items and
+#: about ``MAX_BATCH_BYTES``), plus what its outputs fill downstream.
+PROCESS_AHEAD = 2
 #: How long a finished async caller waits for cancelled worker tasks to unwind.
 SETTLE_SECONDS = 1.0
 
@@ -127,30 +136,42 @@ def _forget_runs_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_runs_in_child)
 
 
-@dataclass(slots=True)
 class Stage:
-    task: Task
-    call: Callable[[Any], Any]  # one item in; for the first task, applies the call's arguments
-    inp: Channel
-    out: Channel
-    take: int  # the most items a worker takes from ``inp`` at once
-    emit: int  # the most items a worker hands to ``out`` at once
+    """One task in one run: its function, its two channels and its batch sizes."""
+
+    __slots__ = ("task", "call", "inp", "out", "take", "emit")
+
+    def __init__(self, task: Task, call: Callable[[Any], Any], inp: Channel, out: Channel,
+                 take: int, emit: int) -> None:
+        self.task = task
+        self.call = call  # one item in; for the first task, applies the call's arguments
+        self.inp = inp
+        self.out = out
+        self.take = take  # the most items a worker takes from ``inp`` at once
+        self.emit = emit  # the most items a worker hands to ``out`` at once
 
 
-def _edge(up: Task, down_workers: int) -> tuple[int, int]:
-    """(capacity, largest batch) of the channel after ``up``.
+def _edge(up: Task, down: Task | None) -> tuple[int, int]:
+    """(capacity, largest batch) of the channel after ``up``, to ``down`` (None: the caller).
 
     With ``throttle=T`` the outputs of ``up`` in flight are at most
-    ``capacity + (up.workers + down_workers) * batch <= T + up.workers + down_workers``.
+    ``capacity + (up.workers + down.workers) * batch <= T + up.workers + down.workers``.
     Batches on a throttled edge are small against ``T`` (at most ``T / 1024`` per worker on
     either side), so that a producer runs ahead of a blocked consumer by nearly ``T``
     items, as the original Pyper documents ("paused after 5000 values").
     """
+    down_workers = down.workers if down is not None else 1
     if up.throttle == 0:
+        if _to_processes(down):
+            return down_workers, MAX_BATCH  # one item for each worker at first, then as they pace
         return min(MAX_CAPACITY, INITIAL_CAPACITY * down_workers), MAX_BATCH
     ends = up.workers + down_workers
     batch = max(1, min(MAX_BATCH, up.throttle // (1024 * ends)))
     return up.throttle + ends * (1 - batch), batch
+
+
+def _to_processes(down: Task | None) -> bool:
+    return down is not None and down.multiprocess
 
 
 def _ordered(task: Task) -> bool:
@@ -209,7 +230,8 @@ class Run:
         n = len(tasks)
         # Edge i carries task i's outputs to task i + 1 (or, after the last task, to the caller).
         receivers = [t.workers for t in tasks[1:]] + [1]
-        limits = [_edge(task, down) for task, down in zip(tasks, receivers)]
+        downs: list[Task | None] = [*tasks[1:], None]
+        limits = [_edge(task, down) for task, down in zip(tasks, downs)]
         self.channels = [
             Channel(
                 capacity,
@@ -218,7 +240,8 @@ class Run:
                 reordered=_ordered(task),
                 sequenced=i + 1 < n and _ordered(tasks[i + 1]),
                 batch=batch,
-                paced=task.throttle == 0,
+                pace=None if task.throttle else PACE_SECONDS,
+                ahead=PROCESS_AHEAD if _to_processes(downs[i]) else 0,
             )
             for i, (task, (capacity, batch)) in enumerate(zip(tasks, limits))
         ]
@@ -359,7 +382,7 @@ class Run:
             self._raised = True
             errors = ([self.error] if self.error is not None else []) + self._others
         for error in errors:
-            log.error("pyper: a task raised while its caller was leaving the pipeline", exc_info=error)
+            _log_error("pyper: a task raised while its caller was leaving the pipeline", exc_info=error)
 
     def _leave_and_finish(self) -> None:
         self._leave()
@@ -419,9 +442,7 @@ class Run:
         if note:
             add_note(exc, f"pyper: raised in task {task.name!r}")
         if late:
-            log.error(
-                "pyper: task %r raised after its pipeline had stopped", task.name, exc_info=exc
-            )
+            _log_error("pyper: task %r raised after its pipeline had stopped", task.name, exc_info=exc)
         self.cancel()
 
     def take_error(self) -> BaseException | None:
