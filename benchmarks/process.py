@@ -6,7 +6,7 @@
 
 Contenders: ours (from this checkout's src/), multiprocessing.Pool, ProcessPoolExecutor, and,
 from benchmarks/.venv-original (`bash benchmarks/setup_original.sh`), mpire and python-pyper
-0.4.4. Every sample runs in a fresh child process (`process.py --child NAME N MODE`, which
+0.4.4. Every sample runs in a fresh child process (`process_child.py CASE WHO N MODE CHUNKSIZE`, which
 prints `{"values": [...]}`); a child that hangs is killed with its process group after a
 timeout and shown as HANG. Rounds are interleaved, the order rotated each round. Every
 contender uses the forkserver start method unless its row says otherwise.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import multiprocessing
 import os
 import platform
 import shlex
@@ -26,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,267 +34,6 @@ REPO = HERE.parent
 VENV_PYTHON = HERE / ".venv-original" / "bin" / "python"
 SECTION = "## Process stages (benchmarks/process.py)"
 perf = time.perf_counter
-
-if os.environ.get("PYPER_BENCH_IMPORT"):
-    # A pyper contender's program imports pyper at its top, as users' programs do: the
-    # import is not part of any timed call (and spawn children import it with the program).
-    import pyper  # noqa: F401
-
-
-# --- user functions (module level, so that every start method can pickle them) -----------------
-
-def trivial(x: int) -> int:
-    return x + 1
-
-
-def numbers(n: int) -> Iterator[int]:
-    yield from range(n)
-
-
-def burn(x: int) -> int:
-    """About 25 ms of pure-Python work here."""
-    total = 0
-    for i in range(600_000):
-        total += i * x % 7
-    return total
-
-
-def payload(x: int) -> bytes:
-    return os.urandom(1 << 20)  # 1 MiB, distinct each time
-
-
-def boom(x: int) -> int:
-    if x == 5:
-        raise ValueError("boom")
-    return x
-
-
-def die(x: int) -> int:
-    if x == 5:
-        os._exit(3)
-    return x
-
-
-PULLED = [0]
-
-
-def counting() -> Iterator[int]:
-    """count(), counting in the parent how many items it has yielded."""
-    i = 0
-    while True:
-        PULLED[0] += 1
-        yield i
-        i += 1
-
-
-# --- children: one contender per process --------------------------------------------------------
-
-def ctx() -> multiprocessing.context.BaseContext:
-    return multiprocessing.get_context("forkserver")
-
-
-def stage(func: Callable):  # type: ignore[no-untyped-def]
-    """numbers | func (2 worker processes). The first task of a pipeline cannot have workers."""
-    from pyper import task  # ours from src/ (PYTHONPATH), or 0.4.4 in the venv
-
-    return task(numbers, branch=True) | task(func, workers=2, multiprocess=True)
-
-
-class Peer:
-    """Pool / PPE / mpire behind one interface: start(), imap(f, it, chunksize), stop()."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-    def start(self) -> Peer:
-        if self.kind == "pool":
-            self.pool = ctx().Pool(2)
-        elif self.kind == "ppe":
-            from concurrent.futures import ProcessPoolExecutor
-            self.pool = ProcessPoolExecutor(2, mp_context=ctx())
-        else:
-            from mpire import WorkerPool
-            self.pool = WorkerPool(n_jobs=2, start_method="forkserver", keep_alive=True)
-        return self
-
-    def imap(self, func: Callable, it, chunksize: int = 1):  # type: ignore[no-untyped-def]
-        if self.kind == "pool":
-            return self.pool.imap(func, it, chunksize=chunksize)
-        if self.kind == "ppe":
-            return self.pool.map(func, it, chunksize=chunksize)
-        return self.pool.imap(func, it, chunk_size=chunksize)
-
-    def warm(self) -> None:
-        list(self.imap(trivial, range(100)))
-
-    def stop(self) -> None:
-        if self.kind == "pool":
-            self.pool.terminate()
-            self.pool.join()
-        elif self.kind == "ppe":
-            self.pool.shutdown(wait=True, cancel_futures=True)
-        else:
-            self.pool.terminate()
-
-
-def ours_run(func: Callable, n: int, mode: str) -> float:
-    p = stage(func)
-    if mode == "warm":
-        list(p(n))  # a first call: the stage's workers stay warm for the second
-    t0 = perf()
-    for _ in p(n):
-        pass
-    return perf() - t0
-
-
-def peer_run(kind: str, func: Callable, n: int, mode: str, chunksize: int) -> float:
-    t0 = perf()
-    peer = Peer(kind).start()
-    if mode == "warm":
-        peer.warm()
-        t0 = perf()
-    for _ in peer.imap(func, numbers(n), chunksize):
-        pass
-    elapsed = perf() - t0  # to the last output; the pool's shutdown is not timed
-    peer.stop()
-    return elapsed
-
-
-def child_trivial(who: str, n: int, mode: str, chunksize: int) -> dict:
-    t = ours_run(trivial, n, mode) if who == "pyper" else peer_run(who, trivial, n, mode, chunksize)
-    return {"values": [t * 1e6 / n]}
-
-
-def child_burn(who: str, n: int, mode: str, chunksize: int) -> dict:
-    if who == "sequential":
-        t0 = perf()
-        [burn(x) for x in range(n)]
-        return {"values": [perf() - t0]}
-    if who == "raw":
-        return {"values": [raw_split(n) if mode == "warm" else raw_split_cold(n)]}
-    t = ours_run(burn, n, mode) if who == "pyper" else peer_run(who, burn, n, mode, chunksize)
-    return {"values": [t]}
-
-
-def _half(items: list[int], ready, go, done) -> None:  # type: ignore[no-untyped-def]
-    ready.put(1)
-    go.wait()
-    done.put([burn(x) for x in items])
-
-
-def raw_split(n: int) -> float:
-    """Two processes doing n/2 items each, started before the timer, released by an Event."""
-    c = ctx()
-    ready, done, go = c.Queue(), c.Queue(), c.Event()
-    procs = [c.Process(target=_half, args=(list(range(i, n, 2)), ready, go, done)) for i in (0, 1)]
-    for p in procs:
-        p.start()
-    ready.get(), ready.get()
-    t0 = perf()
-    go.set()
-    done.get(), done.get()
-    elapsed = perf() - t0
-    for p in procs:
-        p.join()
-    return elapsed
-
-
-def raw_split_cold(n: int) -> float:
-    t0 = perf()
-    with ctx().Pool(2) as pool:
-        pool.map(burn, range(n), chunksize=n // 2)
-        return perf() - t0
-
-
-def child_payload(who: str, n: int, mode: str, chunksize: int) -> dict:
-    t = ours_run(payload, n, mode) if who == "pyper" else peer_run(who, payload, n, mode, chunksize)
-    return {"values": [n / t]}  # MiB/s
-
-
-def child_percall(who: str, n: int, mode: str, chunksize: int) -> dict:
-    """mode: warm (n calls after an untimed one), first (forkserver), spawn (ours only)."""
-    if mode == "spawn":
-        multiprocessing.set_start_method("spawn")
-    elif who == "pyper" and os.environ.get("PYPER_IS_ORIGINAL"):
-        multiprocessing.set_start_method("forkserver")
-
-    def call() -> None:
-        if who == "pyper":
-            assert list(stage(trivial)(1)) == [1]  # numbers(1) | trivial
-        else:
-            peer = Peer(who).start()
-            assert list(peer.imap(trivial, numbers(1))) == [1]
-            peer.stop()
-
-    calls = 1 if mode in ("first", "spawn") else n
-    if calls > 1:
-        call()
-    values = []
-    for _ in range(calls):
-        t0 = perf()
-        call()
-        values.append((perf() - t0) * 1e3)
-    return {"values": values}
-
-
-def child_error(who: str, n: int, mode: str, chunksize: int) -> dict:
-    """mode boom: raise at item 5 of 10; die: os._exit(3) at item 5. The stage (pool) is warm."""
-    func = boom if mode == "boom" else die
-    values, seen = [], set()
-    for _ in range(n):
-        if who == "pyper":
-            p = stage(func)
-            list(p(5))  # warm, no error (items 0-4)
-            run: Callable[[], object] = lambda: list(p(10))
-        else:
-            peer = Peer(who).start()
-            peer.warm()
-            run = lambda: list(peer.imap(func, range(10)))
-        t0 = perf()
-        try:
-            run()
-        except Exception as exc:  # noqa: BLE001 - we report which
-            values.append((perf() - t0) * 1e3)
-            seen.add(type(exc).__name__)
-        else:
-            raise AssertionError("no exception")
-        if who != "pyper":
-            peer.stop()
-    return {"values": values, "note": "raised " + ", ".join(sorted(seen))}
-
-
-def child_break(who: str, n: int, mode: str, chunksize: int) -> dict:
-    """Consume 10 outputs of count() | trivial (2 workers), then break: time the close."""
-    values, pulled = [], []
-    for _ in range(n):
-        PULLED[0] = 0
-        if who == "pyper":
-            from pyper import task
-            it = iter((task(counting, branch=True) | task(trivial, workers=2, multiprocess=True))())
-            close = it.close
-        else:
-            peer = Peer(who).start()
-            it = iter(peer.imap(trivial, counting()))
-            close = peer.stop
-        for i, _ in enumerate(it):
-            if i == 9:
-                break
-        t0 = perf()
-        close()
-        values.append((perf() - t0) * 1e3)
-        pulled.append(PULLED[0] - 10)
-    return {"values": values, "pulled": pulled}
-
-
-CHILDREN = {"trivial": child_trivial, "burn": child_burn, "payload": child_payload,
-            "percall": child_percall, "error": child_error, "break": child_break}
-
-
-def child_main(argv: list[str]) -> None:
-    case, who, n, mode, chunksize = argv[0], argv[1], int(argv[2]), argv[3], int(argv[4])
-    if who == "pyper" and os.environ.get("PYPER_IS_ORIGINAL") and mode != "spawn" and case != "percall":
-        multiprocessing.set_start_method("forkserver")  # 0.4.4 uses the default context
-    print(json.dumps(CHILDREN[case](who, n, mode, chunksize)), flush=True)
 
 
 # --- runner -------------------------------------------------------------------------------------
@@ -341,7 +79,7 @@ class Case:
 
 
 def build(quick: bool, venv_skip: str | None) -> list[Case]:
-    hang = 5.0 if quick else 10.0
+    hang = 3.0 if quick else 10.0
     n_triv, n_orig = (20_000, 2_000) if quick else (100_000, 10_000)
     n_pay = 50 if quick else 200
     cases = []
@@ -358,6 +96,7 @@ def build(quick: bool, venv_skip: str | None) -> list[Case]:
     t = at_most(1, "us/item")
     add(c, "ours, cold", ["trivial", "pyper", n_triv, "cold", 1], "ours", target=t)
     add(c, "ours, warm (second call)", ["trivial", "pyper", n_triv, "warm", 1], "ours", target=t)
+    add(c, "ours, cold, set_start_method('fork')", ["trivial", "pyper", n_triv, "fork", 1], "ours", target=t)
     for who, name in (("pool", "Pool.imap"), ("ppe", "ProcessPoolExecutor.map"), ("mpire", "mpire imap")):
         for cs in (1, 1000):
             for mode in ("cold", "warm"):
@@ -443,7 +182,7 @@ class ChildFailed(Exception):
 
 def run_child(contender: Contender) -> dict:
     python = str(VENV_PYTHON) if contender.kind == "venv" else sys.executable
-    argv = [python, str(Path(__file__).resolve()), "--child", *contender.args]
+    argv = [python, str(HERE / "process_child.py"), *contender.args]
     proc = subprocess.Popen(argv, cwd=HERE, env=env_for(contender), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -591,10 +330,6 @@ def venv_problem() -> str | None:
     code = "import importlib.metadata as m, mpire, pyper; print(m.version('python-pyper'))"
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    # Children compile nothing again: as in an installed program, bytecode caches are used.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    if contender.args[1] == "pyper":
-        env["PYPER_BENCH_IMPORT"] = "1"
     proc = subprocess.run([str(VENV_PYTHON), "-c", code], capture_output=True, text=True, env=env)
     if proc.returncode != 0 or proc.stdout.strip() != "0.4.4":
         return f".venv-original lacks python-pyper 0.4.4 or mpire: rerun setup_original.sh ({proc.stderr.strip()[-100:]})"
@@ -602,14 +337,13 @@ def venv_problem() -> str | None:
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child_main(sys.argv[2:])
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=None, help="default 5 (1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 round, short timeouts")
     parser.add_argument("--markdown", type=Path, metavar="PATH",
                         help=f"write the table as the section {SECTION!r} of PATH (kept: the rest)")
+    parser.add_argument("--case", action="append", metavar="NAME",
+                        help="run only this case (trivial, cpu, payload, per call, boom, die, break); repeatable")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 5)
     skip = venv_problem()
@@ -619,6 +353,11 @@ def main() -> int:
     if os.getloadavg()[0] > 0.5:
         log(f"warning: load average {before}: other work skews the numbers")
     cases = build(args.quick, skip)
+    if args.case:
+        unknown = set(args.case) - {c.key for c in cases}
+        if unknown:
+            parser.error(f"unknown case {sorted(unknown)}; the cases are {[c.key for c in cases]}")
+        cases = [c for c in cases if c.key in args.case]
     t0 = perf()
     measure(cases, rounds)
     elapsed = perf() - t0
