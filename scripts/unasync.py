@@ -20,7 +20,11 @@ from pathlib import Path
 ENGINE = Path(__file__).resolve().parent.parent / "src" / "pyper" / "_engine"
 
 #: source -> generated
-FILES = {"_async_loops.py": "_sync_loops.py", "_async_caller.py": "_sync_caller.py"}
+FILES = {
+    "_async_loops.py": "_sync_loops.py",
+    "_async_caller.py": "_sync_caller.py",
+    "_async_calls.py": "_sync_calls.py",
+}
 
 #: whole-word replacements, applied after async/await are dropped
 NAMES = {
@@ -40,6 +44,9 @@ NAMES = {
     "asettle": "settle",
     "_async_loops": "_sync_loops",
     "_async_caller": "_sync_caller",
+    "_async_calls": "_sync_calls",
+    "AsyncExitStack": "ExitStack",
+    "__aexit__": "__exit__",
 }
 
 _DIRECTIVE = re.compile(r"^(\s*)(.*?)\s+# sync: (.*)$")

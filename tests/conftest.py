@@ -75,6 +75,12 @@ def engine_idle_threads() -> frozenset[threading.Thread]:
     return idle_threads()
 
 
+def live_resources() -> list[str]:
+    """The tasks whose ``setup=`` resources (in this process) were made and not exited."""
+    module = sys.modules.get("pyper._policy")
+    return module.live_resources() if module is not None else []
+
+
 def engine_idle_processes() -> list[Any]:
     """Worker processes the engine keeps warm for reuse (none before a process stage ran)."""
     module = sys.modules.get("pyper._engine._process")
@@ -203,6 +209,9 @@ def leaks() -> Iterator[Leaks]:
     problems = []
     if left:
         problems.append(f"left behind after {LEAK_GRACE_S} s: {describe(left)}")
+    live = live_resources()
+    if live:
+        problems.append(f"setup= resources not exited, of tasks {live}")
     if signal.getsignal(signal.SIGINT) is not sigint_before:
         problems.append(f"SIGINT handler changed: {signal.getsignal(signal.SIGINT)!r}")
     if problems:

@@ -1202,8 +1202,8 @@ def test_an_unknown_option_names_the_task_and_the_closest_valid_one() -> None:
         task(fetch, worker=2)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match=r"task '\S*fetch': unknown options 'throtle' \(did you mean 'throttle'\?\), 'colour';"):
         task(fetch, throtle=2, colour=1)  # type: ignore[call-overload]
-    with pytest.raises(TypeError, match=r"task\(\): unknown option 'retries'; the options are"):
-        task(retries=3)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"task\(\): unknown option 'retires' \(did you mean 'retries'\?\); the options are"):
+        task(retires=3)  # type: ignore[call-overload]
 
 
 def _callables() -> list[object]:

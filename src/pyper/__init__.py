@@ -4,14 +4,16 @@
     run = task(produce) | task(fetch, workers=20) | task(parse) > save
 
 The public names are re-exported here from private modules: ``_task`` (``task``),
-``_pipeline`` (``Pipeline``, ``AsyncPipeline``) and ``_errors``.
+``_pipeline`` (``Pipeline``, ``AsyncPipeline``), ``_policy`` (``Emit``, for ``on_error``
+handlers) and ``_errors``.
 """
 
-from ._errors import PipelineSetupError
+from ._errors import PipelineSetupError, WorkerProcessDied
 from ._pipeline import AsyncPipeline, Pipeline
+from ._policy import Emit
 from ._task import task
 
 #: The version of the distribution ``python-pyper`` (kept equal to pyproject.toml's by a test).
 __version__ = "0.5.0"
 
-__all__ = ["AsyncPipeline", "Pipeline", "PipelineSetupError", "task", "__version__"]
+__all__ = ["AsyncPipeline", "Emit", "Pipeline", "PipelineSetupError", "WorkerProcessDied", "task", "__version__"]

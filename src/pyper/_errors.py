@@ -27,6 +27,7 @@ __all__ = [
     "add_note",
     "attach",
     "safe_str",
+    "short_repr",
 ]
 
 
@@ -73,6 +74,26 @@ def safe_str(exc: BaseException) -> str:
         text = "<str() failed>"
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+#: How much of an item an error message shows.
+ITEM_REPR_CHARS = 120
+
+
+def short_repr(item: object) -> str:
+    """``repr(item)`` cut to ``ITEM_REPR_CHARS`` (nested containers and long strings are
+    shortened by ``reprlib``), even for an object whose ``__repr__`` raises."""
+    import reprlib  # only when an error needs it
+
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = ITEM_REPR_CHARS
+    try:
+        text = shortener.repr(item)
+    except Exception:
+        text = f"<{type(item).__name__} object (repr() failed)>"
+    if len(text) > ITEM_REPR_CHARS:
+        text = text[: ITEM_REPR_CHARS - 3] + "..."
+    return text
 
 
 def add_note(exc: BaseException, note: str) -> None:

@@ -13,9 +13,29 @@ import sys
 from types import BuiltinFunctionType, FunctionType, MethodType
 from typing import Any, Callable, Literal, NamedTuple
 
-__all__ = ["Kind", "Task", "check_bool", "check_int", "classify", "describe"]
+__all__ = ["Kind", "Policy", "Task", "no_policy", "check_bool", "check_int", "classify", "describe"]
 
 Kind = Literal["sync", "coro", "agen"]
+
+
+class Policy(NamedTuple):
+    """A task's per-call options, validated (``no_policy`` when none is set)."""
+
+    setup: Callable[[], Any] | None = None
+    setup_async: bool = False  # setup is an async function (an async task's only)
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    backoff: float | Callable[[int], float] = 0.1
+    on_error: str | Callable[[Any, Exception], Any] = "raise"
+    unpack: bool = False
+
+    @property
+    def any(self) -> bool:
+        """Whether any option is set (if not, the worker calls the function as it is)."""
+        return self != no_policy
+
+
+no_policy = Policy()
 
 
 class Task(NamedTuple):
@@ -40,6 +60,7 @@ class Task(NamedTuple):
     multiprocess: bool
     daemon: bool
     pipeline: bool = False  # ``func`` runs a nested pipeline: each call returns its output stream
+    policy: Policy = no_policy  # setup=, retries=, on_error=, unpack= (see ``_policy``)
 
     @property
     def is_async(self) -> bool:

@@ -15,7 +15,8 @@ from typing import Any, Callable, Literal, Unpack, overload
 from ._errors import PipelineSetupError
 from ._pickling import dumps, have_cloudpickle
 from ._pipeline import AsyncPipeline, Pipeline
-from ._spec import Kind, Task, check_bool, check_int, classify, describe
+from ._policy import OnError, check_policy
+from ._spec import Kind, Task, check_bool, check_int, classify, describe, no_policy
 from ._typing import (
     _AIt,
     _Bound,
@@ -50,6 +51,12 @@ def make_task(
     bind: object,
     multiprocess: object,
     daemon: object,
+    setup: object = None,
+    retries: object = 0,
+    retry_on: object = Exception,
+    backoff: object = 0.1,
+    on_error: object = "raise",
+    unpack: object = False,
 ) -> Task:
     """Validate ``task(func, ...)``'s options and classify ``func``: the task's data."""
     if not callable(func):
@@ -88,8 +95,15 @@ def make_task(
         args, kwargs = bind
         func = functools.partial(func, *args, **kwargs)
 
+    policy = check_policy(
+        name, kind, join=join, pipeline=pipeline, setup=setup, retries=retries,
+        retry_on=retry_on, backoff=backoff, on_error=on_error, unpack=unpack,
+    )
     if multiprocess:
         _check_process_task(name, func, kind, pipeline)
+        for option, value in (("setup", setup), ("on_error", on_error), ("backoff", backoff)):
+            if callable(value):
+                _check_sendable(name, f"{option}=", value)
         if join and workers > 1:
             raise PipelineSetupError(
                 f"task {name!r}: join=True with multiprocess=True runs one join call in one "
@@ -118,6 +132,7 @@ def make_task(
         multiprocess=multiprocess,
         daemon=daemon,
         pipeline=pipeline,
+        policy=policy if policy.any else no_policy,
     )
 
 
@@ -127,6 +142,12 @@ def _check_process_task(name: str, func: object, kind: Kind, pipeline: bool) -> 
             f"task {name!r}: an async function or a pipeline cannot run in a process; "
             "drop multiprocess=True or give it a synchronous function"
         )
+    _check_sendable(name, "the function (and what bind= binds to it)", func)
+
+
+def _check_sendable(name: str, what: str, func: object) -> None:
+    """``func`` goes to the worker processes: it must pickle (a ``RuntimeError``, as the
+    original Pyper raised, if not)."""
     try:
         dumps(func)
     except Exception as exc:
@@ -136,8 +157,8 @@ def _check_process_task(name: str, func: object, kind: Kind, pipeline: bool) -> 
             "lambdas, closures and decorated functions by value"
         )
         raise PipelineSetupError(
-            f"task {name!r}: multiprocess=True sends the function (and what bind= binds to it) "
-            f"to worker processes, but it cannot be pickled ({type(exc).__name__}: {exc}). Define it at the top level of "
+            f"task {name!r}: multiprocess=True sends {what} to worker processes, but it "
+            f"cannot be pickled ({type(exc).__name__}: {exc}). Define it at the top level of "
             "a module (not a lambda, a nested function, a closure or a function decorated "
             f"with @task) and bind arguments with bind=task.bind(...){how}"
         ) from None
@@ -426,6 +447,12 @@ class _TaskFactory:
         bind: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
         multiprocess: bool = False,
         daemon: bool = False,
+        setup: Callable[[], Any] | None = None,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        backoff: float | Callable[[int], float] = 0.1,
+        on_error: OnError = "raise",
+        unpack: bool = False,
         **unknown: Any,
     ) -> Any:
         if unknown:
@@ -440,6 +467,12 @@ class _TaskFactory:
             bind=bind,
             multiprocess=multiprocess,
             daemon=daemon,
+            setup=setup,
+            retries=retries,
+            retry_on=retry_on,
+            backoff=backoff,
+            on_error=on_error,
+            unpack=unpack,
         )
         if func is None:
             return lambda f: self(f, **options)  # type: ignore[call-overload]
@@ -467,7 +500,8 @@ def _unknown_options(func: object, unknown: dict[str, Any]) -> TypeError:
     import difflib
 
     valid = ["workers", "concurrency", "branch", "join", "throttle", "ordered", "bind",
-             "multiprocess", "daemon"]
+             "multiprocess", "daemon", "setup", "retries", "retry_on", "backoff", "on_error",
+             "unpack"]
     where = f"task {describe(func)!r}" if callable(func) else "task()"
     parts = []
     for name in unknown:

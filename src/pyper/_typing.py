@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, ParamSpec, Protocol, TypeAlias,
 
 if TYPE_CHECKING:
     from ._pipeline import AsyncPipeline, Pipeline
+    from ._policy import OnError
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -32,6 +33,12 @@ class _Options(TypedDict, total=False):
     ordered: bool
     multiprocess: bool
     daemon: bool
+    setup: Callable[[], Any] | None
+    retries: int
+    retry_on: type[BaseException] | tuple[type[BaseException], ...]
+    backoff: float | Callable[[int], float]
+    on_error: OnError
+    unpack: bool
 
 
 # -- What the decorator form @task(...) returns: per branch=/join= --------------------------

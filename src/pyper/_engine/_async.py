@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 
+from ._async_calls import run_worker
 from ._async_loops import work
-from ._run import Run, Stage, Worker
+from ._run import Run, Stage, Worker, log
 
 __all__ = ["start"]
 
@@ -36,7 +37,11 @@ async def _main(run: Run, stage: Stage) -> None:
     worker = Worker(run, stage)
     error: BaseException | None = None
     try:
-        await work(worker)
+        if stage.task.policy.any:
+            args = run.args if stage.take_args else None
+            await run_worker(worker, work, args, run.kwargs, asyncio.sleep, log)
+        else:
+            await work(worker)
     except asyncio.CancelledError as exc:
         this = asyncio.current_task()
         if run.cancelled or (this is not None and this.cancelling()):

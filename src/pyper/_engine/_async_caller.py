@@ -27,7 +27,8 @@ __all__ = ["iterate"]
 
 async def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
     first = tasks[0]
-    inline = not first.branch and first.kind != "sync"  # sync: inline = not first.branch
+    # Inline: the first call runs here, when it is one plain call (no per-call options).
+    inline = not first.branch and first.kind != "sync" and not first.policy.any  # sync: inline = not first.branch and not first.policy.any
     if inline and len(tasks) == 1:
         yield await acall_inline(first, args, kwargs, None)
         return

@@ -30,7 +30,7 @@ from time import perf_counter
 from typing import Any
 
 from ._bridge import aiter_result
-from ._run import Worker, adapt
+from ._run import NO_ITEM, Worker, adapt
 
 __all__ = ["pour", "work"]
 
@@ -40,7 +40,7 @@ async def work(worker: Worker) -> None:
     task = worker.stage.task
     if task.join:
         await _join(worker)
-    elif task.branch:
+    elif worker.stage.branch:
         await _branch(worker)
     else:
         await _map(worker)
@@ -56,24 +56,29 @@ def _flusher(worker: Worker) -> Callable[[bool], Awaitable[None]]:
 
 async def _map(worker: Worker) -> None:
     stage = worker.stage
-    inp, call = stage.inp, stage.call
+    inp, call = stage.inp, worker.call
     get = inp.aget_seq if worker.ordered else inp.aget
     receivers, idle, append = stage.out.getters, worker.idle, worker.box.append
     flush = _flusher(worker)
     limit = min(stage.take, stage.emit)
     n = 1
-    while (items := worker.begin(await get(n))) is not None:
-        started = perf_counter()
-        for x in items:
-            if idle:
-                inp.wake_idle(items)
-            append(await call(x))
-            if receivers:
-                await flush(False)
-        elapsed = perf_counter() - started
-        await flush(True)
-        inp.pace(worker.size, elapsed)
-        n = adapt(n, worker.size, elapsed, limit)
+    x: Any = NO_ITEM
+    try:
+        while (items := worker.begin(await get(n))) is not None:
+            started = perf_counter()
+            for x in items:
+                if idle:
+                    inp.wake_idle(items)
+                append(await call(x))
+                if receivers:
+                    await flush(False)
+            elapsed = perf_counter() - started
+            await flush(True)
+            inp.pace(worker.size, elapsed)
+            n = adapt(n, worker.size, elapsed, limit)
+    except Exception:
+        worker.failed_on(x)  # free until something raises: no per-item bookkeeping
+        raise
 
 
 async def pour(
@@ -116,23 +121,28 @@ async def pour(
 
 async def _branch(worker: Worker) -> None:
     stage, run = worker.stage, worker.run
-    inp, call, task = stage.inp, stage.call, stage.task
+    inp, call, task = stage.inp, worker.call, stage.task
     get = inp.aget_seq if worker.ordered else inp.aget
     receivers, idle = stage.out.getters, worker.idle
     flush = _flusher(worker)
     early = partial(flush, False)
     n = m = 1
-    while (items := worker.begin(await get(n))) is not None:
-        started = perf_counter()
-        for x in items:
-            if idle:
-                inp.wake_idle(items)
-            result = await call(x)
-            m = await pour(aiter_result(task, result, run), worker.box, m, stage.emit, early, receivers)
-        await flush(True)
-        elapsed = perf_counter() - started
-        inp.pace(worker.size, elapsed)
-        n = adapt(n, worker.size, elapsed, stage.take)
+    x: Any = NO_ITEM
+    try:
+        while (items := worker.begin(await get(n))) is not None:
+            started = perf_counter()
+            for x in items:
+                if idle:
+                    inp.wake_idle(items)
+                result = await call(x)
+                m = await pour(aiter_result(task, result, run), worker.box, m, stage.emit, early, receivers)
+            await flush(True)
+            elapsed = perf_counter() - started
+            inp.pace(worker.size, elapsed)
+            n = adapt(n, worker.size, elapsed, stage.take)
+    except Exception:
+        worker.failed_on(x)
+        raise
 
 
 async def _join(worker: Worker) -> None:
@@ -154,7 +164,7 @@ async def _join(worker: Worker) -> None:
 
     inputs = stream()
     try:
-        result = await stage.call(inputs)
+        result = await worker.call(inputs)
         if task.branch:  # a generator reads its inputs as it is iterated
             flush = partial(out.aflush, box, False)
             await pour(aiter_result(task, result, run), box, 1, stage.emit, flush, out.getters)

@@ -17,8 +17,9 @@ pipes; every message is a pickled tuple:
     child -> parent   ("out", outputs, done)   outputs; done: the batch is finished
                       ("need", outputs)        the join call wants more input (outputs:
                                                what it yielded meanwhile)
-                      ("error", exc, text)     the call raised (exc pickled, or None
-                                               when it cannot be), with its traceback
+                      ("error", exc, text, item)  the call raised (exc pickled, or None
+                                               when it cannot be), with its traceback and
+                                               a short repr of the item (or None)
 
 The child always sends one message and then waits for one: the parent's relay
 is the only other party, so neither side ever has to buffer what the other sent.
@@ -40,6 +41,8 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from functools import partial
 from itertools import islice
 from multiprocessing.connection import Connection
 from typing import Any
@@ -47,6 +50,7 @@ from typing import Any
 __all__ = ["main"]
 
 _DUMP = pickle.HIGHEST_PROTOCOL
+_NO_ITEM: Any = object()  # no input in hand
 
 
 def _watch(lifeline: Connection) -> None:
@@ -71,8 +75,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def _outputs(call: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
+def _outputs(call: Callable[[Any], Any], items: list[Any], current: list[Any]) -> Iterator[Any]:
+    """The fanned-out results of the calls on ``items``; ``current[0]`` is the item in hand."""
     for x in items:
+        current[0] = x
         result = call(x)
         try:
             outputs = iter(result)
@@ -101,15 +107,41 @@ def main(
         _die_with_parent()
     threading.Thread(target=_watch, args=(lifeline,), name="pyper:lifeline", daemon=True).start()
     try:
-        func, args, kwargs, name = pickle.loads(payload)
+        task, args, kwargs = pickle.loads(payload)
     except BaseException as exc:  # every request gets this error: the parent raises it
-        _refuse(inbox, outbox, exc)
+        _refuse(inbox, outbox, _unloadable(exc), [])
         return
-    if args is not None:  # the first task: called once, with the pipeline's arguments
-        call: Callable[[Any], Any] = lambda _: func(*args, **kwargs)
-    else:
-        call = func
+    notes: list[tuple[int, str]] = []  # log records for the parent, sent with the next reply
+    stack = ExitStack()  # the worker's resource (setup=), exited when the child stops
+    try:
+        if task.policy.any:
+            from ._sync_calls import open_call
+
+            wait = partial(_backoff, inbox)
+            call = open_call(task, args, kwargs, stack, wait, lambda *note: notes.append(note))
+        elif args is not None:  # the first task: called once, with the pipeline's arguments
+            func = task.func
+            call = lambda _: func(*args, **kwargs)
+        else:
+            call = task.func
+    except BaseException as exc:
+        _refuse(inbox, outbox, exc, notes)
+        return
+    try:
+        _serve(call, args is not None, inbox, outbox, stack, notes)
+    except _Stop:
+        pass
+    finally:
+        stack.close()
+
+
+def _serve(
+    call: Callable[[Any], Any], first: bool, inbox: Connection, outbox: Connection,
+    stack: ExitStack, notes: list[tuple[int, str]],
+) -> None:
+    """Answer the parent's requests until it says stop or goes."""
     stream: Iterator[Any] = iter(())
+    current: list[Any] = [_NO_ITEM]  # the input in hand, named when its call raises
     while True:
         try:
             message = pickle.loads(inbox.recv_bytes())
@@ -120,41 +152,64 @@ def main(
             return
         try:
             if kind == "join":
-                _join(call, message[1], message[2], inbox, outbox)
+                _join(call, message[1], message[2], inbox, outbox, notes)
                 continue
-            if kind == "map":
-                reply: tuple[Any, ...] = ("out", [call(x) for x in message[1]], True)
+            if kind == "teardown":
+                stack.close()
+                reply: tuple[Any, ...] = ("out", [], True)
+            elif kind == "map":
+                outputs: list[Any] = []
+                append = outputs.append
+                for x in message[1]:
+                    current[0] = x
+                    append(call(x))
+                reply = ("out", outputs, True)
             else:
                 if kind == "branch":
                     close = getattr(stream, "close", None)
                     if close is not None:  # a stream a stopped run left half read
                         close()
-                    stream, n = _outputs(call, message[1]), message[2]
+                    stream, n = _outputs(call, message[1], current), message[2]
                 else:
                     n = message[1]
                 chunk = list(islice(stream, n))
                 reply = ("out", chunk, len(chunk) < n)
-            data = _dumps(reply)
+            held, current[0] = current[0], _NO_ITEM  # what fails here is not a call
+            data = _dumps(reply, notes)
+            current[0] = held  # a branching item's stream goes on at the next pull
+        except _Stop:
+            raise
         except BaseException as exc:
             stream = iter(())
-            data = _error(exc)
+            data = _error(exc, _NO_ITEM if first else current[0], notes)
+            current[0] = _NO_ITEM
         try:
             outbox.send_bytes(data)
         except (BrokenPipeError, OSError):
             return
 
 
+def _backoff(inbox: Connection, seconds: float) -> None:
+    """A retry's wait; the parent sends nothing while a request runs but ``stop``, so
+    any message ends it at once."""
+    if inbox.poll(seconds):
+        raise _Stop
+
+
 class _Stop(BaseException):
     """The parent asked the child to exit in the middle of a join call."""
 
 
-def _join(call: Callable[[Any], Any], n: int, branch: bool, inbox: Connection, outbox: Connection) -> None:
+def _join(
+    call: Callable[[Any], Any], n: int, branch: bool, inbox: Connection, outbox: Connection,
+    notes: list[tuple[int, str]],
+) -> None:
     """Run a join call to its end: its inputs come from the parent on request, its
     outputs go back ``n`` at a time (or all that are ready when it needs input)."""
     pending: list[Any] = []
 
     def exchange(message: tuple[Any, ...]) -> tuple[Any, ...]:
-        data = _dumps(message)
+        data = _dumps(message, notes)
         try:
             outbox.send_bytes(data)
             reply: tuple[Any, ...] = pickle.loads(inbox.recv_bytes())
@@ -174,34 +229,38 @@ def _join(call: Callable[[Any], Any], n: int, branch: bool, inbox: Connection, o
 
     try:
         result = call(inputs())
-        outputs = _outputs(lambda x: x, [result]) if branch else iter([result])
+        outputs = _outputs(lambda x: x, [result], [None]) if branch else iter([result])
         for item in outputs:
             pending.append(item)
             if len(pending) >= n:
                 reply = exchange(("out", pending[:], False))
                 pending.clear()
                 n = reply[1]
-        data = _dumps(("out", pending, True))
+        data = _dumps(("out", pending, True), notes)
     except _Stop:
         os._exit(0)  # the parent has gone or stops this worker: nothing to tell it
     except BaseException as exc:
-        data = _error(exc)
+        data = _error(exc, _NO_ITEM, notes)
     try:
         outbox.send_bytes(data)
     except (BrokenPipeError, OSError):
         os._exit(0)
 
 
-def _refuse(inbox: Connection, outbox: Connection, exc: BaseException) -> None:
-    """The function could not be loaded here: say why, to every request."""
-    error = RuntimeError(
+def _unloadable(exc: BaseException) -> RuntimeError:
+    return RuntimeError(
         "the worker process could not load the task's function "
         f"({type(exc).__name__}: {exc}). Under the forkserver and spawn start methods a "
         "worker imports the function by its module and name: define it at the top level of "
         "an importable module (in a script, keep the pipeline's work under "
         "`if __name__ == '__main__':`)"
     )
-    data = _error(error)
+
+
+def _refuse(inbox: Connection, outbox: Connection, error: BaseException, notes: list[tuple[int, str]]) -> None:
+    """The worker cannot serve (its function did not load, its setup raised): say why,
+    to every request."""
+    data = _error(error, _NO_ITEM, notes)
     while True:
         try:
             message = pickle.loads(inbox.recv_bytes())
@@ -212,20 +271,28 @@ def _refuse(inbox: Connection, outbox: Connection, exc: BaseException) -> None:
             return
 
 
-def _dumps(reply: tuple[Any, ...]) -> bytes:
+def _dumps(reply: tuple[Any, ...], notes: list[tuple[int, str]]) -> bytes:
+    """The reply, with the log records made since the last one (then forgotten)."""
     try:
-        return pickle.dumps(reply, _DUMP)
+        data = pickle.dumps((*reply, notes[:] if notes else ()), _DUMP)
     except Exception as exc:
         kinds = sorted({type(x).__name__ for x in reply[1]})
         raise TypeError(
             f"an output of type {', '.join(kinds)} cannot be pickled to return it from the "
             f"worker process ({type(exc).__name__}: {exc}); return picklable values"
         ) from exc
+    notes.clear()
+    return data
 
 
-def _error(exc: BaseException) -> bytes:
+def _error(exc: BaseException, item: Any, notes: list[tuple[int, str]]) -> bytes:
+    """The reply for ``exc``, raised by the call on ``item`` (shortened: the parent names it)."""
+    from .._errors import short_repr
+
     text = "".join(traceback.format_exception(exc))
+    shown = None if item is _NO_ITEM else short_repr(item)
+    kept, notes[:] = notes[:], []
     try:
-        return pickle.dumps(("error", exc, text), _DUMP)
+        return pickle.dumps(("error", exc, text, shown, kept), _DUMP)
     except Exception:  # an exception that does not pickle: its type and text still go back
-        return pickle.dumps(("error", None, text), _DUMP)
+        return pickle.dumps(("error", None, text, shown, kept), _DUMP)

@@ -40,14 +40,16 @@ from multiprocessing.connection import wait
 from time import perf_counter
 from typing import Any
 
-from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied
+from .._errors import Broken, Cancelled, RemoteTraceback, WorkerProcessDied, attach
 from .._pickling import dumps
 from .._spec import Task
 from . import _child, _thread, _threads
-from ._run import Run, Stage, Worker, adapt
+from ._run import Run, Stage, Worker, adapt, log
 
 __all__ = ["start"]
 
+#: How long a child may take to exit its worker's resource (``setup=``) at the end of a run.
+TEARDOWN_SECONDS = 5.0
 #: How long a child may take to exit after ``("stop",)`` before it is terminated.
 GRACE_SECONDS = 0.2
 #: Batches grow while calls are cheap, but not past this many pickled bytes each way
@@ -89,7 +91,7 @@ def _payload(run: Run, stage: Stage) -> bytes:
     task = stage.task
     first = stage is run.stages[0]
     try:
-        return dumps((task.func, run.args if first else None, run.kwargs if first else None, task.name))
+        return dumps((task, run.args if first else None, run.kwargs if first else None))
     except Exception as exc:  # the function was checked at task(...): the call's arguments
         raise TypeError(
             f"task {task.name!r} runs in a process (multiprocess=True), but the pipeline's "
@@ -178,7 +180,9 @@ class _Child:
         self.payload = payload
         self.busy = False  # a request was sent and its reply not yet read (owned by the relay)
         self.received = 0  # the size of the last reply, in bytes (owned by the relay)
+        self.failed_on: str | None = None  # the item of the last error reply, shortened
         self.joining = False  # a join call is under way (owned by the relay)
+        self.keep = True  # fit for a warm pool: not once its resource (setup=) was exited
         to_child_r, self.to_child = ctx.Pipe(duplex=False)
         self.from_child, from_child_w = ctx.Pipe(duplex=False)
         lifeline_r, self.lifeline = ctx.Pipe(duplex=False)  # closes when this process dies
@@ -254,11 +258,14 @@ class _Child:
                 self._raise_died()
             self.received = len(data)
             reply: tuple[Any, ...] = pickle.loads(data)
+            if reply[-1]:  # log records made in the child (a retry, a skipped item)
+                for level, message in reply[-1]:
+                    log(level, message)
             if reply[0] == "error" or (reply[0] == "out" and reply[2]):
                 self.joining = False
             self.busy = self.joining  # a join call stopped halfway cannot serve another run
             if reply[0] == "error":
-                _, exc, text = reply
+                _, exc, text, self.failed_on, _ = reply
                 if exc is None:
                     exc = RuntimeError(f"task {self.task.name!r} raised in its worker process:\n{text}")
                 exc.__cause__ = RemoteTraceback(text)
@@ -300,6 +307,32 @@ class _Child:
     def reusable_for(self, task: Task, payload: bytes) -> bool:
         return self.func is task.func and self.payload == payload and self.process.is_alive()
 
+    def teardown(self) -> None:
+        """Have the child exit its worker's resource (``setup=``) now, while this run can
+        still raise what that raises; it then serves no other run."""
+        self.keep = False
+        if self.busy or self.process.exitcode is not None:
+            return  # in a call, or gone: the resource goes with the process
+        try:
+            self.to_child.send_bytes(pickle.dumps(("teardown",)))
+        except (BrokenPipeError, OSError):
+            return
+        if not self.from_child.poll(TEARDOWN_SECONDS):
+            return  # closed (terminated) by close() next
+        try:
+            reply: tuple[Any, ...] = pickle.loads(self.from_child.recv_bytes())
+        except (EOFError, OSError):
+            return
+        for level, message in reply[-1]:
+            log(level, message)
+        if reply[0] == "error":
+            _, exc, text, _, _ = reply
+            if exc is None:
+                exc = RuntimeError(f"the setup resource of task {self.task.name!r} raised as it "
+                                   f"was exited, in its worker process:\n{text}")
+            exc.__cause__ = RemoteTraceback(text)
+            raise exc
+
     def settle(self) -> bool:
         """After a run: whether this child is idle and clean, fit to be kept warm."""
         with self._lock:
@@ -309,7 +342,7 @@ class _Child:
                 pass
         except BlockingIOError:
             pass
-        return not self.busy and self.process.is_alive()
+        return self.keep and not self.busy and self.process.is_alive()
 
     def close(self) -> None:
         """Stop the child (ask, then terminate, then kill), join it, close every pipe."""
@@ -428,7 +461,17 @@ def _relay(payload: bytes, ready: dict[int, _Child], run: Run, stage: Stage, ind
         _work(worker, child)
     except BaseException as exc:
         error = exc
+        if child is not None:
+            worker.item = child.failed_on
     finally:
+        if child is not None and stage.task.policy.setup is not None:
+            try:
+                child.teardown()
+            except BaseException as exc:  # the resource's exit raised
+                if error is None or isinstance(error, (Cancelled, Broken)):
+                    error = exc
+                else:
+                    attach(error, [exc])
         if child is not None:
             run.off_cancel(hook)
             try:
@@ -450,7 +493,7 @@ def _work(worker: Worker, child: _Child) -> None:
         flush: Callable[[bool], None] = lambda last: out.flush_seq(worker.seq, box, last)
     else:
         flush = lambda last: out.flush(box, last)
-    branch = stage.task.branch
+    branch = stage.branch
     limit = min(stage.take, stage.emit)
     n = m = 1
     while (items := worker.begin(get(n))) is not None:
@@ -460,7 +503,7 @@ def _work(worker: Worker, child: _Child) -> None:
             sent = child.send(("branch", batch, m))
             while True:
                 chunk_started = perf_counter()
-                _, outputs, done = child.receive()
+                _, outputs, done, _ = child.receive()
                 box.extend(outputs)
                 flush(False)  # blocks while downstream is full: the child waits for the pull
                 if done:

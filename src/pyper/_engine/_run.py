@@ -46,14 +46,17 @@ from collections.abc import Iterator, Sized
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._channel import MAX_CAPACITY, PACE_SECONDS, Channel
-from .._errors import Broken, Cancelled, add_note, attach
+from .._errors import Broken, Cancelled, add_note, attach, short_repr
 from .._spec import Task
 from . import _threads
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["Run", "Stage", "Worker", "adapt", "current_run"]
+__all__ = ["NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "log"]
+
+#: No item in hand: the loop had not started its first call when it stopped.
+NO_ITEM: Any = type("NoItem", (), {"__repr__": lambda self: "NO_ITEM", "__slots__": ()})()
 
 
 def _log_error(message: str, *args: object, exc_info: BaseException) -> None:
@@ -61,6 +64,13 @@ def _log_error(message: str, *args: object, exc_info: BaseException) -> None:
     import logging
 
     logging.getLogger("pyper").error(message, *args, exc_info=exc_info)
+
+
+def log(level: int, message: str) -> None:
+    """A record on the ``pyper`` logger (a skipped item, a retry)."""
+    import logging
+
+    logging.getLogger("pyper").log(level, message)
 
 
 #: Items an edge holds at first when the user set no throttle, per receiving worker; then
@@ -139,16 +149,20 @@ os.register_at_fork(after_in_child=_forget_runs_in_child)
 class Stage:
     """One task in one run: its function, its two channels and its batch sizes."""
 
-    __slots__ = ("task", "call", "inp", "out", "take", "emit")
+    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch")
 
     def __init__(self, task: Task, call: Callable[[Any], Any], inp: Channel, out: Channel,
-                 take: int, emit: int) -> None:
+                 take: int, emit: int, take_args: bool = False) -> None:
         self.task = task
         self.call = call  # one item in; for the first task, applies the call's arguments
         self.inp = inp
         self.out = out
         self.take = take  # the most items a worker takes from ``inp`` at once
         self.emit = emit  # the most items a worker hands to ``out`` at once
+        self.take_args = take_args  # the first task: its one input is the pipeline's arguments
+        # Whether each call's result is a stream of outputs: with on_error, a failed item
+        # gives none (or Emit's one), so every call's outputs go as a stream.
+        self.branch = task.branch or (task.policy.on_error != "raise" and not task.join)
 
 
 def _edge(up: Task, down: Task | None) -> tuple[int, int]:
@@ -179,13 +193,18 @@ def _ordered(task: Task) -> bool:
     return task.ordered and task.workers > 1
 
 
-def stage_call(task: Task, args: tuple[Any, ...] | None, kwargs: dict[str, Any]) -> Callable[[Any], Any]:
-    """What a worker calls per item (``args`` given: the first task, called once with them).
+def stage_call(
+    task: Task, args: tuple[Any, ...] | None, kwargs: dict[str, Any],
+    func: Callable[..., Any] | None = None,
+) -> Callable[[Any], Any]:
+    """What a worker calls per item (``args`` given: the first task, called once with them):
+    ``func``, by default the task's function.
 
     For an async stage the result is always awaitable: an async generator function's
     call is wrapped, so the worker loops await every call.
     """
-    func = task.func
+    if func is None:
+        func = task.func
     if args is not None:
         if task.kind == "agen":
 
@@ -258,6 +277,7 @@ class Run:
                 out=self.channels[i],
                 take=limits[i - 1][1] if i else 1,
                 emit=limits[i][1],
+                take_args=i == 0,
             )
             for i, task in enumerate(tasks)
         ]
@@ -299,6 +319,17 @@ class Run:
                 self.hooks.remove(hook)
             except ValueError:
                 pass
+
+    def sleep(self, seconds: float) -> None:
+        """Wait in a thread (a retry's backoff): raises ``Cancelled`` as soon as the run is
+        cancelled, from any thread."""
+        woken = threading.Event()
+        self.on_cancel(woken.set)
+        try:
+            if woken.wait(seconds) or self.cancelled:
+                raise Cancelled
+        finally:
+            self.off_cancel(woken.set)
 
     def enter(self, task: object = None) -> None:
         """Called by a worker (or the inline first call) in its own context: pipelines
@@ -423,8 +454,9 @@ class Run:
 
     # -- errors ----------------------------------------------------------------
 
-    def fail(self, exc: BaseException, task: Task) -> None:
-        """A worker's call raised ``exc``: record it and cancel the run."""
+    def fail(self, exc: BaseException, task: Task, item: str | None = None) -> None:
+        """A worker's call raised ``exc`` (on the item ``item`` shows, if given): record
+        it and cancel the run."""
         late = False
         with self._lock:
             if self.error is None and not self.cancelled:
@@ -440,7 +472,8 @@ class Run:
                 self._others.append(exc)
                 note = True
         if note:
-            add_note(exc, f"pyper: raised in task {task.name!r}")
+            where = "" if item is None else f" on item {item}"
+            add_note(exc, f"pyper: raised in task {task.name!r}{where}")
         if late:
             _log_error("pyper: task %r raised after its pipeline had stopped", task.name, exc_info=exc)
         self.cancel()
@@ -518,6 +551,7 @@ class Worker:
 
     __slots__ = (
         "run", "stage", "ordered", "cursor", "claim", "box", "seq", "size", "idle", "shows", "shares",
+        "item", "call",
     )
 
     def __init__(self, run: Run, stage: Stage) -> None:
@@ -536,7 +570,16 @@ class Worker:
         self.idle: Sized = stage.inp.getters if self.shares else ()
         # A branching or joining call may leave outputs in the box while it computes the
         # next one, whatever the batch size; a map worker, only in a multi-item batch.
-        self.shows = task.branch or task.join
+        self.shows = stage.branch or task.join
+        self.item: str | None = None  # short repr of the input whose call raised, for its note
+        self.call = stage.call  # what the loops call per item (_async_calls: with the task's options)
+
+    def failed_on(self, item: Any) -> None:
+        """The loop stopped by an exception while ``item`` was the input in hand (or
+        ``NO_ITEM``): named in the error's note. The first task's one input is the
+        pipeline's arguments, not an item, so it is not named."""
+        if item is not NO_ITEM and not self.stage.take_args:
+            self.item = short_repr(item)
 
     def begin(self, got: Any) -> Iterator[Any] | None:
         """Start on what ``get``/``get_seq`` returned: an iterator over the batch,
@@ -567,7 +610,7 @@ class Worker:
             exc = RuntimeError(f"pyper: internal error: a worker of task {self.stage.task.name!r} "
                                "was stopped as cancelled while its run was not")
         if exc is not None and not isinstance(exc, (Cancelled, Broken)):
-            self.run.fail(exc, self.stage.task)
+            self.run.fail(exc, self.stage.task, self.item)
         self.cursor[0] = []
         if self.stage.task.join and exc is None:
             # A join function returned early: what it took but did not read is not its.

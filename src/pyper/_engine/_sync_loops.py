@@ -32,7 +32,7 @@ from time import perf_counter
 from typing import Any
 
 from ._bridge import iter_result
-from ._run import Worker, adapt
+from ._run import NO_ITEM, Worker, adapt
 
 __all__ = ["pour", "work"]
 
@@ -42,7 +42,7 @@ def work(worker: Worker) -> None:
     task = worker.stage.task
     if task.join:
         _join(worker)
-    elif task.branch:
+    elif worker.stage.branch:
         _branch(worker)
     else:
         _map(worker)
@@ -58,24 +58,29 @@ def _flusher(worker: Worker) -> Callable[[bool], None]:
 
 def _map(worker: Worker) -> None:
     stage = worker.stage
-    inp, call = stage.inp, stage.call
+    inp, call = stage.inp, worker.call
     get = inp.get_seq if worker.ordered else inp.get
     receivers, idle, append = stage.out.getters, worker.idle, worker.box.append
     flush = _flusher(worker)
     limit = min(stage.take, stage.emit)
     n = 1
-    while (items := worker.begin(get(n))) is not None:
-        started = perf_counter()
-        for x in items:
-            if idle:
-                inp.wake_idle(items)
-            append(call(x))
-            if receivers:
-                flush(False)
-        elapsed = perf_counter() - started
-        flush(True)
-        inp.pace(worker.size, elapsed)
-        n = adapt(n, worker.size, elapsed, limit)
+    x: Any = NO_ITEM
+    try:
+        while (items := worker.begin(get(n))) is not None:
+            started = perf_counter()
+            for x in items:
+                if idle:
+                    inp.wake_idle(items)
+                append(call(x))
+                if receivers:
+                    flush(False)
+            elapsed = perf_counter() - started
+            flush(True)
+            inp.pace(worker.size, elapsed)
+            n = adapt(n, worker.size, elapsed, limit)
+    except Exception:
+        worker.failed_on(x)  # free until something raises: no per-item bookkeeping
+        raise
 
 
 def pour(
@@ -116,23 +121,28 @@ def pour(
 
 def _branch(worker: Worker) -> None:
     stage, run = worker.stage, worker.run
-    inp, call, task = stage.inp, stage.call, stage.task
+    inp, call, task = stage.inp, worker.call, stage.task
     get = inp.get_seq if worker.ordered else inp.get
     receivers, idle = stage.out.getters, worker.idle
     flush = _flusher(worker)
     early = partial(flush, False)
     n = m = 1
-    while (items := worker.begin(get(n))) is not None:
-        started = perf_counter()
-        for x in items:
-            if idle:
-                inp.wake_idle(items)
-            result = call(x)
-            m = pour(iter_result(task, result, run), worker.box, m, stage.emit, early, receivers)
-        flush(True)
-        elapsed = perf_counter() - started
-        inp.pace(worker.size, elapsed)
-        n = adapt(n, worker.size, elapsed, stage.take)
+    x: Any = NO_ITEM
+    try:
+        while (items := worker.begin(get(n))) is not None:
+            started = perf_counter()
+            for x in items:
+                if idle:
+                    inp.wake_idle(items)
+                result = call(x)
+                m = pour(iter_result(task, result, run), worker.box, m, stage.emit, early, receivers)
+            flush(True)
+            elapsed = perf_counter() - started
+            inp.pace(worker.size, elapsed)
+            n = adapt(n, worker.size, elapsed, stage.take)
+    except Exception:
+        worker.failed_on(x)
+        raise
 
 
 def _join(worker: Worker) -> None:
@@ -154,7 +164,7 @@ def _join(worker: Worker) -> None:
 
     inputs = stream()
     try:
-        result = stage.call(inputs)
+        result = worker.call(inputs)
         if task.branch:  # a generator reads its inputs as it is iterated
             flush = partial(out.flush, box, False)
             pour(iter_result(task, result, run), box, 1, stage.emit, flush, out.getters)

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from functools import partial
 
 from . import _threads
-from ._run import Run, Stage, Worker
+from ._run import Run, Stage, Worker, log
+from ._sync_calls import run_worker
 from ._sync_loops import work
 
 __all__ = ["start"]
@@ -45,7 +46,10 @@ def _job(run: Run, stage: Stage, index: int) -> None:
     worker = Worker(run, stage)
     error: BaseException | None = None
     try:
-        work(worker)
+        if stage.task.policy.any:
+            run_worker(worker, work, run.args if stage.take_args else None, run.kwargs, run.sleep, log)
+        else:
+            work(worker)
     except BaseException as exc:
         error = exc
     finally:

@@ -1,0 +1,225 @@
+"""What a worker calls per item when its task sets per-call options (``setup=``,
+``retries=``, ``on_error=``, ``unpack=``): built once per worker, in the worker.
+
+``_async_calls.py`` is the source; ``_sync_calls.py`` (thread workers, and the loop of
+worker processes in ``_child``) is generated from it by ``scripts/unasync.py``.
+
+A task with none of these options never comes here: its workers call ``stage.call``
+as it is, so the options cost nothing on the per-item path of a task that does not
+set them. Otherwise ``run_worker`` wraps the worker's loop::
+
+    func      = the task's function, bound arguments applied
+    setup=    func(resource, ...)        the worker's own resource, made and entered here
+    unpack=   func(*item) / func(**item)
+    retries=  call again on retry_on, after a backoff wait (cancellable)
+    on_error= the outputs become a stream: (result,), or () for a dropped item,
+              or (value,) for Emit(value); so the stage runs as a branching one
+
+and exits the resource when the loop ends, on every path. Everything here runs in the
+worker's own thread, task or process, and owns what it makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable  # sync: from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any
+
+from .._errors import Broken, Cancelled, add_note, attach, safe_str, short_repr
+from .._policy import Emit, delay, forget, remember
+from .._spec import Task
+from ._bridge import aiter_result
+from ._run import stage_call
+
+__all__ = ["open_call", "run_worker"]
+
+#: ``logging`` levels, without importing ``logging`` into every worker process.
+INFO, WARNING = 20, 30
+
+#: ``log(level, message)``: a record on the ``pyper`` logger of the caller's process.
+Log = Callable[[int, str], None]
+
+
+async def run_worker(
+    worker: Any, loop: Callable[[Any], Awaitable[None]], args: tuple[Any, ...] | None,
+    kwargs: dict[str, Any], wait: Callable[[float], Awaitable[None]], log: Log,
+) -> None:
+    """Run ``loop(worker)`` with ``worker.call`` built from its task's options. The
+    resource is exited on every path; if that raises while the loop is raising, the
+    teardown's error is attached to the loop's (or, when the loop was only stopped by
+    the run, it is the worker's error)."""
+    stack = AsyncExitStack()
+    try:
+        worker.call = await open_call(worker.stage.task, args, kwargs, stack, wait, log)
+        await loop(worker)
+    except BaseException as exc:
+        try:
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+        except BaseException as teardown:
+            if teardown is exc:
+                raise
+            if isinstance(exc, (Cancelled, Broken)):
+                raise teardown from None  # the run is stopping: this is the worker's own error
+            attach(exc, [teardown])
+        raise
+    await stack.aclose()
+
+
+async def open_call(
+    task: Task, args: tuple[Any, ...] | None, kwargs: dict[str, Any], stack: AsyncExitStack,
+    wait: Callable[[float], Awaitable[None]], log: Log,
+) -> Callable[[Any], Any]:
+    """The worker's call (see the module's docstring); its resource is entered on ``stack``."""
+    policy = task.policy
+    func = task.func
+    if policy.setup is not None:
+        stack.callback(forget, remember(task.name))  # runs last, after the resource's exit
+        try:
+            resource = await _resource(policy.setup, policy.setup_async, stack)
+        except Exception as exc:
+            add_note(exc, f"pyper: raised by the setup of task {task.name!r}")
+            raise
+        func = _with_first(func, resource)
+    if policy.unpack and args is None:
+        func = partial(_unpacked, func)
+    call = stage_call(task, args, kwargs, func)
+    # How a log record names the input: the first task's one call takes the pipeline's arguments.
+    shown: Callable[[Any], str] = _the_call if args is not None else _the_item
+    if policy.retries:
+        call = _retrying(task, call, wait, log, shown)
+    if policy.on_error != "raise":
+        call = _guarded(task, call, log, shown)
+    return call
+
+
+def _the_item(x: Any) -> str:
+    return f"item {short_repr(x)}"
+
+
+def _the_call(x: Any) -> str:
+    return "its call"
+
+
+async def _resource(setup: Callable[[], Any], is_async: bool, stack: AsyncExitStack) -> Any:
+    """Make the worker's resource; a context manager is entered (and exited with ``stack``)."""
+    value = setup()
+    if is_async:  # sync: -
+        value = await value  # sync: -
+    if hasattr(value, "__aenter__"):  # sync: -
+        return await stack.enter_async_context(value)  # sync: -
+    if hasattr(value, "__enter__"):
+        return stack.enter_context(value)
+    return value
+
+
+def _with_first(func: Callable[..., Any], value: Any) -> Callable[..., Any]:
+    """``func`` with ``value`` as its first argument, before any bound ones."""
+    if isinstance(func, partial):
+        return partial(func.func, value, *func.args, **func.keywords)
+    return partial(func, value)
+
+
+def _unpacked(func: Callable[..., Any], item: Any) -> Any:
+    if isinstance(item, tuple):
+        return func(*item)
+    if isinstance(item, dict):
+        return func(**item)
+    return func(item)
+
+
+def _retrying(
+    task: Task, call: Callable[[Any], Any], wait: Callable[[float], Awaitable[None]], log: Log,
+    shown: Callable[[Any], str],
+) -> Callable[[Any], Any]:
+    policy, name = task.policy, task.name
+    retries, retry_on, backoff = policy.retries, policy.retry_on, policy.backoff
+    streams = task.branch and task.is_gen  # a generator: retried only until it first yields
+
+    async def attempts(x: Any) -> Any:
+        failures: list[BaseException] = []
+        while True:
+            try:
+                result = await call(x)
+                if streams:
+                    result = await _started(result)
+                return result
+            except retry_on as exc:
+                if isinstance(exc, (Cancelled, Broken)) or len(failures) == retries:
+                    for number, failure in enumerate(failures, 1):
+                        add_note(exc, f"pyper: attempt {number} of {retries + 1} raised {safe_str(failure)}")
+                    raise
+                failures.append(exc)
+                seconds = delay(backoff, len(failures))
+                log(INFO, f"pyper: task {name!r} retries {shown(x)} in {seconds:.3g} s "
+                          f"(attempt {len(failures)} of {retries + 1} raised {safe_str(exc)})")
+                await wait(seconds)
+
+    return attempts
+
+
+async def _started(result: Any) -> Any:
+    """A generator's outputs, its first one already made: a failure before it has
+    yielded anything is retried; once it has yielded, nothing is (no output twice)."""
+    items = result.__aiter__()
+    try:
+        first = await items.__anext__()
+    except StopAsyncIteration:
+        return ()
+    return _chained(first, items)
+
+
+async def _chained(first: Any, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    try:
+        yield first
+        async for item in items:
+            yield item
+    finally:
+        await _close(items)
+
+
+async def _close(items: Any) -> None:
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def _guarded(
+    task: Task, call: Callable[[Any], Any], log: Log, shown: Callable[[Any], str],
+) -> Callable[[Any], Any]:
+    """The call, with errors handled per item by ``on_error``; its outputs as a stream."""
+    handler, name, branch = task.policy.on_error, task.name, task.branch
+
+    async def handled(x: Any, exc: Exception) -> tuple[Any, ...]:
+        if handler == "skip":
+            log(WARNING, f"pyper: task {name!r} skipped {shown(x)} after {safe_str(exc)}")
+            return ()
+        assert callable(handler)
+        out = handler(x, exc)
+        if hasattr(out, "__await__"):  # sync: -
+            out = await out  # sync: -
+        return (out.value,) if isinstance(out, Emit) else ()
+
+    async def stream(x: Any, result: Any) -> AsyncIterator[Any]:
+        items = aiter_result(task, result, None)
+        try:
+            async for item in items:
+                yield item
+        except Exception as exc:
+            if isinstance(exc, (Cancelled, Broken)):
+                raise
+            for item in await handled(x, exc):
+                yield item
+        finally:
+            await _close(items)
+
+    async def guarded(x: Any) -> Any:
+        try:
+            result = await call(x)
+        except Exception as exc:
+            if isinstance(exc, (Cancelled, Broken)):
+                raise
+            return await handled(x, exc)
+        return stream(x, result) if branch else (result,)
+
+    return guarded

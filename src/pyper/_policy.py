@@ -1,0 +1,155 @@
+"""The per-call options of a task: ``setup=``, ``retries=`` (with ``retry_on=`` and
+``backoff=``), ``on_error=`` and ``unpack=``; validated here, once, at ``task(...)`` time.
+
+The engine applies them per worker (``_engine/_async_calls.py`` and its generated sync
+twin): a task that sets none of them runs exactly as before, with nothing added to its
+per-item path. This module is light on imports: worker processes load it too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, Literal, TypeVar
+
+from ._spec import Kind, Policy, classify, no_policy
+
+__all__ = ["MAX_BACKOFF", "Emit", "OnError", "check_policy", "delay", "forget", "live_resources", "remember"]
+
+_V = TypeVar("_V")
+
+#: The longest wait between two attempts that a numeric ``backoff`` grows to, in seconds.
+MAX_BACKOFF = 30.0
+
+
+class Emit(Generic[_V]):
+    """Returned by an ``on_error`` handler: emit ``value`` in place of the failed item's
+    output (the handler's other return values drop the item).
+
+        def fallback(item, exc):
+            return pyper.Emit({"id": item, "error": str(exc)})
+
+        task(fetch, on_error=fallback)
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: _V) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Emit({self.value!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Emit) and other.value == self.value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Emit, (self.value,)
+
+
+#: What ``on_error=`` takes: ``"raise"``, ``"skip"``, or a handler ``(item, exception)``.
+OnError = Literal["raise", "skip"] | Callable[[Any, Exception], Any]
+
+
+# Resources made by ``setup=`` in this process and not yet exited, by token: what a test
+# checks is empty once a run is over (worker processes' resources end with the process).
+# Guarded by _live_lock; touched once per worker, never per item.
+_live_lock = threading.Lock()
+_live: dict[int, str] = {}
+_tokens = itertools.count()
+
+
+def remember(task_name: str) -> int:
+    with _live_lock:
+        token = next(_tokens)
+        _live[token] = task_name
+    return token
+
+
+def forget(token: int) -> None:
+    with _live_lock:
+        _live.pop(token, None)
+
+
+def live_resources() -> list[str]:
+    """The tasks whose setup resources in this process are made and not yet exited."""
+    with _live_lock:
+        return list(_live.values())
+
+
+def delay(backoff: float | Callable[[int], float], attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1 for the first retry).
+
+    A number is the first wait, doubled at each further retry up to ``MAX_BACKOFF``, each
+    wait drawn between half and all of that ("equal jitter": retries of many workers
+    spread out instead of arriving together). A callable is given the attempt number and
+    returns the wait as it is.
+    """
+    if callable(backoff):
+        return max(0.0, float(backoff(attempt)))
+    if backoff <= 0:
+        return 0.0
+    ceiling: float = min(MAX_BACKOFF, backoff * 2.0 ** (attempt - 1))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+def check_policy(
+    name: str, kind: Kind, *, join: bool, pipeline: bool, setup: object, retries: object,
+    retry_on: object, backoff: object, on_error: object, unpack: object,
+) -> Policy:
+    """The validated options; a clear error naming the task and the fix otherwise."""
+    setup_async = False
+    if setup is not None:
+        if not callable(setup):
+            raise TypeError(f"task {name!r}: setup must be a function of no arguments that makes "
+                            f"the worker's resource, got {setup!r}")
+        if pipeline:
+            raise ValueError(f"task {name!r}: setup= applies to a function; give it to a task "
+                             "inside the nested pipeline instead")
+        setup_kind, _ = classify(setup)
+        if setup_kind == "agen":
+            raise TypeError(f"task {name!r}: setup must return the resource (or a context manager "
+                            "that gives it), not be an async generator")
+        setup_async = setup_kind == "coro"
+        if setup_async and kind == "sync":
+            raise TypeError(
+                f"task {name!r}: setup is an async function, but the task's function is "
+                "synchronous and runs in a thread or process: give it a synchronous setup, "
+                "or make the task's function async"
+            )
+
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise TypeError(f"task {name!r}: retries must be an int >= 0 (the retries after the "
+                        f"first attempt), got {retries!r}")
+    if isinstance(retry_on, type):
+        retry_on = (retry_on,)
+    if not (isinstance(retry_on, tuple) and retry_on
+            and all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on)):
+        raise TypeError(f"task {name!r}: retry_on must be an exception type or a tuple of them, "
+                        f"got {retry_on!r}")
+    if not callable(backoff) and (isinstance(backoff, bool) or not isinstance(backoff, (int, float))
+                                  or backoff < 0):
+        raise TypeError(f"task {name!r}: backoff must be a number of seconds >= 0 (the first "
+                        f"wait, doubled at each retry) or a function of the attempt, got {backoff!r}")
+
+    if not (on_error in ("raise", "skip") or callable(on_error)):
+        raise ValueError(f"task {name!r}: on_error must be 'raise', 'skip' or a function "
+                         f"(item, exception), got {on_error!r}")
+    if not isinstance(unpack, bool):
+        raise TypeError(f"task {name!r}: unpack must be True or False, got {unpack!r}")
+
+    policy = Policy(setup, setup_async, retries, retry_on, backoff, on_error, unpack)
+    if join and (retries or on_error != "raise" or unpack):
+        given = [o for o, v in (("retries", retries), ("on_error", on_error != "raise"),
+                                ("unpack", unpack)) if v]
+        raise ValueError(
+            f"task {name!r}: {', '.join(given)} act{'s' if len(given) == 1 else ''} on each "
+            "item's call, and a join task makes one call over the whole stream: handle "
+            "errors inside the join function, or drop join=True"
+        )
+    if (retry_on != (Exception,) or backoff != 0.1) and not retries:
+        raise ValueError(f"task {name!r}: retry_on= and backoff= shape retries: give retries=N "
+                         "(the retries after the first attempt) too")
+    return policy

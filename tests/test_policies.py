@@ -1,0 +1,544 @@
+"""Per-call options on every executor: setup=, retries= (retry_on=, backoff=), on_error=,
+unpack=, and the item named in errors (issue 8).
+
+Each behaviour runs on threads, asyncio tasks and worker processes. The functions are at
+module level so that worker processes can import them; what a process does is seen
+through files in a test's temporary directory (bound as the first argument) or through
+its outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import acollect, elapsed, run_async
+from pyper import AsyncPipeline, Emit, task
+
+EXECUTORS = ["thread", "async", "process"]
+
+
+class _Async:
+    """An async function that calls ``func``: the same test body on the async executor."""
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+        self.__qualname__ = func.__qualname__
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0)
+        return self.func(*args, **kwargs)
+
+
+def on(executor: str, func: Any, **options: Any) -> Any:
+    """``task(func, **options)`` running on ``executor``."""
+    if executor == "async":
+        return task(_Async(func), **options)
+    return task(func, multiprocess=executor == "process", **options)
+
+
+def run(pipeline: Any, *args: Any) -> list[Any]:
+    if isinstance(pipeline, AsyncPipeline):
+        return run_async(acollect(pipeline(*args)))
+    return list(pipeline(*args))
+
+
+def source(n: int) -> list[int]:
+    return list(range(n))
+
+
+def numbers() -> Any:
+    return task(source, branch=True)
+
+
+# --------------------------------------------------------------------------------------------
+# setup=: one resource per worker, a real sqlite3 connection, exited on every path
+
+
+class Db:
+    """A worker's sqlite3 connection; records its opening and closing in the database."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> Db:
+        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.token = f"{os.getpid()}-{id(self)}"
+        self.conn.execute("insert into workers(token, closed) values (?, 0)", (self.token,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.execute("update workers set closed = 1 where token = ?", (self.token,))
+        self.conn.close()
+
+
+def make_db(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("create table workers(token text, closed int)")
+    conn.execute("create table items(x int, token text)")
+    return conn
+
+
+def store(db: Db, x: int) -> int:
+    time.sleep(0.01)  # slow enough that every worker takes items
+    db.conn.execute("insert into items(x, token) values (?, ?)", (x, db.token))
+    return x
+
+
+def _db_setup(path: str) -> Any:
+    return _DbFactory(path)
+
+
+class _DbFactory:
+    """``setup=`` for a process stage must pickle: a module-level class holding the path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self) -> Db:
+        return Db(self.path)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_setup_makes_one_resource_per_worker_and_exits_it(executor: str, tmp_path: Path) -> None:
+    path = str(tmp_path / "db.sqlite")
+    conn = make_db(path)
+    p = numbers() | on(executor, store, workers=3, setup=_db_setup(path))
+    assert sorted(run(p, 40)) == list(range(40))
+    workers = conn.execute("select token, closed from workers").fetchall()
+    assert len(workers) == 3 and all(closed == 1 for _, closed in workers), workers
+    rows = conn.execute("select x, token from items").fetchall()
+    assert sorted(x for x, _ in rows) == list(range(40))
+    assert {token for _, token in rows} <= {token for token, _ in workers}
+    assert len({token for _, token in rows}) > 1  # the items were shared between workers
+    conn.close()
+
+
+class Counted:
+    """A plain resource (no context manager), and a context manager that counts."""
+
+    made: list[Counted] = []
+    exited: list[Counted] = []
+
+    def __init__(self) -> None:
+        Counted.made.append(self)
+
+    def __enter__(self) -> Counted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        Counted.exited.append(self)
+
+
+@pytest.fixture
+def counted() -> Any:
+    Counted.made, Counted.exited = [], []
+    return Counted
+
+
+def tag(resource: Any, scale: int, x: int) -> tuple[int, int]:
+    return id(resource), x * scale
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("executor", ["thread", "async"])
+def test_setup_value_comes_before_bound_arguments(executor: str, counted: Any) -> None:
+    p = numbers() | on(executor, tag, workers=2, setup=Counted, bind=task.bind(10))
+    out = run(p, 6)
+    assert sorted(x for _, x in out) == [0, 10, 20, 30, 40, 50]
+    assert {r for r, _ in out} <= {id(c) for c in counted.made}
+    assert len(counted.made) == 2 and sorted(map(id, counted.exited)) == sorted(map(id, counted.made))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("executor", ["thread", "async"])
+@pytest.mark.parametrize("how", ["break", "error"])
+def test_setup_is_exited_on_break_and_on_errors(executor: str, how: str, counted: Any) -> None:
+    def maybe_fail(resource: Any, x: int) -> int:
+        if how == "error" and x == 5:
+            raise ValueError("five")
+        return x
+
+    p = numbers() | on(executor, maybe_fail, workers=3, setup=Counted)
+    if how == "error":
+        with pytest.raises(ValueError, match="five"):
+            run(p, 100)
+    elif isinstance(p, AsyncPipeline):
+        async def first_three() -> list[int]:
+            out = []
+            async for x in p(1000):
+                out.append(x)
+                if len(out) == 3:
+                    break
+            return out
+
+        assert len(run_async(first_three())) == 3
+    else:
+        for i, _ in enumerate(p(1000)):
+            if i == 2:
+                break
+    # the leak fixture checks live resources; here: each made one was exited, once
+    deadline = time.monotonic() + 5
+    while len(counted.exited) < len(counted.made) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # a worker that starts after the run has stopped makes no resource
+    assert 1 <= len(counted.made) <= 3
+    assert sorted(map(id, counted.exited)) == sorted(map(id, counted.made))
+
+
+class AsyncDb:
+    """An async context manager made by an async setup."""
+
+    opened = 0
+    closed = 0
+
+    async def __aenter__(self) -> AsyncDb:
+        await asyncio.sleep(0)
+        AsyncDb.opened += 1
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(0)
+        AsyncDb.closed += 1
+
+
+async def make_async_db() -> AsyncDb:
+    await asyncio.sleep(0)
+    return AsyncDb()
+
+
+async def use_async_db(db: AsyncDb, x: int) -> int:
+    assert isinstance(db, AsyncDb)
+    await asyncio.sleep(0.001)
+    return x + 1
+
+
+@pytest.mark.timeout(30)
+def test_async_setup_is_awaited_and_its_async_context_entered() -> None:
+    AsyncDb.opened = AsyncDb.closed = 0
+    p = numbers() | task(use_async_db, workers=4, setup=make_async_db)
+    assert sorted(run(p, 20)) == list(range(1, 21))
+    assert AsyncDb.opened == 4 and AsyncDb.closed == 4
+
+
+def failing_setup() -> Any:
+    raise ConnectionError("no database")
+
+
+def identity_with(resource: Any, x: int) -> int:
+    return x
+
+
+class BadExit:
+    def __enter__(self) -> BadExit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        raise OSError("cannot close")
+
+
+def fail_on_3(resource: Any, x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_errors_in_setup_and_teardown_reach_the_caller(executor: str) -> None:
+    with pytest.raises(ConnectionError, match="no database") as info:
+        run(numbers() | on(executor, identity_with, setup=failing_setup), 3)
+    assert any("setup of task" in note for note in getattr(info.value, "__notes__", [])) or executor == "process"
+    with pytest.raises(OSError, match="cannot close"):
+        run(numbers() | on(executor, identity_with, setup=BadExit), 3)
+    # a teardown error while the run is already raising is attached to the first error
+    with pytest.raises(ValueError, match="three") as raised:
+        run(numbers() | on(executor, fail_on_3, setup=BadExit), 10)
+    notes = " ".join(getattr(raised.value, "__notes__", []))
+    assert "cannot close" in notes, notes
+
+
+# --------------------------------------------------------------------------------------------
+# retries=
+
+
+def flaky(directory: str, x: int) -> int:
+    """Fails the first two attempts on multiples of 3 (attempts counted in files)."""
+    marks = Path(directory) / f"{x}"
+    count = len(list(marks.parent.glob(f"{x}.*")))
+    (Path(directory) / f"{x}.{count}").touch()
+    if x % 3 == 0 and count < 2:
+        raise ValueError(f"flaky {x} attempt {count + 1}")
+    return x * 10
+
+
+def attempts(directory: str) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for mark in Path(directory).iterdir():
+        x = int(mark.name.split(".")[0])
+        counts[x] = counts.get(x, 0) + 1
+    return counts
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_retries_call_again_until_the_call_succeeds(executor: str, tmp_path: Path, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="pyper")
+    p = numbers() | on(executor, flaky, workers=2, retries=2, backoff=0.001, bind=task.bind(str(tmp_path)))
+    assert sorted(run(p, 10)) == [x * 10 for x in range(10)]
+    assert attempts(str(tmp_path)) == {x: 3 if x % 3 == 0 else 1 for x in range(10)}
+    retried = [r.getMessage() for r in caplog.records if "retries" in r.getMessage()]
+    assert len(retried) == 8, retried  # two per multiple of 3, each one record naming the item
+    assert all("task 'flaky'" in m and "item " in m and "ValueError: flaky" in m for m in retried), retried
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_the_last_failure_raises_with_the_earlier_attempts_noted(executor: str, tmp_path: Path) -> None:
+    p = numbers() | on(executor, flaky, retries=1, backoff=0, bind=task.bind(str(tmp_path)))
+    with pytest.raises(ValueError, match="flaky 0 attempt 2") as info:
+        run(p, 1)
+    notes = info.value.__notes__
+    assert any("attempt 1 of 2 raised ValueError: flaky 0 attempt 1" in n for n in notes), notes
+    assert any("on item 0" in n for n in notes), notes
+
+
+def raise_type_error(x: int) -> int:
+    raise TypeError("not retried")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_retry_on_limits_what_is_retried(executor: str) -> None:
+    p = numbers() | on(executor, raise_type_error, retries=5, retry_on=(ValueError, KeyError), backoff=10)
+    with elapsed() as t:
+        with pytest.raises(TypeError, match="not retried"):
+            run(p, 1)
+    assert t.elapsed < 5  # a 10 s backoff would have been waited if it were retried
+
+
+def always_fails(x: int) -> int:
+    raise ValueError("always")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_backoff_wait_ends_at_once_when_the_run_stops(executor: str) -> None:
+    """Another worker's error stops the run while this one waits 30 s to retry."""
+
+    p = numbers() | on(executor, fail_after_a_while_or_retry, workers=2, retries=3, retry_on=ValueError,
+                       backoff=30)
+    with elapsed() as t:
+        with pytest.raises(KeyError):
+            run(p, 2)
+    assert t.elapsed < 3
+
+
+def fail_after_a_while_or_retry(x: int) -> int:
+    if x == 0:
+        raise ValueError("retried after a long wait")
+    time.sleep(0.3)
+    raise KeyError("not retried: ends the run")
+
+
+@pytest.mark.timeout(30)
+def test_backoff_callable_gets_the_attempt_number() -> None:
+    seen: list[int] = []
+
+    def backoff(attempt: int) -> float:
+        seen.append(attempt)
+        return 0.0
+
+    with pytest.raises(ValueError):
+        run(numbers() | task(always_fails, retries=3, backoff=backoff), 1)
+    assert seen == [1, 2, 3]
+
+
+def gen_fails_after_yield(directory: str, x: int) -> Any:
+    mark = Path(directory) / f"{x}.{len(list(Path(directory).glob(f'{x}.*')))}"
+    mark.touch()
+    yield x
+    raise ValueError("after the first output")
+
+
+def gen_fails_before_yield(directory: str, x: int) -> Any:
+    count = len(list(Path(directory).glob(f"{x}.*")))
+    (Path(directory) / f"{x}.{count}").touch()
+    if count == 0:
+        raise ValueError("before any output")
+    yield x
+    yield x + 100
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_generator_is_retried_only_until_it_first_yields(executor: str, tmp_path: Path) -> None:
+    before = tmp_path / "before"
+    before.mkdir()
+    p = numbers() | on(executor, gen_fails_before_yield, retries=2, backoff=0, bind=task.bind(str(before)))
+    assert sorted(run(p, 3)) == [0, 1, 2, 100, 101, 102]
+    assert attempts(str(before)) == {0: 2, 1: 2, 2: 2}
+    after = tmp_path / "after"
+    after.mkdir()
+    p = numbers() | on(executor, gen_fails_after_yield, retries=2, backoff=0, bind=task.bind(str(after)))
+    with pytest.raises(ValueError, match="after the first output"):
+        run(p, 1)
+    assert attempts(str(after)) == {0: 1}  # never called again: its output is not duplicated
+
+
+# --------------------------------------------------------------------------------------------
+# on_error=
+
+
+def fail_on_multiples_of_4(x: int) -> int:
+    if x % 4 == 0:
+        raise KeyError(x)
+    return x
+
+
+def replace_with_negative(x: int, exc: Exception) -> Any:
+    assert isinstance(exc, KeyError)
+    return Emit(-x - 1000)
+
+
+def drop(x: int, exc: Exception) -> None:
+    return None
+
+
+def refuse(x: int, exc: Exception) -> None:
+    raise RuntimeError(f"handler refused {x}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_on_error_skip_drops_and_logs_each_failed_item(executor: str, caplog: Any) -> None:
+    caplog.set_level(logging.WARNING, logger="pyper")
+    p = numbers() | on(executor, fail_on_multiples_of_4, workers=3, on_error="skip")
+    out = run(p, 50)
+    failed = [x for x in range(50) if x % 4 == 0]
+    assert sorted(out) == [x for x in range(50) if x % 4]
+    skips = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(out) + len(skips) == 50  # nothing lost silently
+    assert sorted(int(r.getMessage().split("item ")[1].split()[0]) for r in skips) == failed
+    assert all(r.levelno == logging.WARNING and "KeyError" in r.getMessage() for r in skips)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_on_error_handler_replaces_or_drops_or_stops(executor: str) -> None:
+    p = numbers() | on(executor, fail_on_multiples_of_4, workers=2, on_error=replace_with_negative)
+    assert sorted(run(p, 12)) == sorted([-1000, -1004, -1008] + [x for x in range(12) if x % 4])
+    p = numbers() | on(executor, fail_on_multiples_of_4, workers=2, on_error=drop)
+    assert sorted(run(p, 12)) == [x for x in range(12) if x % 4]
+    p = numbers() | on(executor, fail_on_multiples_of_4, on_error=refuse)
+    with pytest.raises(RuntimeError, match="handler refused 0"):
+        run(p, 12)
+
+
+def two_then_fail(x: int) -> Any:
+    yield x
+    yield x + 100
+    if x == 1:
+        raise ValueError("mid-stream")
+    yield x + 200
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_on_error_in_a_generator_keeps_what_it_yielded(executor: str) -> None:
+    p = numbers() | on(executor, two_then_fail, on_error=replace_with_value_error)
+    assert sorted(run(p, 3)) == sorted([0, 100, 200, 1, 101, -1, 2, 102, 202])
+
+
+def replace_with_value_error(x: int, exc: Exception) -> Any:
+    assert isinstance(exc, ValueError)
+    return Emit(-x)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_retries_then_on_error(executor: str, tmp_path: Path) -> None:
+    """A call that still fails after its retries goes to on_error; one that succeeds does not."""
+    p = numbers() | on(executor, flaky, retries=1, backoff=0, on_error="skip", bind=task.bind(str(tmp_path)))
+    assert sorted(run(p, 7)) == [x * 10 for x in range(7) if x % 3]
+    assert attempts(str(tmp_path)) == {x: 2 if x % 3 == 0 else 1 for x in range(7)}
+
+
+# --------------------------------------------------------------------------------------------
+# unpack=
+
+
+def add(a: int, b: int = 0, *, scale: int = 1) -> int:
+    return (a + b) * scale
+
+
+def mixed(n: int) -> list[Any]:
+    return [(1, 2), {"a": 3, "b": 4, "scale": 10}, 5, (6,)]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_unpack_passes_tuples_as_arguments_and_dicts_as_keywords(executor: str) -> None:
+    p = task(mixed, branch=True) | on(executor, add, unpack=True)
+    assert sorted(run(p, 0)) == sorted([3, 70, 5, 6])
+
+
+# --------------------------------------------------------------------------------------------
+# errors name the item
+
+
+def fail_on_big(x: Any) -> Any:
+    if isinstance(x, str) and len(x) > 100:
+        raise ValueError("too big")
+    return x
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_an_error_names_the_item_shortened(executor: str) -> None:
+    p = task(lambda: ["ok", "x" * 10_000], branch=True) | on(executor, fail_on_big, workers=2)
+    with pytest.raises(ValueError, match="too big") as info:
+        run(p)
+    note = next(n for n in info.value.__notes__ if "raised in task" in n)
+    assert "on item 'xxxx" in note and len(note) < 250, note
+
+
+# --------------------------------------------------------------------------------------------
+# validation at task() time
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "words"),
+    [
+        (dict(retries=-1), TypeError, "retries must be an int >= 0"),
+        (dict(retries=1.5), TypeError, "retries must be an int"),
+        (dict(retry_on=ValueError), ValueError, "give retries=N"),
+        (dict(retries=1, retry_on=(ValueError, 3)), TypeError, "retry_on must be an exception type"),
+        (dict(retries=1, backoff=-1), TypeError, "backoff must be a number"),
+        (dict(on_error="ignore"), ValueError, "on_error must be 'raise', 'skip' or a function"),
+        (dict(setup=3), TypeError, "setup must be a function"),
+        (dict(setup=make_async_db), TypeError, "setup is an async function"),
+        (dict(unpack=1), TypeError, "unpack must be True or False"),
+        (dict(join=True, retries=1), ValueError, "a join task makes one call"),
+        (dict(join=True, on_error="skip"), ValueError, "a join task makes one call"),
+    ],
+)
+def test_bad_options_fail_at_task_time_naming_the_task(options: dict[str, Any], error: type, words: str) -> None:
+    with pytest.raises(error, match=words) as info:
+        task(fail_on_big, **options)
+    assert "fail_on_big" in str(info.value)
+
+
+def test_process_options_must_pickle() -> None:
+    with pytest.raises(RuntimeError, match="setup= to worker processes"):
+        task(fail_on_big, multiprocess=True, setup=lambda: 1)
+    with pytest.raises(RuntimeError, match="on_error= to worker processes"):
+        task(fail_on_big, multiprocess=True, on_error=lambda x, e: None)
