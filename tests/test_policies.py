@@ -542,3 +542,95 @@ def test_process_options_must_pickle() -> None:
         task(fail_on_big, multiprocess=True, setup=lambda: 1)
     with pytest.raises(RuntimeError, match="on_error= to worker processes"):
         task(fail_on_big, multiprocess=True, on_error=lambda x, e: None)
+
+
+def fail_now_or_later(x: int) -> int:
+    if x == 0:
+        time.sleep(0.1)  # the other calls have started
+        raise ValueError("first")
+    time.sleep(0.3)  # in flight when the run stops: raises after the caller has the error
+    raise ValueError(f"late {x}")
+
+
+@pytest.mark.timeout(30)
+def test_many_late_errors_are_a_few_records_and_one_summary(caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="pyper")
+    p = numbers() | task(fail_now_or_later, workers=20)
+    with pytest.raises(ValueError, match="first") as info:
+        run(p, 20)
+    attached = len(getattr(info.value, "pyper_errors", []))
+
+    def summary() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "not logged one by one" in r.getMessage()]
+
+    deadline = time.monotonic() + 5
+    while not summary() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    one_by_one = [r for r in caplog.records if r.exc_info and "after its pipeline had stopped" in r.getMessage()]
+    assert len(one_by_one) == 3
+    (record,) = summary()
+    late = 19 - attached
+    assert f"{late - 3} more errors" in record.getMessage() and "ValueError in task" in record.getMessage()
+    assert record.exc_info is None
+
+
+# --------------------------------------------------------------------------------------------
+# rate=
+
+
+def started_at(x: int) -> float:
+    return time.monotonic()
+
+
+def _windows_ok(starts: list[float], calls: int, per: float, burst: int) -> bool:
+    """No window of ``per`` seconds holds more than ``calls + burst - 1`` starts (the slack
+    of one for a start that lands on the window's edge)."""
+    starts = sorted(starts)
+    j = 0
+    for i, t in enumerate(starts):
+        while starts[j] <= t - per:
+            j += 1
+        if i - j + 1 > calls + burst:
+            return False
+    return True
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_rate_spaces_the_calls_of_all_workers(executor: str) -> None:
+    workers = 4 if executor == "process" else 20
+    p = numbers() | on(executor, started_at, workers=workers, rate=20)
+    if executor == "process":
+        run(p, workers)  # start the worker processes: a first call waits for its process
+    starts = sorted(run(p, 50))
+    span = starts[-1] - starts[0]
+    assert 2.3 <= span <= 2.7, span  # 49 gaps of 50 ms
+    assert _windows_ok(starts, 20, 1.0, 1)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) > 0.02, gaps  # evenly, never two at once
+
+
+@pytest.mark.timeout(60)
+def test_rate_with_a_period_and_a_burst() -> None:
+    from pyper import Rate
+
+    p = numbers() | task(started_at, workers=10, rate=Rate(10, per=0.5, burst=5))
+    starts = sorted(run(p, 25))
+    assert starts[4] - starts[0] < 0.03  # the burst starts at once
+    assert 0.9 <= starts[-1] - starts[0] <= 1.2  # then 20 more, 50 ms apart
+    assert _windows_ok(starts, 10, 0.5, 5)
+
+
+@pytest.mark.timeout(30)
+def test_a_rate_wait_ends_at_once_when_the_run_stops() -> None:
+    p = numbers() | task(started_at, workers=2, rate=Rate_per_minute(1))
+    with elapsed() as t:
+        for i, _ in enumerate(p(10)):
+            break
+    assert t.elapsed < 2  # the second call's slot was a minute away
+
+
+def Rate_per_minute(calls: int) -> Any:
+    from pyper import Rate
+
+    return Rate(calls, per=60)

@@ -10,10 +10,13 @@ handlers) and ``_errors``.
 
 from ._errors import PipelineSetupError, WorkerProcessDied
 from ._pipeline import AsyncPipeline, Pipeline
-from ._policy import Emit
+from ._policy import Emit, Rate
 from ._task import task
 
 #: The version of the distribution ``python-pyper`` (kept equal to pyproject.toml's by a test).
 __version__ = "0.5.0"
 
-__all__ = ["AsyncPipeline", "Emit", "Pipeline", "PipelineSetupError", "WorkerProcessDied", "task", "__version__"]
+__all__ = [
+    "AsyncPipeline", "Emit", "Pipeline", "PipelineSetupError", "Rate", "WorkerProcessDied", "task",
+    "__version__",
+]

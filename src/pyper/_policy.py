@@ -11,12 +11,16 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
 from ._spec import Kind, Policy, classify, no_policy
 
-__all__ = ["MAX_BACKOFF", "Emit", "OnError", "check_policy", "delay", "forget", "live_resources", "remember"]
+__all__ = [
+    "MAX_BACKOFF", "Emit", "Limiter", "OnError", "Rate", "check_policy", "delay", "forget",
+    "live_resources", "remember",
+]
 
 _V = TypeVar("_V")
 
@@ -47,6 +51,61 @@ class Emit(Generic[_V]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return Emit, (self.value,)
+
+
+class Rate:
+    """``rate=Rate(100, per=60, burst=10)``: at most ``calls`` calls of the task start per
+    ``per`` seconds, across all its workers, spaced evenly; up to ``burst`` may start at
+    once after a quiet spell. ``rate=10`` is ``Rate(10)``: ten calls a second, one at a time.
+    """
+
+    __slots__ = ("calls", "per", "burst")
+
+    def __init__(self, calls: float, per: float = 1.0, burst: int = 1) -> None:
+        for what, value in (("calls", calls), ("per", per)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"Rate: {what} must be a number > 0, got {value!r}")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ValueError(f"Rate: burst must be an int >= 1, got {burst!r}")
+        self.calls, self.per, self.burst = calls, per, burst
+
+    def __repr__(self) -> str:
+        return f"Rate({self.calls!r}, per={self.per!r}, burst={self.burst!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rate) and (other.calls, other.per, other.burst) == (self.calls, self.per, self.burst)
+
+    def __hash__(self) -> int:
+        return hash((self.calls, self.per, self.burst))
+
+
+class Limiter:
+    """The start times a task's calls may have under its ``Rate``, handed out in order.
+
+    One per task (shared by every run of it, and every worker: the limit is the API's,
+    not one run's). ``reserve()`` takes the next slot and says how long to wait for it;
+    the caller waits as it can be woken (a thread's cancellable sleep, ``asyncio.sleep``).
+    This is GCRA (the "virtual scheduling" form of a leaky bucket): slots ``per/calls``
+    apart, up to ``burst`` early. Guarded by its lock; held for a few operations only.
+    """
+
+    def __init__(self, rate: Rate) -> None:
+        self.interval = rate.per / rate.calls
+        self.tolerance = (rate.burst - 1) * self.interval
+        self._lock = threading.Lock()
+        self._next = 0.0  # theoretical start of the next call (monotonic clock)
+
+    def reserve(self) -> float:
+        """Take the next slot: seconds to wait before the call may start (0: now)."""
+        with self._lock:
+            now = time.monotonic()
+            due = max(self._next, now)
+            start = max(now, due - self.tolerance)
+            self._next = due + self.interval
+        return start - now
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("a rate limiter is not sent to worker processes: the parent paces them")
 
 
 #: What ``on_error=`` takes: ``"raise"``, ``"skip"``, or a handler ``(item, exception)``.
@@ -97,7 +156,7 @@ def delay(backoff: float | Callable[[int], float], attempt: int) -> float:
 
 def check_policy(
     name: str, kind: Kind, *, join: bool, pipeline: bool, setup: object, retries: object,
-    retry_on: object, backoff: object, on_error: object, unpack: object,
+    retry_on: object, backoff: object, on_error: object, unpack: object, rate: object = None,
 ) -> Policy:
     """The validated options; a clear error naming the task and the fix otherwise."""
     setup_async = False
@@ -140,7 +199,20 @@ def check_policy(
     if not isinstance(unpack, bool):
         raise TypeError(f"task {name!r}: unpack must be True or False, got {unpack!r}")
 
-    policy = Policy(setup, setup_async, retries, retry_on, backoff, on_error, unpack)
+    limiter = None
+    if rate is not None:
+        if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+            if not rate > 0:
+                raise ValueError(f"task {name!r}: rate must be > 0 calls per second, got {rate!r}")
+            rate = Rate(rate)
+        if not isinstance(rate, Rate):
+            raise TypeError(f"task {name!r}: rate must be calls per second (a number) or "
+                            f"pyper.Rate(calls, per=seconds, burst=n), got {rate!r}")
+        if join:
+            raise ValueError(f"task {name!r}: rate= paces each item's call, and a join task makes "
+                             "one call over the whole stream: drop one of them")
+        limiter = Limiter(rate)
+    policy = Policy(setup, setup_async, retries, retry_on, backoff, on_error, unpack, limiter)
     if join and (retries or on_error != "raise" or unpack):
         given = [o for o, v in (("retries", retries), ("on_error", on_error != "raise"),
                                 ("unpack", unpack)) if v]

@@ -28,6 +28,7 @@ class Policy(NamedTuple):
     backoff: float | Callable[[int], float] = 0.1
     on_error: str | Callable[[Any, Exception], Any] = "raise"
     unpack: bool = False
+    limiter: Any = None  # a _policy.Limiter, for rate=: shared by the task's workers and runs
 
     @property
     def any(self) -> bool:

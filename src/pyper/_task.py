@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal, Unpack, overload
 from ._errors import PipelineSetupError
 from ._pickling import dumps, have_cloudpickle
 from ._pipeline import AsyncPipeline, Pipeline
-from ._policy import OnError, check_policy
+from ._policy import OnError, Rate, check_policy
 from ._spec import Kind, Task, check_bool, check_int, classify, describe, no_policy
 from ._typing import (
     _AIt,
@@ -57,6 +57,7 @@ def make_task(
     backoff: object = 0.1,
     on_error: object = "raise",
     unpack: object = False,
+    rate: object = None,
 ) -> Task:
     """Validate ``task(func, ...)``'s options and classify ``func``: the task's data."""
     if not callable(func):
@@ -97,7 +98,7 @@ def make_task(
 
     policy = check_policy(
         name, kind, join=join, pipeline=pipeline, setup=setup, retries=retries,
-        retry_on=retry_on, backoff=backoff, on_error=on_error, unpack=unpack,
+        retry_on=retry_on, backoff=backoff, on_error=on_error, unpack=unpack, rate=rate,
     )
     if multiprocess:
         _check_process_task(name, func, kind, pipeline)
@@ -453,6 +454,7 @@ class _TaskFactory:
         backoff: float | Callable[[int], float] = 0.1,
         on_error: OnError = "raise",
         unpack: bool = False,
+        rate: float | Rate | None = None,
         **unknown: Any,
     ) -> Any:
         if unknown:
@@ -473,6 +475,7 @@ class _TaskFactory:
             backoff=backoff,
             on_error=on_error,
             unpack=unpack,
+            rate=rate,
         )
         if func is None:
             return lambda f: self(f, **options)  # type: ignore[call-overload]
@@ -501,7 +504,7 @@ def _unknown_options(func: object, unknown: dict[str, Any]) -> TypeError:
 
     valid = ["workers", "concurrency", "branch", "join", "throttle", "ordered", "bind",
              "multiprocess", "daemon", "setup", "retries", "retry_on", "backoff", "on_error",
-             "unpack"]
+             "unpack", "rate"]
     where = f"task {describe(func)!r}" if callable(func) else "task()"
     parts = []
     for name in unknown:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, ParamSpec, Protocol, TypeAlias,
 
 if TYPE_CHECKING:
     from ._pipeline import AsyncPipeline, Pipeline
-    from ._policy import OnError
+    from ._policy import OnError, Rate
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -39,6 +39,7 @@ class _Options(TypedDict, total=False):
     backoff: float | Callable[[int], float]
     on_error: OnError
     unpack: bool
+    rate: float | Rate | None
 
 
 # -- What the decorator form @task(...) returns: per branch=/join= --------------------------

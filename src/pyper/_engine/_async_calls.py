@@ -11,6 +11,7 @@ set them. Otherwise ``run_worker`` wraps the worker's loop::
     func      = the task's function, bound arguments applied
     setup=    func(resource, ...)        the worker's own resource, made and entered here
     unpack=   func(*item) / func(**item)
+    rate=     each attempt waits for its slot of the task's rate (cancellable)
     retries=  call again on retry_on, after a backoff wait (cancellable)
     on_error= the outputs become a stream: (result,), or () for a dropped item,
               or (value,) for Emit(value); so the stage runs as a branching one
@@ -84,6 +85,8 @@ async def open_call(
     if policy.unpack and args is None:
         func = partial(_unpacked, func)
     call = stage_call(task, args, kwargs, func)
+    if policy.limiter is not None:  # each attempt is a call the limit counts
+        call = _paced(call, policy.limiter.reserve, wait)
     # How a log record names the input: the first task's one call takes the pipeline's arguments.
     shown: Callable[[Any], str] = _the_call if args is not None else _the_item
     if policy.retries:
@@ -91,6 +94,20 @@ async def open_call(
     if policy.on_error != "raise":
         call = _guarded(task, call, log, shown)
     return call
+
+
+def _paced(
+    call: Callable[[Any], Any], reserve: Callable[[], float], wait: Callable[[float], Awaitable[None]],
+) -> Callable[[Any], Any]:
+    """The call, started no earlier than the task's rate allows."""
+
+    async def paced(x: Any) -> Any:
+        seconds = reserve()
+        if seconds > 0:
+            await wait(seconds)
+        return await call(x)
+
+    return paced
 
 
 def _the_item(x: Any) -> str:

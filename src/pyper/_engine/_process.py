@@ -91,6 +91,8 @@ def _payload(run: Run, stage: Stage) -> bytes:
     task = stage.task
     first = stage is run.stages[0]
     try:
+        if task.policy.limiter is not None:  # the relays pace the calls: the children do not
+            task = task._replace(policy=task.policy._replace(limiter=None))
         return dumps((task, run.args if first else None, run.kwargs if first else None))
     except Exception as exc:  # the function was checked at task(...): the call's arguments
         raise TypeError(
@@ -495,9 +497,14 @@ def _work(worker: Worker, child: _Child) -> None:
         flush = lambda last: out.flush(box, last)
     branch = stage.branch
     limit = min(stage.take, stage.emit)
+    limiter = stage.task.policy.limiter
+    if limiter is not None:  # rate=: one call per request, each sent when its slot comes
+        limit = 1
     n = m = 1
     while (items := worker.begin(get(n))) is not None:
         batch = list(items)  # all of it goes to the child: nothing is left to share
+        if limiter is not None and (seconds := limiter.reserve()) > 0:
+            worker.run.sleep(seconds)
         started = perf_counter()
         if branch:
             sent = child.send(("branch", batch, m))

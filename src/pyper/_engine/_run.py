@@ -83,6 +83,9 @@ MAX_BATCH = 1024
 #: most ``(PROCESS_AHEAD + 1) * workers`` batches (each of at most ``MAX_BATCH`` items and
 #: about ``MAX_BATCH_BYTES``), plus what its outputs fill downstream.
 PROCESS_AHEAD = 2
+#: Errors raised after a run stopped that are logged one by one (with tracebacks); the
+#: rest are summed up in one record.
+LATE_LOGGED = 3
 #: How long a finished async caller waits for cancelled worker tasks to unwind.
 SETTLE_SECONDS = 1.0
 
@@ -236,6 +239,12 @@ class Run:
         self.error: BaseException | None = None
         self._others: list[BaseException] = []
         self._raised = False
+        # Errors raised after the caller took the run's error (calls that were in flight):
+        # the first LATE_LOGGED are logged one by one, the rest counted by task and type and
+        # summed up in one record when the run's workers are all done. Guarded by _lock.
+        self._late = 0
+        self._unlogged: dict[tuple[str, str], int] = {}
+        self._workers = 0  # workers that have started and not yet left
         self._deferred = False  # leave() handed the stop to another thread (see leave)
         self.children: list[Run] = []
         self.hooks: list[Callable[[], None]] = []  # called by cancel(); guarded by _lock
@@ -475,8 +484,36 @@ class Run:
             where = "" if item is None else f" on item {item}"
             add_note(exc, f"pyper: raised in task {task.name!r}{where}")
         if late:
-            _log_error("pyper: task %r raised after its pipeline had stopped", task.name, exc_info=exc)
+            self._late_error(exc, task)
         self.cancel()
+
+    def _late_error(self, exc: BaseException, task: Task) -> None:
+        with self._lock:
+            self._late += 1
+            count = self._late
+            if count > LATE_LOGGED:
+                key = (task.name, type(exc).__name__)
+                self._unlogged[key] = self._unlogged.get(key, 0) + 1
+                return
+        more = (" (later ones are counted, and summed up once the run's calls are done)"
+                if count == LATE_LOGGED else "")
+        _log_error("pyper: task %r raised after its pipeline had stopped%s", task.name, more, exc_info=exc)
+
+    def worker_started(self) -> None:
+        with self._lock:
+            self._workers += 1
+
+    def worker_left(self) -> None:
+        """A worker is done; the last one sums up the late errors not logged one by one."""
+        with self._lock:
+            self._workers -= 1
+            if self._workers or not self._unlogged:
+                return
+            unlogged, self._unlogged = self._unlogged, {}
+        parts = ", ".join(f"{n} {kind} in task {name!r}" for (name, kind), n in sorted(unlogged.items()))
+        total = sum(unlogged.values())
+        log(40, f"pyper: {total} more error{'s' if total > 1 else ''} raised after the pipeline "
+                f"had stopped, not logged one by one: {parts}")
 
     def take_error(self) -> BaseException | None:
         """The error to raise in the caller, with the others attached to it."""
@@ -573,6 +610,7 @@ class Worker:
         self.shows = stage.branch or task.join
         self.item: str | None = None  # short repr of the input whose call raised, for its note
         self.call = stage.call  # what the loops call per item (_async_calls: with the task's options)
+        run.worker_started()
 
     def failed_on(self, item: Any) -> None:
         """The loop stopped by an exception while ``item`` was the input in hand (or
@@ -619,3 +657,4 @@ class Worker:
             self.claim[0] = None
         self.stage.inp.close_receive()
         self.stage.out.close_send()
+        self.run.worker_left()
