@@ -35,6 +35,7 @@ NAMES = {
     "StopAsyncIteration": "StopIteration",
     "aget": "get",
     "aget_seq": "get_seq",
+    "aget_within": "get_within",
     "aput": "put",
     "aflush": "flush",
     "aflush_seq": "flush_seq",

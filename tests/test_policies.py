@@ -529,6 +529,12 @@ def test_an_error_names_the_item_shortened(executor: str) -> None:
         (dict(unpack=1), TypeError, "unpack must be True or False"),
         (dict(join=True, retries=1), ValueError, "a join task makes one call"),
         (dict(join=True, on_error="skip"), ValueError, "a join task makes one call"),
+        (dict(rate=0), ValueError, "rate must be > 0"),
+        (dict(rate="fast"), TypeError, "rate must be calls per second"),
+        (dict(batch=0), TypeError, "batch must be an int >= 1"),
+        (dict(linger=0.5), ValueError, "give batch=N too"),
+        (dict(batch=10, linger=-1), TypeError, "linger must be a number"),
+        (dict(join=True, batch=10), ValueError, "batch= and join=True"),
     ],
 )
 def test_bad_options_fail_at_task_time_naming_the_task(options: dict[str, Any], error: type, words: str) -> None:
@@ -634,3 +640,54 @@ def Rate_per_minute(calls: int) -> Any:
     from pyper import Rate
 
     return Rate(calls, per=60)
+
+
+# --------------------------------------------------------------------------------------------
+# batch= and linger=
+
+
+def rows_of(rows: list[int]) -> list[int]:
+    assert isinstance(rows, list)
+    return rows
+
+
+def pausing_source(n: int) -> Any:
+    for i in range(n):
+        if i == 7:
+            time.sleep(0.6)  # a slow upstream: the partial batch must not wait for it
+        yield i
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_batch_gives_lists_of_up_to_n_items_once_each(executor: str) -> None:
+    p = numbers() | on(executor, rows_of, workers=3, batch=4)
+    batches = run(p, 30)
+    assert sorted(x for rows in batches for x in rows) == list(range(30))  # each item once
+    assert all(1 <= len(rows) <= 4 for rows in batches)
+    assert sorted(len(rows) for rows in batches) == [2] + [4] * 7  # formed once, full until the end
+
+
+def stamped(rows: list[int]) -> tuple[list[int], float]:
+    return rows, time.monotonic()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_linger_sends_a_partial_batch_without_waiting_for_a_slow_upstream(executor: str) -> None:
+    p = task(pausing_source, branch=True) | on(executor, stamped, batch=5, linger=0.1)
+    if executor == "process":
+        run(p, 1)  # a warm worker: the timing below is the batch's, not a process start
+    started = time.monotonic()
+    out = run(p, 12)
+    assert [rows for rows, _ in out] == [[0, 1, 2, 3, 4], [5, 6], [7, 8, 9, 10, 11]]
+    partial_at = out[1][1] - started
+    assert partial_at < 0.45, partial_at  # after ~0.1 s of linger, well before the 0.6 s pause ends
+
+
+@pytest.mark.timeout(30)
+def test_batch_on_the_first_task_is_refused_when_called() -> None:
+    from pyper import PipelineSetupError
+
+    with pytest.raises(PipelineSetupError, match="batch="):
+        list(task(rows_of, batch=3)([1]))

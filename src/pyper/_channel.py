@@ -68,6 +68,7 @@ import threading
 from collections import deque
 from itertools import islice
 from operator import length_hint
+from time import perf_counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -91,9 +92,9 @@ class _ThreadWaiter:
     def wake(self) -> None:
         self._lock.release()
 
-    def wait(self) -> None:
+    def wait(self, timeout: float = -1) -> bool:
         # Interruptible by signals on POSIX, so Ctrl-C reaches a waiting caller.
-        self._lock.acquire()
+        return self._lock.acquire(timeout=timeout)
 
 
 class _AsyncWaiter:
@@ -130,6 +131,8 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 _WAIT: Final = object()  # "cannot proceed yet": the caller parks and retries
+#: What ``get_within``/``aget_within`` return when nothing came in time.
+TIMED_OUT: Final = type("TimedOut", (), {"__repr__": lambda self: "TIMED_OUT", "__slots__": ()})()
 
 #: Whether receivers may advance a sibling's claim (see the module docstring): only where a
 #: GIL makes a list iterator's ``next()`` atomic.
@@ -509,8 +512,9 @@ class Channel:
                 self._abandon(waiter, False)
                 raise
 
-    def _sync_get(self, step: Any, n: int) -> Any:
+    def _sync_get(self, step: Any, n: int, timeout: float | None = None) -> Any:
         lock = self._lock
+        deadline = None if timeout is None else perf_counter() + timeout
         while True:
             with lock:
                 result = step(n)
@@ -527,7 +531,13 @@ class Channel:
                         result = self._number(result)
                     return result
             try:
-                waiter.wait()
+                if deadline is None:
+                    waiter.wait()
+                elif not waiter.wait(max(0.0, deadline - perf_counter())):
+                    self._abandon(waiter, True)
+                    with lock:
+                        result = step(n)
+                    return TIMED_OUT if result is _WAIT else result
             except BaseException:
                 self._abandon(waiter, True)
                 raise
@@ -547,8 +557,9 @@ class Channel:
                 self._abandon(waiter, False)
                 raise
 
-    async def _async_get(self, step: Any, n: int) -> Any:
+    async def _async_get(self, step: Any, n: int, timeout: float | None = None) -> Any:
         lock = self._lock
+        deadline = None if timeout is None else perf_counter() + timeout
         while True:
             with lock:
                 result = step(n)
@@ -563,7 +574,17 @@ class Channel:
                         result = self._number(result)
                     return result
             try:
-                await waiter.future
+                if deadline is None:
+                    await waiter.future
+                else:
+                    asyncio = sys.modules["asyncio"]
+                    try:
+                        await asyncio.wait_for(asyncio.shield(waiter.future), max(0.0, deadline - perf_counter()))
+                    except TimeoutError:
+                        self._abandon(waiter, True)
+                        with lock:
+                            result = step(n)
+                        return TIMED_OUT if result is _WAIT else result
             except BaseException:
                 self._abandon(waiter, True)
                 raise
@@ -593,6 +614,15 @@ class Channel:
 
     def get_seq(self, n: int) -> tuple[int, list[Any]] | None:
         result: tuple[int, list[Any]] | None = self._sync_get(self._try_get_seq, n)
+        return result
+
+    def get_within(self, n: int, seconds: float) -> list[Any] | None | object:
+        """``get``, but ``TIMED_OUT`` if nothing came within ``seconds`` (batch= with linger=)."""
+        result: list[Any] | None | object = self._sync_get(self._try_get, n, seconds)
+        return result
+
+    async def aget_within(self, n: int, seconds: float) -> list[Any] | None | object:
+        result: list[Any] | None | object = await self._async_get(self._try_get, n, seconds)
         return result
 
     async def aput(self, items: list[Any]) -> None:

@@ -65,11 +65,11 @@ class Pipeline(Generic[P, T]):
 
     def check_first_task(self) -> None:
         first = self._tasks[0]
-        if first.workers > 1 or first.join:
+        if first.workers > 1 or first.join or first.policy.batch:
             raise PipelineSetupError(
                 f"task {first.name!r} is the first task of pipeline {self}: it is called once, "
-                "with the pipeline's arguments, so it cannot have workers > 1 or join=True; "
-                "give those to a later task"
+                "with the pipeline's arguments, so it cannot have workers > 1, join=True or "
+                "batch=; give those to a later task"
             )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Generator[T, None, None]:

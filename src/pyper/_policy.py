@@ -157,6 +157,7 @@ def delay(backoff: float | Callable[[int], float], attempt: int) -> float:
 def check_policy(
     name: str, kind: Kind, *, join: bool, pipeline: bool, setup: object, retries: object,
     retry_on: object, backoff: object, on_error: object, unpack: object, rate: object = None,
+    batch: object = None, linger: object = None,
 ) -> Policy:
     """The validated options; a clear error naming the task and the fix otherwise."""
     setup_async = False
@@ -212,7 +213,21 @@ def check_policy(
             raise ValueError(f"task {name!r}: rate= paces each item's call, and a join task makes "
                              "one call over the whole stream: drop one of them")
         limiter = Limiter(rate)
-    policy = Policy(setup, setup_async, retries, retry_on, backoff, on_error, unpack, limiter)
+    if batch is not None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise TypeError(f"task {name!r}: batch must be an int >= 1 (the most items per call), "
+                            f"got {batch!r}")
+        if join:
+            raise ValueError(f"task {name!r}: batch= and join=True both change what the function "
+                             "receives: a join function can gather its stream itself")
+    if linger is not None:
+        if batch is None:
+            raise ValueError(f"task {name!r}: linger= is how long a partial batch waits: give "
+                             "batch=N too")
+        if isinstance(linger, bool) or not isinstance(linger, (int, float)) or linger < 0:
+            raise TypeError(f"task {name!r}: linger must be a number of seconds >= 0, got {linger!r}")
+    policy = Policy(setup, setup_async, retries, retry_on, backoff, on_error, unpack, limiter,
+                    batch or 0, None if linger is None else float(linger))
     if join and (retries or on_error != "raise" or unpack):
         given = [o for o, v in (("retries", retries), ("on_error", on_error != "raise"),
                                 ("unpack", unpack)) if v]

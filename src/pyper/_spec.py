@@ -29,6 +29,8 @@ class Policy(NamedTuple):
     on_error: str | Callable[[Any, Exception], Any] = "raise"
     unpack: bool = False
     limiter: Any = None  # a _policy.Limiter, for rate=: shared by the task's workers and runs
+    batch: int = 0  # the function receives lists of up to this many items (0: single items)
+    linger: float | None = None  # a partial list goes once its first item waited this long
 
     @property
     def any(self) -> bool:

@@ -58,6 +58,8 @@ def make_task(
     on_error: object = "raise",
     unpack: object = False,
     rate: object = None,
+    batch: object = None,
+    linger: object = None,
 ) -> Task:
     """Validate ``task(func, ...)``'s options and classify ``func``: the task's data."""
     if not callable(func):
@@ -99,6 +101,7 @@ def make_task(
     policy = check_policy(
         name, kind, join=join, pipeline=pipeline, setup=setup, retries=retries,
         retry_on=retry_on, backoff=backoff, on_error=on_error, unpack=unpack, rate=rate,
+        batch=batch, linger=linger,
     )
     if multiprocess:
         _check_process_task(name, func, kind, pipeline)
@@ -455,6 +458,8 @@ class _TaskFactory:
         on_error: OnError = "raise",
         unpack: bool = False,
         rate: float | Rate | None = None,
+        batch: int | None = None,
+        linger: float | None = None,
         **unknown: Any,
     ) -> Any:
         if unknown:
@@ -476,6 +481,8 @@ class _TaskFactory:
             on_error=on_error,
             unpack=unpack,
             rate=rate,
+            batch=batch,
+            linger=linger,
         )
         if func is None:
             return lambda f: self(f, **options)  # type: ignore[call-overload]
@@ -504,7 +511,7 @@ def _unknown_options(func: object, unknown: dict[str, Any]) -> TypeError:
 
     valid = ["workers", "concurrency", "branch", "join", "throttle", "ordered", "bind",
              "multiprocess", "daemon", "setup", "retries", "retry_on", "backoff", "on_error",
-             "unpack", "rate"]
+             "unpack", "rate", "batch", "linger"]
     where = f"task {describe(func)!r}" if callable(func) else "task()"
     parts = []
     for name in unknown:

@@ -40,6 +40,8 @@ class _Options(TypedDict, total=False):
     on_error: OnError
     unpack: bool
     rate: float | Rate | None
+    batch: int | None
+    linger: float | None
 
 
 # -- What the decorator form @task(...) returns: per branch=/join= --------------------------

@@ -29,6 +29,7 @@ from itertools import islice  # used by the sync twin's pour
 from time import perf_counter
 from typing import Any
 
+from .._channel import TIMED_OUT
 from ._bridge import aiter_result
 from ._run import NO_ITEM, Worker, adapt
 
@@ -38,7 +39,9 @@ __all__ = ["pour", "work"]
 async def work(worker: Worker) -> None:
     """Run one stage worker until its input ends; raises what stopped it otherwise."""
     task = worker.stage.task
-    if task.join:
+    if worker.stage.group is not None:
+        await _group(worker)
+    elif task.join:
         await _join(worker)
     elif worker.stage.branch:
         await _branch(worker)
@@ -143,6 +146,41 @@ async def _branch(worker: Worker) -> None:
     except Exception:
         worker.failed_on(x)
         raise
+
+
+async def _group(worker: Worker) -> None:
+    """``batch=``/``linger=`` of the next task: gather the input into lists of up to
+    ``size`` items; a partial list goes once its first item has waited ``linger``
+    seconds, or at the end of the input. One worker: each list is made once."""
+    stage = worker.stage
+    assert stage.group is not None
+    size, linger = stage.group.size, stage.group.linger
+    inp, out, box = stage.inp, stage.out, worker.box
+    batch: list[Any] = []
+    first = 0.0  # when the partial batch's first item came
+    while True:
+        if batch and linger is not None:
+            got = await inp.aget_within(size - len(batch), first + linger - perf_counter())
+            if got is TIMED_OUT:
+                box.append(batch)
+                batch = []
+                await out.aflush(box, True)
+                continue
+        else:
+            got = await inp.aget(size - len(batch))
+        items = worker.begin(got)
+        if items is None:
+            break
+        if not batch:
+            first = perf_counter()
+        batch.extend(items)
+        if len(batch) >= size:
+            box.append(batch)
+            batch = []
+            await out.aflush(box, True)
+    if batch:
+        box.append(batch)
+    await out.aflush(box, True)
 
 
 async def _join(worker: Worker) -> None:

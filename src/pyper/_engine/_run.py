@@ -152,7 +152,7 @@ os.register_at_fork(after_in_child=_forget_runs_in_child)
 class Stage:
     """One task in one run: its function, its two channels and its batch sizes."""
 
-    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch")
+    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch", "group")
 
     def __init__(self, task: Task, call: Callable[[Any], Any], inp: Channel, out: Channel,
                  take: int, emit: int, take_args: bool = False) -> None:
@@ -166,6 +166,8 @@ class Stage:
         # Whether each call's result is a stream of outputs: with on_error, a failed item
         # gives none (or Emit's one), so every call's outputs go as a stream.
         self.branch = task.branch or (task.policy.on_error != "raise" and not task.join)
+        # A stage the run added to gather the next task's input (batch=): see _with_groups.
+        self.group = task.func if isinstance(task.func, Grouping) else None
 
 
 def _edge(up: Task, down: Task | None) -> tuple[int, int]:
@@ -225,6 +227,37 @@ def stage_call(
     return func
 
 
+class Grouping:
+    """The function of a stage the run adds in front of a task with ``batch=``: the loop
+    ``_group`` reads it (it is never called)."""
+
+    __slots__ = ("size", "linger")
+
+    def __init__(self, size: int, linger: float | None) -> None:
+        self.size, self.linger = size, linger
+
+    def __call__(self, x: Any) -> Any:
+        raise AssertionError("a grouping stage is run by its loop, not called")
+
+
+def _with_groups(tasks: tuple[Task, ...], is_async: bool) -> tuple[Task, ...]:
+    """``tasks``, with a one-worker stage that makes the lists in front of each task with
+    ``batch=`` (a thread for a sync run, a task on the loop for an async one)."""
+    if not any(task.policy.batch for task in tasks[1:]):
+        return tasks
+    out: list[Task] = [tasks[0]]
+    for task in tasks[1:]:
+        policy = task.policy
+        if policy.batch:
+            out.append(Task(
+                func=Grouping(policy.batch, policy.linger), name=f"{task.name}:batch",
+                kind="coro" if is_async else "sync", is_gen=False, workers=1, branch=False,
+                join=False, throttle=0, ordered=False, multiprocess=False, daemon=task.daemon,
+            ))
+        out.append(task)
+    return tuple(out)
+
+
 class Run:
     def __init__(
         self,
@@ -255,6 +288,7 @@ class Run:
         self.tasks: set[asyncio.Task[None]] = set()
         self.context = contextvars.copy_context()
 
+        tasks = _with_groups(tasks, loop is not None)
         n = len(tasks)
         # Edge i carries task i's outputs to task i + 1 (or, after the last task, to the caller).
         receivers = [t.workers for t in tasks[1:]] + [1]
