@@ -691,3 +691,84 @@ def test_batch_on_the_first_task_is_refused_when_called() -> None:
 
     with pytest.raises(PipelineSetupError, match="batch="):
         list(task(rows_of, batch=3)([1]))
+
+
+# --------------------------------------------------------------------------------------------
+# timeout=
+
+
+def slow_on_multiples_of_5(x: int) -> int:
+    time.sleep(1.2 if x % 5 == 0 else 0.01)  # abandoned threads end within the leak grace
+    return x
+
+
+async def aslow_on_multiples_of_5(x: int) -> int:
+    await asyncio.sleep(1.2 if x % 5 == 0 else 0.01)
+    return x
+
+
+def _slow(executor: str) -> Any:
+    return aslow_on_multiples_of_5 if executor == "async" else slow_on_multiples_of_5
+
+
+def timed_on(executor: str, **options: Any) -> Any:
+    func = _slow(executor)
+    return task(func, multiprocess=executor == "process", **options)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_call_past_its_timeout_raises_timeout_error_for_its_item(executor: str) -> None:
+    p = numbers() | timed_on(executor, timeout=0.2)
+    with elapsed() as t:
+        with pytest.raises(TimeoutError, match="longer than its timeout of 0.2 s") as info:
+            run(p, 3)
+    assert t.elapsed < 1.0  # not the 1.2 s call
+    assert any("on item 0" in n for n in info.value.__notes__), info.value.__notes__
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_timeouts_go_through_on_error_and_the_task_keeps_its_workers(executor: str) -> None:
+    """Items 0, 5, 10 and 15 overrun: each is skipped after 0.3 s while the others go on."""
+    p = numbers() | timed_on(executor, workers=4, timeout=0.3, on_error="skip")
+    if executor == "process":
+        run(numbers() | timed_on(executor, workers=4, timeout=0.3, on_error="skip"), 0)  # start the workers
+    with elapsed() as t:
+        out = run(p, 20)
+    assert sorted(out) == [x for x in range(20) if x % 5]
+    assert t.elapsed < 1.1, t.elapsed  # four 1.2 s calls given up at 0.3 s, four at a time
+
+
+@pytest.mark.timeout(60)
+def test_timeouts_go_through_retries() -> None:
+    p = numbers() | task(slow_on_multiples_of_5, timeout=0.1, retries=2, backoff=0)
+    with pytest.raises(TimeoutError) as info:
+        run(p, 1)
+    attempts_noted = [n for n in info.value.__notes__ if n.startswith("pyper: attempt")]
+    assert len(attempts_noted) == 2, info.value.__notes__
+
+
+@pytest.mark.timeout(60)
+def test_abandoned_calls_are_bounded_by_workers() -> None:
+    """Threads cannot be stopped: at most `workers` abandoned calls run at once."""
+    import threading
+
+    running: list[int] = []
+    peak = [0]
+    lock = threading.Lock()
+
+    def stuck(x: int) -> int:
+        with lock:
+            running.append(x)
+            peak[0] = max(peak[0], len(running))
+        time.sleep(0.5)
+        with lock:
+            running.remove(x)
+        return x
+
+    p = numbers() | task(stuck, workers=2, timeout=0.05, on_error="skip")
+    with elapsed() as t:
+        assert run(p, 8) == []
+    assert peak[0] <= 2 * 2  # two workers' calls plus two abandoned ones
+    assert t.elapsed >= 0.5  # the bound made workers wait for abandoned calls to end

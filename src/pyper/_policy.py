@@ -157,7 +157,7 @@ def delay(backoff: float | Callable[[int], float], attempt: int) -> float:
 def check_policy(
     name: str, kind: Kind, *, join: bool, pipeline: bool, setup: object, retries: object,
     retry_on: object, backoff: object, on_error: object, unpack: object, rate: object = None,
-    batch: object = None, linger: object = None,
+    batch: object = None, linger: object = None, timeout: object = None, is_gen: bool = False,
 ) -> Policy:
     """The validated options; a clear error naming the task and the fix otherwise."""
     setup_async = False
@@ -226,8 +226,18 @@ def check_policy(
                              "batch=N too")
         if isinstance(linger, bool) or not isinstance(linger, (int, float)) or linger < 0:
             raise TypeError(f"task {name!r}: linger must be a number of seconds >= 0, got {linger!r}")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise TypeError(f"task {name!r}: timeout must be a number of seconds > 0, got {timeout!r}")
+        if join or is_gen or pipeline:
+            what = "a join task's one call reads the whole stream" if join else (
+                "a generator's call returns at once and its work happens as it is iterated"
+                if is_gen else "a nested pipeline streams its outputs")
+            raise ValueError(f"task {name!r}: timeout= bounds one call, but {what}: put the "
+                             "timeout inside the function instead")
     policy = Policy(setup, setup_async, retries, retry_on, backoff, on_error, unpack, limiter,
-                    batch or 0, None if linger is None else float(linger))
+                    batch or 0, None if linger is None else float(linger),
+                    None if timeout is None else float(timeout))
     if join and (retries or on_error != "raise" or unpack):
         given = [o for o, v in (("retries", retries), ("on_error", on_error != "raise"),
                                 ("unpack", unpack)) if v]

@@ -31,6 +31,7 @@ class Policy(NamedTuple):
     limiter: Any = None  # a _policy.Limiter, for rate=: shared by the task's workers and runs
     batch: int = 0  # the function receives lists of up to this many items (0: single items)
     linger: float | None = None  # a partial list goes once its first item waited this long
+    timeout: float | None = None  # seconds per call (attempt)
 
     @property
     def any(self) -> bool:

@@ -60,6 +60,7 @@ def make_task(
     rate: object = None,
     batch: object = None,
     linger: object = None,
+    timeout: object = None,
 ) -> Task:
     """Validate ``task(func, ...)``'s options and classify ``func``: the task's data."""
     if not callable(func):
@@ -101,7 +102,7 @@ def make_task(
     policy = check_policy(
         name, kind, join=join, pipeline=pipeline, setup=setup, retries=retries,
         retry_on=retry_on, backoff=backoff, on_error=on_error, unpack=unpack, rate=rate,
-        batch=batch, linger=linger,
+        batch=batch, linger=linger, timeout=timeout, is_gen=is_gen,
     )
     if multiprocess:
         _check_process_task(name, func, kind, pipeline)
@@ -460,6 +461,7 @@ class _TaskFactory:
         rate: float | Rate | None = None,
         batch: int | None = None,
         linger: float | None = None,
+        timeout: float | None = None,
         **unknown: Any,
     ) -> Any:
         if unknown:
@@ -483,6 +485,7 @@ class _TaskFactory:
             rate=rate,
             batch=batch,
             linger=linger,
+            timeout=timeout,
         )
         if func is None:
             return lambda f: self(f, **options)  # type: ignore[call-overload]
@@ -511,7 +514,7 @@ def _unknown_options(func: object, unknown: dict[str, Any]) -> TypeError:
 
     valid = ["workers", "concurrency", "branch", "join", "throttle", "ordered", "bind",
              "multiprocess", "daemon", "setup", "retries", "retry_on", "backoff", "on_error",
-             "unpack", "rate", "batch", "linger"]
+             "unpack", "rate", "batch", "linger", "timeout"]
     where = f"task {describe(func)!r}" if callable(func) else "task()"
     parts = []
     for name in unknown:

@@ -42,6 +42,7 @@ class _Options(TypedDict, total=False):
     rate: float | Rate | None
     batch: int | None
     linger: float | None
+    timeout: float | None
 
 
 # -- What the decorator form @task(...) returns: per branch=/join= --------------------------

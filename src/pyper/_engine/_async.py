@@ -13,10 +13,12 @@ the loop's thread only.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from ._async_calls import run_worker
 from ._async_loops import work
 from ._run import Run, Stage, Worker, log
+from ._timeouts import timed_async
 
 __all__ = ["start"]
 
@@ -39,7 +41,10 @@ async def _main(run: Run, stage: Stage) -> None:
     try:
         if stage.task.policy.any:
             args = run.args if stage.take_args else None
-            await run_worker(worker, work, args, run.kwargs, asyncio.sleep, log)
+            timed = None
+            if stage.task.policy.timeout is not None:
+                timed = partial(timed_async, seconds=stage.task.policy.timeout, name=stage.task.name)
+            await run_worker(worker, work, args, run.kwargs, asyncio.sleep, log, timed)
         else:
             await work(worker)
     except asyncio.CancelledError as exc:

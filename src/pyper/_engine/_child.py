@@ -13,6 +13,8 @@ pipes; every message is a pickled tuple:
                                                for a branching batch
                       ("feed", items)          more inputs for the join call
                       ("end",)                 its inputs are exhausted
+                      ("teardown",)            exit the worker's resource (setup=)
+                      ("ping",)                reply at once: the worker is up
                       ("stop",)                exit
     child -> parent   ("out", outputs, done)   outputs; done: the batch is finished
                       ("need", outputs)        the join call wants more input (outputs:
@@ -157,6 +159,8 @@ def _serve(
             if kind == "teardown":
                 stack.close()
                 reply: tuple[Any, ...] = ("out", [], True)
+            elif kind == "ping":  # the parent waits until this worker is up (timeout=)
+                reply = ("out", [], True)
             elif kind == "map":
                 outputs: list[Any] = []
                 append = outputs.append

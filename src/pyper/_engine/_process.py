@@ -91,7 +91,10 @@ def _payload(run: Run, stage: Stage) -> bytes:
     task = stage.task
     first = stage is run.stages[0]
     try:
-        if task.policy.limiter is not None:  # the relays pace the calls: the children do not
+        if task.policy.timeout is not None:  # the relay applies these, around each call
+            task = task._replace(policy=task.policy._replace(
+                retries=0, on_error="raise", limiter=None, timeout=None))
+        elif task.policy.limiter is not None:  # the relays pace the calls: the children do not
             task = task._replace(policy=task.policy._replace(limiter=None))
         return dumps((task, run.args if first else None, run.kwargs if first else None))
     except Exception as exc:  # the function was checked at task(...): the call's arguments
@@ -248,11 +251,13 @@ class _Child:
             self.joining = True
         return len(data)
 
-    def receive(self) -> tuple[Any, ...]:
+    def receive(self, timeout: float | None = None) -> tuple[Any, ...]:
         """The child's next reply, ``("out", outputs, done)`` or ``("need", outputs)``;
-        raises its error, its death, or ``Cancelled`` when the run is cancelled
-        meanwhile. ``received`` is its size."""
-        ready = wait([self.from_child, self.process.sentinel, self._wake_r])
+        raises its error, its death, ``Cancelled`` when the run is cancelled meanwhile, or
+        ``_Late`` after ``timeout`` seconds. ``received`` is its size."""
+        ready = wait([self.from_child, self.process.sentinel, self._wake_r], timeout)
+        if not ready:
+            raise _Late
         if self.from_child in ready:
             try:
                 data = self.from_child.recv_bytes()
@@ -308,6 +313,12 @@ class _Child:
 
     def reusable_for(self, task: Task, payload: bytes) -> bool:
         return self.func is task.func and self.payload == payload and self.process.is_alive()
+
+    def kill(self) -> None:
+        """Kill the child at once (a call past its timeout), then close it."""
+        if self.process.exitcode is None:
+            self.process.kill()
+        self.close()
 
     def teardown(self) -> None:
         """Have the child exit its worker's resource (``setup=``) now, while this run can
@@ -450,6 +461,10 @@ _threads.add_exit_hook(_close_idle)
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _Late(Exception):
+    """No reply within the call's timeout."""
+
+
 def _relay(payload: bytes, ready: dict[int, _Child], run: Run, stage: Stage, index: int) -> None:
     run.enter()
     worker = Worker(run, stage)
@@ -460,10 +475,19 @@ def _relay(payload: bytes, ready: dict[int, _Child], run: Run, stage: Stage, ind
             child = _take(stage.task, payload, index)
         hook = partial(child.interrupt, child.generation)
         run.on_cancel(hook)
-        _work(worker, child)
+        if stage.task.policy.timeout is not None:
+            # The relay calls one item at a time, and a child that overruns is replaced:
+            # ``current`` holds the child (and its cancel hook) serving now.
+            current: list[Any] = [child, hook]
+            try:
+                _timed(worker, current, payload, index)
+            finally:
+                child, hook = current[0], current[1]
+        else:
+            _work(worker, child)
     except BaseException as exc:
         error = exc
-        if child is not None:
+        if child is not None and worker.item is None:  # the thread loops (timeout=) name it themselves
             worker.item = child.failed_on
     finally:
         if child is not None and stage.task.policy.setup is not None:
@@ -482,6 +506,49 @@ def _relay(payload: bytes, ready: dict[int, _Child], run: Run, stage: Stage, ind
                 worker.leave(error)
         else:
             worker.leave(error)
+
+
+def _timed(worker: Worker, current: list[Any], payload: bytes, index: int) -> None:
+    """A stage with ``timeout=``: the relay runs the thread loops, calling each item in the
+    child and waiting at most the timeout; past it, the child is killed and replaced and
+    the item raises ``TimeoutError``. ``retries=``, ``on_error=`` and ``rate=`` are
+    applied here, around each such call (the child gets only ``setup=`` and ``unpack=``)."""
+    from ._sync_calls import run_worker
+    from ._sync_loops import work
+    from ._timeouts import timeout_error
+
+    stage, run = worker.stage, worker.run
+    task = stage.task
+    seconds = task.policy.timeout
+    assert seconds is not None
+
+    def up(child: _Child) -> None:
+        """Wait for a new worker to be running: its start is no part of a call's time."""
+        child.send(("ping",))
+        child.receive()
+
+    def remote(x: Any) -> Any:
+        child = current[0]
+        child.send(("map", [x]))
+        try:
+            return child.receive(seconds)[1][0]
+        except _Late:
+            pass
+        run.off_cancel(current[1])
+        fresh = _Child(task, payload, index, _threaded_context())
+        current[:] = [fresh, partial(fresh.interrupt, fresh.generation)]
+        run.on_cancel(current[1])
+        child.kill()
+        up(fresh)
+        raise timeout_error(task.name, seconds)
+
+    up(current[0])
+    here = task._replace(func=remote, policy=task.policy._replace(setup=None, unpack=False))
+    worker.stage = Stage(here, remote, stage.inp, stage.out, stage.take, stage.emit, stage.take_args)
+    try:
+        run_worker(worker, work, None, {}, run.sleep, log)
+    finally:
+        worker.stage = stage
 
 
 def _work(worker: Worker, child: _Child) -> None:

@@ -152,7 +152,7 @@ os.register_at_fork(after_in_child=_forget_runs_in_child)
 class Stage:
     """One task in one run: its function, its two channels and its batch sizes."""
 
-    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch", "group")
+    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch", "group", "shared")
 
     def __init__(self, task: Task, call: Callable[[Any], Any], inp: Channel, out: Channel,
                  take: int, emit: int, take_args: bool = False) -> None:
@@ -168,6 +168,7 @@ class Stage:
         self.branch = task.branch or (task.policy.on_error != "raise" and not task.join)
         # A stage the run added to gather the next task's input (batch=): see _with_groups.
         self.group = task.func if isinstance(task.func, Grouping) else None
+        self.shared: object = None  # the executor's per-stage state, if it keeps any
 
 
 def _edge(up: Task, down: Task | None) -> tuple[int, int]:

@@ -13,6 +13,7 @@ set them. Otherwise ``run_worker`` wraps the worker's loop::
     func      = the task's function, bound arguments applied
     setup=    func(resource, ...)        the worker's own resource, made and entered here
     unpack=   func(*item) / func(**item)
+    timeout=  each attempt given up at the deadline (_timeouts: the executor's way)
     rate=     each attempt waits for its slot of the task's rate (cancellable)
     retries=  call again on retry_on, after a backoff wait (cancellable)
     on_error= the outputs become a stream: (result,), or () for a dropped item,
@@ -44,9 +45,14 @@ INFO, WARNING = 20, 30
 Log = Callable[[int, str], None]
 
 
+#: ``timed(call, stack)``: the call given up at the task's timeout (the executor's way).
+Timed = Callable[[Callable[[Any], Any], Any], Callable[[Any], Any]]
+
+
 def run_worker(
     worker: Any, loop: Callable[[Any], None], args: tuple[Any, ...] | None,
     kwargs: dict[str, Any], wait: Callable[[float], None], log: Log,
+    timed: Timed | None = None,
 ) -> None:
     """Run ``loop(worker)`` with ``worker.call`` built from its task's options. The
     resource is exited on every path; if that raises while the loop is raising, the
@@ -54,7 +60,7 @@ def run_worker(
     the run, it is the worker's error)."""
     stack = ExitStack()
     try:
-        worker.call = open_call(worker.stage.task, args, kwargs, stack, wait, log)
+        worker.call = open_call(worker.stage.task, args, kwargs, stack, wait, log, timed)
         loop(worker)
     except BaseException as exc:
         try:
@@ -71,9 +77,10 @@ def run_worker(
 
 def open_call(
     task: Task, args: tuple[Any, ...] | None, kwargs: dict[str, Any], stack: ExitStack,
-    wait: Callable[[float], None], log: Log,
+    wait: Callable[[float], None], log: Log, timed: Timed | None = None,
 ) -> Callable[[Any], Any]:
-    """The worker's call (see the module's docstring); its resource is entered on ``stack``."""
+    """The worker's call (see the module's docstring); its resource is entered on ``stack``.
+    ``timed`` applies ``timeout=`` (None where the caller applies it: a process's relay)."""
     policy = task.policy
     func = task.func
     if policy.setup is not None:
@@ -87,6 +94,8 @@ def open_call(
     if policy.unpack and args is None:
         func = partial(_unpacked, func)
     call = stage_call(task, args, kwargs, func)
+    if policy.timeout is not None and timed is not None:
+        call = timed(call, stack)
     if policy.limiter is not None:  # each attempt is a call the limit counts
         call = _paced(call, policy.limiter.reserve, wait)
     # How a log record names the input: the first task's one call takes the pipeline's arguments.

@@ -15,12 +15,20 @@ from . import _threads
 from ._run import Run, Stage, Worker, log
 from ._sync_calls import run_worker
 from ._sync_loops import work
+from ._timeouts import Abandoned, timed_thread
 
 __all__ = ["start"]
 
 
 def start(run: Run, stage: Stage) -> None:
+    if stage.task.policy.timeout is not None:
+        stage.shared = Abandoned(stage.task.workers)
     start_jobs(run, stage, _job)
+
+
+def _abandoned(stage: Stage) -> Abandoned:
+    assert isinstance(stage.shared, Abandoned)
+    return stage.shared
 
 
 def start_jobs(run: Run, stage: Stage, job: Callable[[Run, Stage, int], None]) -> None:
@@ -47,7 +55,14 @@ def _job(run: Run, stage: Stage, index: int) -> None:
     error: BaseException | None = None
     try:
         if stage.task.policy.any:
-            run_worker(worker, work, run.args if stage.take_args else None, run.kwargs, run.sleep, log)
+            timed = None
+            if stage.task.policy.timeout is not None:
+                timed = partial(
+                    timed_thread, seconds=stage.task.policy.timeout, name=stage.task.name,
+                    enter=run.enter, abandoned=_abandoned(stage), cancelled=lambda: run.cancelled,
+                )
+            args = run.args if stage.take_args else None
+            run_worker(worker, work, args, run.kwargs, run.sleep, log, timed)
         else:
             work(worker)
     except BaseException as exc:
