@@ -24,7 +24,8 @@ def expected_output(path: Path) -> str:
 
 def test_the_option_examples_are_there() -> None:
     names = {path.name for path in EXAMPLES}
-    assert {"worker_setup.py", "retries.py", "on_error.py", "unpack.py"} <= names, names
+    assert {"worker_setup.py", "retries.py", "on_error.py", "unpack.py", "timeout.py", "rate_limit.py",
+            "batching.py", "gather.py"} <= names, names
 
 
 @pytest.mark.timeout(60)

@@ -772,3 +772,83 @@ def test_abandoned_calls_are_bounded_by_workers() -> None:
         assert run(p, 8) == []
     assert peak[0] <= 2 * 2  # two workers' calls plus two abandoned ones
     assert t.elapsed >= 0.5  # the bound made workers wait for abandoned calls to end
+
+
+# --------------------------------------------------------------------------------------------
+# gather(): several functions on the same item, at once
+
+
+def plus_one(x: int) -> int:
+    time.sleep(0.5)
+    return x + 1
+
+
+def doubled(x: int) -> int:
+    time.sleep(0.5)
+    return x * 2
+
+
+def negated(x: int) -> int:
+    time.sleep(0.5)
+    return -x
+
+
+def fails_on_2(x: int) -> int:
+    time.sleep(0.1)
+    if x == 2:
+        raise ValueError("two")
+    return x
+
+
+async def aplus_one(x: int) -> int:
+    await asyncio.sleep(0.5)
+    return x + 1
+
+
+async def adoubled(x: int) -> int:
+    await asyncio.sleep(0.5)
+    return x * 2
+
+
+async def anegated(x: int) -> int:
+    await asyncio.sleep(0.5)
+    return -x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_gather_runs_several_functions_on_each_item_at_once(executor: str) -> None:
+    from pyper import gather
+
+    funcs = (aplus_one, adoubled, anegated) if executor == "async" else (plus_one, doubled, negated)
+    p = numbers() | task(gather(*funcs), workers=4, multiprocess=executor == "process")
+    if executor == "process":
+        run(p, 0)  # start the workers
+    with elapsed() as t:
+        out = run(p, 4)
+    assert sorted(out) == [(x + 1, x * 2, -x) for x in range(4)]
+    # 12 calls of 0.5 s: the items on 4 workers, each item's 3 calls at once (one after the
+    # other they would take 1.5 s)
+    assert t.elapsed < 1.2, t.elapsed
+
+
+@pytest.mark.timeout(30)
+def test_gather_raises_the_first_error_once_every_call_has_ended() -> None:
+    from pyper import gather
+
+    p = numbers() | task(gather(fails_on_2, plus_one), workers=2)
+    with pytest.raises(ValueError, match="two"):
+        run(p, 4)
+    p = numbers() | task(gather(fails_on_2, plus_one), on_error=lambda x, e: Emit(("failed", x)))
+    assert sorted(run(p, 4), key=str) == sorted([(0, 1), (1, 2), ("failed", 2), (3, 4)], key=str)
+
+
+def test_gather_refuses_mixed_or_generator_functions() -> None:
+    from pyper import gather
+
+    with pytest.raises(TypeError, match="all sync or all async"):
+        gather(plus_one, aplus_one)
+    with pytest.raises(TypeError, match="not generators"):
+        gather(plus_one, two_then_fail)
+    with pytest.raises(TypeError, match="at least one"):
+        gather()
