@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from ._errors import attach
@@ -57,8 +58,12 @@ class _Gather:
         return type(self), (self.funcs,)
 
 
+def _ignore(exc: BaseException) -> None:
+    pass  # spawn reports a failure to start a thread here only when nonblocking
+
+
 def _first_error(outcomes: list[tuple[bool, Any]]) -> BaseException | None:
-    errors = [value for ok, value in outcomes if not ok]
+    errors: list[BaseException] = [value for ok, value in outcomes if not ok]
     if not errors:
         return None
     attach(errors[0], errors[1:])
@@ -91,10 +96,10 @@ class _SyncGather(_Gather):
                 done.release()
 
         if others:
-            _threads.spawn(
-                [(lambda i=i, f=f: job(i, f), f"pyper:{self.__qualname__}") for i, f in enumerate(others, 1)],
-                daemon=False, nonblocking=False, on_error=lambda exc: None,
-            )
+            jobs: list[tuple[Callable[[], None], str]] = [
+                (partial(job, i, f), f"pyper:{self.__qualname__}") for i, f in enumerate(others, 1)
+            ]
+            _threads.spawn(jobs, daemon=False, nonblocking=False, on_error=_ignore)
         try:
             outcomes[0] = (True, first(item))
         except BaseException as exc:
