@@ -16,16 +16,22 @@ gathered call.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from ._errors import attach
 from ._spec import classify, describe
 
 __all__ = ["gather"]
 
+_T = TypeVar("_T")
 
+
+@overload
+def gather(*funcs: Callable[[_T], Coroutine[Any, Any, Any]]) -> Callable[[_T], Coroutine[Any, Any, tuple[Any, ...]]]: ...
+@overload
+def gather(*funcs: Callable[[_T], Any]) -> Callable[[_T], tuple[Any, ...]]: ...
 def gather(*funcs: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """A function of one item that calls every one of ``funcs`` on it, at once, and
     returns the tuple of their results."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Iterator
-from typing import Any, Callable, Literal, Unpack, overload
+from typing import Any, Callable, Concatenate, Literal, Unpack, overload
 
 from ._errors import PipelineSetupError
 from ._pickling import dumps, have_cloudpickle
@@ -233,6 +233,43 @@ class _TaskFactory:
         self, func: None = None, /, *, branch: bool | None = None, join: bool = False,
         bind: _Bound | None = None, **options: Unpack[_Options],
     ) -> Callable[[Callable[..., Any]], Any]: ...
+
+    # -- setup=: the function takes the worker's resource first; the pipeline, the rest ---------
+    # (the resource's type is not checked against setup's: a context manager gives what its
+    # __enter__ returns, which a signature cannot say)
+    @overload
+    def __call__(
+        self, func: None = None, /, *, setup: Callable[[], Any], branch: bool | None = None,
+        join: bool = False, bind: _Bound | None = None, **options: Unpack[_Options],
+    ) -> Callable[[Callable[..., Any]], Any]: ...
+    @overload
+    def __call__(
+        self, func: Callable[Concatenate[Any, _P], AsyncIterator[_T]], /, *, setup: Callable[[], Any],
+        branch: None = None, join: Literal[False] = False, bind: None = None, **options: Unpack[_Options],
+    ) -> AsyncPipeline[_P, _T]: ...
+    @overload
+    def __call__(
+        self, func: Callable[Concatenate[Any, _P], Coroutine[Any, Any, _R]], /, *,
+        setup: Callable[[], Any], branch: None | Literal[False] = None, join: Literal[False] = False,
+        bind: None = None, **options: Unpack[_Options],
+    ) -> AsyncPipeline[_P, _R]: ...
+    @overload
+    def __call__(
+        self, func: Callable[Concatenate[Any, _P], Generator[_T, Any, Any]], /, *,
+        setup: Callable[[], Any], branch: None = None, join: Literal[False] = False,
+        bind: None = None, **options: Unpack[_Options],
+    ) -> Pipeline[_P, _T]: ...
+    @overload
+    def __call__(
+        self, func: Callable[Concatenate[Any, _P], _R], /, *, setup: Callable[[], Any],
+        branch: None | Literal[False] = None, join: Literal[False] = False, bind: None = None,
+        **options: Unpack[_Options],
+    ) -> Pipeline[_P, _R]: ...
+    @overload
+    def __call__(
+        self, func: Callable[..., Any], /, *, setup: Callable[[], Any], branch: bool | None = None,
+        join: bool = False, bind: _Bound | None = None, **options: Unpack[_Options],
+    ) -> Any: ...
 
     # -- task(func): branch=None (the default) ----------------------------------------------------
     # A nested pipeline emits its output stream per input (an AsyncPipeline: an async one;

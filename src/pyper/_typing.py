@@ -33,7 +33,6 @@ class _Options(TypedDict, total=False):
     ordered: bool
     multiprocess: bool
     daemon: bool
-    setup: Callable[[], Any] | None
     retries: int
     retry_on: type[BaseException] | tuple[type[BaseException], ...]
     backoff: float | Callable[[int], float]

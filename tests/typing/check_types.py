@@ -470,3 +470,62 @@ async def acalls() -> None:
     assert_type(await run_async(10), int)
     assert_type(await (task(aproduce) > atotal)(3), int)
     assert_type(await run_named(limit=3, start=1), list[int])
+
+
+# --------------------------------------------------------------------------------------------
+# The options of real work (issue 8): the item types still flow through | and >
+
+
+class _Conn:
+    def __enter__(self) -> _Conn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _store(conn: _Conn, row: int, /) -> str:
+    return str(row)
+
+
+async def _astore(conn: _Conn, row: int, /) -> str:
+    return str(row)
+
+
+def _rows(conn: _Conn, n: int, /) -> Generator[int, None, None]:
+    yield n
+
+
+def _count(n: int, /) -> Iterator[int]:
+    yield from range(n)
+
+
+def _sum_rows(rows: list[int], /) -> int:
+    return sum(rows)
+
+
+def _on_error(item: object, exc: Exception) -> None:
+    return None
+
+
+def check_real_work_options() -> None:
+    from pyper import Emit, Rate, gather
+
+    assert_type(task(_store, setup=_Conn), Pipeline[[int], str])
+    assert_type(task(_astore, setup=_Conn, workers=4), AsyncPipeline[[int], str])
+    assert_type(task(_rows, setup=_Conn), Pipeline[[int], int])
+    assert_type(task(_count) | task(_store, setup=_Conn, workers=4), Pipeline[[int], str])
+    assert_type(
+        task(inc, retries=3, retry_on=(ValueError, KeyError), backoff=0.5, timeout=2.0,
+             on_error="skip", rate=Rate(10, per=1.0), unpack=False),
+        Pipeline[[int], int],
+    )
+    assert_type(task(inc, on_error=_on_error, rate=5, backoff=lambda attempt: 0.1, retries=1), Pipeline[[int], int])
+    assert_type(task(_sum_rows, batch=100, linger=0.5), Pipeline[[list[int]], int])
+    assert_type(Emit(3).value, int)
+    assert_type(task(_count) | task(gather(inc, to_str)), Pipeline[[int], tuple[Any, ...]])
+
+    async def _aone(x: int, /) -> int:
+        return x
+
+    assert_type(task(gather(_aone, _aone)), AsyncPipeline[[int], tuple[Any, ...]])
