@@ -194,6 +194,35 @@ def async_w4(n: int, reps: int) -> list[float]:
     return time_async_sum(_sum_async(p), n, reps)
 
 
+#: One option set on both mapping tasks of the w4 shapes: what it costs per item when set.
+_OPTIONS: dict[str, dict[str, Any]] = {
+    "retries": {"retries": 3},
+    "timeout": {"timeout": 10.0},
+    "rate": {"rate": 1e9},
+    "skip": {"on_error": "skip"},
+}
+
+
+def _with_option(kind: str, option: str) -> Callable[[int, int], list[float]]:
+    def run(n: int, reps: int) -> list[float]:
+        from pyper import task
+
+        extra = _OPTIONS[option]
+        if kind == "sync":
+            p = task(produce) | task(inc, workers=4, **extra) | task(dbl, workers=4, **extra)
+            return time_sync_sum(_sum_sync(p), n, reps)
+        q = task(aproduce) | task(ainc, workers=4, **extra) | task(adbl, workers=4, **extra)
+        return time_async_sum(_sum_async(q), n, reps)
+
+    run.__name__ = f"{kind}_w4_{option}"
+    return run
+
+
+for _kind in ("sync", "async"):
+    for _option in _OPTIONS:
+        contender(_with_option(_kind, _option))
+
+
 @contender
 def async_mixed_w4(n: int, reps: int) -> list[float]:
     from pyper import task

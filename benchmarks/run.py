@@ -186,6 +186,18 @@ def build_cases(quick: bool, skip_ours: str | None, skip_original: str | None) -
         add(c, f"{ORIGINAL_VERSION}: {label}", "original", [*orig, child, str(n), "1"], 300)
     cases.append(c)
 
+    # Options of real work (issue 8): the same w4 shapes with one option set on inc and dbl,
+    # so the row's excess over "ours: sync/async, workers=4" is that option's cost per item.
+    c = Case("options", f"{spaced(n)} items through produce | inc | dbl, workers=4, one option on both",
+             "ms", 1e3, reference="plain generator chain")
+    add(c, "plain generator chain", "baseline", [*ours, "plain", str(n), "10"], 60)
+    for kind in ("sync", "async"):
+        add(c, f"ours: {kind}, no option", "ours", [*ours, f"{kind}_w4", str(n), "3"], 120)
+        for option, text in (("retries", "retries=3"), ("skip", "on_error='skip'"),
+                             ("rate", "rate=1e9"), ("timeout", "timeout=10")):
+            add(c, f"ours: {kind}, {text}", "ours", [*ours, f"{kind}_w4_{option}", str(n), "3"], 300)
+    cases.append(c)
+
     # Per call: `task(f) | task(g)` on one item; value = seconds per call, mean over the calls.
     calls = 500 if quick else 2000
     c = Case("per call", "tiny two-task pipeline, one item, per call", "us", 1e6)
