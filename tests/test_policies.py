@@ -852,3 +852,192 @@ def test_gather_refuses_mixed_or_generator_functions() -> None:
         gather(plus_one, two_then_fail)
     with pytest.raises(TypeError, match="at least one"):
         gather()
+
+
+# --------------------------------------------------------------------------------------------
+# Regressions found by review (issue 8)
+
+
+class FileResource:
+    """A resource whose entry and exit are files, so that a worker process shows them."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self.open = False
+
+    def __enter__(self) -> FileResource:
+        self.open = True
+        (self.directory / f"enter-{os.getpid()}-{id(self)}").touch()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.open = False
+        (self.directory / f"exit-{os.getpid()}-{id(self)}").touch()
+
+
+def one_second(resource: FileResource, x: int) -> int:
+    time.sleep(1.0)
+    return x
+
+
+def endless_with(resource: FileResource, x: int) -> Any:
+    try:
+        while True:
+            yield x
+    finally:
+        (resource.directory / f"finally-open={resource.open}").touch()
+
+
+def _marks(directory: Path, prefix: str) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(prefix))
+
+
+@pytest.mark.timeout(30)
+def test_a_process_resource_is_exited_after_a_break_during_a_call(tmp_path: Path) -> None:
+    p = numbers() | task(one_second, workers=2, multiprocess=True, setup=partial_resource(tmp_path))
+    for _ in p(10):
+        break
+    deadline = time.monotonic() + 10
+    while len(_marks(tmp_path, "exit")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_marks(tmp_path, "enter")) == 2 and len(_marks(tmp_path, "exit")) == 2
+
+
+@pytest.mark.timeout(30)
+def test_a_process_generator_stopped_early_still_sees_its_resource(tmp_path: Path) -> None:
+    p = numbers() | task(endless_with, multiprocess=True, setup=partial_resource(tmp_path))
+    for _ in p(1):
+        break
+    deadline = time.monotonic() + 10
+    while not _marks(tmp_path, "exit") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _marks(tmp_path, "finally") == ["finally-open=True"]
+
+
+def partial_resource(directory: Path) -> Any:
+    import functools
+
+    return functools.partial(FileResource, str(directory))
+
+
+def exit_on_3(x: int) -> int:
+    if x == 3:
+        os._exit(1)
+    return x
+
+
+@pytest.mark.timeout(30)
+def test_a_dead_worker_stops_the_run_even_with_timeout_and_on_error() -> None:
+    from pyper import WorkerProcessDied
+
+    p = numbers() | task(exit_on_3, multiprocess=True, timeout=5, on_error="skip")
+    with pytest.raises(WorkerProcessDied):
+        run(p, 6)
+
+
+def lazy_range(x: int) -> Any:
+    return (i for i in range(x))
+
+
+@pytest.mark.timeout(30)
+def test_a_process_branch_with_timeout_returns_lazy_iterables_whole() -> None:
+    p = numbers() | task(lazy_range, multiprocess=True, branch=True, timeout=5)
+    assert run(p, 4) == [0, 0, 1, 0, 1, 2]
+
+
+@pytest.mark.timeout(30)
+def test_a_broken_off_rate_wait_gives_its_slot_back() -> None:
+    p = numbers() | task(started_at, workers=10, rate=2)
+    for _ in p(50):
+        break  # nine workers were waiting for slots up to 4.5 s away
+    time.sleep(0.2)  # their waits end (and give the slots back) within milliseconds
+    with elapsed() as t:
+        for _ in p(50):
+            break
+    assert t.elapsed < 1.0, t.elapsed
+
+
+def counting_source(counter: list[int], n: int) -> Any:
+    for i in range(n):
+        counter[0] += 1
+        yield i
+
+
+def slow_rows(rows: list[int]) -> int:
+    time.sleep(0.2)
+    return len(rows)
+
+
+@pytest.mark.timeout(30)
+def test_batch_keeps_the_throttle_of_the_task_above() -> None:
+    produced = [0]
+    p = task(counting_source, bind=task.bind(produced), branch=True, throttle=10) | task(slow_rows, batch=10)
+    for _ in p(10_000):
+        break
+    assert produced[0] <= 80, produced[0]  # a few lists of 10, not 64 lists
+
+
+def returns_an_async_iterable(x: int) -> Any:
+    async def gen() -> Any:
+        yield x
+        yield x * 10
+
+    return gen()
+
+
+@pytest.mark.timeout(30)
+def test_on_error_on_a_sync_task_that_returns_an_async_iterable() -> None:
+    async def source(n: int) -> Any:
+        for i in range(n):
+            yield i
+
+    p = task(source) | task(returns_an_async_iterable, branch=True, on_error="skip")
+    assert sorted(run(p, 3)) == [0, 0, 1, 2, 10, 20]
+
+
+@pytest.mark.timeout(30)
+def test_gather_calls_see_the_callers_context() -> None:
+    import contextvars
+
+    from pyper import gather
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    def first(x: int) -> str:
+        return var.get()
+
+    def second(x: int) -> str:
+        return var.get()
+
+    var.set("caller")
+    assert run(numbers() | task(gather(first, second)), 2) == [("caller", "caller")] * 2
+
+
+async def async_handler(x: int, exc: Exception) -> None:
+    return None
+
+
+def test_an_async_handler_for_a_sync_task_is_refused() -> None:
+    with pytest.raises(TypeError, match="on_error is an async function"):
+        task(fail_on_big, on_error=async_handler)
+
+
+@pytest.mark.timeout(30)
+def test_retry_on_base_exception_never_retries_a_cancellation() -> None:
+    async def forever(x: int) -> int:
+        await asyncio.sleep(30)
+        return x
+
+    async def main() -> float:
+        p = numbers() | task(forever, workers=2, retries=5, retry_on=BaseException, backoff=0)
+        agen = p(4).__aiter__()
+        pending = asyncio.ensure_future(agen.__anext__())
+        await asyncio.sleep(0.1)
+        pending.cancel()
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        await agen.aclose()
+        return time.monotonic() - started
+
+    assert run_async(main()) < 0.5

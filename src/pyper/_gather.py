@@ -15,6 +15,7 @@ gathered call.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -102,10 +103,14 @@ class _SyncGather(_Gather):
                 done.release()
 
         if others:
+            # Each call in a copy of this worker's context (it sees what the caller set, and
+            # a pipeline it starts belongs to this run), on a thread as daemon as this one.
             jobs: list[tuple[Callable[[], None], str]] = [
-                (partial(job, i, f), f"pyper:{self.__qualname__}") for i, f in enumerate(others, 1)
+                (partial(contextvars.copy_context().run, job, i, f), f"pyper:{self.__qualname__}")
+                for i, f in enumerate(others, 1)
             ]
-            _threads.spawn(jobs, daemon=False, nonblocking=False, on_error=_ignore)
+            _threads.spawn(jobs, daemon=threading.current_thread().daemon, nonblocking=False,
+                           on_error=_ignore)
         try:
             outcomes[0] = (True, first(item))
         except BaseException as exc:

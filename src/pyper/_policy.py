@@ -18,7 +18,7 @@ from typing import Any, Generic, Literal, TypeVar
 from ._spec import Kind, Policy, classify, no_policy
 
 __all__ = [
-    "MAX_BACKOFF", "Emit", "Limiter", "OnError", "Rate", "check_policy", "delay", "forget",
+    "MAX_BACKOFF", "Abandoned", "Emit", "Limiter", "OnError", "Rate", "check_policy", "delay", "forget",
     "live_resources", "remember",
 ]
 
@@ -79,6 +79,31 @@ class Rate:
         return hash((self.calls, self.per, self.burst))
 
 
+class Abandoned:
+    """The abandoned calls of one task (``timeout=`` on threads) still running, over all
+    its runs (guarded by ``_cond``): at most ``limit``; a worker about to abandon one more
+    waits for one to end (or for its run to be cancelled)."""
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._limit = limit
+
+    def add(self, cancelled: Callable[[], bool]) -> None:
+        with self._cond:
+            while self._running >= self._limit and not cancelled():
+                self._cond.wait(0.05)  # polls the run's cancellation: a break ends the wait
+            self._running += 1
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("the abandoned-call count is the parent's: not sent to worker processes")
+
+    def ended(self) -> None:
+        with self._cond:
+            self._running -= 1
+            self._cond.notify()
+
+
 class Limiter:
     """The start times a task's calls may have under its ``Rate``, handed out in order.
 
@@ -94,15 +119,36 @@ class Limiter:
         self.tolerance = (rate.burst - 1) * self.interval
         self._lock = threading.Lock()
         self._next = 0.0  # theoretical start of the next call (monotonic clock)
+        self._waiting: set[float] = set()  # slots handed out whose callers still wait for them
+        self._last = -1e18  # the latest slot whose call has started
 
-    def reserve(self) -> float:
-        """Take the next slot: seconds to wait before the call may start (0: now)."""
+    def reserve(self) -> tuple[float, float]:
+        """Take the next slot: (seconds to wait before the call may start, the slot)."""
         with self._lock:
             now = time.monotonic()
             due = max(self._next, now)
             start = max(now, due - self.tolerance)
             self._next = due + self.interval
-        return start - now
+            if start > now:
+                self._waiting.add(due)
+            else:
+                self._last = max(self._last, due)
+        return start - now, due
+
+    def started(self, due: float) -> None:
+        """The wait for slot ``due`` is over: its call starts."""
+        with self._lock:
+            self._waiting.discard(due)
+            self._last = max(self._last, due)
+
+    def give_back(self, due: float) -> None:
+        """The wait for slot ``due`` was cancelled (a break): its call is never made, so
+        the slots after the last one still taken are free again (the next run of the task
+        does not wait for calls that were never made)."""
+        with self._lock:
+            self._waiting.discard(due)
+            latest = max(self._waiting, default=self._last)
+            self._next = min(self._next, max(latest, self._last) + self.interval)
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("a rate limiter is not sent to worker processes: the parent paces them")
@@ -158,6 +204,7 @@ def check_policy(
     name: str, kind: Kind, *, join: bool, pipeline: bool, setup: object, retries: object,
     retry_on: object, backoff: object, on_error: object, unpack: object, rate: object = None,
     batch: object = None, linger: object = None, timeout: object = None, is_gen: bool = False,
+    workers: int = 1,
 ) -> Policy:
     """The validated options; a clear error naming the task and the fix otherwise."""
     setup_async = False
@@ -197,6 +244,10 @@ def check_policy(
     if not (on_error in ("raise", "skip") or callable(on_error)):
         raise ValueError(f"task {name!r}: on_error must be 'raise', 'skip' or a function "
                          f"(item, exception), got {on_error!r}")
+    if callable(on_error) and kind == "sync" and classify(on_error)[0] != "sync":
+        raise TypeError(f"task {name!r}: on_error is an async function, but the task's function "
+                        "is synchronous and runs in a thread or process: give it a synchronous "
+                        "handler")
     if not isinstance(unpack, bool):
         raise TypeError(f"task {name!r}: unpack must be True or False, got {unpack!r}")
 
@@ -237,7 +288,8 @@ def check_policy(
                              "timeout inside the function instead")
     policy = Policy(setup, setup_async, retries, retry_on, backoff, on_error, unpack, limiter,
                     batch or 0, None if linger is None else float(linger),
-                    None if timeout is None else float(timeout))
+                    None if timeout is None else float(timeout),
+                    None if timeout is None else Abandoned(workers))
     if join and (retries or on_error != "raise" or unpack):
         given = [o for o, v in (("retries", retries), ("on_error", on_error != "raise"),
                                 ("unpack", unpack)) if v]

@@ -32,6 +32,7 @@ class Policy(NamedTuple):
     batch: int = 0  # the function receives lists of up to this many items (0: single items)
     linger: float | None = None  # a partial list goes once its first item waited this long
     timeout: float | None = None  # seconds per call (attempt)
+    abandoned: Any = None  # a _policy.Abandoned, with timeout=: the task's abandoned thread calls
 
     @property
     def any(self) -> bool:

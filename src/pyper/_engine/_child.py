@@ -157,6 +157,10 @@ def _serve(
                 _join(call, message[1], message[2], inbox, outbox, notes)
                 continue
             if kind == "teardown":
+                close = getattr(stream, "close", None)
+                if close is not None:  # a generator stopped early: its finally still uses the resource
+                    close()
+                stream = iter(())
                 stack.close()
                 reply: tuple[Any, ...] = ("out", [], True)
             elif kind == "ping":  # the parent waits until this worker is up (timeout=)
@@ -219,7 +223,7 @@ def _join(
             reply: tuple[Any, ...] = pickle.loads(inbox.recv_bytes())
         except (EOFError, OSError):  # the parent has gone
             raise _Stop from None
-        if reply[0] == "stop":
+        if reply[0] in ("stop", "teardown"):
             raise _Stop
         return reply
 
@@ -242,7 +246,7 @@ def _join(
                 n = reply[1]
         data = _dumps(("out", pending, True), notes)
     except _Stop:
-        os._exit(0)  # the parent has gone or stops this worker: nothing to tell it
+        raise  # the parent has gone or stops this worker: the resource is exited, then the process
     except BaseException as exc:
         data = _error(exc, _NO_ITEM, notes)
     try:

@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -93,7 +94,7 @@ def _payload(run: Run, stage: Stage) -> bytes:
     try:
         if task.policy.timeout is not None:  # the relay applies these, around each call
             task = task._replace(policy=task.policy._replace(
-                retries=0, on_error="raise", limiter=None, timeout=None))
+                retries=0, on_error="raise", limiter=None, timeout=None, abandoned=None))
         elif task.policy.limiter is not None:  # the relays pace the calls: the children do not
             task = task._replace(policy=task.policy._replace(limiter=None))
         return dumps((task, run.args if first else None, run.kwargs if first else None))
@@ -324,8 +325,23 @@ class _Child:
         """Have the child exit its worker's resource (``setup=``) now, while this run can
         still raise what that raises; it then serves no other run."""
         self.keep = False
-        if self.busy or self.process.exitcode is not None:
-            return  # in a call, or gone: the resource goes with the process
+        if self.process.exitcode is not None:
+            return  # gone (killed at a timeout, or died): the resource went with it
+        if self.joining:  # in a join call: it unwinds, exits the resource and the process
+            try:
+                self.to_child.send_bytes(pickle.dumps(("teardown",)))
+            except (BrokenPipeError, OSError):
+                return
+            self.process.join(TEARDOWN_SECONDS)
+            return
+        if self.busy:  # a call in flight (the run stopped): its reply is dropped
+            try:
+                if not self.from_child.poll(TEARDOWN_SECONDS):
+                    return  # stuck: close() terminates it
+                self.from_child.recv_bytes()
+            except (EOFError, OSError):
+                return
+            self.busy = False
         try:
             self.to_child.send_bytes(pickle.dumps(("teardown",)))
         except (BrokenPipeError, OSError):
@@ -523,17 +539,28 @@ def _timed(worker: Worker, current: list[Any], payload: bytes, index: int) -> No
     assert seconds is not None
 
     def up(child: _Child) -> None:
-        """Wait for a new worker to be running: its start is no part of a call's time."""
+        """Wait for a new worker to be running: its start is no part of a call's time. If
+        it cannot serve (its setup raised), that stops the run: it is no item's error."""
         child.send(("ping",))
-        child.receive()
+        try:
+            child.receive()
+        except Exception as exc:
+            if isinstance(exc, (Cancelled, Broken)):
+                raise
+            run.fail(exc, task)
+            raise Cancelled from None
+
+    # A branching call's outputs come back whole (a lazy iterable cannot be pickled).
+    request = ("branch", None, sys.maxsize) if stage.branch and task.branch else ("map", None)
 
     def remote(x: Any) -> Any:
         child = current[0]
-        child.send(("map", [x]))
+        child.send((request[0], [x], *request[2:]))
         try:
-            return child.receive(seconds)[1][0]
+            reply = child.receive(seconds)
+            return reply[1] if request[0] == "branch" else reply[1][0]
         except _Late:
-            pass
+            pass  # (a worker that died raises WorkerProcessDied: it stops the run, as without timeout=)
         run.off_cancel(current[1])
         fresh = _Child(task, payload, index, _threaded_context())
         current[:] = [fresh, partial(fresh.interrupt, fresh.generation)]
@@ -570,8 +597,15 @@ def _work(worker: Worker, child: _Child) -> None:
     n = m = 1
     while (items := worker.begin(get(n))) is not None:
         batch = list(items)  # all of it goes to the child: nothing is left to share
-        if limiter is not None and (seconds := limiter.reserve()) > 0:
-            worker.run.sleep(seconds)
+        if limiter is not None:
+            seconds, slot = limiter.reserve()
+            if seconds > 0:
+                try:
+                    worker.run.sleep(seconds)
+                except BaseException:
+                    limiter.give_back(slot)
+                    raise
+                limiter.started(slot)
         started = perf_counter()
         if branch:
             sent = child.send(("branch", batch, m))

@@ -123,6 +123,21 @@ def _cancel_abandoned_runs() -> None:
 
 _threads.add_exit_hook(_cancel_abandoned_runs)
 
+#: Runs with late errors counted but not yet summed up (a worker of theirs is still busy);
+#: summed up when their last worker leaves, or at interpreter exit. Guarded by _live_lock.
+_unsummed: set[Run] = set()
+
+
+def _sum_up_late_errors() -> None:
+    with _live_lock:
+        runs = list(_unsummed)
+        _unsummed.clear()
+    for run in runs:
+        run.sum_up_late_errors()
+
+
+_threads.add_exit_hook(_sum_up_late_errors)
+
 # Threads inside a garbage collection. A generator dropped in a reference cycle is
 # closed by the collector in whatever thread triggered it, which may hold any lock of
 # the engine at that moment; its run must then be stopped from another thread.
@@ -152,7 +167,7 @@ os.register_at_fork(after_in_child=_forget_runs_in_child)
 class Stage:
     """One task in one run: its function, its two channels and its batch sizes."""
 
-    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch", "group", "shared")
+    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch", "group")
 
     def __init__(self, task: Task, call: Callable[[Any], Any], inp: Channel, out: Channel,
                  take: int, emit: int, take_args: bool = False) -> None:
@@ -168,7 +183,6 @@ class Stage:
         self.branch = task.branch or (task.policy.on_error != "raise" and not task.join)
         # A stage the run added to gather the next task's input (batch=): see _with_groups.
         self.group = task.func if isinstance(task.func, Grouping) else None
-        self.shared: object = None  # the executor's per-stage state, if it keeps any
 
 
 def _edge(up: Task, down: Task | None) -> tuple[int, int]:
@@ -250,10 +264,13 @@ def _with_groups(tasks: tuple[Task, ...], is_async: bool) -> tuple[Task, ...]:
     for task in tasks[1:]:
         policy = task.policy
         if policy.batch:
+            # The lists in flight hold no more items than the task above lets out (throttle=).
+            above = out[-1].throttle
+            throttle = -(-above // policy.batch) if above else 0
             out.append(Task(
                 func=Grouping(policy.batch, policy.linger), name=f"{task.name}:batch",
                 kind="coro" if is_async else "sync", is_gen=False, workers=1, branch=False,
-                join=False, throttle=0, ordered=False, multiprocess=False, daemon=task.daemon,
+                join=False, throttle=throttle, ordered=False, multiprocess=False, daemon=task.daemon,
             ))
         out.append(task)
     return tuple(out)
@@ -529,7 +546,10 @@ class Run:
             if count > LATE_LOGGED:
                 key = (task.name, type(exc).__name__)
                 self._unlogged[key] = self._unlogged.get(key, 0) + 1
-                return
+        if count > LATE_LOGGED:
+            with _live_lock:  # never taken while holding a run's lock: no lock-order cycle
+                _unsummed.add(self)
+            return
         more = (" (later ones are counted, and summed up once the run's calls are done)"
                 if count == LATE_LOGGED else "")
         _log_error("pyper: task %r raised after its pipeline had stopped%s", task.name, more, exc_info=exc)
@@ -542,9 +562,18 @@ class Run:
         """A worker is done; the last one sums up the late errors not logged one by one."""
         with self._lock:
             self._workers -= 1
-            if self._workers or not self._unlogged:
+            if self._workers:
+                return
+        self.sum_up_late_errors()
+
+    def sum_up_late_errors(self) -> None:
+        """One record for the late errors not logged one by one (if any)."""
+        with self._lock:
+            if not self._unlogged:
                 return
             unlogged, self._unlogged = self._unlogged, {}
+        with _live_lock:
+            _unsummed.discard(self)
         parts = ", ".join(f"{n} {kind} in task {name!r}" for (name, kind), n in sorted(unlogged.items()))
         total = sum(unlogged.values())
         log(40, f"pyper: {total} more error{'s' if total > 1 else ''} raised after the pipeline "

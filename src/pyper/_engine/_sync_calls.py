@@ -30,13 +30,17 @@ from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
-from .._errors import Broken, Cancelled, add_note, attach, safe_str, short_repr
+from .._errors import Broken, Cancelled, WorkerProcessDied, add_note, attach, safe_str, short_repr
 from .._policy import Emit, delay, forget, remember
 from .._spec import Task
 from ._bridge import iter_result
 from ._run import stage_call
 
 __all__ = ["open_call", "run_worker"]
+
+#: Raised through every option, never retried nor handled as an item's error: the run
+#: stopping, a worker process that died, an interrupt (even with retry_on=BaseException).
+_NEVER_RETRIED = (Cancelled, Broken, WorkerProcessDied, KeyboardInterrupt, SystemExit, GeneratorExit)
 
 #: ``logging`` levels, without importing ``logging`` into every worker process.
 INFO, WARNING = 20, 30
@@ -60,7 +64,7 @@ def run_worker(
     the run, it is the worker's error)."""
     stack = ExitStack()
     try:
-        worker.call = open_call(worker.stage.task, args, kwargs, stack, wait, log, timed)
+        worker.call = open_call(worker.stage.task, args, kwargs, stack, wait, log, timed, worker.run)
         loop(worker)
     except BaseException as exc:
         try:
@@ -77,7 +81,7 @@ def run_worker(
 
 def open_call(
     task: Task, args: tuple[Any, ...] | None, kwargs: dict[str, Any], stack: ExitStack,
-    wait: Callable[[float], None], log: Log, timed: Timed | None = None,
+    wait: Callable[[float], None], log: Log, timed: Timed | None = None, run: Any = None,
 ) -> Callable[[Any], Any]:
     """The worker's call (see the module's docstring); its resource is entered on ``stack``.
     ``timed`` applies ``timeout=`` (None where the caller applies it: a process's relay)."""
@@ -97,25 +101,36 @@ def open_call(
     if policy.timeout is not None and timed is not None:
         call = timed(call, stack)
     if policy.limiter is not None:  # each attempt is a call the limit counts
-        call = _paced(call, policy.limiter.reserve, wait)
+        call = _paced(call, policy.limiter, wait)
     # How a log record names the input: the first task's one call takes the pipeline's arguments.
     shown: Callable[[Any], str] = _the_call if args is not None else _the_item
     if policy.retries:
         call = _retrying(task, call, wait, log, shown)
     if policy.on_error != "raise":
-        call = _guarded(task, call, log, shown)
+        call = _guarded(task, call, log, shown, run)
     return call
 
 
+def _cancelled(exc: BaseException) -> bool:
+    """An ``asyncio.CancelledError`` (a ``BaseException``: only ``retry_on=BaseException`` catches it)."""
+    return type(exc).__name__ == "CancelledError" and not isinstance(exc, Exception)
+
+
 def _paced(
-    call: Callable[[Any], Any], reserve: Callable[[], float], wait: Callable[[float], None],
+    call: Callable[[Any], Any], limiter: Any, wait: Callable[[float], None],
 ) -> Callable[[Any], Any]:
     """The call, started no earlier than the task's rate allows."""
+    reserve, started, give_back = limiter.reserve, limiter.started, limiter.give_back
 
     def paced(x: Any) -> Any:
-        seconds = reserve()
+        seconds, slot = reserve()
         if seconds > 0:
-            wait(seconds)
+            try:
+                wait(seconds)
+            except BaseException:
+                give_back(slot)
+                raise
+            started(slot)
         return call(x)
 
     return paced
@@ -169,7 +184,7 @@ def _retrying(
                     result = _started(result)
                 return result
             except retry_on as exc:
-                if isinstance(exc, (Cancelled, Broken)) or len(failures) == retries:
+                if isinstance(exc, _NEVER_RETRIED) or _cancelled(exc) or len(failures) == retries:
                     for number, failure in enumerate(failures, 1):
                         add_note(exc, f"pyper: attempt {number} of {retries + 1} raised {safe_str(failure)}")
                     raise
@@ -209,7 +224,7 @@ def _close(items: Any) -> None:
 
 
 def _guarded(
-    task: Task, call: Callable[[Any], Any], log: Log, shown: Callable[[Any], str],
+    task: Task, call: Callable[[Any], Any], log: Log, shown: Callable[[Any], str], run: Any,
 ) -> Callable[[Any], Any]:
     """The call, with errors handled per item by ``on_error``; its outputs as a stream."""
     handler, name, branch = task.policy.on_error, task.name, task.branch
@@ -223,12 +238,12 @@ def _guarded(
         return (out.value,) if isinstance(out, Emit) else ()
 
     def stream(x: Any, result: Any) -> Iterator[Any]:
-        items = iter_result(task, result, None)
+        items = iter_result(task, result, run)
         try:
             for item in items:
                 yield item
         except Exception as exc:
-            if isinstance(exc, (Cancelled, Broken)):
+            if isinstance(exc, _NEVER_RETRIED):
                 raise
             for item in handled(x, exc):
                 yield item
@@ -239,7 +254,7 @@ def _guarded(
         try:
             result = call(x)
         except Exception as exc:
-            if isinstance(exc, (Cancelled, Broken)):
+            if isinstance(exc, _NEVER_RETRIED):
                 raise
             return handled(x, exc)
         return stream(x, result) if branch else (result,)

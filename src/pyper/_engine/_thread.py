@@ -15,20 +15,13 @@ from . import _threads
 from ._run import Run, Stage, Worker, log
 from ._sync_calls import run_worker
 from ._sync_loops import work
-from ._timeouts import Abandoned, timed_thread
+from ._timeouts import timed_thread
 
 __all__ = ["start"]
 
 
 def start(run: Run, stage: Stage) -> None:
-    if stage.task.policy.timeout is not None:
-        stage.shared = Abandoned(stage.task.workers)
     start_jobs(run, stage, _job)
-
-
-def _abandoned(stage: Stage) -> Abandoned:
-    assert isinstance(stage.shared, Abandoned)
-    return stage.shared
 
 
 def start_jobs(run: Run, stage: Stage, job: Callable[[Run, Stage, int], None]) -> None:
@@ -59,7 +52,7 @@ def _job(run: Run, stage: Stage, index: int) -> None:
             if stage.task.policy.timeout is not None:
                 timed = partial(
                     timed_thread, seconds=stage.task.policy.timeout, name=stage.task.name,
-                    enter=run.enter, abandoned=_abandoned(stage), cancelled=lambda: run.cancelled,
+                    enter=run.enter, abandoned=stage.task.policy.abandoned, cancelled=lambda: run.cancelled,
                 )
             args = run.args if stage.take_args else None
             run_worker(worker, work, args, run.kwargs, run.sleep, log, timed)

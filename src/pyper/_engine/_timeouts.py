@@ -21,7 +21,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Abandoned", "timed_async", "timed_thread", "timeout_error"]
+from .._policy import Abandoned
+
+__all__ = ["timed_async", "timed_thread", "timeout_error"]
 
 
 def timeout_error(name: str, seconds: float) -> TimeoutError:
@@ -41,27 +43,6 @@ def timed_async(call: Callable[[Any], Any], stack: Any, *, seconds: float, name:
             raise
 
     return timed
-
-
-class Abandoned:
-    """The abandoned calls of one task that are still running (guarded by ``_cond``):
-    a worker that abandons one more than ``limit`` waits for one to end."""
-
-    def __init__(self, limit: int) -> None:
-        self._cond = threading.Condition()
-        self._running = 0
-        self._limit = limit
-
-    def add(self, cancelled: Callable[[], bool]) -> None:
-        with self._cond:
-            self._running += 1
-            while self._running > self._limit and not cancelled():
-                self._cond.wait(0.05)  # polls the run's cancellation: a break ends the wait
-
-    def ended(self) -> None:
-        with self._cond:
-            self._running -= 1
-            self._cond.notify()
 
 
 class _Helper:
