@@ -1041,3 +1041,25 @@ def test_retry_on_base_exception_never_retries_a_cancellation() -> None:
         return time.monotonic() - started
 
     assert run_async(main()) < 0.5
+
+
+def fail_after_zero(resource: FileResource, x: int) -> int:
+    if x > 0:
+        raise ValueError(x)
+    return x
+
+
+@pytest.mark.timeout(30)
+def test_a_process_resource_is_exited_when_the_run_stops_during_a_backoff(tmp_path: Path) -> None:
+    p = numbers() | task(fail_after_zero, workers=2, multiprocess=True, retries=5, backoff=30,
+                         setup=partial_resource(tmp_path))
+    outputs = p(10)
+    assert next(outputs) == 0
+    time.sleep(0.3)  # the other calls fail and wait 15-30 s to retry
+    with elapsed() as t:
+        outputs.close()
+    assert t.elapsed < 1
+    deadline = time.monotonic() + 5
+    while len(_marks(tmp_path, "exit")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_marks(tmp_path, "enter")) == 2 and len(_marks(tmp_path, "exit")) == 2

@@ -327,25 +327,24 @@ class _Child:
         self.keep = False
         if self.process.exitcode is not None:
             return  # gone (killed at a timeout, or died): the resource went with it
-        if self.joining:  # in a join call: it unwinds, exits the resource and the process
-            try:
-                self.to_child.send_bytes(pickle.dumps(("teardown",)))
-            except (BrokenPipeError, OSError):
-                return
-            self.process.join(TEARDOWN_SECONDS)
-            return
-        if self.busy:  # a call in flight (the run stopped): its reply is dropped
-            try:
-                if not self.from_child.poll(TEARDOWN_SECONDS):
-                    return  # stuck: close() terminates it
-                self.from_child.recv_bytes()
-            except (EOFError, OSError):
-                return
-            self.busy = False
         try:
             self.to_child.send_bytes(pickle.dumps(("teardown",)))
         except (BrokenPipeError, OSError):
             return
+        if self.joining:  # in a join call: it unwinds, exits the resource and the process
+            self.process.join(TEARDOWN_SECONDS)
+            return
+        if self.busy:
+            # A call in flight (the run stopped): its reply comes first and is dropped. A
+            # child waiting out a retry's backoff takes the message as a stop: it exits its
+            # resource and ends (end of file here).
+            try:
+                if not self.from_child.poll(TEARDOWN_SECONDS):
+                    return  # stuck in the call: close() terminates it
+                self.from_child.recv_bytes()
+            except (EOFError, OSError):
+                return
+            self.busy = False
         if not self.from_child.poll(TEARDOWN_SECONDS):
             return  # closed (terminated) by close() next
         try:
