@@ -89,11 +89,21 @@ class Abandoned:
         self._running = 0
         self._limit = limit
 
-    def add(self, cancelled: Callable[[], bool]) -> None:
+    def add(self, run: Any) -> None:
+        """Count one more abandoned call of ``run`` (a ``Run``), waiting first while there
+        are ``limit`` of them; the run's cancellation ends the wait (its hook wakes it)."""
+        run.on_cancel(self._wake)
+        try:
+            with self._cond:
+                while self._running >= self._limit and not run.cancelled:
+                    self._cond.wait()
+                self._running += 1
+        finally:
+            run.off_cancel(self._wake)
+
+    def _wake(self) -> None:
         with self._cond:
-            while self._running >= self._limit and not cancelled():
-                self._cond.wait(0.05)  # polls the run's cancellation: a break ends the wait
-            self._running += 1
+            self._cond.notify_all()
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("the abandoned-call count is the parent's: not sent to worker processes")

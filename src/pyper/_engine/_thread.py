@@ -51,8 +51,8 @@ def _job(run: Run, stage: Stage, index: int) -> None:
             timed = None
             if stage.task.policy.timeout is not None:
                 timed = partial(
-                    timed_thread, seconds=stage.task.policy.timeout, name=stage.task.name,
-                    enter=run.enter, abandoned=stage.task.policy.abandoned, cancelled=lambda: run.cancelled,
+                    timed_thread, seconds=stage.task.policy.timeout, name=stage.task.name, run=run,
+                    abandoned=stage.task.policy.abandoned,
                 )
             args = run.args if stage.take_args else None
             run_worker(worker, work, args, run.kwargs, run.sleep, log, timed)

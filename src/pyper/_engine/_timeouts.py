@@ -112,8 +112,8 @@ class _Helper:
 
 
 def timed_thread(
-    call: Callable[[Any], Any], stack: Any, *, seconds: float, name: str,
-    enter: Callable[[], None], abandoned: Abandoned, cancelled: Callable[[], bool],
+    call: Callable[[Any], Any], stack: Any, *, seconds: float, name: str, run: Any,
+    abandoned: Abandoned,
 ) -> Callable[[Any], Any]:
     """The call, run on the worker's helper thread and given up at the deadline. Each
     helper runs in a copy of the worker's context (an abandoned one may still be in its own)."""
@@ -129,11 +129,11 @@ def timed_thread(
     def timed(x: Any) -> Any:
         current = helper[0]
         if current is None:
-            current = helper[0] = _Helper(f"pyper:{name}:call", contextvars.copy_context(), enter, abandoned)
+            current = helper[0] = _Helper(f"pyper:{name}:call", contextvars.copy_context(), run.enter, abandoned)
         finished, (ok, value) = current.run(call, x, seconds)
         if not finished:
             helper[0] = None
-            abandoned.add(cancelled)  # waits while too many abandoned calls still run
+            abandoned.add(run)  # waits while too many abandoned calls still run
             raise timeout_error(name, seconds)
         if ok:
             return value
