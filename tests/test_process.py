@@ -634,3 +634,24 @@ def test_the_input_pulled_ahead_of_a_process_stage_is_a_few_batches(workers: int
     # In the edge and in the children, plus the one the producer holds and the outputs
     # on their way to the caller (at most one per worker).
     assert ahead <= (PROCESS_AHEAD + 1) * workers + 1 + workers, ahead
+
+
+_PRELOAD_PROGRAM = """
+import multiprocessing, sys
+from multiprocessing import forkserver
+sys.path.insert(0, sys.argv[1])
+from pyper import task
+import test_process as t
+
+if __name__ == "__main__":
+    multiprocessing.set_forkserver_preload(["json"])  # the program's own choice is kept
+    assert sorted((task(t.count_to, branch=True) | task(t.square, workers=2, multiprocess=True))(3)) == [0, 1, 4]
+    print(forkserver._forkserver._preload_modules)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_fork_server_preloads_the_worker_loop_keeping_the_programs_own_list() -> None:
+    done = _run_script(_PRELOAD_PROGRAM)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['json', 'pyper._engine._child']"
