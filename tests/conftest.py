@@ -83,7 +83,7 @@ def live_resources() -> list[str]:
 
 def engine_idle_processes() -> list[Any]:
     """Worker processes the engine keeps warm for reuse (none before a process stage ran)."""
-    module = sys.modules.get("pyper._engine._process")
+    module = sys.modules.get("pyper._engine._workers")
     return module.idle_processes() if module is not None else []
 
 
@@ -119,7 +119,7 @@ class Leaks:
         (but those of multiprocessing's own long-lived helpers: the fork server and the
         resource tracker, started once per program by the first process stage)."""
         helpers = multiprocessing_helper_fds()
-        module = sys.modules.get("pyper._engine._process")
+        module = sys.modules.get("pyper._engine._workers")
         if module is not None:  # the pipes of worker processes kept warm for reuse
             helpers |= module.idle_fds()
         return [

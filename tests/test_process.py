@@ -295,10 +295,10 @@ def byte_length(b: bytes) -> int:
 
 @pytest.mark.timeout(60)
 def test_batches_of_large_items_stay_within_the_byte_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyper._engine import _process
+    from pyper._engine import _process, _workers
 
     sizes: list[int] = []
-    real_send, real_receive = _process._Child.send, _process._Child.receive
+    real_send, real_receive = _workers.Child.send, _workers.Child.receive
 
     def send(self: Any, message: Any) -> int:
         sizes.append(real_send(self, message))
@@ -309,8 +309,8 @@ def test_batches_of_large_items_stay_within_the_byte_cap(monkeypatch: pytest.Mon
         sizes.append(self.received)
         return reply
 
-    monkeypatch.setattr(_process._Child, "send", send)
-    monkeypatch.setattr(_process._Child, "receive", receive)
+    monkeypatch.setattr(_workers.Child, "send", send)
+    monkeypatch.setattr(_workers.Child, "receive", receive)
     monkeypatch.setattr(_process, "MAX_BATCH_BYTES", 200_000)  # three items
     # A cheap call on large items: batches grow on time, but not past the byte cap.
     p = task(sixty_four_kib, branch=True) | task(byte_length, workers=2, multiprocess=True)
@@ -434,9 +434,9 @@ _FORK_PROGRAM = (
     "    print(sorted(q(2)))  # new workers, forked after a run\n"
     "    two = task(t.count_to, branch=True) | task(t.inc_mark, multiprocess=True) | task(t.third_mark_of, multiprocess=True)\n"
     "    print(sorted(two(2)))  # two process stages: both forked before any thread\n"
-    "    from pyper._engine import _process\n"
-    "    import time; kept = len(_process.idle_processes()); began = time.perf_counter()\n"
-    "    _process._close_idle()  # as at exit: each worker asked to stop must exit at once\n"
+    "    from pyper._engine import _workers\n"
+    "    import time; kept = len(_workers.idle_processes()); began = time.perf_counter()\n"
+    "    _workers.close_idle()  # as at exit: each worker asked to stop must exit at once\n"
     "    print(kept, time.perf_counter() - began < 0.15)\n"
     "    stop = threading.Event()\n"
     "    user = threading.Thread(target=stop.wait); user.start()  # a thread of the user's\n"
@@ -474,8 +474,8 @@ def test_spawn_start_method_is_honoured() -> None:
         "    out = sorted((task(count_to, branch=True) | task(pid_of, workers=2, multiprocess=True))(4))\n"
         "    assert [x for x, _ in out] == [0, 1, 2, 3], out\n"
         "    assert os.getpid() not in {p for _, p in out}\n"
-        "    from pyper._engine import _process\n"
-        "    print(_process.context().get_start_method())\n"
+        "    from pyper._engine import _workers\n"
+        "    print(_workers.context().get_start_method())\n"
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "spawn"
