@@ -17,9 +17,11 @@ which a forked child needs to close its siblings' pipes) are guarded by ``idle_l
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import threading
 from multiprocessing.connection import wait
@@ -141,6 +143,11 @@ class Child:
                     daemon=True,
                 )
                 self.process.start()
+            self._from_fd = self.from_child.fileno()
+            self._poller = select.poll() if hasattr(select, "poll") else None
+            if self._poller is not None:
+                for fd in (self._from_fd, self.process.sentinel, self._wake_r):
+                    self._poller.register(fd, select.POLLIN)
             with idle_lock:
                 opened.add(self)
         finally:
@@ -178,10 +185,10 @@ class Child:
         """The child's next reply, ``("out", outputs, done)`` or ``("need", outputs)``;
         raises its error, its death, ``Cancelled`` when the run is cancelled meanwhile, or
         ``Late`` after ``timeout`` seconds. ``received`` is its size."""
-        ready = wait([self.from_child, self.process.sentinel, self._wake_r], timeout)
+        ready = self._wait(timeout)
         if not ready:
             raise Late
-        if self.from_child in ready:
+        if self._from_fd in ready:
             try:
                 data = self.from_child.recv_bytes()
             except (EOFError, OSError):
@@ -205,6 +212,17 @@ class Child:
             raise Cancelled
         self._raise_died()
         raise AssertionError("unreachable")
+
+    def _wait(self, timeout: float | None) -> set[int]:
+        """The descriptors among the reply pipe, the process sentinel and the wake-up pipe
+        that are ready (empty after ``timeout`` seconds). One ``poll`` object registered
+        once: ``multiprocessing.connection.wait`` builds a selector per call, ~13 us, paid
+        once per batch (3 000 batches for 100 000 trivial items)."""
+        if self._poller is None:  # no poll() (Windows): wait() on the same three
+            ready = wait([self.from_child, self.process.sentinel, self._wake_r], timeout)
+            return {self._from_fd if x is self.from_child else x for x in ready}  # type: ignore[misc]
+        ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
+        return {fd for fd, _ in self._poller.poll(ms)}
 
     def _raise_died(self) -> None:
         self.process.join(GRACE_SECONDS)
