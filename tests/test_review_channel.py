@@ -121,7 +121,9 @@ def test_ten_thousand_async_workers_cost_about_as_much_as_gather() -> None:
     with elapsed() as t_pyper:
         out = run_async(acollect(p(n)), timeout=50)
     assert sorted(out) == list(range(n))
-    bound = 1.5 * t_gather.elapsed + 0.3
+    # Generous: the bug was 15-25x gather's time; the ratio itself is a benchmark's to
+    # report (1.5x + 0.3 s failed on a VM whose steal time exceeded its work).
+    bound = 3 * t_gather.elapsed + 0.5
     assert t_pyper.elapsed <= bound, (
         f"pyper took {t_pyper.elapsed:.2f} s with {n} async workers, asyncio.gather "
         f"{t_gather.elapsed:.2f} s (bound {bound:.2f} s)"
