@@ -733,7 +733,7 @@ def test_a_call_past_its_timeout_raises_timeout_error_for_its_item(executor: str
     with elapsed() as t:
         with pytest.raises(TimeoutError, match="longer than its timeout of 0.2 s") as info:
             run(p, 3)
-    assert t.elapsed < 1.0  # not the slow call (1.2 s; 3 s in a process)
+    assert t.elapsed < (2.5 if executor == "process" else 1.0)  # not the slow call (3 s; 1.2 s)
     assert any("on item 0" in n for n in info.value.__notes__), info.value.__notes__
 
 
