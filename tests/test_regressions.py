@@ -324,7 +324,9 @@ def test_join_returning_early_stops_upstream_sync(leaks: Leaks) -> None:
 
     p = task(src) | task(lambda x: x, workers=2) | task(first_two, join=True)
     try:
-        assert list(p()) == [[0, 1]]
+        # Two workers in the middle: the join sees two of the first items, in either order.
+        [firsts] = list(p())
+        assert len(set(firsts)) == 2 and set(firsts) <= {0, 1, 2, 3, 4}, firsts
         # Only the producer, in its (uninterruptible) call, may still be busy.
         assert wait_until(lambda: set(leaks.busy_threads()) <= set(producer), 2.0), (
             f"busy after the pipeline returned: {leaks.busy_threads()}"
