@@ -298,10 +298,10 @@ def test_batches_of_large_items_stay_within_the_byte_cap(monkeypatch: pytest.Mon
     from pyper._engine import _process, _workers
 
     sizes: list[int] = []
-    real_send, real_receive = _workers.Child.send, _workers.Child.receive
+    real_post, real_receive = _workers.Child.post, _workers.Child.receive
 
-    def send(self: Any, message: Any) -> int:
-        sizes.append(real_send(self, message))
+    def post(self: Any, data: bytes, join: bool = False) -> int:  # every request goes through it
+        sizes.append(real_post(self, data, join))
         return sizes[-1]
 
     def receive(self: Any) -> Any:
@@ -309,7 +309,7 @@ def test_batches_of_large_items_stay_within_the_byte_cap(monkeypatch: pytest.Mon
         sizes.append(self.received)
         return reply
 
-    monkeypatch.setattr(_workers.Child, "send", send)
+    monkeypatch.setattr(_workers.Child, "post", post)
     monkeypatch.setattr(_workers.Child, "receive", receive)
     monkeypatch.setattr(_process, "MAX_BATCH_BYTES", 200_000)  # three items
     # A cheap call on large items: batches grow on time, but not past the byte cap.
@@ -318,6 +318,45 @@ def test_batches_of_large_items_stay_within_the_byte_cap(monkeypatch: pytest.Mon
     item = (1 << 16) + 100
     assert max(sizes) <= _process.MAX_BATCH_BYTES + item, (max(sizes), sorted(sizes)[-20:])
     assert sum(s > item for s in sizes) > 0  # batches did grow past one item
+
+
+def record_past_and_fail(path: str, fail_at: int, x: int) -> int:
+    """Cheap until ``fail_at`` (which raises); a call on an item past it writes to ``path``."""
+    if x == fail_at:
+        raise Boom(f"no {x}")
+    if x > fail_at:
+        with open(path, "a") as f:
+            f.write(f"{x}\n")
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_no_call_starts_after_an_error_with_a_batch_sent_ahead(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cheap batches go to the child two at a time (one sent before the last one's reply is
+    read): after an error, the one sent ahead is skipped, and the child, in step with its
+    relay again, serves the next run in full."""
+    from pyper._engine import _workers
+
+    ahead: list[int] = []  # requests sent while another one's reply was unread
+    real_post = _workers.Child.post
+
+    def post(self: Any, data: bytes, join: bool = False) -> int:
+        if self.unread:
+            ahead.append(len(data))
+        return real_post(self, data, join)
+
+    monkeypatch.setattr(_workers.Child, "post", post)
+    path = str(tmp_path / "past")
+    record = task(record_past_and_fail, workers=1, multiprocess=True, bind=task.bind(path, 20_000))
+    p = task(count_to, branch=True) | record
+    for _ in range(3):
+        with pytest.raises(Boom, match="no 20000"):
+            list(p(40_000))
+        assert not os.path.exists(path), f"calls after the error: {open(path).read().split()[:10]}"
+        assert ahead, "no request was sent ahead: the test does not test it"
+        assert list(p(20_000)) == list(range(20_000))  # the warm child again, every output
 
 
 def print_pid_then_stuck(x: int) -> int:

@@ -612,6 +612,13 @@ class Channel:
         result: list[Any] | None = self._sync_get(self._try_get, n)
         return result
 
+    def get_now(self, n: int) -> list[Any] | None:
+        """Take up to ``n`` items if the channel has some now, else ``None`` (even at the
+        end: ``get`` tells that)."""
+        with self._lock:
+            result = self._try_get(n)
+        return None if result is _WAIT else result  # type: ignore[return-value]
+
     def get_seq(self, n: int) -> tuple[int, list[Any]] | None:
         result: tuple[int, list[Any]] | None = self._sync_get(self._try_get_seq, n)
         return result

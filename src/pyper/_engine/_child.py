@@ -4,7 +4,8 @@ It runs in the child, which imports as little as it can: this module, and pickle
 The parent's relay (``_process.py``) drives it with messages over two one-way
 pipes; every message is a pickled tuple:
 
-    parent -> child   ("map", items)           call the function on each item
+    parent -> child   ("map", items, stamp)    call the function on each item (stamp: the
+                                               parent's count of error replies read)
                       ("branch", items, n)     start fanning out these items' results:
                                                reply with up to n outputs
                       ("pull", n)              up to n more outputs of that batch
@@ -17,14 +18,21 @@ pipes; every message is a pickled tuple:
                       ("ping",)                reply at once: the worker is up
                       ("stop",)                exit
     child -> parent   ("out", outputs, done)   outputs; done: the batch is finished
+                      ("out", outputs, True, s)  a map request's outputs, s: the seconds
+                                               its calls took
                       ("need", outputs)        the join call wants more input (outputs:
                                                what it yielded meanwhile)
                       ("error", exc, text, item)  the call raised (exc pickled, or None
                                                when it cannot be), with its traceback and
                                                a short repr of the item (or None)
 
-The child always sends one message and then waits for one: the parent's relay
-is the only other party, so neither side ever has to buffer what the other sent.
+The child answers every request but ``stop`` and ``teardown`` with one message,
+in order. The parent's relay may send a second small ``map`` request before the
+first one's reply is read (pipelined: the child never waits for the parent between
+cheap batches); it fits in the pipe, so neither side blocks on the other. A
+``map`` request stamped with fewer errors than the child has replied was sent
+before the parent knew of the latest one: it is skipped (an empty reply), so no
+call starts after an error.
 
 A branching batch is advanced only when the parent pulls, so a generator in a
 process runs no further ahead than the parent's room downstream allows. The
@@ -46,6 +54,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from functools import partial
 from itertools import islice
+from time import perf_counter
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -144,6 +153,7 @@ def _serve(
     """Answer the parent's requests until it says stop or goes."""
     stream: Iterator[Any] = iter(())
     current: list[Any] = [_NO_ITEM]  # the input in hand, named when its call raises
+    failures = 0  # error replies sent
     while True:
         try:
             message = pickle.loads(inbox.recv_bytes())
@@ -154,7 +164,7 @@ def _serve(
             return
         try:
             if kind == "join":
-                _join(call, message[1], message[2], inbox, outbox, notes)
+                failures += _join(call, message[1], message[2], inbox, outbox, notes)
                 continue
             if kind == "teardown":
                 close = getattr(stream, "close", None)
@@ -167,11 +177,13 @@ def _serve(
                 reply = ("out", [], True)
             elif kind == "map":
                 outputs: list[Any] = []
-                append = outputs.append
-                for x in message[1]:
-                    current[0] = x
-                    append(call(x))
-                reply = ("out", outputs, True)
+                started = perf_counter()
+                if message[2] >= failures:  # else sent before the parent read an error: skipped
+                    append = outputs.append
+                    for x in message[1]:
+                        current[0] = x
+                        append(call(x))
+                reply = ("out", outputs, True, perf_counter() - started)
             else:
                 if kind == "branch":
                     close = getattr(stream, "close", None)
@@ -191,6 +203,7 @@ def _serve(
             stream = iter(())
             data = _error(exc, _NO_ITEM if first else current[0], notes)
             current[0] = _NO_ITEM
+            failures += 1
         try:
             outbox.send_bytes(data)
         except (BrokenPipeError, OSError):
@@ -211,9 +224,10 @@ class _Stop(BaseException):
 def _join(
     call: Callable[[Any], Any], n: int, branch: bool, inbox: Connection, outbox: Connection,
     notes: list[tuple[int, str]],
-) -> None:
+) -> int:
     """Run a join call to its end: its inputs come from the parent on request, its
-    outputs go back ``n`` at a time (or all that are ready when it needs input)."""
+    outputs go back ``n`` at a time (or all that are ready when it needs input).
+    Returns the error replies it sent (0 or 1)."""
     pending: list[Any] = []
 
     def exchange(message: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -244,15 +258,16 @@ def _join(
                 reply = exchange(("out", pending[:], False))
                 pending.clear()
                 n = reply[1]
-        data = _dumps(("out", pending, True), notes)
+        data, failed = _dumps(("out", pending, True), notes), 0
     except _Stop:
         raise  # the parent has gone or stops this worker: the resource is exited, then the process
     except BaseException as exc:
-        data = _error(exc, _NO_ITEM, notes)
+        data, failed = _error(exc, _NO_ITEM, notes), 1
     try:
         outbox.send_bytes(data)
     except (BrokenPipeError, OSError):
         os._exit(0)
+    return failed
 
 
 def _unloadable(exc: BaseException) -> RuntimeError:

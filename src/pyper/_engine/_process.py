@@ -43,7 +43,7 @@ from .._errors import Broken, Cancelled, attach
 from .._pickling import dumps
 from .._spec import Task
 from . import _thread, _threads
-from ._run import Run, Stage, Worker, adapt, log
+from ._run import TARGET_SECONDS, Run, Stage, Worker, adapt, log
 from ._workers import Child, Late, context, keep, take, take_warm, threaded_context
 
 __all__ = ["start"]
@@ -51,6 +51,10 @@ __all__ = ["start"]
 #: Batches grow while calls are cheap, but not past this many pickled bytes each way
 #: (a cheap function of large items would otherwise pickle thousands of them at once).
 MAX_BATCH_BYTES = 1 << 22
+#: A request sent before the last reply is read is at most this big: it fits in the pipe
+#: (64 KiB on Linux, 16 KiB at least on macOS), so the relay never blocks sending it
+#: while the child blocks sending its reply.
+AHEAD_BYTES = 1 << 13
 
 
 def start(run: Run, stage: Stage) -> None:
@@ -207,11 +211,14 @@ def _timed(worker: Worker, current: list[Any], payload: bytes, index: int) -> No
             raise Cancelled from None
 
     # A branching call's outputs come back whole (a lazy iterable cannot be pickled).
-    request = ("branch", None, sys.maxsize) if stage.branch and task.branch else ("map", None)
+    request = ("branch",) if stage.branch and task.branch else ("map",)
 
     def remote(x: Any) -> Any:
         child = current[0]
-        child.send((request[0], [x], *request[2:]))
+        if request[0] == "branch":
+            child.send(("branch", [x], sys.maxsize))
+        else:
+            child.post(child.pack_map([x]))
         try:
             reply = child.receive(seconds)
             return reply[1] if request[0] == "branch" else reply[1][0]
@@ -250,6 +257,9 @@ def _work(worker: Worker, child: Child) -> None:
     limiter = stage.task.policy.limiter
     if limiter is not None:  # rate=: one call per request, each sent when its slot comes
         limit = 1
+    if not branch and limiter is None and not worker.ordered and not stage.task.policy.retries:
+        _map(worker, child, limit)
+        return
     n = m = 1
     while (items := worker.begin(get(n))) is not None:
         batch = list(items)  # all of it goes to the child: nothing is left to share
@@ -275,12 +285,63 @@ def _work(worker: Worker, child: Child) -> None:
                 m = _capped(adapt(m, len(outputs), perf_counter() - chunk_started, stage.emit), m, child.received)
                 child.send(("pull", m))
         else:
-            sent = child.send(("map", batch))
+            sent = child.post(child.pack_map(batch))
             box.extend(child.receive()[1])
         flush(True)
         elapsed = perf_counter() - started
         inp.pace(len(batch), elapsed)
         n = _capped(adapt(n, len(batch), elapsed, limit), len(batch), max(sent, child.received))
+
+
+def _map(worker: Worker, child: Child, limit: int) -> None:
+    """The relay of a plain stage (unordered, no rate=, no retries): while batches are
+    cheap, the next one is sent before the last one's reply is read, so the child goes
+    from one to the next without waiting for the parent to hand on outputs and take more
+    input (2x on trivial items). Only a small request goes ahead (it fits in the pipe:
+    neither side can block the other), only if the input has it now (a slow producer
+    never holds back outputs), and only after a batch that took under half the target
+    (slow calls go one batch at a time: a cancelled run starts at most one cheap batch
+    more; an error skips the one sent ahead, see ``Child.pack_map``)."""
+    stage = worker.stage
+    inp, out, box = stage.inp, stage.out, worker.box
+    n = 1
+    ahead: tuple[int, int, float] | None = None  # (items, bytes, sent at) of the request unread
+    last = 0.0  # when the last reply was read
+    cheap = False  # the last batch took under half the target: the next may go ahead
+
+    def finish() -> None:  # read the reply to ``ahead``, hand on its outputs, pace
+        nonlocal n, ahead, last, cheap
+        assert ahead is not None
+        count, sent, since = ahead
+        reply = child.receive()
+        box.extend(reply[1])
+        now = perf_counter()
+        elapsed, last, ahead = now - max(since, last), now, None  # its time, from the relay
+        out.flush(box, True)
+        inp.pace(count, elapsed)
+        n = _capped(adapt(n, count, elapsed, limit), count, max(sent, child.received))
+        cheap = reply[3] < TARGET_SECONDS / 2  # the calls' own time
+
+    while True:
+        got = inp.get_now(n) if ahead is not None and cheap else None
+        if got is None:
+            if ahead is not None:
+                finish()
+            got = inp.get(n)
+        items = worker.begin(got)
+        if items is None:
+            break
+        data = child.pack_map(list(items))  # all of it goes to the child: nothing is left to share
+        if ahead is not None and len(data) > AHEAD_BYTES:
+            finish()
+        count = worker.size
+        sent = child.post(data)
+        since = perf_counter()
+        if ahead is not None:
+            finish()
+        ahead = (count, sent, since)
+    if ahead is not None:
+        finish()
 
 
 def _join(worker: Worker, child: Child) -> None:

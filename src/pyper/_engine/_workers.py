@@ -108,7 +108,8 @@ class Child:
         self.task = task
         self.func = task.func  # what it was loaded with (identity: a reloaded module is new code)
         self.payload = payload
-        self.busy = False  # a request was sent and its reply not yet read (owned by the relay)
+        self.unread = 0  # requests sent whose reply is not yet read (owned by the relay)
+        self.failures = 0  # error replies read: stamped on each "map" request (see send_map)
         self.received = 0  # the size of the last reply, in bytes (owned by the relay)
         self.failed_on: str | None = None  # the item of the last error reply, shortened
         self.joining = False  # a join call is under way (owned by the relay)
@@ -161,10 +162,24 @@ class Child:
             if not self._closed and generation == self.generation:
                 os.write(self._wake_w, b"x")
 
+    @property
+    def busy(self) -> bool:
+        """A reply is owed (or a join call stopped halfway): no other run can be served."""
+        return self.unread > 0 or self.joining
+
     def send(self, message: tuple[Any, ...]) -> int:
         """Send a request; returns its size in bytes."""
+        return self.post(self.pack(message), message[0] == "join")
+
+    def pack_map(self, items: list[Any]) -> bytes:
+        """A ``map`` request, stamped with the error replies read so far: a request sent
+        before the parent read an error of the child's is skipped by the child (no new
+        call after an error, with two requests in flight)."""
+        return self.pack(("map", items, self.failures))
+
+    def pack(self, message: tuple[Any, ...]) -> bytes:
         try:
-            data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+            return pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             kinds = sorted({type(x).__name__ for x in message[1]}) if len(message) > 1 else []
             raise TypeError(
@@ -172,12 +187,15 @@ class Child:
                 f"of type {', '.join(kinds)} cannot be pickled to send it there "
                 f"({type(exc).__name__}: {exc}); pass picklable items"
             ) from exc
+
+    def post(self, data: bytes, join: bool = False) -> int:
+        """Send a packed request; returns its size in bytes."""
         try:
             self.to_child.send_bytes(data)
         except (BrokenPipeError, OSError):
             self._raise_died()
-        self.busy = True
-        if message[0] == "join":
+        self.unread += 1
+        if join:
             self.joining = True
         return len(data)
 
@@ -194,14 +212,11 @@ class Child:
             except (EOFError, OSError):
                 self._raise_died()
             self.received = len(data)
-            reply: tuple[Any, ...] = pickle.loads(data)
-            if reply[-1]:  # log records made in the child (a retry, a skipped item)
-                for level, message in reply[-1]:
-                    log(level, message)
+            reply = self._read(data)
             if reply[0] == "error" or (reply[0] == "out" and reply[2]):
                 self.joining = False
-            self.busy = self.joining  # a join call stopped halfway cannot serve another run
             if reply[0] == "error":
+                self._drain()
                 _, exc, text, self.failed_on, _ = reply
                 if exc is None:
                     exc = RuntimeError(f"task {self.task.name!r} raised in its worker process:\n{text}")
@@ -212,6 +227,30 @@ class Child:
             raise Cancelled
         self._raise_died()
         raise AssertionError("unreachable")
+
+    def _read(self, data: bytes) -> tuple[Any, ...]:
+        """Decode a reply: every reply read goes through here, so that ``unread`` and
+        ``failures`` count what the child sent."""
+        reply: tuple[Any, ...] = pickle.loads(data)
+        self.unread -= 1
+        if reply[0] == "error":
+            self.failures += 1
+        if reply[-1]:  # log records made in the child (a retry, a skipped item)
+            for level, message in reply[-1]:
+                log(level, message)
+        return reply
+
+    def _drain(self) -> None:
+        """After an error reply: read the replies to the requests sent before it was read
+        (the child skips them, calling nothing), so the child is clean for another run.
+        One that does not come (a child stuck or gone) leaves it unfit to keep."""
+        while self.unread and not self.joining:
+            try:
+                if not self.from_child.poll(GRACE_SECONDS):
+                    return
+                self._read(self.from_child.recv_bytes())
+            except (EOFError, OSError):
+                return
 
     def _wait(self, timeout: float | None) -> set[int]:
         """The descriptors among the reply pipe, the process sentinel and the wake-up pipe
@@ -274,25 +313,23 @@ class Child:
         if self.joining:  # in a join call: it unwinds, exits the resource and the process
             self.process.join(TEARDOWN_SECONDS)
             return
-        if self.busy:
-            # A call in flight (the run stopped): its reply comes first and is dropped. A
-            # child waiting out a retry's backoff takes the message as a stop: it exits its
-            # resource and ends (end of file here).
+        # Calls in flight (the run stopped): their replies come first and are dropped. A
+        # child waiting out a retry's backoff takes the message as a stop: it exits its
+        # resource and ends (end of file here).
+        while self.unread > 0:
             try:
                 if not self.from_child.poll(TEARDOWN_SECONDS):
                     return  # stuck in the call: close() terminates it
-                self.from_child.recv_bytes()
+                self._read(self.from_child.recv_bytes())
             except (EOFError, OSError):
                 return
-            self.busy = False
         if not self.from_child.poll(TEARDOWN_SECONDS):
             return  # closed (terminated) by close() next
         try:
-            reply: tuple[Any, ...] = pickle.loads(self.from_child.recv_bytes())
+            self.unread += 1  # the teardown's own reply
+            reply = self._read(self.from_child.recv_bytes())
         except (EOFError, OSError):
             return
-        for level, message in reply[-1]:
-            log(level, message)
         if reply[0] == "error":
             _, exc, text, _, _ = reply
             if exc is None:
