@@ -32,6 +32,10 @@ T = TypeVar("T")
 #: test_cloudpickle.py needs the optional cloudpickle, which makes the original's lambda test
 #: fail: tests/run.sh installs it last and sets PYPER_WITH_CLOUDPICKLE=1 to run that file.
 collect_ignore = [] if os.environ.get("PYPER_WITH_CLOUDPICKLE") else ["test_cloudpickle.py"]
+#: test_ray.py needs the optional ray (about 250 MB): tests/run.sh installs it and sets
+#: PYPER_WITH_RAY=1 to run that file, with one local cluster for all its tests.
+if not os.environ.get("PYPER_WITH_RAY"):
+    collect_ignore.append("test_ray.py")
 
 #: Grace period the leak fixture gives in-flight work to finish after a test.
 LEAK_GRACE_S = 2.0
@@ -96,6 +100,11 @@ class Leaks:
         self.threads_before = set(threading.enumerate())
         self.procs_before = set(multiprocessing.active_children())
         self.fds_before = open_fds()
+        self.ignored_fd_targets: tuple[str, ...] = ()
+
+    def ignore_fds(self, *prefixes: str) -> None:
+        """Descriptors pointing to what starts with these are not this test's leaks."""
+        self.ignored_fd_targets += prefixes
 
     def new_threads(self) -> list[threading.Thread]:
         """Threads started since the snapshot that are still alive (idle or not)."""
@@ -126,6 +135,7 @@ class Leaks:
             f"fd {fd} -> {target}"
             for fd, target in sorted(open_fds().items())
             if self.fds_before.get(fd) != target and fd not in helpers
+            and not target.startswith(self.ignored_fd_targets or ("\0",))
         ]
 
     def new_procs(self) -> list[multiprocessing.process.BaseProcess]:

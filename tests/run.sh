@@ -3,7 +3,8 @@
 # whole suite: pytest (with its leak fixture and timeouts), the concurrency tests
 # again with a tiny thread switch interval (and once more as a free-threaded build
 # would share work: PYPER_NO_STEAL), mypy --strict, and the original Pyper's
-# own tests (all 39) against ours (scripts/run_original_tests.sh).
+# own tests (all 39) against ours (scripts/run_original_tests.sh), then the optional
+# extras: cloudpickle (lambdas in processes) and ray (stages on a local Ray cluster).
 # PYTHON picks the interpreter (default python3); the venv is .venv-<version>.
 set -eu
 cd "$(dirname "$0")/.."
@@ -19,3 +20,7 @@ PYTHON="$VENV/bin/python" sh scripts/run_original_tests.sh
 # Last, the optional cloudpickle extra: lambdas and closures in process stages.
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[cloudpickle]'
 PYPER_WITH_CLOUDPICKLE=1 "$VENV/bin/python" -m pytest -q tests/test_cloudpickle.py
+# Last, the optional ray extra: stages on a local two-node Ray cluster, started once for
+# the whole file (tests/test_ray.py).
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[ray]'
+PYPER_WITH_RAY=1 "$VENV/bin/python" -m pytest -q tests/test_ray.py

@@ -1206,6 +1206,34 @@ def test_an_unknown_option_names_the_task_and_the_closest_valid_one() -> None:
         task(retires=3)  # type: ignore[call-overload]
 
 
+def test_executor_and_ray_options_are_checked_at_task_time() -> None:
+    def embed(x: int) -> int:
+        return x
+
+    async def aembed(x: int) -> int:
+        return x
+
+    assert task(embed, executor="ray", ray_options={"num_cpus": 0.5}).tasks[0].ray == (("num_cpus", 0.5),)
+    assert task(abs, executor="process").tasks[0].multiprocess
+    assert task(embed, executor="thread").tasks[0].ray is None
+    with pytest.raises(ValueError, match=r"task '\S*embed': executor must be 'thread', 'process' or 'ray'"):
+        task(embed, executor="gpu")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match=r"task '\S*embed': multiprocess=True .* executor='ray' was given too"):
+        task(embed, executor="ray", multiprocess=True)
+    with pytest.raises(ValueError, match=r"ray_options= applies with executor='ray' only"):
+        task(embed, ray_options={"num_cpus": 1})
+    with pytest.raises(ValueError, match=r"ray_options 'max_retries' not accepted \(use retries=\); it takes"):
+        task(embed, executor="ray", ray_options={"max_retries": 3})
+    with pytest.raises(TypeError, match=r"ray_options must be a dict"):
+        task(embed, executor="ray", ray_options=[("num_cpus", 1)])  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match=r"task '\S*aembed': executor='ray' runs synchronous functions"):
+        task(aembed, executor="ray")
+    with pytest.raises(ValueError, match=r"join=True cannot be combined with executor='ray' yet"):
+        task(embed, executor="ray", join=True)
+    with pytest.raises(ValueError, match=r"timeout= cannot be combined with executor='ray' yet"):
+        task(embed, executor="ray", timeout=1.0)
+
+
 def _callables() -> list[object]:
     def gen(x: int) -> Any:
         yield x

@@ -66,6 +66,7 @@ class Task(NamedTuple):
     daemon: bool
     pipeline: bool = False  # ``func`` runs a nested pipeline: each call returns its output stream
     policy: Policy = no_policy  # setup=, retries=, on_error=, unpack= (see ``_policy``)
+    ray: tuple[tuple[str, Any], ...] | None = None  # executor="ray": Ray's options (ray_options=)
 
     @property
     def is_async(self) -> bool:

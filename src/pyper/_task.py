@@ -18,6 +18,7 @@ from ._pipeline import AsyncPipeline, Pipeline
 from ._policy import OnError, Rate, check_policy
 from ._spec import Kind, Task, check_bool, check_int, classify, describe, no_policy
 from ._typing import (
+    Executor,
     _AIt,
     _Bound,
     _BoundBranchDecorator,
@@ -61,6 +62,8 @@ def make_task(
     batch: object = None,
     linger: object = None,
     timeout: object = None,
+    executor: object = None,
+    ray_options: object = None,
 ) -> Task:
     """Validate ``task(func, ...)``'s options and classify ``func``: the task's data."""
     if not callable(func):
@@ -78,6 +81,7 @@ def make_task(
     ordered = check_bool(name, "ordered", ordered)
     multiprocess = check_bool(name, "multiprocess", multiprocess)
     daemon = check_bool(name, "daemon", daemon)
+    multiprocess, on_ray = _check_executor(name, executor, multiprocess, ray_options)
     if branch is not None and not isinstance(branch, bool):
         raise TypeError(f"task {name!r}: branch must be True, False or None, got {branch!r}")
 
@@ -115,6 +119,10 @@ def make_task(
                 f"worker process, so workers must be 1 (got {workers}); to split the stream "
                 "over several processes, give a task without join=True more workers"
             )
+    ray = None
+    if on_ray:
+        _check_ray_task(name, kind, pipeline, join, policy)
+        ray = tuple(sorted(dict(ray_options or {}).items()))  # type: ignore[call-overload]
     if daemon and kind != "sync":
         raise ValueError(
             f"task {name!r}: daemon=True applies to threads only; an async task cannot be a daemon"
@@ -138,7 +146,58 @@ def make_task(
         daemon=daemon,
         pipeline=pipeline,
         policy=policy if policy.any else no_policy,
+        ray=ray,
     )
+
+
+#: Ray's per-call options that ``ray_options=`` passes on (retries are pyper's ``retries=``).
+RAY_OPTIONS = frozenset({
+    "num_cpus", "num_gpus", "memory", "resources", "runtime_env", "scheduling_strategy",
+    "accelerator_type", "label_selector", "placement_group", "placement_group_bundle_index",
+})
+
+
+def _check_executor(name: str, executor: object, multiprocess: bool, ray_options: object) -> tuple[bool, bool]:
+    """(multiprocess, on Ray) from ``executor=`` and ``multiprocess=``."""
+    if executor not in (None, "thread", "process", "ray"):
+        raise ValueError(
+            f"task {name!r}: executor must be 'thread', 'process' or 'ray' (or None: threads, "
+            f"or asyncio for an async function), got {executor!r}"
+        )
+    if multiprocess and executor not in (None, "process"):
+        raise ValueError(
+            f"task {name!r}: multiprocess=True runs the task in processes, but executor="
+            f"{executor!r} was given too: give one of them"
+        )
+    if ray_options is not None:
+        if executor != "ray":
+            raise ValueError(f"task {name!r}: ray_options= applies with executor='ray' only")
+        if not isinstance(ray_options, dict) or not all(isinstance(k, str) for k in ray_options):
+            raise TypeError(f"task {name!r}: ray_options must be a dict of Ray's options, got {ray_options!r}")
+        unknown = sorted(set(ray_options) - RAY_OPTIONS)
+        if unknown:
+            how = " (use retries=)" if {"max_retries", "max_restarts", "max_task_retries"} & set(unknown) else ""
+            raise ValueError(
+                f"task {name!r}: ray_options {', '.join(map(repr, unknown))} not accepted{how}; "
+                f"it takes {', '.join(sorted(RAY_OPTIONS))}"
+            )
+    return multiprocess or executor == "process", executor == "ray"
+
+
+def _check_ray_task(name: str, kind: Kind, pipeline: bool, join: bool, policy: Any) -> None:
+    if kind != "sync" or pipeline:
+        raise ValueError(
+            f"task {name!r}: executor='ray' runs synchronous functions; an async function or a "
+            "pipeline cannot run there: give it a synchronous function"
+        )
+    unsupported = [option for option, given in (
+        ("join=True", join), ("timeout=", policy.timeout is not None), ("rate=", policy.limiter is not None),
+    ) if given]
+    if unsupported:
+        raise ValueError(
+            f"task {name!r}: {' and '.join(unsupported)} cannot be combined with executor='ray' "
+            "yet; run that task on threads or processes"
+        )
 
 
 def _check_process_task(name: str, func: object, kind: Kind, pipeline: bool) -> None:
@@ -499,6 +558,8 @@ class _TaskFactory:
         batch: int | None = None,
         linger: float | None = None,
         timeout: float | None = None,
+        executor: Executor | None = None,
+        ray_options: dict[str, Any] | None = None,
         **unknown: Any,
     ) -> Any:
         if unknown:
@@ -523,6 +584,8 @@ class _TaskFactory:
             batch=batch,
             linger=linger,
             timeout=timeout,
+            executor=executor,
+            ray_options=ray_options,
         )
         if func is None:
             return lambda f: self(f, **options)  # type: ignore[call-overload]
@@ -551,7 +614,7 @@ def _unknown_options(func: object, unknown: dict[str, Any]) -> TypeError:
 
     valid = ["workers", "concurrency", "branch", "join", "throttle", "ordered", "bind",
              "multiprocess", "daemon", "setup", "retries", "retry_on", "backoff", "on_error",
-             "unpack", "rate", "batch", "linger", "timeout"]
+             "unpack", "rate", "batch", "linger", "timeout", "executor", "ray_options"]
     where = f"task {describe(func)!r}" if callable(func) else "task()"
     parts = []
     for name in unknown:

@@ -8,7 +8,7 @@ aliases those overloads share. At run time ``@task(...)`` returns a plain functi
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Callable, ParamSpec, Protocol, TypeAlias, TypedDict, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Literal, ParamSpec, Protocol, TypeAlias, TypedDict, TypeVar, overload
 
 if TYPE_CHECKING:
     from ._pipeline import AsyncPipeline, Pipeline
@@ -19,6 +19,9 @@ _T = TypeVar("_T")
 _U = TypeVar("_U")
 _R = TypeVar("_R")
 _AIt = TypeVar("_AIt", bound=AsyncIterator[Any])
+
+Executor: TypeAlias = Literal["thread", "process", "ray"]
+"""Where a task's calls run (``executor=``)."""
 
 _Bound: TypeAlias = tuple[tuple[Any, ...], dict[str, Any]]
 """What ``task.bind(...)`` returns (with no arguments it returns ``None``)."""
@@ -42,6 +45,8 @@ class _Options(TypedDict, total=False):
     batch: int | None
     linger: float | None
     timeout: float | None
+    executor: Executor | None
+    ray_options: dict[str, Any] | None
 
 
 # -- What the decorator form @task(...) returns: per branch=/join= --------------------------

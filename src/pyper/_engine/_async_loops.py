@@ -33,7 +33,7 @@ from .._channel import TIMED_OUT
 from ._bridge import aiter_result
 from ._run import NO_ITEM, Worker, adapt
 
-__all__ = ["pour", "work"]
+__all__ = ["flusher", "pour", "work"]
 
 
 async def work(worker: Worker) -> None:
@@ -49,7 +49,7 @@ async def work(worker: Worker) -> None:
         await _map(worker)
 
 
-def _flusher(worker: Worker) -> Callable[[bool], Awaitable[None]]:
+def flusher(worker: Worker) -> Callable[[bool], Awaitable[None]]:
     """``flush(last)``: hand the outbox on (as part of the batch in hand, when ordered)."""
     out, box = worker.stage.out, worker.box
     if worker.ordered:
@@ -62,7 +62,7 @@ async def _map(worker: Worker) -> None:
     inp, call = stage.inp, worker.call
     get = inp.aget_seq if worker.ordered else inp.aget
     receivers, idle, append = stage.out.getters, worker.idle, worker.box.append
-    flush = _flusher(worker)
+    flush = flusher(worker)
     limit = min(stage.take, stage.emit)
     n = 1
     x: Any = NO_ITEM
@@ -127,7 +127,7 @@ async def _branch(worker: Worker) -> None:
     inp, call, task = stage.inp, worker.call, stage.task
     get = inp.aget_seq if worker.ordered else inp.aget
     receivers, idle = stage.out.getters, worker.idle
-    flush = _flusher(worker)
+    flush = flusher(worker)
     early = partial(flush, False)
     n = m = 1
     x: Any = NO_ITEM

@@ -58,10 +58,10 @@ from time import perf_counter
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["NO_ITEM", "fan_out", "main"]
 
 _DUMP = pickle.HIGHEST_PROTOCOL
-_NO_ITEM: Any = object()  # no input in hand
+NO_ITEM: Any = object()  # no input in hand
 
 
 def _watch(lifeline: Connection) -> None:
@@ -86,7 +86,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _outputs(call: Callable[[Any], Any], items: list[Any], current: list[Any]) -> Iterator[Any]:
+def fan_out(call: Callable[[Any], Any], items: list[Any], current: list[Any]) -> Iterator[Any]:
     """The fanned-out results of the calls on ``items``; ``current[0]`` is the item in hand."""
     for x in items:
         current[0] = x
@@ -152,7 +152,7 @@ def _serve(
 ) -> None:
     """Answer the parent's requests until it says stop or goes."""
     stream: Iterator[Any] = iter(())
-    current: list[Any] = [_NO_ITEM]  # the input in hand, named when its call raises
+    current: list[Any] = [NO_ITEM]  # the input in hand, named when its call raises
     failures = 0  # error replies sent
     while True:
         try:
@@ -189,20 +189,20 @@ def _serve(
                     close = getattr(stream, "close", None)
                     if close is not None:  # a stream a stopped run left half read
                         close()
-                    stream, n = _outputs(call, message[1], current), message[2]
+                    stream, n = fan_out(call, message[1], current), message[2]
                 else:
                     n = message[1]
                 chunk = list(islice(stream, n))
                 reply = ("out", chunk, len(chunk) < n)
-            held, current[0] = current[0], _NO_ITEM  # what fails here is not a call
+            held, current[0] = current[0], NO_ITEM  # what fails here is not a call
             data = _dumps(reply, notes)
             current[0] = held  # a branching item's stream goes on at the next pull
         except _Stop:
             raise
         except BaseException as exc:
             stream = iter(())
-            data = _error(exc, _NO_ITEM if first else current[0], notes)
-            current[0] = _NO_ITEM
+            data = _error(exc, NO_ITEM if first else current[0], notes)
+            current[0] = NO_ITEM
             failures += 1
         try:
             outbox.send_bytes(data)
@@ -251,7 +251,7 @@ def _join(
 
     try:
         result = call(inputs())
-        outputs = _outputs(lambda x: x, [result], [None]) if branch else iter([result])
+        outputs = fan_out(lambda x: x, [result], [None]) if branch else iter([result])
         for item in outputs:
             pending.append(item)
             if len(pending) >= n:
@@ -262,7 +262,7 @@ def _join(
     except _Stop:
         raise  # the parent has gone or stops this worker: the resource is exited, then the process
     except BaseException as exc:
-        data, failed = _error(exc, _NO_ITEM, notes), 1
+        data, failed = _error(exc, NO_ITEM, notes), 1
     try:
         outbox.send_bytes(data)
     except (BrokenPipeError, OSError):
@@ -283,7 +283,7 @@ def _unloadable(exc: BaseException) -> RuntimeError:
 def _refuse(inbox: Connection, outbox: Connection, error: BaseException, notes: list[tuple[int, str]]) -> None:
     """The worker cannot serve (its function did not load, its setup raised): say why,
     to every request."""
-    data = _error(error, _NO_ITEM, notes)
+    data = _error(error, NO_ITEM, notes)
     while True:
         try:
             message = pickle.loads(inbox.recv_bytes())
@@ -313,7 +313,7 @@ def _error(exc: BaseException, item: Any, notes: list[tuple[int, str]]) -> bytes
     from .._errors import short_repr
 
     text = "".join(traceback.format_exception(exc))
-    shown = None if item is _NO_ITEM else short_repr(item)
+    shown = None if item is NO_ITEM else short_repr(item)
     kept, notes[:] = notes[:], []
     try:
         return pickle.dumps(("error", exc, text, shown, kept), _DUMP)

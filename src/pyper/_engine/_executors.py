@@ -2,8 +2,9 @@
 
 An executor is one module that runs a stage's workers somewhere: ``_thread``
 (sync functions, on pyper's reused threads), ``_async`` (async functions, as
-tasks on the caller's event loop) and ``_process`` (sync functions with
-``multiprocess=True``, in worker processes). The protocol is one function::
+tasks on the caller's event loop), ``_process`` (sync functions with
+``multiprocess=True``, in worker processes) and ``_ray`` (sync functions with
+``executor="ray"``, on a Ray cluster). The protocol is one function::
 
     def start(run: Run, stage: Stage) -> None
 
@@ -33,9 +34,15 @@ stopping, not errors.
 An executor whose workers live elsewhere (another process, another machine)
 fits the same protocol: its ``start`` runs one local relay per worker, a
 ``Worker`` like any other that moves whole batches between the channels and the
-remote side (``_process`` does so over pipes, ``_child`` is the remote loop);
-cancellation reaches the remote side as a message, sent by the relay when its
-channel raises ``Cancelled`` or its ``on_cancel`` hook wakes it.
+remote side (``_process`` does so over pipes, ``_child`` is the remote loop;
+``_ray`` as Ray calls, ``_ray_worker`` is the remote side); cancellation reaches
+the remote side as a message (``ray.cancel`` for Ray), sent by the relay when its
+channel raises ``Cancelled`` or its ``on_cancel`` hook wakes it (or it sees
+``run.cancelled`` while it polls).
+
+A Dask distributed executor would be one more such module: relays submitting
+batches with ``client.submit`` (actors with ``setup=``), waiting on the futures,
+``future.cancel()`` on cancellation, ``client.scatter`` for data between stages.
 """
 
 from __future__ import annotations
@@ -84,6 +91,10 @@ def _loaded(executor: str) -> Any:
         from . import _process
 
         return _process
+    if executor == "ray":
+        from . import _ray
+
+        return _ray
     from . import _async
 
     return _async
@@ -92,6 +103,8 @@ def _loaded(executor: str) -> Any:
 def _executor(task: Task) -> str:
     if task.multiprocess:
         return "process"
+    if task.ray is not None:
+        return "ray"
     return "thread" if task.kind == "sync" else "asyncio"
 
 

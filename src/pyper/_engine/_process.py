@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable
 from functools import partial
 from time import perf_counter
 from typing import Any
@@ -43,6 +42,7 @@ from .._errors import Broken, Cancelled, attach
 from .._pickling import dumps
 from .._spec import Task
 from . import _thread, _threads
+from ._sync_loops import flusher
 from ._run import TARGET_SECONDS, Run, Stage, Worker, adapt, log
 from ._workers import Child, Late, context, keep, take, take_warm, threaded_context
 
@@ -246,12 +246,9 @@ def _work(worker: Worker, child: Child) -> None:
     if stage.task.join:
         _join(worker, child)
         return
-    inp, out, box = stage.inp, stage.out, worker.box
+    inp, box = stage.inp, worker.box
     get = inp.get_seq if worker.ordered else inp.get
-    if worker.ordered:
-        flush: Callable[[bool], None] = lambda last: out.flush_seq(worker.seq, box, last)
-    else:
-        flush = lambda last: out.flush(box, last)
+    flush = flusher(worker)
     branch = stage.branch
     limit = min(stage.take, stage.emit)
     limiter = stage.task.policy.limiter

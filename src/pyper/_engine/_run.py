@@ -205,7 +205,8 @@ def _edge(up: Task, down: Task | None) -> tuple[int, int]:
 
 
 def _to_processes(down: Task | None) -> bool:
-    return down is not None and down.multiprocess
+    """The edge feeds a remote executor's relays (processes, Ray), which pace it."""
+    return down is not None and (down.multiprocess or down.ray is not None)
 
 
 def _ordered(task: Task) -> bool:

@@ -1,0 +1,236 @@
+"""Executor: a Ray cluster, for sync functions with ``executor="ray"`` (see
+``_executors`` for the protocol). Imported only when a Ray stage starts: importing
+pyper never imports ray.
+
+Data flow, for one of a stage's N workers::
+
+    inp channel --get--> [relay thread] --Ray task / actor call--> [Ray worker: _ray_worker]
+    out channel <-flush-- [relay thread] <--status (small) + outputs (an object ref)--
+
+Each worker is a relay, as for processes: a ``Worker`` on one of pyper's threads
+that takes a batch from the input channel and submits it as one Ray call, so that
+at most N calls of the stage are in flight on the cluster. Batches grow while the
+calls are cheap, measured on the worker (``adapt``): trivial items do not pay a Ray
+round trip each. Without ``setup=`` a call is a Ray task; with it, each worker is a
+Ray actor, made once with the resource and given every batch of that worker.
+
+A call returns two objects: a small status, which the relay reads, and the outputs.
+The relay reads the outputs only if the next stage is not on Ray: between two Ray
+stages it hands the next one the object reference (a ``Refs`` item), which Ray
+resolves on the worker that needs it, so the data never passes through the driver.
+
+How it stops: the relay waits for a status in steps of ``POLL_SECONDS``; once the
+run is cancelled it cancels the call (``ray.cancel``, forced: the Ray worker stops),
+kills its actor and leaves. A call's error comes back as the original exception
+with the remote traceback as ``__cause__``; a Ray worker or node that dies is a
+``WorkerProcessDied`` naming the stage (Ray retries it first ``retries=`` times).
+
+Ray itself: the cluster the program connected to with ``ray.init(...)`` before its
+first Ray stage ran, or else one that pyper starts with ``ray.init()`` (local, or
+``RAY_ADDRESS``) and Ray shuts down at exit. pyper never shuts a cluster down.
+
+Who owns what: a relay's actor and in-flight reference belong to its thread;
+``_Shared`` (one per stage and run) is filled once under its lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from functools import partial
+from time import perf_counter
+from typing import Any
+
+import ray
+import ray.exceptions
+
+from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied, attach
+from . import _thread
+from ._ray_worker import Actor, call_batch
+from ._sync_loops import flusher
+from ._run import Run, Stage, Worker, adapt, log
+
+__all__ = ["Refs", "start"]
+
+#: How often a relay waiting for a call looks whether the run was cancelled.
+POLL_SECONDS = 0.02
+#: How long an actor may take to exit its resource (``setup=``) at the end of a run.
+TEARDOWN_SECONDS = 5.0
+
+_init_lock = threading.Lock()
+
+
+class Refs:
+    """An item between two Ray stages: the object reference of one call's outputs."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+
+def start(run: Run, stage: Stage) -> None:
+    index = run.stages.index(stage)
+    down = run.stages[index + 1].task if index + 1 < len(run.stages) else None
+    passes_refs = down is not None and down.ray is not None and not down.policy.batch
+    shared = _Shared(run, stage, passes_refs)
+    _thread.start_jobs(run, stage, partial(_relay, shared))
+
+
+def ensure_ray() -> None:
+    """Connect to Ray on first use (never on an event loop's thread: a relay does it)."""
+    with _init_lock:
+        if not ray.is_initialized():
+            ray.init()  # local, or RAY_ADDRESS; Ray shuts it down at exit
+
+
+@functools.cache
+def _remote_batch() -> Any:
+    return ray.remote(call_batch)
+
+
+@functools.cache
+def _remote_actor() -> Any:
+    return ray.remote(Actor)
+
+
+class _Shared:
+    """What a stage's relays share in one run: the task, put in the object store once."""
+
+    def __init__(self, run: Run, stage: Stage, passes_refs: bool) -> None:
+        self.run, self.stage, self.passes_refs = run, stage, passes_refs
+        self._lock = threading.Lock()
+        self._job: Any = None
+
+    def job(self) -> Any:
+        with self._lock:
+            if self._job is None:
+                ensure_ray()
+                first = self.stage.take_args
+                run = self.run
+                self._job = ray.put((self.stage.task, run.args if first else None,
+                                     run.kwargs if first else None))
+            return self._job
+
+
+def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
+    run.enter()
+    worker = Worker(run, stage)
+    task = stage.task
+    error: BaseException | None = None
+    actor: Any = None
+    inflight: list[Any] = [None]  # the status reference of the call under way, if any
+    try:
+        job = shared.job()
+        options = dict(task.ray or ())
+        retries = task.policy.retries
+        submit: Callable[[list[Any], list[Any]], Any]
+        if task.policy.setup is not None:
+            actor = _remote_actor().options(max_restarts=retries, max_task_retries=retries,
+                                            **options).remote(job, stage.branch)
+            method = actor.batch.options(num_returns=2)
+            submit = lambda items, upstream: method.remote(items, *upstream)  # noqa: E731
+        else:
+            remote = _remote_batch().options(num_returns=2, max_retries=retries, **options)
+            submit = lambda items, upstream: remote.remote(job, stage.branch, items, *upstream)  # noqa: E731
+        _work(worker, shared, submit, inflight)
+    except BaseException as exc:
+        error = exc
+    finally:
+        if actor is not None:
+            error = _release(actor, task.name, error, stuck=inflight[0] is not None)
+        worker.leave(error)
+
+
+def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any]], Any],
+          inflight: list[Any]) -> None:
+    stage, run = worker.stage, worker.run
+    inp, box = stage.inp, worker.box
+    get = inp.get_seq if worker.ordered else inp.get
+    flush = flusher(worker)
+    limit = min(stage.take, stage.emit)
+    n = 1
+    while (items := worker.begin(get(n))) is not None:
+        batch = list(items)
+        plain = [x for x in batch if type(x) is not Refs]
+        upstream = [x.ref for x in batch if type(x) is Refs]
+        started = perf_counter()
+        status_ref, outputs_ref = submit(plain, upstream)
+        inflight[0] = status_ref
+        status = _wait(run, stage.task.name, status_ref)
+        inflight[0] = None
+        for level, message in status[-1]:
+            log(level, message)
+        if status[0] == "error":
+            _, exc, text, worker.item, _ = status
+            raise _remote_error(stage.task.name, exc, text)
+        if shared.passes_refs:
+            if status[1]:
+                box.append(Refs(outputs_ref))
+        else:
+            box.extend(_get(run, stage.task.name, outputs_ref))
+        flush(True)
+        inp.pace(len(batch), perf_counter() - started)
+        n = adapt(n, len(batch), status[2], limit)  # the calls' own time, not the round trip
+
+
+def _wait(run: Run, name: str, ref: Any) -> Any:
+    """The value of ``ref`` once ready; cancels the call and raises ``Cancelled`` once the
+    run is cancelled."""
+    while True:
+        ready, _ = ray.wait([ref], timeout=POLL_SECONDS, fetch_local=True)
+        if ready:
+            return _get(run, name, ref)
+        if run.cancelled:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # an actor's call cannot be forced: its actor is killed
+                pass
+            raise Cancelled
+
+
+def _get(run: Run, name: str, ref: Any) -> Any:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.TaskCancelledError:
+        raise Cancelled from None
+    except ray.exceptions.RayTaskError as exc:  # raised outside the call (BaseException)
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            raise _remote_error(name, cause, str(exc)) from None
+        raise
+    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+            ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
+        raise WorkerProcessDied(
+            f"task {name!r}: its Ray worker died while running a call "
+            f"({type(exc).__name__}: {exc})".rstrip()
+        ) from None
+
+
+def _remote_error(name: str, exc: BaseException | None, text: str) -> BaseException:
+    if exc is None:
+        exc = RuntimeError(f"task {name!r} raised on its Ray worker:\n{text}")
+    exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+def _release(actor: Any, name: str, error: BaseException | None, stuck: bool) -> BaseException | None:
+    """Exit the actor's resource (unless a call of it is stuck: the run was cancelled),
+    then kill it; returns the run's error, with what the exit raised."""
+    try:
+        if not stuck:
+            status = ray.get(actor.close.remote(), timeout=TEARDOWN_SECONDS)
+            for level, message in status[-1]:
+                log(level, message)
+            if status[0] == "error":
+                exc = _remote_error(name, status[1], status[2])
+                if error is None or isinstance(error, Cancelled):
+                    error = exc
+                else:
+                    attach(error, [exc])
+    except Exception:  # it died, or did not exit in time: killed next
+        pass
+    finally:
+        ray.kill(actor)
+    return error

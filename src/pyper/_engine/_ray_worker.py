@@ -1,0 +1,125 @@
+"""The remote side of a Ray stage (``executor="ray"``): what runs on a Ray worker.
+
+Nothing here imports ray: the driver (``_ray``) wraps ``call_batch`` as a Ray task
+and ``Actor`` as a Ray actor class. Each call takes a batch of items (plain items,
+and the output lists of an upstream Ray stage, which Ray resolves on the worker:
+they never pass through the driver) and returns two objects: a small status the
+driver reads, and the outputs, which the driver reads only when the next stage is
+not on Ray. A status is one of::
+
+    ("ok", count, seconds, notes)             count outputs, seconds in the calls
+    ("error", exc, text, item, notes)         the call on item raised exc (None when
+                                              it cannot be pickled); text: its traceback
+
+``notes`` are the log records made meanwhile (a retry, a skipped item), for the
+driver's ``pyper`` logger.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import ExitStack
+from itertools import chain
+from typing import Any
+
+from .._spec import Task
+from ._child import NO_ITEM, fan_out
+
+__all__ = ["Actor", "call_batch"]
+
+Job = tuple[Task, "tuple[Any, ...] | None", "dict[str, Any] | None"]
+Notes = list[tuple[int, str]]
+
+
+def open_worker(job: Job, stack: ExitStack, notes: Notes) -> Callable[[Any], Any]:
+    """The worker's call: the task's function with its policies; its resource, if any,
+    entered on ``stack``."""
+    task, args, kwargs = job
+    if task.policy.any:
+        from ._sync_calls import open_call
+
+        return open_call(task, args, kwargs or {}, stack, time.sleep, lambda *note: notes.append(note))
+    if args is not None:  # the first task: called once, with the pipeline's arguments
+        func = task.func
+        return lambda _: func(*args, **(kwargs or {}))
+    return task.func
+
+
+def run_batch(
+    call: Callable[[Any], Any], branch: bool, items: list[Any], upstream: tuple[list[Any], ...],
+    notes: Notes,
+) -> tuple[tuple[Any, ...], list[Any] | None]:
+    inputs = [*items, *chain.from_iterable(upstream)] if upstream else items
+    current: list[Any] = [NO_ITEM]
+    started = time.perf_counter()
+    try:
+        if branch:
+            outputs = list(fan_out(call, inputs, current))
+        else:
+            outputs = []
+            append = outputs.append
+            for x in inputs:
+                current[0] = x
+                append(call(x))
+    except Exception as exc:
+        return error_status(exc, current[0], notes), None
+    status = ("ok", len(outputs), time.perf_counter() - started, notes[:])
+    notes.clear()
+    return status, outputs
+
+
+def error_status(exc: BaseException, item: Any, notes: Notes) -> tuple[Any, ...]:
+    from .._errors import short_repr
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickle.dumps(exc)
+    except Exception:  # its type and text still go back
+        exc = None  # type: ignore[assignment]
+    kept, notes[:] = notes[:], []
+    return ("error", exc, text, None if item is NO_ITEM else short_repr(item), kept)
+
+
+def call_batch(job: Job, branch: bool, items: list[Any], *upstream: list[Any]) -> tuple[Any, ...]:
+    """A Ray task (``num_returns=2``): one batch, with no state kept between batches."""
+    notes: Notes = []
+    with ExitStack() as stack:
+        try:
+            call = open_worker(job, stack, notes)
+        except Exception as exc:
+            return error_status(exc, NO_ITEM, notes), None
+        return run_batch(call, branch, items, upstream, notes)
+
+
+class Actor:
+    """A Ray actor (with ``setup=``): one worker of the stage, holding its resource
+    across every batch it is given, until ``close``."""
+
+    def __init__(self, job: Job, branch: bool) -> None:
+        self._notes: Notes = []
+        self._stack = ExitStack()
+        self._branch = branch
+        self._failed: BaseException | None = None
+        try:
+            self._call = open_worker(job, self._stack, self._notes)
+        except Exception as exc:  # told to the driver with the first batch
+            self._failed = exc
+
+    def ready(self) -> bool:
+        return True
+
+    def batch(self, items: list[Any], *upstream: list[Any]) -> tuple[Any, ...]:
+        if self._failed is not None:
+            return error_status(self._failed, NO_ITEM, self._notes), None
+        return run_batch(self._call, self._branch, items, upstream, self._notes)
+
+    def close(self) -> tuple[Any, ...]:
+        """Exit the resource: what its exit raised is the run's error."""
+        try:
+            self._stack.close()
+        except Exception as exc:
+            return error_status(exc, NO_ITEM, self._notes)
+        return ("ok", 0, 0.0, self._notes)

@@ -1,0 +1,285 @@
+"""Stages on a Ray cluster (executor="ray"), against a real local cluster of two nodes.
+
+Collected only where Ray is installed on purpose (tests/run.sh installs the ``ray`` extra
+and sets PYPER_WITH_RAY=1): see conftest.py. One cluster is started for the whole file
+(``ray.cluster_utils.Cluster``: a head node and a second node, one CPU each, on this
+machine); every test checks, besides the usual leak fixture, that the cluster has all its
+CPUs back afterwards: no task or actor of a finished run still holds one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import ray  # the point of this file: fails loudly if missing
+from conftest import Leaks, acollect, elapsed, run_async
+from ray.cluster_utils import Cluster
+
+from pyper import task
+from pyper._errors import RemoteTraceback, WorkerProcessDied
+
+CPUS = 2.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c.add_node(num_cpus=1, resources={"second": 1})
+    # The workers import this file's functions by reference, as they would a user's module.
+    path = os.pathsep.join([os.path.dirname(__file__), os.path.join(os.path.dirname(__file__), "..", "src")])
+    ray.init(address=c.address, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    c.wait_for_nodes()
+    # Ray's own threads and connections, opened on first use, are not a test's leaks.
+    ray.get([where.remote(i) for i in range(4)])
+    probe = Probe.remote()
+    ray.get(probe.ping.remote())
+    ray.kill(probe)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@ray.remote
+def where(x: int) -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+@ray.remote
+class Probe:
+    def ping(self) -> bool:
+        return True
+
+
+@pytest.fixture(autouse=True)
+def cluster_clean(cluster: Cluster, leaks: Leaks) -> Iterator[None]:
+    """Every CPU of the cluster is free again shortly after the test: nothing of its runs
+    is left running there. (Sockets are Ray's: its driver opens connections to the nodes'
+    object stores as it first fetches from them, and keeps them; pyper opens none.)"""
+    leaks.ignore_fds("socket:")
+    yield
+    deadline = time.monotonic() + 5
+    while ray.available_resources().get("CPU", 0) < CPUS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ray.available_resources().get("CPU", 0) == CPUS, f"still in use: {ray.available_resources()}"
+
+
+class Boom(Exception):
+    pass
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def node_of(x: int) -> tuple[int, str]:
+    time.sleep(0.5)
+    return x, ray.get_runtime_context().get_node_id()
+
+
+def count_to(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+def fan(x: int) -> Iterator[tuple[int, int]]:
+    for k in range(x):
+        yield (x, k)
+
+
+def boom_on_3(x: int) -> int:
+    if x == 3:
+        raise Boom(f"no {x}")
+    return x
+
+
+def sleep_long(x: int) -> int:
+    time.sleep(30)
+    return x
+
+
+def megabyte(x: int) -> bytes:
+    return bytes([x % 256]) * (1 << 20)
+
+
+def first_byte(b: bytes) -> int:
+    return b[0]
+
+
+class Model:
+    """A resource made once per worker (an actor): counts the calls it served."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.calls = 0
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def load_model() -> Model:
+    return Model()
+
+
+def predict(model: Model, x: int) -> tuple[int, int, int]:
+    model.calls += 1
+    return x, model.pid, model.calls
+
+
+@pytest.mark.timeout(120)
+def test_map_on_ray_gives_every_output_in_batches() -> None:
+    p = task(count_to, branch=True) | task(square, workers=4, executor="ray")
+    assert sorted(p(500)) == [x * x for x in range(500)]
+
+
+@pytest.mark.timeout(120)
+def test_work_spreads_over_both_nodes() -> None:
+    p = task(count_to, branch=True) | task(node_of, workers=2, executor="ray")
+    with elapsed() as t:
+        out = sorted(p(4))
+    assert [x for x, _ in out] == [0, 1, 2, 3]
+    assert len({node for _, node in out}) == 2, out  # one CPU per node: both had to work
+    assert t.elapsed < 1.9  # four 0.5 s calls two at a time (one after the other: 2 s)
+
+
+@pytest.mark.timeout(120)
+def test_a_generator_on_ray_fans_out_and_bind_applies() -> None:
+    p = task(count_to, branch=True) | task(fan, workers=2, executor="ray")
+    assert sorted(p(5)) == sorted((x, k) for x in range(5) for k in range(x))
+    scaled = task(count_to, branch=True) | task(pow, executor="ray", bind=task.bind(2))
+    assert sorted(scaled(6)) == [2**x for x in range(6)]
+
+
+@pytest.mark.timeout(120)
+def test_ordered_on_ray_keeps_the_input_order() -> None:
+    p = task(count_to, branch=True) | task(square, workers=3, executor="ray", ordered=True)
+    assert list(p(300)) == [x * x for x in range(300)]
+
+
+@pytest.mark.timeout(120)
+def test_an_error_on_ray_is_the_original_with_the_remote_traceback() -> None:
+    p = task(count_to, branch=True) | task(boom_on_3, workers=2, executor="ray")
+    with pytest.raises(Boom, match="no 3") as info:
+        list(p(10))
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "boom_on_3" in info.value.__cause__.text
+    assert any("boom_on_3" in n and "3" in n for n in info.value.__notes__), info.value.__notes__
+
+
+@pytest.mark.timeout(120)
+def test_retries_and_on_error_apply_on_ray() -> None:
+    p = task(count_to, branch=True) | task(boom_on_3, executor="ray", on_error="skip")
+    assert sorted(p(6)) == [0, 1, 2, 4, 5]
+    flaky = task(count_to, branch=True) | task(boom_on_3, executor="ray", retries=2, backoff=0)
+    with pytest.raises(Boom):
+        list(flaky(6))
+
+
+@pytest.mark.timeout(120)
+def test_setup_makes_one_actor_per_worker_reused_for_every_call() -> None:
+    p = task(count_to, branch=True) | task(predict, workers=2, executor="ray", setup=load_model)
+    out = sorted(p(40))
+    assert [x for x, _, _ in out] == list(range(40))
+    by_worker: dict[int, list[int]] = {}
+    for _, pid, calls in out:
+        by_worker.setdefault(pid, []).append(calls)
+    assert len(by_worker) <= 2, by_worker  # two actors at most, each holding its model
+    assert sorted(c for calls in by_worker.values() for c in calls) == sorted(
+        c for calls in by_worker.values() for c in range(1, len(calls) + 1)
+    )  # each model counted its own calls, 1..k: made once, reused
+
+
+@pytest.mark.timeout(120)
+def test_two_ray_stages_pass_references_not_data_through_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyper._engine import _ray
+
+    fetched: list[Any] = []
+    real_get = _ray._get
+
+    def get(run: Any, name: str, ref: Any) -> Any:
+        value = real_get(run, name, ref)
+        fetched.append(value)
+        return value
+
+    monkeypatch.setattr(_ray, "_get", get)
+    p = (task(count_to, branch=True) | task(megabyte, workers=2, executor="ray")
+         | task(first_byte, workers=2, executor="ray"))
+    assert sorted(p(20)) == list(range(20))
+    # The driver read statuses and the last stage's small outputs, never a megabyte.
+    assert not any(isinstance(v, list) and any(isinstance(x, bytes) for x in v) for v in fetched)
+    assert sum(len(repr(v)) for v in fetched) < 20_000
+
+
+@pytest.mark.timeout(120)
+def test_break_cancels_the_calls_in_flight_and_returns_promptly() -> None:
+    p = task(count_to, branch=True) | task(sleep_long, workers=2, executor="ray")
+    it = iter(p(4))
+    started = threading.Event()
+
+    def close_soon() -> None:
+        time.sleep(1.5)  # the two calls are running on the cluster by now
+        started.set()
+
+    threading.Thread(target=close_soon).start()
+    started.wait()
+    with elapsed() as t:
+        it.close()  # type: ignore[attr-defined]
+    assert t.elapsed < 1.0
+    # cluster_clean checks that both CPUs came back: the calls were cancelled, not waited out
+
+
+def two_then_fail() -> Iterator[int]:
+    yield 0
+    yield 1
+    time.sleep(1.0)  # both calls are running on the cluster by now
+    raise Boom("the producer failed")
+
+
+@pytest.mark.timeout(120)
+def test_an_error_elsewhere_cancels_the_calls_on_ray() -> None:
+    p = task(two_then_fail, branch=True) | task(sleep_long, workers=2, executor="ray")
+    with elapsed() as t, pytest.raises(Boom, match="producer"):
+        list(p())
+    assert t.elapsed < 2.0  # not the 30 s calls
+    # cluster_clean checks that both CPUs came back: the calls were cancelled
+
+
+@pytest.mark.timeout(120)
+def test_async_pipeline_with_a_ray_stage() -> None:
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    p = task(count_to, branch=True) | task(square, workers=2, executor="ray") | task(double)
+    assert sorted(run_async(acollect(p(50)))) == sorted(2 * x * x for x in range(50))
+
+
+@pytest.mark.timeout(180)
+def test_a_node_removed_mid_run_is_a_clear_error_or_retried(cluster: Cluster) -> None:
+    second = [n for n in cluster.worker_nodes][-1]
+
+    def run(retries: int) -> Any:
+        p = task(count_to, branch=True) | task(
+            node_of, workers=2, executor="ray", retries=retries,
+            ray_options={"resources": {"second": 0.5}},  # on the second node only
+        )
+        return sorted(p(4))
+
+    killer = threading.Timer(0.3, cluster.remove_node, args=(second,))
+    killer.start()
+    try:
+        with pytest.raises(WorkerProcessDied, match="node_of"):
+            run(0)
+    finally:
+        killer.join()
+        cluster.add_node(num_cpus=1, resources={"second": 1})
+        cluster.wait_for_nodes()
