@@ -159,6 +159,23 @@ def test_a_generator_on_ray_fans_out_and_bind_applies() -> None:
     assert sorted(scaled(6)) == [2**x for x in range(6)]
 
 
+def slow_fan(x: int) -> Iterator[int]:
+    for k in range(3):
+        yield k
+        time.sleep(1.0)
+
+
+@pytest.mark.timeout(120)
+def test_a_generator_on_ray_streams_its_outputs_as_it_makes_them() -> None:
+    p = task(count_to, branch=True) | task(slow_fan, executor="ray")
+    list(p(0))
+    it = iter(p(1))
+    with elapsed() as t:
+        first = next(it)
+    assert first == 0 and t.elapsed < 0.9, t.elapsed  # not after the generator's 3 s
+    assert list(it) == [1, 2]
+
+
 @pytest.mark.timeout(120)
 def test_ordered_on_ray_keeps_the_input_order() -> None:
     p = task(count_to, branch=True) | task(square, workers=3, executor="ray", ordered=True)

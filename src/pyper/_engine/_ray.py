@@ -47,7 +47,7 @@ import ray.exceptions
 
 from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied, attach
 from . import _thread
-from ._ray_worker import Actor, call_batch
+from ._ray_worker import Actor, call_batch, stream_batch
 from ._sync_loops import flusher
 from ._run import Run, Stage, Worker, adapt, log
 
@@ -55,6 +55,8 @@ __all__ = ["Refs", "start"]
 
 #: How often a relay waiting for a call looks whether the run was cancelled.
 POLL_SECONDS = 0.02
+#: How many chunks a branching batch on Ray may produce ahead of the relay.
+STREAM_AHEAD = 2
 #: How long an actor may take to exit its resource (``setup=``) at the end of a run.
 TEARDOWN_SECONDS = 5.0
 
@@ -73,7 +75,8 @@ class Refs:
 def start(run: Run, stage: Stage) -> None:
     index = run.stages.index(stage)
     down = run.stages[index + 1].task if index + 1 < len(run.stages) else None
-    passes_refs = down is not None and down.ray is not None and not down.policy.batch
+    passes_refs = (down is not None and down.ray is not None and not down.policy.batch
+                   and not stage.branch)  # a streamed batch's chunks come to the driver
     shared = _Shared(run, stage, passes_refs)
     _thread.start_jobs(run, stage, partial(_relay, shared))
 
@@ -88,6 +91,11 @@ def ensure_ray() -> None:
 @functools.cache
 def _remote_batch() -> Any:
     return ray.remote(call_batch)
+
+
+@functools.cache
+def _remote_stream() -> Any:
+    return ray.remote(stream_batch)
 
 
 @functools.cache
@@ -126,14 +134,20 @@ def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
         options = dict(task.ray or ())
         retries = task.policy.retries
         submit: Callable[[list[Any], list[Any]], Any]
+        # A branching stage's batches stream their outputs back in chunks, as produced, at
+        # most STREAM_AHEAD chunks ahead of what the relay has handed on.
+        streamed = dict(num_returns="streaming", _generator_backpressure_num_objects=STREAM_AHEAD)
         if task.policy.setup is not None:
             actor = _remote_actor().options(max_restarts=retries, max_task_retries=retries,
-                                            **options).remote(job, stage.branch)
-            method = actor.batch.options(num_returns=2)
+                                            **options).remote(job)
+            method = actor.stream.options(**streamed) if stage.branch else actor.batch.options(num_returns=2)
             submit = lambda items, upstream: method.remote(items, *upstream)  # noqa: E731
         else:
-            remote = _remote_batch().options(num_returns=2, max_retries=retries, **options)
-            submit = lambda items, upstream: remote.remote(job, stage.branch, items, *upstream)  # noqa: E731
+            if stage.branch:
+                remote = _remote_stream().options(max_retries=retries, **streamed, **options)
+            else:
+                remote = _remote_batch().options(num_returns=2, max_retries=retries, **options)
+            submit = lambda items, upstream: remote.remote(job, items, *upstream)  # noqa: E731
         _work(worker, shared, submit, inflight)
     except BaseException as exc:
         error = exc
@@ -156,32 +170,60 @@ def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any
         plain = [x for x in batch if type(x) is not Refs]
         upstream = [x.ref for x in batch if type(x) is Refs]
         started = perf_counter()
-        status_ref, outputs_ref = submit(plain, upstream)
-        inflight[0] = status_ref
-        status = _wait(run, stage.task.name, status_ref)
-        inflight[0] = None
-        for level, message in status[-1]:
-            log(level, message)
-        if status[0] == "error":
-            _, exc, text, worker.item, _ = status
-            raise _remote_error(stage.task.name, exc, text)
-        if shared.passes_refs:
-            if status[1]:
-                box.append(Refs(outputs_ref))
+        if stage.branch:
+            seconds = _stream(worker, submit(plain, upstream), flush, inflight)
         else:
-            box.extend(_get(run, stage.task.name, outputs_ref))
+            status_ref, outputs_ref = submit(plain, upstream)
+            inflight[0] = status_ref
+            status = _checked(worker, _wait(run, stage.task.name, status_ref))
+            inflight[0] = None
+            if shared.passes_refs:
+                if status[1]:
+                    box.append(Refs(outputs_ref))
+            else:
+                box.extend(_get(run, stage.task.name, outputs_ref))
+            seconds = status[2]
         flush(True)
         inp.pace(len(batch), perf_counter() - started)
-        n = adapt(n, len(batch), status[2], limit)  # the calls' own time, not the round trip
+        n = adapt(n, len(batch), seconds, limit)  # the calls' own time, not the round trip
 
 
-def _wait(run: Run, name: str, ref: Any) -> Any:
-    """The value of ``ref`` once ready; cancels the call and raises ``Cancelled`` once the
-    run is cancelled."""
+def _stream(worker: Worker, stream: Any, flush: Callable[[bool], None], inflight: list[Any]) -> float:
+    """Hand on a streamed batch's chunks as they come; returns the seconds its calls took."""
+    run, name, box = worker.run, worker.stage.task.name, worker.box
+    inflight[0] = stream
+    seconds = 0.0
     while True:
-        ready, _ = ray.wait([ref], timeout=POLL_SECONDS, fetch_local=True)
-        if ready:
-            return _get(run, name, ref)
+        try:
+            ref = _wait(run, name, stream, ready=lambda: next(stream))
+        except StopIteration:
+            break
+        status, outputs = _get(run, name, ref)
+        _checked(worker, status)
+        seconds += status[2]
+        box.extend(outputs)
+        flush(False)  # blocks while downstream is full: the generator waits STREAM_AHEAD ahead
+    inflight[0] = None
+    return seconds
+
+
+def _checked(worker: Worker, status: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The status of a call, its log records logged; raises the call's error."""
+    for level, message in status[-1]:
+        log(level, message)
+    if status[0] == "error":
+        _, exc, text, worker.item, _ = status
+        raise _remote_error(worker.stage.task.name, exc, text)
+    return status
+
+
+def _wait(run: Run, name: str, ref: Any, ready: Callable[[], Any] | None = None) -> Any:
+    """The value of ``ref`` once ready (or ``ready()``: a stream's next reference); cancels
+    the call and raises ``Cancelled`` once the run is cancelled."""
+    while True:
+        done, _ = ray.wait([ref], timeout=POLL_SECONDS, fetch_local=True)
+        if done:
+            return _get(run, name, ref) if ready is None else ready()
         if run.cancelled:
             try:
                 ray.cancel(ref, force=True)
@@ -205,6 +247,12 @@ def _get(run: Run, name: str, ref: Any) -> Any:
         raise WorkerProcessDied(
             f"task {name!r}: its Ray worker died while running a call "
             f"({type(exc).__name__}: {exc})".rstrip()
+        ) from None
+    except ray.exceptions.RaySystemError as exc:  # e.g. the function did not load there
+        raise RuntimeError(
+            f"task {name!r}: Ray could not run its call ({exc}). The Ray workers import the "
+            "task's function (and what it refers to) by module: install that module where "
+            "they run, or ship it with ray_options={'runtime_env': {...}}"
         ) from None
 
 
