@@ -39,7 +39,6 @@ import functools
 import threading
 from collections.abc import Callable
 from functools import partial
-from time import perf_counter
 from typing import Any
 
 import ray
@@ -55,6 +54,8 @@ __all__ = ["Refs", "start"]
 
 #: How often a relay waiting for a call looks whether the run was cancelled.
 POLL_SECONDS = 0.02
+#: What a batch's calls should take: a Ray call costs about 1-5 ms to make here.
+TARGET_SECONDS = 0.05
 #: How many chunks a branching batch on Ray may produce ahead of the relay.
 STREAM_AHEAD = 2
 #: How long an actor may take to exit its resource (``setup=``) at the end of a run.
@@ -137,16 +138,19 @@ def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
         # A branching stage's batches stream their outputs back in chunks, as produced, at
         # most STREAM_AHEAD chunks ahead of what the relay has handed on.
         streamed = dict(num_returns="streaming", _generator_backpressure_num_objects=STREAM_AHEAD)
+        # A map call's (status, outputs) is one object, read at once; or two, when the
+        # outputs go on to the next Ray stage as a reference.
+        returns = 2 if shared.passes_refs else 1
         if task.policy.setup is not None:
             actor = _remote_actor().options(max_restarts=retries, max_task_retries=retries,
                                             **options).remote(job)
-            method = actor.stream.options(**streamed) if stage.branch else actor.batch.options(num_returns=2)
+            method = actor.stream.options(**streamed) if stage.branch else actor.batch.options(num_returns=returns)
             submit = lambda items, upstream: method.remote(items, *upstream)  # noqa: E731
         else:
             if stage.branch:
                 remote = _remote_stream().options(max_retries=retries, **streamed, **options)
             else:
-                remote = _remote_batch().options(num_returns=2, max_retries=retries, **options)
+                remote = _remote_batch().options(num_returns=returns, max_retries=retries, **options)
             submit = lambda items, upstream: remote.remote(job, items, *upstream)  # noqa: E731
         _work(worker, shared, submit, inflight)
     except BaseException as exc:
@@ -169,23 +173,42 @@ def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any
         batch = list(items)
         plain = [x for x in batch if type(x) is not Refs]
         upstream = [x.ref for x in batch if type(x) is Refs]
-        started = perf_counter()
         if stage.branch:
             seconds = _stream(worker, submit(plain, upstream), flush, inflight)
-        else:
+        elif shared.passes_refs:
             status_ref, outputs_ref = submit(plain, upstream)
             inflight[0] = status_ref
-            status = _checked(worker, _wait(run, stage.task.name, status_ref))
+            try:
+                status = _checked(worker, _wait(run, stage.task.name, status_ref))
+            except BaseException:
+                _forget(outputs_ref)
+                raise
             inflight[0] = None
-            if shared.passes_refs:
-                if status[1]:
-                    box.append(Refs(outputs_ref))
-            else:
-                box.extend(_get(run, stage.task.name, outputs_ref))
+            if status[1]:
+                box.append(Refs(outputs_ref))
+            seconds = status[2]
+        else:
+            ref = inflight[0] = submit(plain, upstream)
+            status, outputs = _wait(run, stage.task.name, ref)
+            inflight[0] = None
+            _checked(worker, status)
+            box.extend(outputs)
             seconds = status[2]
         flush(True)
-        inp.pace(len(batch), perf_counter() - started)
-        n = adapt(n, len(batch), seconds, limit)  # the calls' own time, not the round trip
+        # On the calls' own time, not the round trip: the input edge holds about the
+        # channel's pace of their work, and a batch grows until its calls take about
+        # TARGET_SECONDS, which makes the few milliseconds a Ray call costs a small part.
+        inp.pace(len(batch), max(seconds, 1e-6))
+        n = _next_size(n, len(batch), seconds, limit)
+
+
+def _next_size(n: int, done: int, seconds: float, limit: int) -> int:
+    """``adapt`` toward TARGET_SECONDS, growing 8x at a time while a full batch took a
+    small part of it: each step is a Ray round trip, so trivial items reach large
+    batches in three steps, not ten."""
+    if done >= n and seconds < TARGET_SECONDS / 16:
+        return min(limit, 8 * n)
+    return adapt(n, done, seconds, limit, TARGET_SECONDS)
 
 
 def _stream(worker: Worker, stream: Any, flush: Callable[[bool], None], inflight: list[Any]) -> float:
@@ -221,9 +244,13 @@ def _wait(run: Run, name: str, ref: Any, ready: Callable[[], Any] | None = None)
     """The value of ``ref`` once ready (or ``ready()``: a stream's next reference); cancels
     the call and raises ``Cancelled`` once the run is cancelled."""
     while True:
-        done, _ = ray.wait([ref], timeout=POLL_SECONDS, fetch_local=True)
-        if done:
-            return _get(run, name, ref) if ready is None else ready()
+        if ready is None:
+            try:
+                return _get(run, name, ref, POLL_SECONDS)
+            except ray.exceptions.GetTimeoutError:
+                pass
+        elif ray.wait([ref], timeout=POLL_SECONDS)[0]:
+            return ready()
         if run.cancelled:
             try:
                 ray.cancel(ref, force=True)
@@ -232,13 +259,15 @@ def _wait(run: Run, name: str, ref: Any, ready: Callable[[], Any] | None = None)
             raise Cancelled
 
 
-def _get(run: Run, name: str, ref: Any) -> Any:
+def _get(run: Run, name: str, ref: Any, timeout: float | None = None) -> Any:
     try:
-        return ray.get(ref)
+        return ray.get(ref, timeout=timeout)
     except ray.exceptions.TaskCancelledError:
         raise Cancelled from None
     except ray.exceptions.RayTaskError as exc:  # raised outside the call (BaseException)
         cause = getattr(exc, "cause", None)
+        if isinstance(cause, ray.exceptions.RaySystemError):  # an argument did not load
+            raise _unloadable(name, cause) from None
         if isinstance(cause, BaseException):
             raise _remote_error(name, cause, str(exc)) from None
         raise
@@ -249,11 +278,27 @@ def _get(run: Run, name: str, ref: Any) -> Any:
             f"({type(exc).__name__}: {exc})".rstrip()
         ) from None
     except ray.exceptions.RaySystemError as exc:  # e.g. the function did not load there
-        raise RuntimeError(
-            f"task {name!r}: Ray could not run its call ({exc}). The Ray workers import the "
-            "task's function (and what it refers to) by module: install that module where "
-            "they run, or ship it with ray_options={'runtime_env': {...}}"
-        ) from None
+        raise _unloadable(name, exc) from None
+
+
+def _unloadable(name: str, exc: BaseException) -> RuntimeError:
+    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return RuntimeError(
+        f"task {name!r}: Ray could not load its call on a worker ({why}). The Ray workers "
+        "import the task's function (and what it refers to) by module, as pickle does: "
+        "install that module where they run, or ship it with "
+        "ray_options={'runtime_env': {'py_modules': [...]}} (a function defined in the "
+        "main script goes by value)"
+    )
+
+
+def _forget(ref: Any) -> None:
+    """Drop the outputs of a call that failed, marking its error seen: Ray would print
+    an unhandled error for it."""
+    try:
+        ray.get(ref, timeout=0)
+    except Exception:
+        pass
 
 
 def _remote_error(name: str, exc: BaseException | None, text: str) -> BaseException:

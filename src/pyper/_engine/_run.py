@@ -619,19 +619,20 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
 TARGET_SECONDS = 0.0005
 
 
-def adapt(n: int, done: int, seconds: float, limit: int) -> int:
+def adapt(n: int, done: int, seconds: float, limit: int, target: float = TARGET_SECONDS) -> int:
     """The next batch size, after ``done`` items (of at most ``n``) took ``seconds``.
 
     Starts at 1 and doubles while batches are cheap (slow start), so a slow call
     never holds back items that other workers could take; shrinks to fit the
-    target as soon as calls turn out to be slow.
+    target as soon as calls turn out to be slow. (A remote executor whose calls
+    cost more to make than a channel's hand-over aims at a larger ``target``.)
     """
-    if seconds < TARGET_SECONDS / 2:
+    if seconds < target / 2:
         if done >= n:
             return min(limit, 2 * n)
         return n
-    if seconds > TARGET_SECONDS:
-        return max(1, min(n, int(done * TARGET_SECONDS / seconds)))
+    if seconds > target:
+        return max(1, min(n, int(done * target / seconds)))
     return n
 
 
