@@ -7,10 +7,12 @@ The leak fixture checks that every child process is gone after each test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -357,6 +359,83 @@ def test_no_call_starts_after_an_error_with_a_batch_sent_ahead(
         assert not os.path.exists(path), f"calls after the error: {open(path).read().split()[:10]}"
         assert ahead, "no request was sent ahead: the test does not test it"
         assert list(p(20_000)) == list(range(20_000))  # the warm child again, every output
+
+
+def eight_times(x: str) -> str:
+    return x * 8
+
+
+def long_strings(n: int) -> Any:
+    for i in range(n):
+        yield f"{i:05d}" + "x" * 995
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_SETPIPE_SZ"), reason="Linux sets a pipe's size")
+def test_small_pipes_never_deadlock_a_request_sent_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user past fs.pipe-user-pages-soft gets one-page pipes: a request sent ahead must
+    still fit while the child blocks sending a reply larger than the pipe."""
+    import fcntl
+
+    from pyper._engine import _workers
+
+    real_init = _workers.Child.__init__
+
+    def small_pipes(self: Any, *args: Any) -> None:
+        real_init(self, *args)
+        for end in (self.to_child, self.from_child):
+            fcntl.fcntl(end.fileno(), fcntl.F_SETPIPE_SZ, 4096)
+        self.ahead_bytes = _workers._ahead_bytes(self.to_child.fileno())  # as it would be made
+
+    monkeypatch.setattr(_workers.Child, "__init__", small_pipes)
+    p = task(long_strings, branch=True) | task(eight_times, multiprocess=True)
+    out = list(p(3000))
+    assert len(out) == 3000 and out[-1] == ("02999" + "x" * 995) * 8
+
+
+@contextlib.contextmanager
+def no_resource() -> Any:
+    yield None
+
+
+def stamp_slow_calls(resource: None, path: str, cheap: int, x: int) -> int:
+    """Cheap for the first ``cheap`` items (batches grow large), then 4 ms each, each
+    call's start time written to ``path``."""
+    if x >= cheap:
+        with open(path, "a") as f:
+            f.write(f"{time.time()}\n")
+        time.sleep(0.004)
+    return x
+
+
+def fail_at(stop_path: str, k: int, x: int) -> int:
+    if x == k:
+        with open(stop_path, "w") as f:
+            f.write(f"{time.time()}")
+        raise Boom("downstream")
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_run_starts_no_more_calls_of_a_batch_in_a_process(tmp_path: Any) -> None:
+    """Calls turn slow after batches grew on cheap ones: when the run is cancelled (an
+    error downstream), the child stops at once, mid-batch, instead of working through its
+    batches (a thousand 4 ms calls: seconds of calls started after the error, which the
+    exit of its resource, setup=, would wait for)."""
+    calls, stop = str(tmp_path / "calls"), str(tmp_path / "stop")
+    k = 20_000
+    p = (task(count_to, branch=True)
+         | task(stamp_slow_calls, multiprocess=True, bind=task.bind(calls, k), setup=no_resource)
+         | task(fail_at, bind=task.bind(stop, k - 1)))
+    assert list(p(10)) == list(range(10))  # a warm worker, as for a program's second run
+    with elapsed() as t, pytest.raises(Boom, match="downstream"):
+        list(p(2 * k))
+    time.sleep(0.5)  # a child that went on would write its calls meanwhile
+    stopped = float(Path(stop).read_text())
+    starts = [float(line) for line in Path(calls).read_text().split()] if os.path.exists(calls) else []
+    late = [s for s in starts if s > stopped + 0.01]
+    assert len(late) <= 1, f"{len(late)} calls started after the error ({len(starts)} in all)"
+    assert t.elapsed < 10
 
 
 def print_pid_then_stuck(x: int) -> int:

@@ -64,10 +64,18 @@ _DUMP = pickle.HIGHEST_PROTOCOL
 NO_ITEM: Any = object()  # no input in hand
 
 
+#: Set (by the lifeline thread) once the parent says its run was cancelled: a batch in
+#: hand starts no further call. Never reset: the parent does not reuse such a child.
+_cancelled = [False]
+
+
 def _watch(lifeline: Connection) -> None:
-    """Exit when the parent has gone: its end of the lifeline closes with it."""
+    """Exit when the parent has gone: its end of the lifeline closes with it. A message
+    on it means the run was cancelled."""
     try:
-        lifeline.recv_bytes()
+        while True:
+            lifeline.recv_bytes()
+            _cancelled[0] = True
     except (EOFError, OSError):
         pass
     os._exit(1)
@@ -154,11 +162,15 @@ def _serve(
     stream: Iterator[Any] = iter(())
     current: list[Any] = [NO_ITEM]  # the input in hand, named when its call raises
     failures = 0  # error replies sent
+    following: tuple[Any, ...] | None = None  # a message read early, behind a map request
     while True:
-        try:
-            message = pickle.loads(inbox.recv_bytes())
-        except (EOFError, OSError):  # the parent has gone
-            return
+        if following is not None:
+            message, following = following, None
+        else:
+            try:
+                message = pickle.loads(inbox.recv_bytes())
+            except (EOFError, OSError):  # the parent has gone
+                return
         kind = message[0]
         if kind == "stop":
             return
@@ -178,9 +190,20 @@ def _serve(
             elif kind == "map":
                 outputs: list[Any] = []
                 started = perf_counter()
-                if message[2] >= failures:  # else sent before the parent read an error: skipped
+                if message[2] >= failures and inbox.poll(0):
+                    # A request sent ahead: a stop or teardown already behind it means the
+                    # run is over, and it is skipped too.
+                    try:
+                        following = pickle.loads(inbox.recv_bytes())
+                    except (EOFError, OSError):
+                        return
+                if message[2] >= failures and (following is None or following[0] not in ("stop", "teardown")):
+                    # (else sent before the parent read an error, or the run stopped: skipped)
                     append = outputs.append
+                    cancelled = _cancelled
                     for x in message[1]:
+                        if cancelled[0]:
+                            break
                         current[0] = x
                         append(call(x))
                 reply = ("out", outputs, True, perf_counter() - started)

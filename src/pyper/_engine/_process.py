@@ -51,10 +51,6 @@ __all__ = ["start"]
 #: Batches grow while calls are cheap, but not past this many pickled bytes each way
 #: (a cheap function of large items would otherwise pickle thousands of them at once).
 MAX_BATCH_BYTES = 1 << 22
-#: A request sent before the last reply is read is at most this big: it fits in the pipe
-#: (64 KiB on Linux, 16 KiB at least on macOS), so the relay never blocks sending it
-#: while the child blocks sending its reply.
-AHEAD_BYTES = 1 << 13
 
 
 def start(run: Run, stage: Stage) -> None:
@@ -294,33 +290,40 @@ def _map(worker: Worker, child: Child, limit: int) -> None:
     """The relay of a plain stage (unordered, no rate=, no retries): while batches are
     cheap, the next one is sent before the last one's reply is read, so the child goes
     from one to the next without waiting for the parent to hand on outputs and take more
-    input (2x on trivial items). Only a small request goes ahead (it fits in the pipe:
+    input. Only a request that fits in the pipe goes ahead (``Child.ahead_bytes``:
     neither side can block the other), only if the input has it now (a slow producer
-    never holds back outputs), and only after a batch that took under half the target
-    (slow calls go one batch at a time: a cancelled run starts at most one cheap batch
-    more; an error skips the one sent ahead, see ``Child.pack_map``)."""
+    never holds back outputs), and only while both the batch in flight and the one sent
+    ahead are expected to take under half the target at the last batch's cost per item.
+    So slow calls go one batch at a time; a cancelled run starts at most one cheap batch
+    more (the child skips one that a stop or teardown message follows); an error skips
+    the one sent ahead (see ``Child.pack_map``)."""
     stage = worker.stage
     inp, out, box = stage.inp, stage.out, worker.box
     n = 1
-    ahead: tuple[int, int, float] | None = None  # (items, bytes, sent at) of the request unread
+    ahead: tuple[int, int, float, int] | None = None  # (items, bytes, sent at, n) of the request unread
     last = 0.0  # when the last reply was read
-    cheap = False  # the last batch took under half the target: the next may go ahead
+    per_item = 1.0  # the child's seconds per item in the last batch (none yet: never cheap)
 
     def finish() -> None:  # read the reply to ``ahead``, hand on its outputs, pace
-        nonlocal n, ahead, last, cheap
+        nonlocal n, ahead, last, per_item
         assert ahead is not None
-        count, sent, since = ahead
+        count, sent, since, asked = ahead
         reply = child.receive()
         box.extend(reply[1])
         now = perf_counter()
         elapsed, last, ahead = now - max(since, last), now, None  # its time, from the relay
         out.flush(box, True)
         inp.pace(count, elapsed)
-        n = _capped(adapt(n, count, elapsed, limit), count, max(sent, child.received))
-        cheap = reply[3] < TARGET_SECONDS / 2  # the calls' own time
+        per_item = reply[3] / count if count else 1.0  # the calls' own time
+        # The batch size follows the relay's time (the calls and moving the items, but not
+        # handing them on): large items through a small pipe keep batches small.
+        n = _capped(adapt(asked, count, elapsed, limit), count, max(sent, child.received))
+
+    def cheap(count: int) -> bool:
+        return per_item * count < TARGET_SECONDS / 2
 
     while True:
-        got = inp.get_now(n) if ahead is not None and cheap else None
+        got = inp.get_now(n) if ahead is not None and cheap(ahead[0] + n) else None
         if got is None:
             if ahead is not None:
                 finish()
@@ -329,14 +332,14 @@ def _map(worker: Worker, child: Child, limit: int) -> None:
         if items is None:
             break
         data = child.pack_map(list(items))  # all of it goes to the child: nothing is left to share
-        if ahead is not None and len(data) > AHEAD_BYTES:
+        if ahead is not None and len(data) > child.ahead_bytes:
             finish()
         count = worker.size
         sent = child.post(data)
         since = perf_counter()
         if ahead is not None:
             finish()
-        ahead = (count, sent, since)
+        ahead = (count, sent, since, n)
     if ahead is not None:
         finish()
 

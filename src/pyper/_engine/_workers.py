@@ -23,6 +23,7 @@ import os
 import pickle
 import select
 import signal
+import sys
 import threading
 from multiprocessing.connection import wait
 from typing import Any
@@ -101,6 +102,23 @@ def _no_fork() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+def _ahead_bytes(fd: int) -> int:
+    """How big a request may be to go to a child while it may be blocked sending its
+    reply: half the pipe, which then always has room for it (no deadlock, whatever the
+    reply's size). Linux says how big the pipe is (4 KiB to 1 MiB: small once a user
+    has many); elsewhere a small guess, and none on Windows (a pipe write there waits
+    for the reader)."""
+    if sys.platform == "win32":
+        return 0
+    try:
+        import fcntl
+
+        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)  # Linux only (Python 3.10+)
+    except (ImportError, AttributeError, OSError):
+        return 2048
+    return max(0, size // 2 - 64)
+
+
 class Child:
     """One worker process and the pipes to it."""
 
@@ -109,7 +127,7 @@ class Child:
         self.func = task.func  # what it was loaded with (identity: a reloaded module is new code)
         self.payload = payload
         self.unread = 0  # requests sent whose reply is not yet read (owned by the relay)
-        self.failures = 0  # error replies read: stamped on each "map" request (see send_map)
+        self.failures = 0  # error replies read: stamped on each "map" request (see pack_map)
         self.received = 0  # the size of the last reply, in bytes (owned by the relay)
         self.failed_on: str | None = None  # the item of the last error reply, shortened
         self.joining = False  # a join call is under way (owned by the relay)
@@ -145,6 +163,7 @@ class Child:
                 )
                 self.process.start()
             self._from_fd = self.from_child.fileno()
+            self.ahead_bytes = _ahead_bytes(self.to_child.fileno())
             self._poller = select.poll() if hasattr(select, "poll") else None
             if self._poller is not None:
                 for fd in (self._from_fd, self.process.sentinel, self._wake_r):
@@ -157,10 +176,20 @@ class Child:
             lifeline_r.close()
 
     def interrupt(self, generation: int) -> None:
-        """Wake the relay of run ``generation`` from its wait (any thread)."""
+        """Wake the relay of run ``generation`` from its wait (any thread); a child with
+        requests in hand is told too, so that it starts no further call of their batches
+        (it is then not kept for another run). ``unread`` belongs to the relay: read here
+        without its lock, a stale value only tells a child that just finished (then not
+        kept warm) or misses one that just got a request (it finishes that batch)."""
         with self._lock:
             if not self._closed and generation == self.generation:
                 os.write(self._wake_w, b"x")
+                if self.unread > 0:
+                    self.keep = False
+                    try:
+                        self.lifeline.send_bytes(b"cancel")
+                    except OSError:
+                        pass
 
     @property
     def busy(self) -> bool:
