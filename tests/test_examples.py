@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def uses_ray(path: Path) -> bool:
+    return "\nimport ray\n" in path.read_text()
+
 EXAMPLES = sorted(
     path for path in (ROOT / "examples").glob("*.py") if "\nPrints:\n" in (ast.get_docstring(ast.parse(path.read_text())) or "")
+    and not uses_ray(path)  # run by tests/test_ray.py, where the ray extra is installed
 )
 
 

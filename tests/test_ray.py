@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -66,9 +68,19 @@ def cluster_clean(cluster: Cluster, leaks: Leaks) -> Iterator[None]:
     leaks.ignore_fds("socket:")
     yield
     deadline = time.monotonic() + 5
-    while ray.available_resources().get("CPU", 0) < CPUS and time.monotonic() < deadline:
+    while (ray.available_resources().get("CPU", 0) < CPUS or _live_actors()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert ray.available_resources().get("CPU", 0) == CPUS, f"still in use: {ray.available_resources()}"
+    assert not _live_actors(), f"actors still alive: {_live_actors()}"
+
+
+def _live_actors() -> list[str]:
+    """The actors of this driver's job not dead (an actor holds no CPU while it waits)."""
+    from ray._private.state import actors
+
+    job = ray.get_runtime_context().get_job_id()
+    return [f"{a['ActorClassName']} {a['State']}" for a in actors().values()
+            if a["State"] != "DEAD" and a.get("JobID") == job]
 
 
 class Boom(Exception):
@@ -202,6 +214,15 @@ def test_retries_and_on_error_apply_on_ray() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_rate_paces_the_calls_on_ray() -> None:
+    p = task(count_to, branch=True) | task(square, workers=2, executor="ray", rate=10)
+    list(p(1))
+    with elapsed() as t:
+        assert sorted(p(6)) == [x * x for x in range(6)]
+    assert 0.45 <= t.elapsed < 3.0, t.elapsed  # six calls at ten a second: 0.5 s at least
+
+
+@pytest.mark.timeout(120)
 def test_setup_makes_one_actor_per_worker_reused_for_every_call() -> None:
     p = task(count_to, branch=True) | task(predict, workers=2, executor="ray", setup=load_model)
     out = sorted(p(40))
@@ -300,3 +321,84 @@ def test_a_node_removed_mid_run_is_a_clear_error_or_retried(cluster: Cluster) ->
         killer.join()
         cluster.add_node(num_cpus=1, resources={"second": 1})
         cluster.wait_for_nodes()
+
+
+@pytest.mark.timeout(180)
+def test_with_retries_the_calls_of_a_removed_node_run_again_elsewhere(cluster: Cluster) -> None:
+    second = [n for n in cluster.worker_nodes][-1]
+    p = task(count_to, branch=True) | task(node_of, workers=2, executor="ray", retries=2)
+    killer = threading.Timer(0.3, cluster.remove_node, args=(second,))
+    killer.start()
+    try:
+        out = sorted(p(6))
+    finally:
+        killer.join()
+        cluster.add_node(num_cpus=1, resources={"second": 1})
+        cluster.wait_for_nodes()
+    assert [x for x, _ in out] == list(range(6))  # every item, once
+
+
+@pytest.mark.timeout(240)
+def test_the_ray_examples_print_what_they_say() -> None:
+    from test_examples import ROOT, expected_output, uses_ray
+
+    examples = [path for path in sorted((ROOT / "examples").glob("*.py")) if uses_ray(path)]
+    assert examples, "no example uses Ray"
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # their own local Ray, not this file's cluster
+    for path in examples:
+        done = subprocess.run([sys.executable, "-W", "error", str(path)], capture_output=True,
+                              text=True, timeout=120, cwd=ROOT, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout == expected_output(path)
+
+
+_STARTS_ITS_OWN = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import ray
+from pyper import task
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    assert not ray.is_initialized()
+    p = task(range, branch=True) | task(square, workers=2, executor="ray")
+    assert sorted(p(10)) == [x * x for x in range(10)]
+    from ray._private import worker
+    print(worker._global_node.get_session_dir_path())
+"""
+
+
+@pytest.mark.timeout(180)
+def test_without_ray_init_pyper_starts_a_local_ray_that_stops_at_exit(tmp_path: Any) -> None:
+    script = tmp_path / "own_ray.py"
+    script.write_text(_STARTS_ITS_OWN)
+    # (RAY_ADDRESS=local: ray.init() would otherwise join this file's cluster, found running)
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    env["PYTHONPATH"] = os.path.join(os.path.dirname(__file__), "..", "src")
+    done = subprocess.run([sys.executable, str(script), env["PYTHONPATH"]], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    session = done.stdout.strip().splitlines()[-1]
+    assert os.path.basename(session).startswith("session_"), session
+    # Its raylet, object store and workers are gone soon after the program exits.
+    deadline = time.monotonic() + 20
+    while _processes_of(session) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_of(session), _processes_of(session)
+
+
+def _processes_of(session: str) -> list[str]:
+    """Command lines of the processes that name a Ray session directory."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if os.path.basename(session) in cmdline:
+                found.append(f"{pid}: {cmdline[:120]}")
+    return found

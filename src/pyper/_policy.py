@@ -160,6 +160,18 @@ class Limiter:
             latest = max(self._waiting, default=self._last)
             self._next = min(self._next, max(latest, self._last) + self.interval)
 
+    def wait_turn(self, sleep: Callable[[float], None]) -> None:
+        """Take a slot and ``sleep`` until it comes (a relay pacing a remote worker's
+        calls); a wait cut short (the run stopped) gives the slot back."""
+        seconds, slot = self.reserve()
+        if seconds > 0:
+            try:
+                sleep(seconds)
+            except BaseException:
+                self.give_back(slot)
+                raise
+            self.started(slot)
+
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("a rate limiter is not sent to worker processes: the parent paces them")
 

@@ -191,7 +191,7 @@ def _check_ray_task(name: str, kind: Kind, pipeline: bool, join: bool, policy: A
             "pipeline cannot run there: give it a synchronous function"
         )
     unsupported = [option for option, given in (
-        ("join=True", join), ("timeout=", policy.timeout is not None), ("rate=", policy.limiter is not None),
+        ("join=True", join), ("timeout=", policy.timeout is not None),
     ) if given]
     if unsupported:
         raise ValueError(

@@ -257,14 +257,7 @@ def _work(worker: Worker, child: Child) -> None:
     while (items := worker.begin(get(n))) is not None:
         batch = list(items)  # all of it goes to the child: nothing is left to share
         if limiter is not None:
-            seconds, slot = limiter.reserve()
-            if seconds > 0:
-                try:
-                    worker.run.sleep(seconds)
-                except BaseException:
-                    limiter.give_back(slot)
-                    raise
-                limiter.started(slot)
+            limiter.wait_turn(worker.run.sleep)
         started = perf_counter()
         if branch:
             sent = child.send(("branch", batch, m))

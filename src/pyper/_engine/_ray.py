@@ -117,9 +117,10 @@ class _Shared:
             if self._job is None:
                 ensure_ray()
                 first = self.stage.take_args
-                run = self.run
-                self._job = ray.put((self.stage.task, run.args if first else None,
-                                     run.kwargs if first else None))
+                run, task = self.run, self.stage.task
+                if task.policy.limiter is not None:  # the relays pace the calls
+                    task = task._replace(policy=task.policy._replace(limiter=None))
+                self._job = ray.put((task, run.args if first else None, run.kwargs if first else None))
             return self._job
 
 
@@ -168,9 +169,14 @@ def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any
     get = inp.get_seq if worker.ordered else inp.get
     flush = flusher(worker)
     limit = min(stage.take, stage.emit)
+    limiter = stage.task.policy.limiter
+    if limiter is not None:  # rate=: one call per item, each submitted when its slot comes
+        limit = 1
     n = 1
     while (items := worker.begin(get(n))) is not None:
         batch = list(items)
+        if limiter is not None:
+            limiter.wait_turn(run.sleep)
         plain = [x for x in batch if type(x) is not Refs]
         upstream = [x.ref for x in batch if type(x) is Refs]
         if stage.branch:
