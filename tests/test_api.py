@@ -1230,8 +1230,6 @@ def test_executor_and_ray_options_are_checked_at_task_time() -> None:
         task(aembed, executor="ray")
     with pytest.raises(ValueError, match=r"join=True cannot be combined with executor='ray' yet"):
         task(embed, executor="ray", join=True)
-    with pytest.raises(ValueError, match=r"timeout= cannot be combined with executor='ray' yet"):
-        task(embed, executor="ray", timeout=1.0)
 
 
 def _callables() -> list[object]:

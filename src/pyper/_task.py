@@ -190,9 +190,7 @@ def _check_ray_task(name: str, kind: Kind, pipeline: bool, join: bool, policy: A
             f"task {name!r}: executor='ray' runs synchronous functions; an async function or a "
             "pipeline cannot run there: give it a synchronous function"
         )
-    unsupported = [option for option, given in (
-        ("join=True", join), ("timeout=", policy.timeout is not None),
-    ) if given]
+    unsupported = [option for option, given in (("join=True", join),) if given]
     if unsupported:
         raise ValueError(
             f"task {name!r}: {' and '.join(unsupported)} cannot be combined with executor='ray' "
