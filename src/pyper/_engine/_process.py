@@ -43,7 +43,7 @@ from .._pickling import dumps
 from .._spec import Task
 from . import _thread, _threads
 from ._sync_loops import flusher
-from ._run import TARGET_SECONDS, Run, Stage, Worker, adapt, log
+from ._run import TARGET_SECONDS, Run, Stage, Worker, adapt
 from ._workers import Child, Late, context, keep, take, take_warm, threaded_context
 
 __all__ = ["start"]
@@ -185,8 +185,6 @@ def _timed(worker: Worker, current: list[Any], payload: bytes, index: int) -> No
     child and waiting at most the timeout; past it, the child is killed and replaced and
     the item raises ``TimeoutError``. ``retries=``, ``on_error=`` and ``rate=`` are
     applied here, around each such call (the child gets only ``setup=`` and ``unpack=``)."""
-    from ._sync_calls import run_worker
-    from ._sync_loops import work
     from ._timeouts import timeout_error
 
     stage, run = worker.stage, worker.run
@@ -229,12 +227,7 @@ def _timed(worker: Worker, current: list[Any], payload: bytes, index: int) -> No
         raise timeout_error(task.name, seconds)
 
     up(current[0])
-    here = task._replace(func=remote, policy=task.policy._replace(setup=None, unpack=False))
-    worker.stage = Stage(here, remote, stage.inp, stage.out, stage.take, stage.emit, stage.take_args)
-    try:
-        run_worker(worker, work, None, {}, run.sleep, log)
-    finally:
-        worker.stage = stage
+    _thread.run_relayed(worker, remote)
 
 
 def _work(worker: Worker, child: Child) -> None:

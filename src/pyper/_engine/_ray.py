@@ -191,8 +191,6 @@ def _timed(worker: Worker, submit: Callable[[list[Any], list[Any]], Any], inflig
     waiting at most the timeout; past it the call is cancelled (its actor, with ``setup=``,
     killed and replaced) and the item raises ``TimeoutError``. ``retries=``, ``on_error=``
     and ``rate=`` are applied here, around each such call."""
-    from ._sync_calls import run_worker
-    from ._sync_loops import work
     from ._timeouts import timeout_error
 
     stage, run = worker.stage, worker.run
@@ -225,12 +223,7 @@ def _timed(worker: Worker, submit: Callable[[list[Any], list[Any]], Any], inflig
         _wait(run, task.name, actors[0].ready.remote() if actors is not None else ping.remote())
 
     up()
-    here = task._replace(func=remote, policy=task.policy._replace(setup=None, unpack=False))
-    worker.stage = Stage(here, remote, stage.inp, stage.out, stage.take, stage.emit, stage.take_args)
-    try:
-        run_worker(worker, work, None, {}, run.sleep, log)
-    finally:
-        worker.stage = stage
+    _thread.run_relayed(worker, remote)
 
 
 class _Late(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from . import _threads
 from ._run import Run, Stage, Worker, log
@@ -40,6 +41,20 @@ def start_jobs(run: Run, stage: Stage, job: Callable[[Run, Stage, int], None]) -
         nonblocking=run.loop is not None,
         on_error=lambda exc: run.fail(exc, task),
     )
+
+
+def run_relayed(worker: Worker, remote: Callable[[Any], Any]) -> None:
+    """A remote executor's relay that makes one call per item (``timeout=``): run the
+    thread loops with ``remote`` as the call, and the task's per-call options (retries,
+    on_error, rate) around it here; setup= and unpack= are the remote side's."""
+    stage, run = worker.stage, worker.run
+    task = stage.task
+    here = task._replace(func=remote, policy=task.policy._replace(setup=None, unpack=False))
+    worker.stage = Stage(here, remote, stage.inp, stage.out, stage.take, stage.emit, stage.take_args)
+    try:
+        run_worker(worker, work, None, {}, run.sleep, log)
+    finally:
+        worker.stage = stage
 
 
 def _job(run: Run, stage: Stage, index: int) -> None:
