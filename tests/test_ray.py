@@ -238,6 +238,46 @@ def test_timeout_on_ray_gives_up_on_a_call_and_frees_its_worker(with_setup: bool
     # cluster_clean checks that the cancelled calls gave their CPUs back
 
 
+def total(items: Iterator[int]) -> int:
+    return sum(items)
+
+
+def running_totals(items: Iterator[int]) -> Iterator[int]:
+    acc = 0
+    for x in items:
+        acc += x
+        yield acc
+
+
+def first_three(items: Iterator[int]) -> list[int]:
+    return [next(items), next(items), next(items)]
+
+
+def fails_after_two(items: Iterator[int]) -> int:
+    next(items), next(items)
+    raise Boom("joined two")
+
+
+@pytest.mark.timeout(120)
+def test_join_on_ray_reads_the_whole_stream_as_it_asks_for_it() -> None:
+    assert list((task(count_to, branch=True) | task(total, join=True, executor="ray"))(1000)) == [sum(range(1000))]
+    streamed = task(count_to, branch=True) | task(running_totals, join=True, executor="ray")
+    assert list(streamed(100)) == [sum(range(k + 1)) for k in range(100)]
+    early = task(count_forever, branch=True) | task(first_three, join=True, executor="ray")
+    assert list(early()) == [[0, 1, 2]]  # an infinite input: the call returned, the run ended
+    failing = task(count_to, branch=True) | task(fails_after_two, join=True, executor="ray")
+    with pytest.raises(Boom, match="joined two") as info:
+        list(failing(10))
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+
+
+def count_forever() -> Iterator[int]:
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
 @pytest.mark.timeout(120)
 def test_rate_paces_the_calls_on_ray() -> None:
     p = task(count_to, branch=True) | task(square, workers=2, executor="ray", rate=10)

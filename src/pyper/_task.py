@@ -121,7 +121,7 @@ def make_task(
             )
     ray = None
     if on_ray:
-        _check_ray_task(name, kind, pipeline, join, policy)
+        _check_ray_task(name, kind, pipeline)
         ray = tuple(sorted(dict(ray_options or {}).items()))  # type: ignore[call-overload]
     if daemon and kind != "sync":
         raise ValueError(
@@ -184,17 +184,11 @@ def _check_executor(name: str, executor: object, multiprocess: bool, ray_options
     return multiprocess or executor == "process", executor == "ray"
 
 
-def _check_ray_task(name: str, kind: Kind, pipeline: bool, join: bool, policy: Any) -> None:
+def _check_ray_task(name: str, kind: Kind, pipeline: bool) -> None:
     if kind != "sync" or pipeline:
         raise ValueError(
             f"task {name!r}: executor='ray' runs synchronous functions; an async function or a "
             "pipeline cannot run there: give it a synchronous function"
-        )
-    unsupported = [option for option, given in (("join=True", join),) if given]
-    if unsupported:
-        raise ValueError(
-            f"task {name!r}: {' and '.join(unsupported)} cannot be combined with executor='ray' "
-            "yet; run that task on threads or processes"
         )
 
 

@@ -47,7 +47,7 @@ import ray.exceptions
 
 from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied, attach
 from . import _thread
-from ._ray_worker import Actor, Listed, call_batch, ping, stream_batch
+from ._ray_worker import Actor, Joiner, Listed, call_batch, ping, stream_batch
 from ._sync_loops import flusher
 from ._run import Run, Stage, Worker, adapt, log
 
@@ -111,6 +111,11 @@ def _remote_actor() -> Any:
     return ray.remote(Actor)
 
 
+@functools.cache
+def _remote_joiner() -> Any:
+    return ray.remote(max_concurrency=2)(Joiner)  # a step waits while the call runs
+
+
 class _Shared:
     """What a stage's relays share in one run: the task, put in the object store once."""
 
@@ -158,6 +163,10 @@ def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
         returns = 2 if shared.passes_refs else 1
         make_actor: Callable[[], Any] | None = None
         submit: Callable[[list[Any], list[Any]], Any]
+        if task.join:
+            actor = [_remote_joiner().options(**options).remote(job, task.branch)]
+            _join(worker, actor[0], inflight)
+            return
         if task.policy.setup is not None:
             actor_class = _remote_actor().options(max_restarts=retries, max_task_retries=retries, **options)
             make_actor = partial(actor_class.remote, job)
@@ -183,6 +192,35 @@ def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
         if actor is not None:
             error = _release(actor[0], task.name, error, stuck=inflight[0] is not None)
         worker.leave(error)
+
+
+def _join(worker: Worker, joiner: Any, inflight: list[Any]) -> None:
+    """Relay a join call: feed the actor the stage's input as the call asks for it, and
+    hand its outputs on as they come."""
+    stage, run = worker.stage, worker.run
+    inp, out, box = stage.inp, stage.out, worker.box
+    n = 1
+    items: list[Any] = []
+    end = False
+    while True:
+        ref = inflight[0] = joiner.step.remote(items, end, stage.emit)
+        status, kind, outputs = _wait(run, stage.task.name, ref)
+        inflight[0] = None
+        _checked(worker, status)
+        box.extend(outputs)
+        if kind == "done":
+            break
+        if box:
+            out.flush(box, False)
+        items = []
+        if kind == "need":
+            got = worker.begin(inp.get(n))
+            if got is None:
+                end = True
+            else:
+                items = list(got)
+                n = _next_size(n, len(items), status[2], stage.take)
+    out.flush(box, True)
 
 
 def _timed(worker: Worker, submit: Callable[[list[Any], list[Any]], Any], inflight: list[Any],

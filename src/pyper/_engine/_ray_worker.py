@@ -19,8 +19,10 @@ driver's ``pyper`` logger.
 from __future__ import annotations
 
 import pickle
+import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from itertools import chain
@@ -29,7 +31,7 @@ from typing import Any
 from .._spec import Task
 from ._child import NO_ITEM, fan_out
 
-__all__ = ["Actor", "Listed", "call_batch", "ping", "stream_batch"]
+__all__ = ["Actor", "Joiner", "Listed", "call_batch", "ping", "stream_batch"]
 
 #: A streamed chunk of a branching batch goes once it holds this many outputs at most,
 #: or once filling it took this long (a slow generator's outputs are not held back).
@@ -179,6 +181,109 @@ class Actor:
 
     def close(self) -> tuple[Any, ...]:
         """Exit the resource: what its exit raised is the run's error."""
+        try:
+            self._stack.close()
+        except Exception as exc:
+            return error_status(exc, NO_ITEM, self._notes)
+        return ("ok", 0, 0.0, self._notes)
+
+
+class _Stopped(Exception):
+    """Raised into a join call whose run has stopped, so that it unwinds."""
+
+
+class Joiner:
+    """A Ray actor (``max_concurrency=2``) running one join call (``join=True``): the
+    function runs on a thread of the actor, reading its input stream as the driver feeds
+    it with ``step``; its outputs come back with each step.
+
+    ``_cond`` guards every field below it: the call's thread and the ``step`` and
+    ``close`` calls (the actor's other thread) meet there.
+    """
+
+    def __init__(self, job: Job, branch: bool) -> None:
+        self._notes: Notes = []
+        self._stack = ExitStack()
+        self._branch = branch
+        self._cond = threading.Condition()
+        self._inputs: deque[Any] = deque()
+        self._ended = False  # the driver said the input is over
+        self._stopped = False  # the run stopped: the next read raises _Stopped
+        self._waiting = False  # the call waits for input
+        self._outputs: list[Any] = []
+        self._done = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        try:
+            self._call = open_worker(job, self._stack, self._notes)
+        except Exception as exc:  # told to the driver with the first step
+            self._error, self._done = exc, True
+
+    def ready(self) -> bool:
+        return True
+
+    def _stream(self) -> Iterator[Any]:
+        while True:
+            with self._cond:
+                while not self._inputs and not self._ended and not self._stopped:
+                    self._waiting = True
+                    self._cond.notify_all()
+                    self._cond.wait()
+                self._waiting = False
+                if self._stopped:
+                    raise _Stopped
+                if not self._inputs:
+                    return
+                item = self._inputs.popleft()
+            yield item
+
+    def _run(self) -> None:
+        try:
+            result = self._call(self._stream())
+            outputs = fan_out(lambda x: x, [result], [NO_ITEM]) if self._branch else iter([result])
+            for output in outputs:
+                with self._cond:
+                    self._outputs.append(output)
+                    self._cond.notify_all()
+        except _Stopped:
+            pass
+        except Exception as exc:
+            with self._cond:
+                self._error = exc
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def step(self, items: list[Any], end: bool, most: int) -> tuple[tuple[Any, ...], str, list[Any]]:
+        """Feed ``items`` (``end``: the input is over), then wait until the call wants more
+        input, has ``most`` outputs, or is done: (status, "need" | "out" | "done", outputs)."""
+        started = time.perf_counter()
+        with self._cond:
+            self._inputs.extend(items)
+            self._ended = self._ended or end
+            self._waiting = False
+            self._cond.notify_all()
+            if self._thread is None and not self._done:
+                self._thread = threading.Thread(target=self._run, name="pyper:join", daemon=True)
+                self._thread.start()
+            while not (self._done or len(self._outputs) >= most or (self._waiting and not self._inputs)):
+                self._cond.wait()
+            outputs, self._outputs = self._outputs, []
+            if self._done and self._error is not None:
+                return error_status(self._error, NO_ITEM, self._notes), "done", []
+            kind = "done" if self._done else "out" if len(outputs) >= most else "need"
+        status = ("ok", len(outputs), time.perf_counter() - started, self._notes[:])
+        self._notes.clear()
+        return status, kind, outputs
+
+    def close(self) -> tuple[Any, ...]:
+        """Stop the call if it is still reading (the run stopped), then exit the resource."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(5.0)
         try:
             self._stack.close()
         except Exception as exc:
