@@ -122,6 +122,11 @@ def time_trivial(who: str, n: int, pool: Any) -> float:
 
 
 def time_cpu(who: str, n: int) -> float:
+    if who == "raw":  # two plain processes, pre-started: what this machine's two CPUs give
+        sys.path.insert(0, str(HERE))
+        from process_child import raw_split
+
+        return raw_split(n)
     t0 = perf()
     if who == "sequential":
         out = [burn(x) for x in range(n)]
@@ -189,10 +194,11 @@ def main() -> None:
     time_trivial("ours", 20, pool), time_trivial("refill", 20, pool), time_trivial("pool", 20, pool)
     time_cpu("ours", 2)
     trivial_rows: dict[str, list[float]] = {"ours": [], "refill": [], "pool": []}
-    cpu_rows: dict[str, list[float]] = {"sequential": [], "ours": []}
+    cpu_rows: dict[str, list[float]] = {"sequential": [], "ours": [], "raw": []}
     handoff_rows: dict[str, list[float]] = {"ours": [], "hand": []}
     ratios: list[float] = []
     speedups: list[float] = []
+    ceilings: list[float] = []
     for r in range(args.rounds):
         order = ["ours", "refill", "pool"]
         order = order[r % 3:] + order[: r % 3]
@@ -200,10 +206,11 @@ def main() -> None:
         for who, v in this.items():
             trivial_rows[who].append(v)
         ratios.append(this["refill"] / this["ours"])
-        cpu = {who: time_cpu(who, 16) for who in (["sequential", "ours"] if r % 2 else ["ours", "sequential"])}
+        cpu = {who: time_cpu(who, 16) for who in (["sequential", "ours", "raw"] if r % 2 else ["raw", "ours", "sequential"])}
         for who, v in cpu.items():
             cpu_rows[who].append(v)
         speedups.append(cpu["sequential"] / cpu["ours"])
+        ceilings.append(cpu["raw"] / cpu["ours"])
         for who in ("ours", "hand"):
             handoff_rows[who].append(fetched_bytes(who, 20))
         print(f"[{r + 1}/{args.rounds}] trivial ms/item {this}; cpu s {cpu}; speedup {speedups[-1]:.2f}", flush=True)
@@ -223,6 +230,8 @@ def main() -> None:
     row("cpu: 16 items of ~25 ms, num_cpus=2", "sequential, in the driver", cpu_rows["sequential"], "s")
     row("", "ours, workers=2", cpu_rows["ours"], "s")
     row("", "speedup: sequential / ours (paired per round)", speedups, "x", ">= 1.7 x", statistics.median(speedups) >= 1.7)
+    row("", "raw two-process split, pre-started (this machine's ceiling)", cpu_rows["raw"], "s")
+    row("", "raw split time / ours time (paired per round)", ceilings, "x")
     ours_kib = statistics.median(handoff_rows["ours"])
     row("handoff: two Ray stages, 20 items of 1 MiB", "ours: KiB the driver fetched", handoff_rows["ours"], "KiB", "< 64 KiB", ours_kib < 64)
     row("", "hand-written, ray.get between the steps", handoff_rows["hand"], "KiB")
