@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -467,3 +468,61 @@ def _processes_of(session: str) -> list[str]:
             if os.path.basename(session) in cmdline:
                 found.append(f"{pid}: {cmdline[:120]}")
     return found
+
+
+_CTRL_C_PROGRAM = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+import ray
+from pyper import task
+
+def sleep_long(x):
+    time.sleep(30)
+    return x
+
+def slowly():
+    i = 0
+    while True:
+        yield i
+        if i == 1:
+            print("ready", flush=True)
+        time.sleep(0.05)  # a producer call that ends soon: its thread does not hold the exit
+        i += 1
+
+if __name__ == "__main__":
+    ray.init(address=sys.argv[1], log_to_driver=False)
+    for _ in (task(slowly, branch=True) | task(sleep_long, workers=2, executor="ray"))():
+        pass
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_with_a_ray_stage_shows_one_keyboard_interrupt_and_frees_the_cluster(
+    cluster: Cluster, tmp_path: Any,
+) -> None:
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(_CTRL_C_PROGRAM)
+    src = os.path.join(os.path.dirname(__file__), "..", "src")
+    proc = subprocess.Popen([sys.executable, str(script), cluster.address, src], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 20  # both calls running on the cluster
+        while ray.available_resources().get("CPU", 0) > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ray.available_resources().get("CPU", 0) == 0, ray.available_resources()
+        with elapsed() as t:
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+            code = proc.wait(20)
+        err = proc.stderr.read()
+        assert code != 0
+        assert err.count("KeyboardInterrupt") == 1, err[-3000:]
+        assert t.elapsed < 5, t.elapsed
+        # cluster_clean checks that both CPUs came back: nothing of the run goes on
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
