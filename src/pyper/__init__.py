@@ -5,11 +5,12 @@
 
 The public names are re-exported here from private modules: ``_task`` (``task``),
 ``_pipeline`` (``Pipeline``, ``AsyncPipeline``), ``_policy`` (``Emit``, for ``on_error``
-handlers, and ``Rate``), ``_gather`` (``gather``) and ``_errors``.
+handlers, and ``Rate``), ``_gather`` (``gather``), ``_metrics`` (``observe``) and ``_errors``.
 """
 
 from ._errors import PipelineSetupError, WorkerProcessDied
 from ._gather import gather
+from ._metrics import RunMetrics, StageMetrics, observe
 from ._pipeline import AsyncPipeline, Pipeline
 from ._policy import Emit, Rate
 from ._task import task
@@ -18,6 +19,6 @@ from ._task import task
 __version__ = "0.5.0"
 
 __all__ = [
-    "AsyncPipeline", "Emit", "Pipeline", "PipelineSetupError", "Rate", "WorkerProcessDied", "gather", "task",
-    "__version__",
+    "AsyncPipeline", "Emit", "Pipeline", "PipelineSetupError", "Rate", "RunMetrics", "StageMetrics",
+    "WorkerProcessDied", "gather", "observe", "task", "__version__",
 ]

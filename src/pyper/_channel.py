@@ -181,6 +181,9 @@ class Channel:
         "_pace",
         "_ahead",
         "_seq_boxes",
+        "taken",
+        "get_waited",
+        "put_waited",
     )
 
     def __init__(
@@ -224,6 +227,18 @@ class Channel:
         # user's: it holds about this many seconds of their work (0: one batch each).
         self._pace = None if reordered else pace
         self._ahead = ahead  # if set, at most this many batches per receiver (as they pace)
+        # Counters for metrics (pyper.observe), under _lock, counted per batch: items the
+        # receivers took (from the batches or a sender's outbox: not what one took from a
+        # sibling's claim, which was counted when the sibling took it), and the seconds
+        # receivers and senders spent parked.
+        self.taken = 0
+        self.get_waited = 0.0
+        self.put_waited = 0.0
+
+    @property
+    def queued(self) -> int:
+        """Items waiting in the channel (a plain read, for metrics)."""
+        return self._size
 
     # -- registration (per batch, and only where it can matter) ----------------------
     # A receiver that finds the channel empty looks only at what is registered, so its
@@ -385,6 +400,7 @@ class Channel:
             while batches and len(taken) + len(batches[0]) <= n:
                 taken.extend(batches.popleft())
         self._size -= len(taken)
+        self.taken += len(taken)
         if batches:
             self._wake_getter()  # the rest is for another receiver
         self._wake_putter()
@@ -409,6 +425,7 @@ class Channel:
                     if len(taken) >= n:
                         break
         if taken:
+            self.taken += len(taken)
             # A sender parked in flush may be waiting for room for what was just taken.
             while self._putters:
                 self._putters.popleft().wake()
@@ -499,13 +516,18 @@ class Channel:
     def _sync(self, step: Any, *args: Any) -> Any:
         """Retry a put-side ``step`` until it does not have to wait."""
         lock = self._lock
+        parked = 0.0  # when this sender parked, if it did: counted once it goes on
         while True:
             with lock:
+                if parked:
+                    self.put_waited += perf_counter() - parked
+                    parked = 0.0
                 result = step(*args)
                 if result is not _WAIT:
                     return result
                 waiter = _ThreadWaiter()
                 self._putters.append(waiter)
+            parked = perf_counter()
             try:
                 waiter.wait()
             except BaseException:
@@ -515,8 +537,12 @@ class Channel:
     def _sync_get(self, step: Any, n: int, timeout: float | None = None) -> Any:
         lock = self._lock
         deadline = None if timeout is None else perf_counter() + timeout
+        parked = 0.0  # when this receiver parked, if it did: counted once it goes on
         while True:
             with lock:
+                if parked:
+                    self.get_waited += perf_counter() - parked
+                    parked = 0.0
                 result = step(n)
                 if result is not _WAIT:
                     return result
@@ -530,6 +556,7 @@ class Channel:
                     if result is not None and self._sequenced:
                         result = self._number(result)
                     return result
+            parked = perf_counter()
             try:
                 if deadline is None:
                     waiter.wait()
@@ -544,13 +571,18 @@ class Channel:
 
     async def _async(self, step: Any, *args: Any) -> Any:
         lock = self._lock
+        parked = 0.0
         while True:
             with lock:
+                if parked:
+                    self.put_waited += perf_counter() - parked
+                    parked = 0.0
                 result = step(*args)
                 if result is not _WAIT:
                     return result
                 waiter = _AsyncWaiter(_running_loop())
                 self._putters.append(waiter)
+            parked = perf_counter()
             try:
                 await waiter.future
             except BaseException:
@@ -560,8 +592,12 @@ class Channel:
     async def _async_get(self, step: Any, n: int, timeout: float | None = None) -> Any:
         lock = self._lock
         deadline = None if timeout is None else perf_counter() + timeout
+        parked = 0.0
         while True:
             with lock:
+                if parked:
+                    self.get_waited += perf_counter() - parked
+                    parked = 0.0
                 result = step(n)
                 if result is not _WAIT:
                     return result
@@ -573,6 +609,7 @@ class Channel:
                     if result is not None and self._sequenced:
                         result = self._number(result)
                     return result
+            parked = perf_counter()
             try:
                 if deadline is None:
                     await waiter.future

@@ -43,6 +43,7 @@ import sys
 import threading
 from _thread import start_new_thread
 from collections.abc import Iterator, Sized
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._channel import MAX_CAPACITY, PACE_SECONDS, Channel
@@ -104,6 +105,10 @@ current_run: contextvars.ContextVar[tuple[Run, int, object] | None] = contextvar
 
 _live_lock = threading.Lock()
 _live: set[Run] = set()  # runs whose caller has not finished (guarded by _live_lock)
+
+#: While ``pyper.observe()`` is active in a context: called with each run made there.
+observing: contextvars.ContextVar[Callable[[Run], None] | None] = contextvars.ContextVar(
+    "pyper_observing", default=None)
 
 
 def _cancel_abandoned_runs() -> None:
@@ -167,7 +172,7 @@ os.register_at_fork(after_in_child=_forget_runs_in_child)
 class Stage:
     """One task in one run: its function, its two channels and its batch sizes."""
 
-    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch", "group")
+    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch", "group", "workers")
 
     def __init__(self, task: Task, call: Callable[[Any], Any], inp: Channel, out: Channel,
                  take: int, emit: int, take_args: bool = False) -> None:
@@ -183,6 +188,9 @@ class Stage:
         self.branch = task.branch or (task.policy.on_error != "raise" and not task.join)
         # A stage the run added to gather the next task's input (batch=): see _with_groups.
         self.group = task.func if isinstance(task.func, Grouping) else None
+        # Every Worker made for this stage, for metrics (appended by each from its own
+        # thread or task: one list.append), read by pyper.observe's snapshots.
+        self.workers: list[Worker] = []
 
 
 def _edge(up: Task, down: Task | None) -> tuple[int, int]:
@@ -306,6 +314,8 @@ class Run:
         self.caller = threading.current_thread()
         self.tasks: set[asyncio.Task[None]] = set()
         self.context = contextvars.copy_context()
+        self.started = perf_counter()
+        self.ended = 0.0  # set once the caller is done with the run (0: not yet)
 
         tasks = _with_groups(tasks, loop is not None)
         n = len(tasks)
@@ -349,6 +359,9 @@ class Run:
             self.parent.adopt(self)
         with _live_lock:
             _live.add(self)
+        watch = observing.get()
+        if watch is not None:
+            watch(self)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -490,6 +503,8 @@ class Run:
         # Make sure the run is stopped all the way through: a worker's cancel may still
         # be under way in its own thread. If this is interrupted, the run stays live and
         # interpreter exit cancels it again.
+        if not self.ended:
+            self.ended = perf_counter()
         if not self._stopped:  # a stale False only repeats cancel's quick check
             self.cancel()
         with _live_lock:
@@ -654,7 +669,7 @@ class Worker:
 
     __slots__ = (
         "run", "stage", "ordered", "cursor", "claim", "box", "seq", "size", "idle", "shows", "shares",
-        "item", "call",
+        "item", "call", "born", "gone",
     )
 
     def __init__(self, run: Run, stage: Stage) -> None:
@@ -676,6 +691,10 @@ class Worker:
         self.shows = stage.branch or task.join
         self.item: str | None = None  # short repr of the input whose call raised, for its note
         self.call = stage.call  # what the loops call per item (_async_calls: with the task's options)
+        # For metrics: when the worker started and left (0: not yet); written only by it.
+        self.born = perf_counter()
+        self.gone = 0.0
+        stage.workers.append(self)
         run.worker_started()
 
     def failed_on(self, item: Any) -> None:
@@ -708,6 +727,7 @@ class Worker:
 
     def leave(self, exc: BaseException | None) -> None:
         """The worker is done: report ``exc`` (unless it is the run stopping), close both ends."""
+        self.gone = perf_counter()
         if isinstance(exc, Cancelled) and not self.run.cancelled:
             # Only a cancelled run cancels its workers: anything else would end the stream
             # silently short. Never expected; reported rather than hidden if it happens.

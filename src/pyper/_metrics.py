@@ -1,0 +1,155 @@
+"""Metrics: what each stage of a run did, readable while it runs and after it ends.
+
+    with pyper.observe() as seen:
+        for item in pipeline(1000):
+            ...
+    print(seen.last.summary())   # a table, and the stage to give more workers
+
+``observe()`` records every run started in its context (the calling thread, or the
+task of an async caller; nested pipelines too). The engine keeps the counts anyway,
+per batch and on the slow paths only, so observing costs nothing per item:
+
+- items in: what the stage's workers took from their input (the first task: its one
+  call); items out: what the next stage (or the caller) took from this one, plus what
+  waits on the link between them (``queued`` of the next stage);
+- waiting for input and for room downstream: the seconds the stage's workers spent
+  parked on their channels;
+- busy: the rest of the workers' time, in calls (a process or Ray stage's relays count
+  their remote calls) and moving items; its share of the run's time times the stage's
+  workers names the bottleneck (a stage whose workers are all busy all along);
+- workers: made and still running.
+
+A snapshot (``RunMetrics.stages``) is taken when read: from another thread, or the
+same event loop, while the run goes; its figures are each a plain read of a counter
+its owner updates (a stale read is one batch behind).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from time import perf_counter
+from typing import TYPE_CHECKING, NamedTuple
+
+from ._engine._run import observing
+
+if TYPE_CHECKING:
+    from ._engine._run import Run, Stage
+
+__all__ = ["Observer", "RunMetrics", "StageMetrics", "observe"]
+
+
+class StageMetrics(NamedTuple):
+    """One stage's figures at the time of the snapshot."""
+
+    name: str
+    workers: int  # workers made so far
+    alive: int  # of which still running
+    items_in: int
+    items_out: int
+    queued: int  # items waiting on this stage's input link
+    busy: float  # worker-seconds not parked on a channel
+    waiting_input: float  # worker-seconds parked for input
+    waiting_room: float  # worker-seconds parked for room downstream
+    busy_share: float  # busy / (workers x the run's time so far): 1.0 is every worker busy all along
+
+    def __str__(self) -> str:
+        return (f"{self.name}: {self.items_in} in, {self.items_out} out, {self.alive}/{self.workers} "
+                f"workers, busy {self.busy_share:.0%}")
+
+
+class RunMetrics:
+    """One run, observed: ``stages`` is a fresh snapshot at each read."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def done(self) -> bool:
+        """Whether the caller is done with the run (its stream ended, or it stopped)."""
+        return bool(self._run.ended)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from the run's start to its end, or to now."""
+        return (self._run.ended or perf_counter()) - self._run.started
+
+    @property
+    def stages(self) -> list[StageMetrics]:
+        now = self._run.ended or perf_counter()
+        return [_stage(stage, now, now - self._run.started) for stage in self._run.stages]
+
+    @property
+    def bottleneck(self) -> StageMetrics | None:
+        """The stage busiest for its workers (highest busy share): the one to give more."""
+        stages = [s for s in self.stages if s.workers]
+        return max(stages, key=lambda s: s.busy_share) if stages else None
+
+    def summary(self) -> str:
+        """A table of the stages, naming the bottleneck."""
+        stages = self.stages
+        rows = [("stage", "workers", "in", "out", "queued", "busy", "wait in", "wait room")]
+        for s in stages:
+            rows.append((s.name, f"{s.alive}/{s.workers}", str(s.items_in), str(s.items_out), str(s.queued),
+                         f"{s.busy_share:.0%}", f"{s.waiting_input:.2f}s", f"{s.waiting_room:.2f}s"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+                 for row in rows]
+        top = self.bottleneck
+        state = "done" if self.done else "running"
+        lines.append(f"{state} after {self.elapsed:.2f}s; bottleneck: "
+                     + (f"{top.name} (busy {top.busy_share:.0%}: give it more workers)" if top else "none"))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<RunMetrics {'done' if self.done else 'running'}, {len(self._run.stages)} stages>"
+
+
+def _stage(stage: Stage, now: float, elapsed: float) -> StageMetrics:
+    workers = list(stage.workers)
+    alive = sum(1 for w in workers if not w.gone)
+    lifetime = sum((w.gone or now) - w.born for w in workers)
+    waiting_input, waiting_room = stage.inp.get_waited, stage.out.put_waited
+    busy = max(0.0, lifetime - waiting_input - waiting_room)
+    out = stage.out
+    return StageMetrics(
+        name=stage.task.name,
+        workers=len(workers),
+        alive=alive,
+        items_in=stage.inp.taken,
+        items_out=out.taken + out.queued,
+        queued=stage.inp.queued,
+        busy=busy,
+        waiting_input=waiting_input,
+        waiting_room=waiting_room,
+        busy_share=min(1.0, busy / (len(workers) * elapsed)) if workers and elapsed > 0 else 0.0,
+    )
+
+
+class Observer:
+    """The runs ``observe()`` has seen, in the order they started."""
+
+    def __init__(self) -> None:
+        self.runs: list[RunMetrics] = []
+
+    @property
+    def last(self) -> RunMetrics:
+        """The run started last (an error if none has started)."""
+        if not self.runs:
+            raise LookupError("pyper.observe(): no pipeline has run in this block yet")
+        return self.runs[-1]
+
+    def _add(self, run: Run) -> None:
+        self.runs.append(RunMetrics(run))
+
+
+@contextmanager
+def observe() -> Iterator[Observer]:
+    """Record the metrics of every run started in this block (this thread or task, and
+    the pipelines its runs call)."""
+    observer = Observer()
+    token = observing.set(observer._add)
+    try:
+        yield observer
+    finally:
+        observing.reset(token)

@@ -1,0 +1,151 @@
+"""pyper.observe(): per-stage metrics of runs, while they go and after they end."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import run_async
+
+from pyper import RunMetrics, StageMetrics, observe, task
+
+
+def source(n: int) -> Any:
+    yield from range(n)
+
+
+def slow(x: int) -> int:
+    time.sleep(0.01)
+    return x
+
+
+def doubled(x: int) -> int:
+    return 2 * x
+
+
+def spin(x: int) -> int:
+    started = time.perf_counter()
+    while time.perf_counter() - started < 0.01:
+        pass
+    return x
+
+
+def pairs(x: int) -> Any:
+    yield x
+    yield -x
+
+
+def odd_fails(x: int) -> int:
+    if x % 2:
+        raise ValueError(x)
+    return x
+
+
+def by_name(run: RunMetrics) -> dict[str, StageMetrics]:
+    return {s.name.rsplit(".", 1)[-1]: s for s in run.stages}
+
+
+@pytest.mark.timeout(30)
+def test_a_finished_run_counts_every_stage_and_names_the_bottleneck() -> None:
+    p = task(source, branch=True) | task(slow, workers=4) | task(doubled)
+    with observe() as seen:
+        assert sorted(p(200)) == [2 * x for x in range(200)]
+    run = seen.last
+    assert run.done and len(seen.runs) == 1
+    stages = by_name(run)
+    assert [s.name for s in run.stages] == ["source", "slow", "doubled"]
+    assert (stages["source"].items_in, stages["source"].items_out) == (1, 200)  # one call, 200 items
+    assert (stages["slow"].items_in, stages["slow"].items_out) == (200, 200)
+    assert (stages["doubled"].items_in, stages["doubled"].items_out) == (200, 200)
+    assert [(s.workers, s.alive, s.queued) for s in run.stages] == [(1, 0, 0), (4, 0, 0), (1, 0, 0)]
+    assert run.bottleneck is not None and run.bottleneck.name == "slow"
+    assert stages["slow"].busy_share > 0.8, stages["slow"]  # 4 workers sleeping all along
+    assert stages["doubled"].waiting_input > 0.3, stages["doubled"]  # starved by slow
+    assert stages["doubled"].busy_share < 0.3, stages["doubled"]
+    summary = run.summary()
+    assert summary.splitlines()[0].split() == ["stage", "workers", "in", "out", "queued", "busy", "wait", "in", "wait", "room"]
+    assert "slow" in summary.splitlines()[2] and " 4/4 " not in summary  # all workers gone
+    assert summary.splitlines()[-1].startswith("done after ") and "bottleneck: slow" in summary
+
+
+@pytest.mark.timeout(30)
+def test_fan_out_and_skipped_items_show_in_the_counts() -> None:
+    p = task(source, branch=True) | task(pairs, workers=2) | task(odd_fails, on_error="skip")
+    with observe() as seen:
+        out = sorted(p(10))
+    assert out == sorted(x for v in range(10) for x in (v, -v) if x % 2 == 0)
+    stages = by_name(seen.last)
+    assert (stages["pairs"].items_in, stages["pairs"].items_out) == (10, 20)
+    assert (stages["odd_fails"].items_in, stages["odd_fails"].items_out) == (20, len(out))
+
+
+@pytest.mark.timeout(30)
+def test_metrics_are_readable_from_another_thread_while_the_run_goes() -> None:
+    p = task(source, branch=True) | task(slow, workers=2)
+    with observe() as seen:
+        it = iter(p(1000))
+        firsts = [next(it) for _ in range(20)]
+        snapshots: list[list[StageMetrics]] = []
+        reader = threading.Thread(target=lambda: snapshots.append(seen.last.stages))
+        reader.start()
+        reader.join()
+        assert not seen.last.done
+        it.close()  # type: ignore[attr-defined]
+    [stages] = snapshots
+    assert len(firsts) == 20
+    assert stages[1].name == "slow" and stages[1].alive == 2 and stages[1].items_out >= 20
+    assert 0 < stages[1].items_in < 1000
+    assert seen.last.done  # closed: the caller is done with it
+    deadline = time.monotonic() + 2  # the calls in flight (10 ms) end, and their workers with them
+    while any(s.alive for s in seen.last.stages) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [s.alive for s in seen.last.stages] == [0, 0]
+
+
+@pytest.mark.timeout(30)
+def test_async_pipelines_are_observed_too() -> None:
+    async def aslow(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x
+
+    p = task(source, branch=True) | task(aslow, workers=2) | task(doubled, workers=2)
+
+    async def main() -> RunMetrics:
+        with observe() as seen:
+            assert sorted([x async for x in p(100)]) == [2 * x for x in range(100)]
+        return seen.last
+
+    run = run_async(main())
+    stages = by_name(run)
+    assert (stages["aslow"].items_in, stages["aslow"].items_out) == (100, 100)
+    assert (stages["doubled"].items_in, stages["doubled"].items_out) == (100, 100)
+    assert run.bottleneck is not None and run.bottleneck.name.endswith("aslow")
+
+
+@pytest.mark.timeout(60)
+def test_a_process_stage_is_observed_through_its_relays() -> None:
+    p = task(source, branch=True) | task(spin, workers=2, multiprocess=True) | task(doubled)
+    list(p(4))  # warm workers
+    with observe() as seen:
+        assert sorted(p(100)) == [2 * x for x in range(100)]
+    stages = by_name(seen.last)
+    assert (stages["spin"].items_in, stages["spin"].items_out, stages["spin"].workers) == (100, 100, 2)
+    assert seen.last.bottleneck is not None and seen.last.bottleneck.name == "spin"
+
+
+@pytest.mark.timeout(30)
+def test_nested_pipelines_are_observed_and_nothing_outside_the_block() -> None:
+    inner = task(doubled) | task(doubled, workers=2)  # (a one-task pipeline runs inline: no run)
+    p = task(source, branch=True) | task(inner, workers=2, branch=True)
+    list(p(3))  # not observed
+    with observe() as seen:
+        assert sorted(p(3)) == [0, 4, 8]
+    assert len(seen.runs) == 4  # the outer run and one inner run per item
+    assert [s.name for s in seen.runs[0].stages] == ["source", "pipeline(doubled | doubled)"]
+    assert all([s.items_out for s in run.stages] == [1, 1] for run in seen.runs[1:])
+    with pytest.raises(LookupError, match="no pipeline has run"):
+        with observe() as empty:
+            empty.last
