@@ -66,7 +66,8 @@ def test_a_finished_run_counts_every_stage_and_names_the_bottleneck() -> None:
     assert stages["doubled"].waiting_input > 0.3, stages["doubled"]  # starved by slow
     assert stages["doubled"].busy_share < 0.3, stages["doubled"]
     summary = run.summary()
-    assert summary.splitlines()[0].split() == ["stage", "workers", "in", "out", "queued", "busy", "wait", "in", "wait", "room"]
+    assert summary.splitlines()[0].split() == [
+        "stage", "workers", "in", "out", "queued", "errors", "retries", "busy", "wait", "in", "wait", "room"]
     assert "slow" in summary.splitlines()[2] and " 4/4 " not in summary  # all workers gone
     assert summary.splitlines()[-1].startswith("done after ") and "bottleneck: slow" in summary
 
@@ -80,6 +81,49 @@ def test_fan_out_and_skipped_items_show_in_the_counts() -> None:
     stages = by_name(seen.last)
     assert (stages["pairs"].items_in, stages["pairs"].items_out) == (10, 20)
     assert (stages["odd_fails"].items_in, stages["odd_fails"].items_out) == (20, len(out))
+    assert (stages["odd_fails"].errors, stages["odd_fails"].skips, stages["odd_fails"].retries) == (10, 10, 0)
+    assert (stages["pairs"].errors, stages["pairs"].skips) == (0, 0)
+
+
+_flaky_calls: dict[int, int] = {}
+
+
+def fails_twice(x: int) -> int:
+    _flaky_calls[x] = _flaky_calls.get(x, 0) + 1
+    if _flaky_calls[x] <= 2:
+        raise ConnectionError(x)
+    return x
+
+
+def odd_fails_in_a_process(x: int) -> int:
+    if x % 2:
+        raise ValueError(x)
+    return x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["thread", "process"])
+def test_retries_skips_and_handled_errors_are_counted(where: str) -> None:
+    process = where == "process"
+    if not process:  # retried attempts (in a process, retries count the same way: from its notes)
+        _flaky_calls.clear()
+        p = task(source, branch=True) | task(fails_twice, workers=2, retries=2, backoff=0)
+        with observe() as seen:
+            assert sorted(p(5)) == list(range(5))
+        [_, stage] = seen.last.stages
+        assert (stage.retries, stage.errors, stage.skips) == (10, 0, 0)  # two failed attempts each
+    # Skipped in a process (counted from the records its worker sends back); handed to a
+    # handler on threads.
+    policy: dict[str, Any] = {"on_error": "skip"} if process else {"on_error": lambda x, e: None}
+    handled = task(source, branch=True) | task(odd_fails_in_a_process, multiprocess=process, **policy)
+    with observe() as seen:
+        assert sorted(handled(10)) == [0, 2, 4, 6, 8]
+    [_, stage] = seen.last.stages
+    assert (stage.errors, stage.skips) == ((5, 5) if process else (5, 0))
+    raising = task(source, branch=True) | task(odd_fails_in_a_process, multiprocess=where == "process")
+    with observe() as seen, pytest.raises(ValueError):
+        list(raising(10))
+    assert seen.last.stages[1].errors == 1
 
 
 @pytest.mark.timeout(30)
@@ -149,3 +193,19 @@ def test_nested_pipelines_are_observed_and_nothing_outside_the_block() -> None:
     with pytest.raises(LookupError, match="no pipeline has run"):
         with observe() as empty:
             empty.last
+
+
+@pytest.mark.timeout(30)
+def test_log_records_name_the_task_and_the_run(caplog: pytest.LogCaptureFixture) -> None:
+    p = task(source, branch=True) | task(odd_fails, on_error="skip")
+    with caplog.at_level("DEBUG", logger="pyper"), observe() as seen:
+        assert sorted(p(4)) == [0, 2]
+        assert sorted(p(4)) == [0, 2]
+    records = [r for r in caplog.records if r.name == "pyper"]
+    assert sorted(r.getMessage() for r in records) == sorted(
+        f"pyper: task 'odd_fails' skipped item {x} after ValueError: {x}" for x in (1, 1, 3, 3))
+    assert {r.pyper_task for r in records} == {"odd_fails"}  # type: ignore[attr-defined]
+    runs = sorted({r.pyper_run for r in records})  # type: ignore[attr-defined]
+    assert len(runs) == 2 and all(isinstance(n, int) for n in runs)
+    assert all(r.levelname == "WARNING" for r in records)  # one per skipped item, none per item done
+    assert len(seen.runs) == 2

@@ -17,7 +17,10 @@ per batch and on the slow paths only, so observing costs nothing per item:
 - busy: the rest of the workers' time, in calls (a process or Ray stage's relays count
   their remote calls) and moving items; its share of the run's time times the stage's
   workers names the bottleneck (a stage whose workers are all busy all along);
-- workers: made and still running.
+- workers: made and still running;
+- errors (items whose call raised: skipped, handed to ``on_error``, or raised), retries
+  (failed attempts tried again) and skips, counted from the log records the calls make
+  (a process or Ray stage's come back with its batches).
 
 A snapshot (``RunMetrics.stages``) is taken when read: from another thread, or the
 same event loop, while the run goes; its figures are each a plain read of a counter
@@ -52,6 +55,9 @@ class StageMetrics(NamedTuple):
     waiting_input: float  # worker-seconds parked for input
     waiting_room: float  # worker-seconds parked for room downstream
     busy_share: float  # busy / (workers x the run's time so far): 1.0 is every worker busy all along
+    errors: int  # items whose call raised: skipped, handed to on_error, or raised
+    retries: int  # failed attempts that were tried again
+    skips: int  # items dropped by on_error="skip"
 
     def __str__(self) -> str:
         return (f"{self.name}: {self.items_in} in, {self.items_out} out, {self.alive}/{self.workers} "
@@ -88,10 +94,11 @@ class RunMetrics:
     def summary(self) -> str:
         """A table of the stages, naming the bottleneck."""
         stages = self.stages
-        rows = [("stage", "workers", "in", "out", "queued", "busy", "wait in", "wait room")]
+        rows = [("stage", "workers", "in", "out", "queued", "errors", "retries", "busy", "wait in", "wait room")]
         for s in stages:
             rows.append((s.name, f"{s.alive}/{s.workers}", str(s.items_in), str(s.items_out), str(s.queued),
-                         f"{s.busy_share:.0%}", f"{s.waiting_input:.2f}s", f"{s.waiting_room:.2f}s"))
+                         str(s.errors), str(s.retries), f"{s.busy_share:.0%}", f"{s.waiting_input:.2f}s",
+                         f"{s.waiting_room:.2f}s"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
                  for row in rows]
@@ -123,6 +130,9 @@ def _stage(stage: Stage, now: float, elapsed: float) -> StageMetrics:
         waiting_input=waiting_input,
         waiting_room=waiting_room,
         busy_share=min(1.0, busy / (len(workers) * elapsed)) if workers and elapsed > 0 else 0.0,
+        errors=sum(w.skips + w.handled + w.raised for w in workers),
+        retries=sum(w.retries for w in workers),
+        skips=sum(w.skips for w in workers),
     )
 
 

@@ -17,7 +17,7 @@ from functools import partial
 
 from ._async_calls import run_worker
 from ._async_loops import work
-from ._run import Run, Stage, Worker, log
+from ._run import Run, Stage, Worker
 from ._timeouts import timed_async
 
 __all__ = ["start"]
@@ -44,7 +44,7 @@ async def _main(run: Run, stage: Stage) -> None:
             timed = None
             if stage.task.policy.timeout is not None:
                 timed = partial(timed_async, seconds=stage.task.policy.timeout, name=stage.task.name)
-            await run_worker(worker, work, args, run.kwargs, asyncio.sleep, log, timed)
+            await run_worker(worker, work, args, run.kwargs, asyncio.sleep, timed)
         else:
             await work(worker)
     except asyncio.CancelledError as exc:

@@ -41,7 +41,7 @@ __all__ = ["open_call", "run_worker"]
 _NEVER_RETRIED = (Cancelled, Broken, WorkerProcessDied, KeyboardInterrupt, SystemExit, GeneratorExit)
 
 #: ``logging`` levels, without importing ``logging`` into every worker process.
-INFO, WARNING = 20, 30
+DEBUG, INFO, WARNING = 10, 20, 30
 
 #: ``log(level, message)``: a record on the ``pyper`` logger of the caller's process.
 Log = Callable[[int, str], None]
@@ -53,16 +53,17 @@ Timed = Callable[[Callable[[Any], Any], Any], Callable[[Any], Any]]
 
 async def run_worker(
     worker: Any, loop: Callable[[Any], Awaitable[None]], args: tuple[Any, ...] | None,
-    kwargs: dict[str, Any], wait: Callable[[float], Awaitable[None]], log: Log,
-    timed: Timed | None = None,
+    kwargs: dict[str, Any], wait: Callable[[float], Awaitable[None]], timed: Timed | None = None,
 ) -> None:
     """Run ``loop(worker)`` with ``worker.call`` built from its task's options. The
     resource is exited on every path; if that raises while the loop is raising, the
     teardown's error is attached to the loop's (or, when the loop was only stopped by
     the run, it is the worker's error)."""
     stack = AsyncExitStack()
+
     try:
-        worker.call = await open_call(worker.stage.task, args, kwargs, stack, wait, log, timed, worker.run)
+        # (log records are the worker's: counted for the metrics, logged naming task and run)
+        worker.call = await open_call(worker.stage.task, args, kwargs, stack, wait, worker.note, timed, worker.run)
         await loop(worker)
     except BaseException as exc:
         try:
@@ -236,6 +237,7 @@ def _guarded(
             log(WARNING, f"pyper: task {name!r} skipped {shown(x)} after {safe_str(exc)}")
             return ()
         assert callable(handler)
+        log(DEBUG, f"pyper: task {name!r} handed {shown(x)} to on_error after {safe_str(exc)}")
         out = handler(x, exc)
         if hasattr(out, "__await__"):  # sync: -
             out = await out  # sync: -

@@ -147,6 +147,7 @@ def _relay(payload: bytes, ready: dict[int, Child], run: Run, stage: Stage, inde
             child = take(stage.task, payload, index)
         hook = partial(child.interrupt, child.generation)
         run.on_cancel(hook)
+        child.note = worker.note
         if stage.task.policy.timeout is not None:
             # The relay calls one item at a time, and a child that overruns is replaced:
             # ``current`` holds the child (and its cancel hook) serving now.
@@ -172,6 +173,7 @@ def _relay(payload: bytes, ready: dict[int, Child], run: Run, stage: Stage, inde
                     attach(error, [exc])
         if child is not None:
             run.off_cancel(hook)
+            child.note = None  # this run's worker: not kept with the child
             try:
                 keep(child)
             finally:

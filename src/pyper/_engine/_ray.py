@@ -378,7 +378,7 @@ def _stream(worker: Worker, stream: Any, flush: Callable[[bool], None], inflight
 def _checked(worker: Worker, status: tuple[Any, ...]) -> tuple[Any, ...]:
     """The status of a call, its log records logged; raises the call's error."""
     for level, message in status[-1]:
-        log(level, message)
+        worker.note(level, message)
     if status[0] == "error":
         _, exc, text, worker.item, _ = status
         raise _remote_error(worker.stage.task.name, exc, text)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextvars
 import gc
+import itertools
 import os
 import sys
 import threading
@@ -67,11 +68,16 @@ def _log_error(message: str, *args: object, exc_info: BaseException) -> None:
     logging.getLogger("pyper").error(message, *args, exc_info=exc_info)
 
 
-def log(level: int, message: str) -> None:
-    """A record on the ``pyper`` logger (a skipped item, a retry)."""
+def log(level: int, message: str, task: str | None = None, run: int | None = None) -> None:
+    """A record on the ``pyper`` logger (a skipped item, a retry); ``task`` and ``run``
+    (the run's number in this process) go on it as ``pyper_task`` and ``pyper_run``."""
     import logging
 
-    logging.getLogger("pyper").log(level, message)
+    logging.getLogger("pyper").log(level, message, extra={"pyper_task": task, "pyper_run": run})
+
+
+#: Numbers for runs, in the order they start in this process (``Run.number``).
+_run_numbers = itertools.count(1)
 
 
 #: Items an edge holds at first when the user set no throttle, per receiving worker; then
@@ -316,6 +322,7 @@ class Run:
         self.context = contextvars.copy_context()
         self.started = perf_counter()
         self.ended = 0.0  # set once the caller is done with the run (0: not yet)
+        self.number = next(_run_numbers)  # names the run on log records
 
         tasks = _with_groups(tasks, loop is not None)
         n = len(tasks)
@@ -669,7 +676,7 @@ class Worker:
 
     __slots__ = (
         "run", "stage", "ordered", "cursor", "claim", "box", "seq", "size", "idle", "shows", "shares",
-        "item", "call", "born", "gone",
+        "item", "call", "born", "gone", "retries", "skips", "handled", "raised",
     )
 
     def __init__(self, run: Run, stage: Stage) -> None:
@@ -694,8 +701,27 @@ class Worker:
         # For metrics: when the worker started and left (0: not yet); written only by it.
         self.born = perf_counter()
         self.gone = 0.0
+        # Failed attempts retried, items skipped and items handed to on_error (counted from
+        # the log records the calls make, ``tally``), and whether the worker raised.
+        self.retries = self.skips = self.handled = self.raised = 0
         stage.workers.append(self)
         run.worker_started()
+
+    def note(self, level: int, message: str) -> None:
+        """A log record of this worker's calls: counted (``tally``), and logged with the
+        task's name and the run's number. Called by the worker only."""
+        self.tally(level)
+        log(level, message, self.stage.task.name, self.run.number)
+
+    def tally(self, level: int) -> None:
+        """Count a log record of this worker's calls: a retry (INFO), a skipped item
+        (WARNING) or an item handed to on_error (DEBUG)."""
+        if level >= 30:
+            self.skips += 1
+        elif level >= 20:
+            self.retries += 1
+        else:
+            self.handled += 1
 
     def failed_on(self, item: Any) -> None:
         """The loop stopped by an exception while ``item`` was the input in hand (or
@@ -734,6 +760,7 @@ class Worker:
             exc = RuntimeError(f"pyper: internal error: a worker of task {self.stage.task.name!r} "
                                "was stopped as cancelled while its run was not")
         if exc is not None and not isinstance(exc, (Cancelled, Broken)):
+            self.raised = 1
             self.run.fail(exc, self.stage.task, self.item)
         self.cursor[0] = []
         if self.stage.task.join and exc is None:

@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from . import _threads
-from ._run import Run, Stage, Worker, log
+from ._run import Run, Stage, Worker
 from ._sync_calls import run_worker
 from ._sync_loops import work
 from ._timeouts import timed_thread
@@ -52,7 +52,7 @@ def run_relayed(worker: Worker, remote: Callable[[Any], Any]) -> None:
     here = task._replace(func=remote, policy=task.policy._replace(setup=None, unpack=False))
     worker.stage = Stage(here, remote, stage.inp, stage.out, stage.take, stage.emit, stage.take_args)
     try:
-        run_worker(worker, work, None, {}, run.sleep, log)
+        run_worker(worker, work, None, {}, run.sleep)
     finally:
         worker.stage = stage
 
@@ -70,7 +70,7 @@ def _job(run: Run, stage: Stage, index: int) -> None:
                     abandoned=stage.task.policy.abandoned,
                 )
             args = run.args if stage.take_args else None
-            run_worker(worker, work, args, run.kwargs, run.sleep, log, timed)
+            run_worker(worker, work, args, run.kwargs, run.sleep, timed)
         else:
             work(worker)
     except BaseException as exc:

@@ -25,6 +25,7 @@ import select
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -128,6 +129,7 @@ class Child:
         self.payload = payload
         self.unread = 0  # requests sent whose reply is not yet read (owned by the relay)
         self.failures = 0  # error replies read: stamped on each "map" request (see pack_map)
+        self.note: Callable[[int, str], None] | None = None  # the worker its log records go to
         self.received = 0  # the size of the last reply, in bytes (owned by the relay)
         self.failed_on: str | None = None  # the item of the last error reply, shortened
         self.joining = False  # a join call is under way (owned by the relay)
@@ -266,7 +268,7 @@ class Child:
             self.failures += 1
         if reply[-1]:  # log records made in the child (a retry, a skipped item)
             for level, message in reply[-1]:
-                log(level, message)
+                (self.note or log)(level, message)
         return reply
 
     def _drain(self) -> None:
