@@ -5,7 +5,7 @@
 
 The public names are re-exported here from private modules: ``_task`` (``task``),
 ``_pipeline`` (``Pipeline``, ``AsyncPipeline``), ``_policy`` (``Emit``, for ``on_error``
-handlers, and ``Rate``), ``_gather`` (``gather``), ``_metrics`` (``observe``) and ``_errors``.
+handlers, and ``Rate``), ``_gather`` (``gather``), ``_metrics`` (``observe``), ``_progress`` (``progress``) and ``_errors``.
 """
 
 from ._errors import PipelineSetupError, WorkerProcessDied
@@ -13,6 +13,7 @@ from ._gather import gather
 from ._metrics import RunMetrics, StageMetrics, observe
 from ._pipeline import AsyncPipeline, Pipeline
 from ._policy import Emit, Rate
+from ._progress import progress
 from ._task import task
 
 #: The version of the distribution ``python-pyper`` (kept equal to pyproject.toml's by a test).
@@ -20,5 +21,5 @@ __version__ = "0.5.0"
 
 __all__ = [
     "AsyncPipeline", "Emit", "Pipeline", "PipelineSetupError", "Rate", "RunMetrics", "StageMetrics",
-    "WorkerProcessDied", "gather", "observe", "task", "__version__",
+    "WorkerProcessDied", "gather", "observe", "progress", "task", "__version__",
 ]

@@ -76,6 +76,11 @@ class RunMetrics:
         return bool(self._run.ended)
 
     @property
+    def nested(self) -> bool:
+        """Whether the run is a pipeline called by a task of another run."""
+        return self._run.parent is not None
+
+    @property
     def elapsed(self) -> float:
         """Seconds from the run's start to its end, or to now."""
         return (self._run.ended or perf_counter()) - self._run.started
