@@ -178,6 +178,53 @@ def sync_w4(n: int, reps: int) -> list[float]:
     return time_sync_sum(_sum_sync(p), n, reps)
 
 
+def _watched(run: Callable[[int], Any], how: str) -> Callable[[int], Any]:
+    """``run`` inside pyper.observe() (metrics on) or pyper.progress(bars=False) (and
+    its thread reading them every 0.05 s, its log lines going nowhere)."""
+    import pyper
+
+    if how == "observe":
+        def watched(n: int) -> Any:
+            with pyper.observe():
+                return run(n)
+    else:
+        def watched(n: int) -> Any:
+            with pyper.progress(bars=False, interval=0.05):
+                return run(n)
+    return watched
+
+
+@contender
+def sync_w1_observed(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(produce) | task(inc) | task(dbl)
+    return time_sync_sum(_watched(_sum_sync(p), "observe"), n, reps)
+
+
+@contender
+def sync_w1_progress(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(produce) | task(inc) | task(dbl)
+    return time_sync_sum(_watched(_sum_sync(p), "progress"), n, reps)
+
+
+@contender
+def async_w1_observed(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(aproduce) | task(ainc) | task(adbl)
+    run = _sum_async(p)
+
+    async def watched(n: int) -> Any:
+        import pyper
+
+        with pyper.observe():
+            return await run(n)
+    return time_async_sum(watched, n, reps)
+
+
 @contender
 def async_w1(n: int, reps: int) -> list[float]:
     from pyper import task
