@@ -31,6 +31,12 @@ How it reports an error: ``worker.leave(exc)`` records it (``Run.fail``), notes
 the task on it and cancels the run; ``Cancelled`` and ``Broken`` are the run
 stopping, not errors.
 
+What it gets for free: the metrics (``pyper.observe``). A ``Worker`` keeps its own
+lifetime and the channels count the items taken and the time workers spend parked,
+so an executor adds nothing for them, but one thing: a remote executor hands the log
+records its remote calls made (a retry, a skipped item) to ``worker.note``, which
+counts them and logs them with the task's name and the run.
+
 An executor whose workers live elsewhere (another process, another machine)
 fits the same protocol: its ``start`` runs one local relay per worker, a
 ``Worker`` like any other that moves whole batches between the channels and the
