@@ -209,3 +209,23 @@ def test_log_records_name_the_task_and_the_run(caplog: pytest.LogCaptureFixture)
     assert len(runs) == 2 and all(isinstance(n, int) for n in runs)
     assert all(r.levelname == "WARNING" for r in records)  # one per skipped item, none per item done
     assert len(seen.runs) == 2
+
+
+
+def cheap_then_slow(x: int) -> int:
+    if x % 50 == 0:
+        time.sleep(0.02)  # a worker stuck on one item while its batch waits: siblings share it
+    return x
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("steal", [True, False])
+def test_items_shared_between_workers_are_counted_once(steal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyper._channel
+
+    monkeypatch.setattr(pyper._channel, "_STEAL", steal)  # thieves take, or owners hand back
+    p = task(source, branch=True) | task(cheap_then_slow, workers=4) | task(doubled, workers=3)
+    with observe() as seen:
+        assert sorted(p(5000)) == [2 * x for x in range(5000)]
+    stages = by_name(seen.last)
+    assert [(s.items_in, s.items_out) for s in seen.last.stages] == [(1, 5000), (5000, 5000), (5000, 5000)], stages

@@ -318,6 +318,7 @@ class Channel:
                     if shared:
                         self._batches.appendleft(shared)
                         self._size += len(shared)
+                        self.taken -= len(shared)  # counted again when a sibling takes them
                     self._wake_getter()
 
     def give_back(self, slot: list[Iterator[Any] | None]) -> None:
@@ -332,6 +333,7 @@ class Channel:
             if items and not self._stopped() and self._receivers > 1:
                 self._batches.appendleft(items)
                 self._size += len(items)
+                self.taken -= len(items)  # counted again when a sibling takes them
                 self._wake_getter()
 
     def _abandon(self, waiter: _ThreadWaiter | _AsyncWaiter, getter: bool) -> None:
