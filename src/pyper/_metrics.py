@@ -11,7 +11,8 @@ per batch and on the slow paths only, so observing costs nothing per item:
 
 - items in: what the stage's workers took from their input (the first task: its one
   call); items out: what the next stage (or the caller) took from this one, plus what
-  waits on the link between them (``queued`` of the next stage);
+  waits on the link between them (``queued`` of the next stage); between two Ray stages
+  the items counted are the references to batches of outputs they hand each other;
 - waiting for input and for room downstream: the seconds the stage's workers spent
   parked on their channels;
 - busy: the rest of the workers' time, in calls (a process or Ray stage's relays count
