@@ -229,3 +229,13 @@ def test_items_shared_between_workers_are_counted_once(steal: bool, monkeypatch:
         assert sorted(p(5000)) == [2 * x for x in range(5000)]
     stages = by_name(seen.last)
     assert [(s.items_in, s.items_out) for s in seen.last.stages] == [(1, 5000), (5000, 5000), (5000, 5000)], stages
+
+
+@pytest.mark.timeout(30)
+def test_the_run_knows_its_total_when_the_first_task_returns_a_length() -> None:
+    listed = task(lambda n: list(range(n)), branch=True) | task(doubled, workers=2)
+    generated = task(source, branch=True) | task(doubled, workers=2)
+    with observe() as seen:
+        assert sorted(listed(30)) == [2 * x for x in range(30)]
+        assert sorted(generated(30)) == [2 * x for x in range(30)]
+    assert [run.total for run in seen.runs] == [30, None]

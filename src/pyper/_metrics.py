@@ -92,6 +92,12 @@ class RunMetrics:
         return [_stage(stage, now, now - self._run.started) for stage in self._run.stages]
 
     @property
+    def total(self) -> int | None:
+        """How many items the first task makes, when what it returned has a length (a list,
+        a range): what a progress bar counts toward."""
+        return self._run.stages[0].total
+
+    @property
     def bottleneck(self) -> StageMetrics | None:
         """The stage busiest for its workers (highest busy share): the one to give more."""
         stages = [s for s in self.stages if s.workers]

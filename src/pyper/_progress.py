@@ -34,7 +34,8 @@ def progress(
 
     ``bars``: tqdm bars (``None``: if tqdm is installed), or log lines (``False``).
     ``interval``: seconds between updates (0.2 for bars, 10 for log lines).
-    ``total``: how many items the pipeline makes, if known: the bars show it.
+    ``total``: how many items the pipeline makes, if known: the bars show it. (Without it,
+    a first task that returns something with a length, a list or a range, gives it.)
     """
     if bars is None:
         bars = _have_tqdm()
@@ -135,6 +136,8 @@ class _Bars(_View):
                 if bar is None:
                     bar = self._bars[r] = tqdm(total=self._total, desc="pyper", unit=" items", dynamic_ncols=True)
                     bar.start_t -= run.elapsed  # its rate counts from the run's start
+                if bar.total is None and run.total is not None:
+                    bar.total = run.total  # known once the first task has returned
                 bar.update(stages[-1].items_out - bar.n)
                 bar.set_postfix_str(
                     " | ".join(f"{_short(s)} {s.items_out}" for s in stages[:-1])

@@ -178,7 +178,8 @@ os.register_at_fork(after_in_child=_forget_runs_in_child)
 class Stage:
     """One task in one run: its function, its two channels and its batch sizes."""
 
-    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch", "group", "workers")
+    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch", "group", "workers",
+                 "total")
 
     def __init__(self, task: Task, call: Callable[[Any], Any], inp: Channel, out: Channel,
                  take: int, emit: int, take_args: bool = False) -> None:
@@ -197,6 +198,7 @@ class Stage:
         # Every Worker made for this stage, for metrics (appended by each from its own
         # thread or task: one list.append), read by pyper.observe's snapshots.
         self.workers: list[Worker] = []
+        self.total: int | None = None  # the first task's: the length of what it returned, if it has one
 
 
 def _edge(up: Task, down: Task | None) -> tuple[int, int]:

@@ -138,6 +138,8 @@ def _branch(worker: Worker) -> None:
                 if idle:
                     inp.wake_idle(items)
                 result = call(x)
+                if stage.take_args and hasattr(result, "__len__"):  # the first task: its length
+                    stage.total = len(result)  # is the run's input length (metrics, progress)
                 m = pour(iter_result(task, result, run), worker.box, m, stage.emit, early, receivers)
             flush(True)
             elapsed = perf_counter() - started
