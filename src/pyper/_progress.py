@@ -54,8 +54,10 @@ def progress(
         finally:
             stop.set()
             drawer.join()
-            view.update(seen.runs, final=True)
-            view.close()
+            try:
+                view.update(seen.runs, final=True)
+            finally:
+                view.close()
 
 
 def _have_tqdm() -> bool:
@@ -68,7 +70,10 @@ def _have_tqdm() -> bool:
 
 def _draw(seen: Observer, view: _View, stop: threading.Event, seconds: float) -> None:
     while not stop.wait(seconds):
-        view.update(seen.runs, final=False)
+        try:
+            view.update(seen.runs, final=False)
+        except Exception:  # a drawing that failed (a closed terminal): the next may not
+            pass
 
 
 class _View:
@@ -138,7 +143,7 @@ class _Bars(_View):
                     bar.start_t -= run.elapsed  # its rate counts from the run's start
                 if bar.total is None and run.total is not None:
                     bar.total = run.total  # known once the first task has returned
-                bar.update(stages[-1].items_out - bar.n)
+                bar.update(max(0, stages[-1].items_out - bar.n))  # (a cancelled run drops what was queued)
                 bar.set_postfix_str(
                     " | ".join(f"{_short(s)} {s.items_out}" for s in stages[:-1])
                     + f" | errors {sum(s.errors for s in stages)}", refresh=False)

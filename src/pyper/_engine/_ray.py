@@ -78,9 +78,13 @@ class Refs:
 def start(run: Run, stage: Stage) -> None:
     index = run.stages.index(stage)
     down = run.stages[index + 1].task if index + 1 < len(run.stages) else None
+    # Outputs go on as references to the next stage only if it takes them as batches: not
+    # to one call per item (timeout=, rate=), a join call, a grouping (batch=); and not
+    # from a stage that counts its outputs in flight (throttle=), or whose outputs come
+    # to the driver anyway (branch, timeout=).
     passes_refs = (down is not None and down.ray is not None and not down.policy.batch
-                   and down.policy.timeout is None  # a timed call takes one item at a time
-                   and not stage.branch and stage.task.policy.timeout is None)  # (these come to the driver)
+                   and down.policy.timeout is None and down.policy.limiter is None and not down.join
+                   and not stage.branch and stage.task.policy.timeout is None and not stage.task.throttle)
     shared = _Shared(run, stage, passes_refs)
     _thread.start_jobs(run, stage, partial(_relay, shared))
 
@@ -224,6 +228,11 @@ def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
     finally:
         if actor is not None:
             error = _release(actor[0], task.name, error, stuck=inflight[0] is not None)
+        elif inflight[0] is not None:  # a call (or a stream) the run stopped before its end
+            try:
+                ray.cancel(inflight[0], force=True)
+            except Exception:
+                pass
         worker.leave(error)
 
 
@@ -281,10 +290,11 @@ def _timed(worker: Worker, submit: Callable[[list[Any], list[Any]], Any], inflig
             if actors is not None and make_actor is not None:
                 ray.kill(actors[0])
                 actors[0] = make_actor()
+            inflight[0] = None
             up()  # a forced cancel ends the Ray worker: the next call waits for another
             raise timeout_error(task.name, seconds) from None
-        finally:
-            inflight[0] = None
+        # (cancelled: the call stays in flight, so that the actor is killed, not waited for)
+        inflight[0] = None
         _checked(worker, status)
         return outputs[0]
 
