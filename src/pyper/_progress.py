@@ -1,4 +1,4 @@
-"""Progress: a bar per stage of the runs in a block, or periodic log lines.
+"""Progress: a bar per run of a block (tqdm), or periodic log lines per stage.
 
     with pyper.progress():
         for item in pipeline(1000):
