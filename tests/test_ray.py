@@ -214,31 +214,6 @@ def test_retries_and_on_error_apply_on_ray() -> None:
         list(flaky(6))
 
 
-def slow_on_odd(x: int) -> int:
-    if x % 2:
-        time.sleep(30)
-    return x
-
-
-def predict_slow_on_odd(model: Model, x: int) -> int:
-    return slow_on_odd(x)
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("with_setup", [False, True])
-def test_timeout_on_ray_gives_up_on_a_call_and_frees_its_worker(with_setup: bool) -> None:
-    func = predict_slow_on_odd if with_setup else slow_on_odd
-    options: dict[str, Any] = {"setup": load_model} if with_setup else {}
-    p = task(count_to, branch=True) | task(func, workers=2, executor="ray", timeout=1.0, on_error="skip", **options)
-    with elapsed() as t:
-        assert sorted(p(6)) == [0, 2, 4]
-    assert t.elapsed < 15  # three 30 s calls given up at 1 s (and their workers replaced)
-    strict = task(count_to, branch=True) | task(func, executor="ray", timeout=1.0, **options)
-    with pytest.raises(TimeoutError, match="longer than its timeout of 1 s"):
-        list(strict(4))
-    # cluster_clean checks that the cancelled calls gave their CPUs back
-
-
 def total(items: Iterator[int]) -> int:
     return sum(items)
 
