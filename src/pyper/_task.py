@@ -191,8 +191,8 @@ def _check_ray_task(name: str, kind: Kind, pipeline: bool, policy: Any) -> None:
             "pipeline cannot run there: give it a synchronous function"
         )
     if policy.timeout is not None:
-        # (_ray._timed is written, but a call's time counts from its submission, and a
-        # call that waits for a new Ray worker times out: off until it counts from the start)
+        # (a Ray call's time would count from its submission, so a call that waits for a
+        # new Ray worker would time out: not until it can count from the call's start)
         raise ValueError(
             f"task {name!r}: timeout= cannot be combined with executor='ray' yet; put the "
             "timeout inside the function, or run that task on threads or processes"

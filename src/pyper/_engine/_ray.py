@@ -39,7 +39,6 @@ import functools
 import threading
 from collections.abc import Callable
 from functools import partial
-from time import perf_counter
 from typing import Any
 
 import ray
@@ -47,7 +46,7 @@ import ray.exceptions
 
 from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied, attach
 from . import _thread
-from ._ray_worker import Actor, Joiner, Listed, call_batch, ping, stream_batch
+from ._ray_worker import Actor, Joiner, call_batch, stream_batch
 from ._sync_loops import flusher
 from ._run import Run, Stage, Worker, adapt, log
 
@@ -79,12 +78,12 @@ def start(run: Run, stage: Stage) -> None:
     index = run.stages.index(stage)
     down = run.stages[index + 1].task if index + 1 < len(run.stages) else None
     # Outputs go on as references to the next stage only if it takes them as batches: not
-    # to one call per item (timeout=, rate=), a join call, a grouping (batch=); and not
-    # from a stage that counts its outputs in flight (throttle=), or whose outputs come
-    # to the driver anyway (branch, timeout=).
+    # to one call per item (rate=), a join call, a grouping (batch=); and not from a stage
+    # that counts its outputs in flight (throttle=), or whose outputs come to the driver
+    # anyway (branch).
     passes_refs = (down is not None and down.ray is not None and not down.policy.batch
-                   and down.policy.timeout is None and down.policy.limiter is None and not down.join
-                   and not stage.branch and stage.task.policy.timeout is None and not stage.task.throttle)
+                   and down.policy.limiter is None and not down.join
+                   and not stage.branch and not stage.task.throttle)
     shared = _Shared(run, stage, passes_refs)
     _thread.start_jobs(run, stage, partial(_relay, shared))
 
@@ -97,28 +96,9 @@ def ensure_ray() -> None:
 
 
 @functools.cache
-def _remote_batch() -> Any:
-    return ray.remote(call_batch)
-
-
-@functools.cache
-def _remote_stream() -> Any:
-    return ray.remote(stream_batch)
-
-
-@functools.cache
-def _remote_ping() -> Any:
-    return ray.remote(ping)
-
-
-@functools.cache
-def _remote_actor() -> Any:
-    return ray.remote(Actor)
-
-
-@functools.cache
-def _remote_joiner() -> Any:
-    return ray.remote(max_concurrency=2)(Joiner)  # a step waits while the call runs
+def _remote(target: Any, **options: Any) -> Any:
+    """``target`` (a function of ``_ray_worker``, or an actor class) wrapped by Ray once."""
+    return ray.remote(**options)(target) if options else ray.remote(target)
 
 
 class _Shared:
@@ -142,14 +122,10 @@ class _Shared:
 
 
 def _remote_task(stage: Stage) -> Any:
-    """The task as its Ray calls run it: what the relays apply is taken out."""
+    """The task as its Ray calls run it: the rate limiter stays with the relays, which
+    pace the calls."""
     task = stage.task
-    if task.policy.timeout is not None:  # the relays apply these, around each call
-        task = task._replace(policy=task.policy._replace(
-            retries=0, on_error="raise", limiter=None, timeout=None, abandoned=None))
-        if task.branch:  # the outputs of a call come back whole
-            task = task._replace(func=Listed(task.func), branch=False, is_gen=False)
-    elif task.policy.limiter is not None:  # the relays pace the calls
+    if task.policy.limiter is not None:
         task = task._replace(policy=task.policy._replace(limiter=None))
     return task
 
@@ -183,51 +159,39 @@ def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
     worker = Worker(run, stage)
     task = stage.task
     error: BaseException | None = None
-    # With setup=: the worker's actor, in a list, since a call past its timeout replaces it.
-    actor: list[Any] | None = None
+    actor: Any = None  # with setup= or join=True: the worker's actor
     inflight: list[Any] = [None]  # the reference of the call under way, if any
     try:
         job = shared.job()
         options = dict(task.ray or ())
         retries = task.policy.retries
-        timed = task.policy.timeout is not None
-        streams = stage.branch and not timed
         # A branching stage's batches stream their outputs back in chunks, as produced, at
         # most STREAM_AHEAD chunks ahead of what the relay has handed on.
         streamed = dict(num_returns="streaming", _generator_backpressure_num_objects=STREAM_AHEAD)
         # A map call's (status, outputs) is one object, read at once; or two, when the
         # outputs go on to the next Ray stage as a reference.
         returns = 2 if shared.passes_refs else 1
-        make_actor: Callable[[], Any] | None = None
         submit: Callable[[list[Any], list[Any]], Any]
-        if task.join:
-            actor = [_remote_joiner().options(**options).remote(job, task.branch)]
-            _join(worker, actor[0], inflight)
+        if task.join:  # a step waits on one of the actor's threads while the call runs on the other
+            actor = _remote(Joiner, max_concurrency=2).options(**options).remote(job, task.branch)
+            _join(worker, actor, inflight)
             return
         if task.policy.setup is not None:
-            actor_class = _remote_actor().options(max_restarts=retries, max_task_retries=retries, **options)
-            make_actor = partial(actor_class.remote, job)
-            actors = actor = [make_actor()]
-            if streams:
-                submit = lambda items, upstream: actors[0].stream.options(**streamed).remote(items, *upstream)  # noqa: E731
-            else:
-                submit = lambda items, upstream: actors[0].batch.options(num_returns=returns).remote(items, *upstream)  # noqa: E731
+            actor = _remote(Actor).options(max_restarts=retries, max_task_retries=retries, **options).remote(job)
+            method = actor.stream.options(**streamed) if stage.branch else actor.batch.options(num_returns=returns)
+            submit = lambda items, upstream: method.remote(items, *upstream)  # noqa: E731
         else:
-            if streams:
-                remote = _remote_stream().options(max_retries=retries, **streamed, **options)
+            if stage.branch:
+                remote = _remote(stream_batch).options(max_retries=retries, **streamed, **options)
             else:
-                remote = _remote_batch().options(num_returns=returns, max_retries=retries, **options)
+                remote = _remote(call_batch).options(num_returns=returns, max_retries=retries, **options)
             submit = lambda items, upstream: remote.remote(job, items, *upstream)  # noqa: E731
-        if timed:
-            ping = _remote_ping().options(**options)
-            _timed(worker, submit, inflight, actor, make_actor, ping)
-        else:
-            _work(worker, shared, submit, inflight)
+        _work(worker, shared, submit, inflight)
     except BaseException as exc:
         error = exc
     finally:
         if actor is not None:
-            error = _release(actor[0], task.name, error, stuck=inflight[0] is not None)
+            error = _release(actor, task.name, error, stuck=inflight[0] is not None)
         elif inflight[0] is not None:  # a call (or a stream) the run stopped before its end
             try:
                 ray.cancel(inflight[0], force=True)
@@ -263,52 +227,6 @@ def _join(worker: Worker, joiner: Any, inflight: list[Any]) -> None:
                 items = list(got)
                 n = _next_size(n, len(items), status[2], stage.take)
     out.flush(box, True)
-
-
-def _timed(worker: Worker, submit: Callable[[list[Any], list[Any]], Any], inflight: list[Any],
-           actors: list[Any] | None, make_actor: Callable[[], Any] | None, ping: Any) -> None:
-    """A stage with ``timeout=``: the relay runs the thread loops, one item per call,
-    waiting at most the timeout; past it the call is cancelled (its actor, with ``setup=``,
-    killed and replaced) and the item raises ``TimeoutError``. ``retries=``, ``on_error=``
-    and ``rate=`` are applied here, around each such call."""
-    from ._timeouts import timeout_error
-
-    stage, run = worker.stage, worker.run
-    task = stage.task
-    seconds = task.policy.timeout
-    assert seconds is not None
-
-    def remote(x: Any) -> Any:
-        ref = inflight[0] = submit([x], [])
-        try:
-            status, outputs = _wait(run, task.name, ref, deadline=perf_counter() + seconds)
-        except _Late:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # an actor's call: the actor is killed instead
-                pass
-            if actors is not None and make_actor is not None:
-                ray.kill(actors[0])
-                actors[0] = make_actor()
-            inflight[0] = None
-            up()  # a forced cancel ends the Ray worker: the next call waits for another
-            raise timeout_error(task.name, seconds) from None
-        # (cancelled: the call stays in flight, so that the actor is killed, not waited for)
-        inflight[0] = None
-        _checked(worker, status)
-        return outputs[0]
-
-    def up() -> None:
-        """Wait for a worker to be up (a new actor made, with its resource; or a Ray worker
-        free to run a task): its start is no part of a call's time."""
-        _wait(run, task.name, actors[0].ready.remote() if actors is not None else ping.remote())
-
-    up()
-    _thread.run_relayed(worker, remote)
-
-
-class _Late(Exception):
-    """No result within a timed call's timeout."""
 
 
 def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any]], Any],
@@ -395,21 +313,17 @@ def _checked(worker: Worker, status: tuple[Any, ...]) -> tuple[Any, ...]:
     return status
 
 
-def _wait(run: Run, name: str, ref: Any, ready: Callable[[], Any] | None = None,
-          deadline: float | None = None) -> Any:
+def _wait(run: Run, name: str, ref: Any, ready: Callable[[], Any] | None = None) -> Any:
     """The value of ``ref`` once ready (or ``ready()``: a stream's next reference); cancels
-    the call and raises ``Cancelled`` once the run is cancelled, ``_Late`` past ``deadline``."""
+    the call and raises ``Cancelled`` once the run is cancelled."""
     while True:
-        step = POLL_SECONDS if deadline is None else max(0.0, min(POLL_SECONDS, deadline - perf_counter()))
         if ready is None:
             try:
-                return _get(run, name, ref, step)
+                return _get(run, name, ref, POLL_SECONDS)
             except ray.exceptions.GetTimeoutError:
                 pass
-        elif ray.wait([ref], timeout=step)[0]:
+        elif ray.wait([ref], timeout=POLL_SECONDS)[0]:
             return ready()
-        if deadline is not None and perf_counter() >= deadline:
-            raise _Late
         if run.cancelled:
             try:
                 ray.cancel(ref, force=True)

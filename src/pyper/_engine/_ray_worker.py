@@ -31,7 +31,7 @@ from typing import Any
 from .._spec import Task
 from ._child import NO_ITEM, fan_out
 
-__all__ = ["Actor", "Joiner", "Listed", "call_batch", "ping", "stream_batch"]
+__all__ = ["Actor", "Joiner", "call_batch", "stream_batch"]
 
 #: A streamed chunk of a branching batch goes once it holds this many outputs at most,
 #: or once filling it took this long (a slow generator's outputs are not held back).
@@ -40,22 +40,6 @@ CHUNK_SECONDS = 0.005
 
 Job = tuple[Task, "tuple[Any, ...] | None", "dict[str, Any] | None"]
 Notes = list[tuple[int, str]]
-
-
-def ping() -> bool:
-    """A Ray task that does nothing: done once a worker is up to run it."""
-    return True
-
-
-class Listed:
-    """A branching function whose outputs come back whole, as a list (``timeout=``: the
-    driver fans them out)."""
-
-    def __init__(self, func: Callable[..., Any]) -> None:
-        self.func = func
-
-    def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:
-        return list(self.func(*args, **kwargs))
 
 
 def open_worker(job: Job, stack: ExitStack, notes: Notes) -> Callable[[Any], Any]:
