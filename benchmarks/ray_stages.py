@@ -20,14 +20,11 @@ serves every round; pyper comes from this checkout's src/. Cases (issue 9):
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +36,7 @@ SECTION = "## Ray stages (benchmarks/ray_stages.py)"
 import ray  # noqa: E402
 from ray.util import ActorPool  # noqa: E402
 
+from _report import Row, header, median_range, print_rows, table, write_section  # noqa: E402
 from pyper import task  # noqa: E402
 from pyper._engine import _ray as pyper_ray  # noqa: E402
 
@@ -171,14 +169,6 @@ def _size(value: Any) -> int:
     return 8
 
 
-def median_range(values: list[float]) -> tuple[float, float, float]:
-    return statistics.median(values), min(values), max(values)
-
-
-def fmt(v: float) -> str:
-    return f"{v:.3g}" if v < 100 else f"{v:,.0f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -217,7 +207,7 @@ def main() -> None:
     ray.shutdown()
     took = perf() - started
 
-    rows: list[tuple[str, str, tuple[float, float, float], str, str, str]] = []
+    rows: list[Row] = []
 
     def row(case: str, who: str, values: list[float], unit: str, target: str = "", met: bool | None = None) -> None:
         status = "ref" if met is None else ("PASS" if met else "**MISS**")
@@ -236,42 +226,13 @@ def main() -> None:
     row("handoff: two Ray stages, 20 items of 1 MiB", "ours: KiB the driver fetched", handoff_rows["ours"], "KiB", "< 64 KiB", ours_kib < 64)
     row("", "hand-written, ray.get between the steps", handoff_rows["hand"], "KiB")
 
-    for case, who, (med, lo, hi), unit, target, status in rows:
-        print(f"{case[:44]:44} {who[:52]:52} {fmt(med):>8} {unit:8} {fmt(lo)}-{fmt(hi):10} {target:10} {status}")
-
+    print_rows(rows)
     if args.markdown:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "src"],
-                               capture_output=True, text=True).stdout.strip()
-        lines = [
-            SECTION, "",
-            f"- command: `python benchmarks/ray_stages.py --markdown {args.markdown}`",
-            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-            f"- Python: {platform.python_version()}; ray {ray.__version__}; `ray.init(num_cpus=2)` took {init_s:.1f} s",
-            f"- pyper under test: {commit}{' + uncommitted changes in src/' if dirty else ''}; machine: nproc {os.cpu_count()}, {platform.platform()}",
-            f"- load average before / after: {' '.join(f'{v:.2f}' for v in load_before)} / {' '.join(f'{v:.2f}' for v in os.getloadavg())}; run took {took:.0f} s",
-            f"- rounds: {args.rounds}, interleaved (order rotated each round); median (min-max) over the rounds",
-            "",
-            "| case | contender | median | min-max | target | status |",
-            "|---|---|---|---|---|---|",
-        ]
-        for case, who, (med, lo, hi), unit, target, status in rows:
-            lines.append(f"| {case} | {who} | {fmt(med)} {unit} | {fmt(lo)}-{fmt(hi)} | {target.replace('<', '&lt;')} | {status} |")
-        _write_section(args.markdown, "\n".join(lines) + "\n")
+        lines = header(SECTION, f"python benchmarks/ray_stages.py --markdown {args.markdown}",
+                       f"; ray {ray.__version__}; `ray.init(num_cpus=2)` took {init_s:.1f} s",
+                       load_before, took, args.rounds)
+        write_section(args.markdown, SECTION, "\n".join([*lines, "", *table(rows)]) + "\n")
         print(f"wrote {args.markdown}")
-
-
-def _write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (up to the next '## '), or append it."""
-    text = path.read_text() if path.exists() else ""
-    start = text.find(SECTION)
-    if start < 0:
-        path.write_text(text.rstrip("\n") + ("\n\n" if text else "") + section)
-        return
-    end = text.find("\n## ", start + len(SECTION))
-    rest = text[end + 1:] if end >= 0 else ""
-    path.write_text(text[:start] + section + ("\n" + rest if rest else ""))
 
 
 if __name__ == "__main__":

@@ -61,13 +61,15 @@ def test_a_finished_run_counts_every_stage_and_names_the_bottleneck() -> None:
     assert (stages["slow"].items_in, stages["slow"].items_out) == (200, 200)
     assert (stages["doubled"].items_in, stages["doubled"].items_out) == (200, 200)
     assert [(s.workers, s.alive, s.queued) for s in run.stages] == [(1, 0, 0), (4, 0, 0), (1, 0, 0)]
+    assert [(s.size, s.sizes) for s in run.stages] == [(1, None), (4, None), (1, None)]
     assert run.bottleneck is not None and run.bottleneck.name == "slow"
     assert stages["slow"].busy_share > 0.8, stages["slow"]  # 4 workers sleeping all along
     assert stages["doubled"].waiting_input > 0.3, stages["doubled"]  # starved by slow
     assert stages["doubled"].busy_share < 0.3, stages["doubled"]
     summary = run.summary()
     assert summary.splitlines()[0].split() == [
-        "stage", "workers", "in", "out", "queued", "errors", "retries", "busy", "wait", "in", "wait", "room"]
+        "stage", "size", "workers", "in", "out", "queued", "errors", "retries", "busy", "wait", "in", "wait",
+        "room"]
     assert "slow" in summary.splitlines()[2] and " 4/4 " not in summary  # all workers gone
     assert summary.splitlines()[-1].startswith("done after ") and "bottleneck: slow" in summary
 

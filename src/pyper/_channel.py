@@ -181,6 +181,8 @@ class Channel:
         "_pace",
         "_ahead",
         "_seq_boxes",
+        "_retiring",
+        "_retired",
         "taken",
         "get_waited",
         "put_waited",
@@ -234,11 +236,28 @@ class Channel:
         self.taken = 0
         self.get_waited = 0.0
         self.put_waited = 0.0
+        # Receivers asked to leave (``retire``): the next ones that would park are given the
+        # end of the stream instead, while another receiver stays; ``_retired`` counts those
+        # given it that have not closed their end yet (only a retiree closes its receive end
+        # while a stage runs on: the others close theirs at the end of the stream).
+        self._retiring = 0
+        self._retired = 0
 
     @property
     def queued(self) -> int:
         """Items waiting in the channel (a plain read, for metrics)."""
         return self._size
+
+    @property
+    def closed(self) -> bool:
+        """Every sender has closed its end (a plain read)."""
+        return self._senders == 0
+
+    @property
+    def parked(self) -> tuple[int, int]:
+        """(receivers, senders) parked now: idle for input, and blocked for room (plain
+        reads, for the sizer of adaptive workers)."""
+        return len(self.getters), len(self._putters)
 
     # -- registration (per batch, and only where it can matter) ----------------------
     # A receiver that finds the channel empty looks only at what is registered, so its
@@ -389,6 +408,10 @@ class Channel:
     def _try_get(self, n: int) -> object:
         if self._cancelled:
             raise Cancelled
+        if self._retiring and self._receivers - self._retired > 1:
+            self._retiring -= 1
+            self._retired += 1
+            return None  # the end for this receiver: it was asked to retire
         batches = self._batches
         if not batches:
             return _WAIT
@@ -702,12 +725,41 @@ class Channel:
         the parked ones look again (one may be waiting for this one's claim)."""
         with self._lock:
             self._receivers -= 1
+            if self._retired:
+                self._retired -= 1
             if self._receivers == 0:
                 self._drop()
                 self._wake_all()
             elif not _STEAL:
                 while self.getters:
                     self.getters.popleft().wake()
+
+    def open_ends(self, send: bool) -> bool:
+        """One more sender (``send``) or receiver: a worker added to a stage while it runs
+        (adaptive workers). False, and nothing opened, if that end is closed already (the
+        stage has ended: its last worker left) or the channel is cancelled."""
+        with self._lock:
+            if self._cancelled or (self._senders == 0 if send else self._receivers == 0):
+                return False
+            if send:
+                self._senders += 1
+            else:
+                self._receivers += 1
+            return True
+
+    def retire(self, count: int) -> None:
+        """Ask ``count`` more receivers to leave: those parked now, or else the next ones to
+        ask for items, get the end of the stream (never the last receiver)."""
+        with self._lock:
+            self._retiring += count
+            for _ in range(min(count, len(self.getters))):
+                self._wake_getter()
+
+    def unretire(self) -> int:
+        """Take back the requests to retire that no receiver has taken yet: how many."""
+        with self._lock:
+            pending, self._retiring = self._retiring, 0
+            return pending
 
     def cancel(self) -> None:
         with self._lock:

@@ -18,7 +18,8 @@ per batch and on the slow paths only, so observing costs nothing per item:
 - busy: the rest of the workers' time, in calls (a process or Ray stage's relays count
   their remote calls) and moving items; its share of the run's time times the stage's
   workers names the bottleneck (a stage whose workers are all busy all along);
-- workers: made and still running;
+- workers: made and still running, and the size the stage runs at (for ``workers=(lo,
+  hi)``, what the sizer chose: the size it settled on, once the run is over);
 - errors (items whose call raised: skipped, handed to ``on_error``, or raised), retries
   (failed attempts tried again) and skips, counted from the log records the calls make
   (a process or Ray stage's come back with its batches).
@@ -55,10 +56,12 @@ class StageMetrics(NamedTuple):
     busy: float  # worker-seconds not parked on a channel
     waiting_input: float  # worker-seconds parked for input
     waiting_room: float  # worker-seconds parked for room downstream
-    busy_share: float  # busy / (workers x the run's time so far): 1.0 is every worker busy all along
+    busy_share: float  # busy / the workers' time so far: 1.0 is every worker busy all along
     errors: int  # items whose call raised: skipped, handed to on_error, or raised
     retries: int  # failed attempts that were tried again
     skips: int  # items dropped by on_error="skip"
+    size: int = 1  # workers the stage runs now: its workers=, or what the sizer chose (lately)
+    sizes: tuple[int, int] | None = None  # workers=(lo, hi), for a stage that sizes itself
 
     def __str__(self) -> str:
         return (f"{self.name}: {self.items_in} in, {self.items_out} out, {self.alive}/{self.workers} "
@@ -106,9 +109,11 @@ class RunMetrics:
     def summary(self) -> str:
         """A table of the stages, naming the bottleneck."""
         stages = self.stages
-        rows = [("stage", "workers", "in", "out", "queued", "errors", "retries", "busy", "wait in", "wait room")]
+        rows = [("stage", "size", "workers", "in", "out", "queued", "errors", "retries", "busy", "wait in",
+                 "wait room")]
         for s in stages:
-            rows.append((s.name, f"{s.alive}/{s.workers}", str(s.items_in), str(s.items_out), str(s.queued),
+            size = str(s.size) if s.sizes is None else f"{s.size} of {s.sizes[0]}-{s.sizes[1]}"
+            rows.append((s.name, size, f"{s.alive}/{s.workers}", str(s.items_in), str(s.items_out), str(s.queued),
                          str(s.errors), str(s.retries), f"{s.busy_share:.0%}", f"{s.waiting_input:.2f}s",
                          f"{s.waiting_room:.2f}s"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -117,11 +122,19 @@ class RunMetrics:
         top = self.bottleneck
         state = "done" if self.done else "running"
         lines.append(f"{state} after {self.elapsed:.2f}s; bottleneck: "
-                     + (f"{top.name} (busy {top.busy_share:.0%}: give it more workers)" if top else "none"))
+                     + (f"{top.name} (busy {top.busy_share:.0%}: {_advice(top)})" if top else "none"))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"<RunMetrics {'done' if self.done else 'running'}, {len(self._run.stages)} stages>"
+
+
+def _advice(stage: StageMetrics) -> str:
+    if stage.sizes is None:
+        return "give it more workers"
+    if stage.size < stage.sizes[1]:
+        return "it sizes itself"
+    return f"at its most workers, {stage.sizes[1]}: raise that"
 
 
 def _stage(stage: Stage, now: float, elapsed: float) -> StageMetrics:
@@ -130,6 +143,11 @@ def _stage(stage: Stage, now: float, elapsed: float) -> StageMetrics:
     lifetime = sum((w.gone or now) - w.born for w in workers)
     waiting_input, waiting_room = stage.inp.get_waited, stage.out.put_waited
     busy = max(0.0, lifetime - waiting_input - waiting_room)
+    # What the workers could have been busy for: until now (or the run's end), as a worker
+    # that ended early with its input was not the bottleneck; a sizing stage's retired
+    # workers, until they left.
+    adaptive = stage.task.adaptive
+    span = sum(((w.gone if adaptive else 0.0) or now) - w.born for w in workers)
     out = stage.out
     return StageMetrics(
         name=stage.task.name,
@@ -141,10 +159,12 @@ def _stage(stage: Stage, now: float, elapsed: float) -> StageMetrics:
         busy=busy,
         waiting_input=waiting_input,
         waiting_room=waiting_room,
-        busy_share=min(1.0, busy / (len(workers) * elapsed)) if workers and elapsed > 0 else 0.0,
+        busy_share=min(1.0, busy / span) if span > 0 else 0.0,
         errors=sum(w.skips + w.handled + w.raised for w in workers),
         retries=sum(w.retries for w in workers),
         skips=sum(w.skips for w in workers),
+        size=stage.size,
+        sizes=(stage.task.workers, stage.task.most) if stage.task.adaptive else None,
     )
 
 

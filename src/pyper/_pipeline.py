@@ -65,7 +65,7 @@ class Pipeline(Generic[P, T]):
 
     def check_first_task(self) -> None:
         first = self._tasks[0]
-        if first.workers > 1 or first.join or first.policy.batch:
+        if first.most > 1 or first.join or first.policy.batch:
             raise PipelineSetupError(
                 f"task {first.name!r} is the first task of pipeline {self}: it is called once, "
                 "with the pipeline's arguments, so it cannot have workers > 1, join=True or "

@@ -67,10 +67,23 @@ class Task(NamedTuple):
     pipeline: bool = False  # ``func`` runs a nested pipeline: each call returns its output stream
     policy: Policy = no_policy  # setup=, retries=, on_error=, unpack= (see ``_policy``)
     ray: tuple[tuple[str, Any], ...] | None = None  # executor="ray": Ray's options (ray_options=)
+    # workers=(lo, hi): the most workers the sizer may run (``workers`` is then lo, the
+    # fewest, and how many start); 0 for a fixed size.
+    max_workers: int = 0
 
     @property
     def is_async(self) -> bool:
         return self.kind != "sync"
+
+    @property
+    def most(self) -> int:
+        """The most workers the stage may run at once."""
+        return max(self.workers, self.max_workers)
+
+    @property
+    def adaptive(self) -> bool:
+        """``workers=(lo, hi)`` with ``lo < hi``: the engine sizes the stage as it runs."""
+        return self.max_workers > self.workers
 
     @property
     def concurrency(self) -> int:

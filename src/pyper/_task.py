@@ -75,7 +75,7 @@ def make_task(
                 f"task {name!r}: give workers= or its older alias concurrency=, not both"
             )
         workers = concurrency
-    workers = check_int(name, "workers", 1 if workers is None else workers, 1)
+    workers, most = _check_workers(name, workers)
     throttle = check_int(name, "throttle", throttle, 0)
     join = check_bool(name, "join", join)
     ordered = check_bool(name, "ordered", ordered)
@@ -119,8 +119,18 @@ def make_task(
                 f"worker process, so workers must be 1 (got {workers}); to split the stream "
                 "over several processes, give a task without join=True more workers"
             )
+    if most > workers and join:
+        raise ValueError(
+            f"task {name!r}: join=True takes a fixed number of workers (each one's call sees its "
+            f"share of the stream), not a range {(workers, most)}: give workers=N"
+        )
     ray = None
     if on_ray:
+        if most > workers:
+            raise ValueError(
+                f"task {name!r}: a Ray stage takes a fixed number of workers, not a range "
+                f"{(workers, most)} (sizing Ray stages as they run is not built yet): give workers=N"
+            )
         _check_ray_task(name, kind, pipeline, policy)
         ray = tuple(sorted(dict(ray_options or {}).items()))  # type: ignore[call-overload]
     if daemon and kind != "sync":
@@ -147,7 +157,27 @@ def make_task(
         pipeline=pipeline,
         policy=policy if policy.any else no_policy,
         ray=ray,
+        max_workers=most if most > workers else 0,
     )
+
+
+def _check_workers(name: str, workers: object) -> tuple[int, int]:
+    """(fewest, most) workers: ``workers=N``, or a range ``workers=(lo, hi)`` the engine
+    sizes the stage within as it runs."""
+    if isinstance(workers, tuple):
+        if len(workers) != 2:
+            raise TypeError(
+                f"task {name!r}: workers must be an int or a range (lo, hi) of two ints, got {workers!r}"
+            )
+        lo = check_int(name, "workers' lower bound", workers[0], 1)
+        hi = check_int(name, "workers' upper bound", workers[1], 1)
+        if hi < lo:
+            raise ValueError(
+                f"task {name!r}: workers=(lo, hi) needs lo <= hi, got {workers!r}"
+            )
+        return lo, hi
+    n = check_int(name, "workers", 1 if workers is None else workers, 1)
+    return n, n
 
 
 #: Ray's per-call options that ``ray_options=`` passes on (retries are pyper's ``retries=``).
@@ -538,8 +568,8 @@ class _TaskFactory:
         func: Any = None,
         /,
         *,
-        workers: int | None = None,
-        concurrency: int | None = None,
+        workers: int | tuple[int, int] | None = None,
+        concurrency: int | tuple[int, int] | None = None,
         branch: bool | None = None,
         join: bool = False,
         throttle: int = 0,

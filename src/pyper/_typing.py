@@ -30,8 +30,8 @@ _Bound: TypeAlias = tuple[tuple[Any, ...], dict[str, Any]]
 class _Options(TypedDict, total=False):
     """The keyword options of ``task(...)`` that do not change its type."""
 
-    workers: int
-    concurrency: int | None
+    workers: int | tuple[int, int]
+    concurrency: int | tuple[int, int] | None
     throttle: int
     ordered: bool
     multiprocess: bool

@@ -23,10 +23,10 @@ from ._timeouts import timed_async
 __all__ = ["start"]
 
 
-def start(run: Run, stage: Stage) -> None:
+def start(run: Run, stage: Stage, workers: range) -> None:
     loop = run.loop
     assert loop is not None
-    for i in range(stage.task.workers):
+    for i in workers:
         task = loop.create_task(
             _main(run, stage), name=f"pyper:{stage.task.name}[{i}]", context=run.context.copy()
         )

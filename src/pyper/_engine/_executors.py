@@ -6,7 +6,7 @@ tasks on the caller's event loop), ``_process`` (sync functions with
 ``multiprocess=True``, in worker processes) and ``_ray`` (sync functions with
 ``executor="ray"``, on a Ray cluster). The protocol is one function::
 
-    def start(run: Run, stage: Stage) -> None
+    def start(run: Run, stage: Stage, workers: range) -> None
 
 What the run gives it: ``stage.task`` (the validated options), ``stage.call`` (what
 to call per item: bound arguments applied; for an async stage always awaitable),
@@ -15,8 +15,10 @@ to call per item: bound arguments applied; for an async stage always awaitable),
 ``stage.emit`` at once), and ``run.context`` (the caller's ``contextvars``, to copy
 per worker).
 
-What it must do: start ``stage.task.workers`` workers and return at once (it may
-be called on an event loop's thread: it never waits for a worker). Each worker
+What it must do: start the workers numbered ``workers`` and return at once (it may
+be called on an event loop's thread: it never waits for a worker). The run starts
+``range(stage.task.workers)``; with ``workers=(lo, hi)`` the sizer (``_sizer``) calls it
+again for the workers it adds, each with one more end opened on both channels. Each worker
 makes a ``Worker(run, stage)``, calls ``run.enter(...)`` in a context of its own,
 runs the shared loops (``_async_loops.work``, or its generated sync twin), and
 ends with ``worker.leave(error)``, on every path, exactly once.
@@ -54,6 +56,7 @@ batches with ``client.submit`` (actors with ``setup=``), waiting on the futures,
 from __future__ import annotations
 
 import functools
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .._spec import Task
@@ -74,19 +77,55 @@ def start_all(run: Run, stages: list[Stage]) -> None:
         _loaded("process").prepare(run, processes)
     try:
         for stage in stages:
-            start(run, stage)
+            stage.started = stage.task.workers
+            start(run, stage, range(stage.task.workers))
     finally:
         if processes:
             _loaded("process").unprepare(processes)  # what a failed start left
+    if any(stage.task.adaptive for stage in run.stages[1:]):
+        _start_sizer(run)
 
 
-def start(run: Run, stage: Stage) -> None:
-    """Start the stage's workers on the executor its task's options choose."""
+def start(run: Run, stage: Stage, workers: range) -> None:
+    """Start the stage's workers numbered ``workers`` on the executor its task's options choose."""
     executor = _executor(stage.task)
     if executor == "thread":
-        _thread.start(run, stage)
+        _thread.start(run, stage, workers)
     else:
-        _loaded(executor).start(run, stage)
+        _loaded(executor).start(run, stage, workers)
+
+
+def grow(run: Run, stage: Stage, count: int) -> int:
+    """Add up to ``count`` workers to a running stage (the sizer's): how many it added.
+    None once the stage has ended (its last worker closed its ends) or the run stopped."""
+    added = 0
+    for _ in range(count):
+        if not stage.out.open_ends(send=True):
+            break
+        if not stage.inp.open_ends(send=False):
+            stage.out.close_send()
+            break
+        added += 1
+    if added:
+        first = stage.started
+        stage.started = first + added
+        start(run, stage, range(first, first + added))
+    return added
+
+
+def _start_sizer(run: Run) -> None:
+    """One sizer for the run's adaptive stages: a task on its loop, or a pyper thread."""
+    from . import _sizer
+
+    if run.loop is not None:
+        task = run.loop.create_task(_sizer.arun_sizer(run, grow), name="pyper:sizer")
+        run.tasks.add(task)
+        task.add_done_callback(run.tasks.discard)
+    else:
+        from . import _threads
+
+        _threads.spawn([(partial(_sizer.run_sizer, run, grow), "pyper:sizer")], daemon=False,
+                       nonblocking=False, on_error=lambda exc: run.fail(exc, run.stages[-1].task))
 
 
 @functools.cache

@@ -53,11 +53,11 @@ __all__ = ["start"]
 MAX_BATCH_BYTES = 1 << 22
 
 
-def start(run: Run, stage: Stage) -> None:
+def start(run: Run, stage: Stage, workers: range) -> None:
     payload = _payload(run, stage)
     ready = _forked.pop(id(stage), {})
     try:
-        _thread.start_jobs(run, stage, partial(_relay, payload, ready))
+        _thread.start_jobs(run, stage, workers, partial(_relay, payload, ready))
     except BaseException:
         _close_all(ready)  # the children no relay took
         raise

@@ -74,7 +74,7 @@ class Refs:
         self.ref = ref
 
 
-def start(run: Run, stage: Stage) -> None:
+def start(run: Run, stage: Stage, workers: range) -> None:
     index = run.stages.index(stage)
     down = run.stages[index + 1].task if index + 1 < len(run.stages) else None
     # Outputs go on as references to the next stage only if it takes them as batches: not
@@ -85,7 +85,7 @@ def start(run: Run, stage: Stage) -> None:
                    and down.policy.limiter is None and not down.join
                    and not stage.branch and not stage.task.throttle)
     shared = _Shared(run, stage, passes_refs)
-    _thread.start_jobs(run, stage, partial(_relay, shared))
+    _thread.start_jobs(run, stage, workers, partial(_relay, shared))
 
 
 def ensure_ray() -> None:

@@ -179,7 +179,7 @@ class Stage:
     """One task in one run: its function, its two channels and its batch sizes."""
 
     __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch", "group", "workers",
-                 "total")
+                 "total", "started", "size")
 
     def __init__(self, task: Task, call: Callable[[Any], Any], inp: Channel, out: Channel,
                  take: int, emit: int, take_args: bool = False) -> None:
@@ -199,6 +199,11 @@ class Stage:
         # thread or task: one list.append), read by pyper.observe's snapshots.
         self.workers: list[Worker] = []
         self.total: int | None = None  # the first task's: the length of what it returned, if it has one
+        # Workers started so far (the next one's index), and how many the stage means to run:
+        # ``task.workers``, or what the sizer chose within ``workers=(lo, hi)``. Written by
+        # whoever starts workers (the run's start, then the sizer), read by metrics.
+        self.started = 0
+        self.size = task.workers
 
 
 def _edge(up: Task, down: Task | None) -> tuple[int, int]:
@@ -215,7 +220,7 @@ def _edge(up: Task, down: Task | None) -> tuple[int, int]:
         if _to_processes(down):
             return down_workers, MAX_BATCH  # one item for each worker at first, then as they pace
         return min(MAX_CAPACITY, INITIAL_CAPACITY * down_workers), MAX_BATCH
-    ends = up.workers + down_workers
+    ends = up.most + (down.most if down is not None else 1)
     batch = max(1, min(MAX_BATCH, up.throttle // (1024 * ends)))
     return up.throttle + ends * (1 - batch), batch
 
@@ -227,7 +232,7 @@ def _to_processes(down: Task | None) -> bool:
 
 def _ordered(task: Task) -> bool:
     """Whether the task's outputs go through a reorder buffer (one worker keeps order anyway)."""
-    return task.ordered and task.workers > 1
+    return task.ordered and task.most > 1
 
 
 def stage_call(
@@ -685,7 +690,7 @@ class Worker:
         self.run = run
         self.stage = stage
         task = stage.task
-        self.ordered = task.ordered and task.workers > 1  # input numbered, output reordered
+        self.ordered = task.ordered and task.most > 1  # input numbered, output reordered
         self.cursor = run.cursor()
         self.claim: list[Iterator[Any] | None] = [None]  # the iterator over the batch in hand
         self.box: list[Any] = []  # outputs not yet flushed
@@ -693,7 +698,7 @@ class Worker:
         self.size = 0  # items in the batch in hand, as taken
         # Checked before each call: siblings parked with nothing to do (they may
         # take a share of this worker's batch; not when order must be kept).
-        self.shares = task.workers > 1 and not self.ordered
+        self.shares = task.most > 1 and not self.ordered
         self.idle: Sized = stage.inp.getters if self.shares else ()
         # A branching or joining call may leave outputs in the box while it computes the
         # next one, whatever the batch size; a map worker, only in a multi-item batch.

@@ -21,17 +21,17 @@ from ._timeouts import timed_thread
 __all__ = ["start"]
 
 
-def start(run: Run, stage: Stage) -> None:
-    start_jobs(run, stage, _job)
+def start(run: Run, stage: Stage, workers: range) -> None:
+    start_jobs(run, stage, workers, _job)
 
 
-def start_jobs(run: Run, stage: Stage, job: Callable[[Run, Stage, int], None]) -> None:
-    """Run ``job(run, stage, i)`` for each of the stage's workers on a pyper thread, each
-    in its own copy of the caller's context (also the process executor's relays)."""
+def start_jobs(run: Run, stage: Stage, workers: range, job: Callable[[Run, Stage, int], None]) -> None:
+    """Run ``job(run, stage, i)`` for each worker ``i`` of ``workers`` on a pyper thread,
+    each in its own copy of the caller's context (also the remote executors' relays)."""
     task = stage.task
     jobs: list[tuple[Callable[[], None], str]] = [
         (partial(run.context.copy().run, job, run, stage, i), f"pyper:{task.name}[{i}]")
-        for i in range(task.workers)
+        for i in workers
     ]
     # On an event loop's thread, wait for at most one new thread to start (~0.1 ms):
     # that thread starts the others. Reused threads start without any wait.
