@@ -4,7 +4,8 @@
 # again with a tiny thread switch interval (and once more as a free-threaded build
 # would share work: PYPER_NO_STEAL), mypy --strict, and the original Pyper's
 # own tests (all 39) against ours (scripts/run_original_tests.sh), then the optional
-# extras: cloudpickle (lambdas in processes) and ray (stages on a local Ray cluster).
+# extras: cloudpickle (lambdas in processes), docs (the site, built strictly and looked at
+# in a headless Chromium) and ray (stages on a local Ray cluster).
 # PYTHON picks the interpreter (default python3); the venv is .venv-<version>.
 set -eu
 cd "$(dirname "$0")/.."
@@ -20,6 +21,15 @@ PYTHON="$VENV/bin/python" sh scripts/run_original_tests.sh
 # Last, the optional cloudpickle extra: lambdas and closures in process stages.
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[cloudpickle]'
 PYPER_WITH_CLOUDPICKLE=1 "$VENV/bin/python" -m pytest -q tests/test_cloudpickle.py
+# The documentation site: built strictly, then opened in a headless Chromium (Debian's
+# chromium package, installed here when it is missing and this is root with apt-get;
+# elsewhere set PYPER_CHROMIUM to a Chrome or Chromium binary).
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[docs]'
+if [ -z "${PYPER_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
+        && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+fi
+PYPER_WITH_DOCS=1 "$VENV/bin/python" -m pytest -q tests/test_site.py
 # Last, the optional ray extra: stages on a local two-node Ray cluster, started once for
 # the whole file (tests/test_ray.py).
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[ray]'

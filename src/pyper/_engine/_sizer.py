@@ -9,7 +9,8 @@ run, a task on the run's loop for an async one) looks at each such stage every
   room downstream (then the bottleneck is further down), and no worker it added is still
   starting, for ``PRESSURE_TICKS`` ticks in a row. It doubles (``lo`` to ``hi`` in a few
   ticks, so a short run is not spent ramping up) until it has retired a worker or a
-  growth failed; from then on it adds a quarter.
+  growth failed; from then on it adds a quarter per trial, and doubles again after a
+  growth that paid nearly in full or once its calls got slower.
 - **judge each growth** (a *trial*): once the workers added have each had time for a few
   calls, the rate of the stage's outputs must have risen by at least ``GAIN`` of what the
   added workers would ideally give. If it did not (calls contend for the GIL, a lock, a
@@ -130,7 +131,8 @@ class _Sized:
         if self.pressure and now < self.cool_until:
             rate = self.rate(now - 0.2, now, done)
             if rate is not None and rate < SLOWER * self.ceiling_rate:
-                self.cool_until = 0.0  # its calls got slower since: the ceiling no longer holds
+                # Its calls got slower since: the ceiling no longer holds, and it ramps up again.
+                self.cool_until, self.ramping = 0.0, True
         ceiling = self.ceiling if now < self.cool_until else self.hi
         judging = self.trial is not None and not self.ramping  # one step per trial, once settled
         if self.pressure >= PRESSURE_TICKS and live < ceiling and starting <= idle and not judging:
@@ -175,9 +177,11 @@ class _Sized:
         self.trial = None
         if rate_before is None or rate_before <= 0 or after is None:
             return live  # no rate before it (calls longer than the ticks so far): it stands
-        wanted = rate_before * (1 + GAIN * (live / max(before, 1) - 1))
-        if after >= wanted:
+        ideal = live / max(before, 1) - 1  # the rise the added workers would give, at best
+        if after >= rate_before * (1 + GAIN * ideal):
             self.cool = COOL_SECONDS
+            if after >= rate_before * (1 + 3 * GAIN * ideal):
+                self.ramping = True  # it paid nearly in full: double again
             return live
         # It did not pay in full: keep the workers the gain it made pays for (back to the
         # size before it, if none), and no more for a while.
