@@ -55,7 +55,7 @@ def every_seventh_fails(x):
 
 if __name__ == "__main__":
     p = task(source, branch=True) | task(slow, workers=4) | task(every_seventh_fails, on_error="skip")
-    with progress(total=200):
+    with progress(total=200, bars=sys.argv[3] if len(sys.argv) > 3 else None):
         if sys.argv[2] == "break":
             for i, _ in enumerate(p(200)):
                 if i == 49:
@@ -67,7 +67,7 @@ if __name__ == "__main__":
 """
 
 
-def _screen(tmp_path: Path, mode: str) -> list[str]:
+def _screen(tmp_path: Path, mode: str, bars: str = "") -> list[str]:
     """Run the program in a real terminal (a detached tmux session, 100 x 20), and return
     its screen once the program has ended."""
     tmux = shutil.which("tmux")
@@ -76,7 +76,7 @@ def _screen(tmp_path: Path, mode: str) -> list[str]:
     script.write_text(_PROGRAM)
     done = tmp_path / "done"
     session = f"pyper-progress-{os.getpid()}-{mode}"
-    command = f"{sys.executable} {script} {ROOT / 'src'} {mode}; touch {done}; sleep 60"
+    command = f"{sys.executable} {script} {ROOT / 'src'} {mode} {bars}; touch {done}; sleep 60"
     env = {**os.environ, "TMUX": ""}
     subprocess.run([tmux, "-L", session, "new-session", "-d", "-s", session, "-x", "100", "-y", "20", command],
                    check=True, env=env)
@@ -159,10 +159,28 @@ def test_progress_of_async_pipelines_and_process_stages(caplog: pytest.LogCaptur
     assert any("spin: 200 out (" in line and line.endswith("0/2 workers, done") for line in lines), lines
 
 
-def test_bars_need_tqdm(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bars_need_tqdm_or_rich(monkeypatch: pytest.MonkeyPatch) -> None:
     from pyper import _progress
 
-    monkeypatch.setattr(_progress, "_have_tqdm", lambda: False)
-    with pytest.raises(RuntimeError, match=r"pip install 'python-pyper\[tqdm\]', or use bars=False"):
+    monkeypatch.setattr(_progress, "_have", lambda module: False)
+    with pytest.raises(RuntimeError, match=r"tqdm or rich, and neither is installed: pip install 'python-pyper\[tqdm\]'"):
         with progress(bars=True):
             pass
+    with pytest.raises(RuntimeError, match=r"draws with rich, which is not installed: pip install 'python-pyper\[rich\]'"):
+        with progress(bars="rich"):
+            pass
+    with pytest.raises(TypeError, match=r"bars must be True, False, None, 'tqdm' or 'rich', got 'fancy'"):
+        with progress(bars="fancy"):  # type: ignore[arg-type]
+            pass
+
+
+@pytest.mark.timeout(60)
+def test_a_rich_bar_in_a_terminal_ends_whole_with_the_skips_above_it(tmp_path: Path) -> None:
+    lines = _screen(tmp_path, "all", "rich")
+    assert lines[-1] == "done 171", lines
+    bar = lines[-2]
+    assert bar.startswith("pyper ") and "171/200" in bar and "source 200 | slow 200 | errors 29" in bar, lines
+    skipped = lines[:-2]  # the last of the 29 records, as many as the terminal's rows hold
+    assert len(skipped) >= 10 and all(
+        line.startswith("pyper: task 'every_seventh_fails' skipped item ") for line in skipped), lines
+    assert [int(line.split()[5]) for line in skipped] == list(range(196, 0, -7))[:len(skipped)][::-1]

@@ -1,4 +1,4 @@
-"""Progress: a bar per run of a block (tqdm), or periodic log lines per stage.
+"""Progress: a bar per run of a block (tqdm or rich), or periodic log lines per stage.
 
     with pyper.progress():
         for item in pipeline(1000):
@@ -6,9 +6,9 @@
 
 Built on ``observe()``: a thread of its own reads the runs' metrics every
 ``interval`` seconds and draws them, so the pipeline's workers do nothing more per item.
-With tqdm installed (``pip install 'python-pyper[tqdm]'``) each run has a bar: the
-items it made, their rate, what each stage has handed on and the errors (and a total,
-when given); without it, or with ``bars=False``, it
+With tqdm installed (``pip install 'python-pyper[tqdm]'``), or rich (``[rich]``), each
+run has a bar: the items it made, their rate, what each stage has handed on and the
+errors (and a total, when given); without either, or with ``bars=False``, it
 logs one INFO line per stage on the ``pyper.progress`` logger every ``interval``
 seconds (10 by default for lines). Leaving the block (normally, on a break, an error
 or Ctrl-C) draws the last figures, closes the bars and ends the thread.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from ._metrics import Observer, RunMetrics, StageMetrics, observe
 
@@ -28,22 +28,21 @@ __all__ = ["progress"]
 
 @contextmanager
 def progress(
-    *, bars: bool | None = None, interval: float | None = None, total: int | None = None,
+    *, bars: bool | Literal["tqdm", "rich"] | None = None, interval: float | None = None,
+    total: int | None = None,
 ) -> Iterator[Observer]:
     """Show the progress of every run started in this block.
 
-    ``bars``: tqdm bars (``None``: if tqdm is installed), or log lines (``False``).
+    ``bars``: ``"tqdm"`` or ``"rich"`` bars; ``True``: whichever of them is installed (tqdm
+    first); ``None`` (the default): the same, or log lines if neither is; ``False``: log lines.
     ``interval``: seconds between updates (0.2 for bars, 10 for log lines).
     ``total``: how many items the pipeline makes, if known: the bars show it. (Without it,
     a first task that returns something with a length, a list or a range, gives it.)
     """
-    if bars is None:
-        bars = _have_tqdm()
-    elif bars and not _have_tqdm():
-        raise RuntimeError("pyper.progress(bars=True) draws with tqdm, which is not installed: "
-                           "pip install 'python-pyper[tqdm]', or use bars=False for log lines")
-    view: _View = _Bars(total) if bars else _Lines()
-    seconds = interval if interval is not None else (0.2 if bars else 10.0)
+    drawer_name = _choose(bars)
+    view: _View = (_Bars(total) if drawer_name == "tqdm" else _RichBars(total) if drawer_name == "rich"
+                   else _Lines())
+    seconds = interval if interval is not None else (0.2 if drawer_name else 10.0)
     with observe() as seen:
         stop = threading.Event()
         drawer = threading.Thread(target=_draw, args=(seen, view, stop, seconds), name="pyper:progress",
@@ -60,12 +59,30 @@ def progress(
                 view.close()
 
 
-def _have_tqdm() -> bool:
-    try:
-        import tqdm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _choose(bars: object) -> str | None:
+    """What draws the bars ("tqdm", "rich"), or None for log lines."""
+    if bars is False:
+        return None
+    if bars in ("tqdm", "rich"):
+        if not _have(str(bars)):
+            raise RuntimeError(f"pyper.progress(bars={bars!r}) draws with {bars}, which is not installed: "
+                               f"pip install 'python-pyper[{bars}]', or use bars=False for log lines")
+        return str(bars)
+    if bars is not None and bars is not True:
+        raise TypeError(f"pyper.progress(): bars must be True, False, None, 'tqdm' or 'rich', got {bars!r}")
+    for name in ("tqdm", "rich"):
+        if _have(name):
+            return name
+    if bars:
+        raise RuntimeError("pyper.progress(bars=True) draws with tqdm or rich, and neither is installed: "
+                           "pip install 'python-pyper[tqdm]', or use bars=False for log lines")
+    return None
+
+
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _draw(seen: Observer, view: _View, stop: threading.Event, seconds: float) -> None:
@@ -159,17 +176,69 @@ class _Bars(_View):
                 self._handler = None
 
 
-def _above_bars() -> Any:
-    """A logging handler (INFO and up) that writes above the bars (``tqdm.write``); its
-    class is made here, on first use, so that ``import pyper`` does not import logging."""
+class _RichBars(_View):
+    """A rich progress bar for each run (not the nested ones), as ``_Bars`` draws with
+    tqdm; pyper's own log records are printed above the bars by rich's console, if no
+    logging is configured."""
+
+    def __init__(self, total: int | None) -> None:
+        import logging
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._total = total
+        self._progress = Progress(
+            TextColumn("pyper"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[rate]:.0f} items/s, {task.fields[stages]}"), auto_refresh=False,
+        )
+        self._tasks: dict[int, Any] = {}  # run index -> its task id in the progress display
+        self._lock = threading.Lock()
+        self._logger = logging.getLogger("pyper")
+        self._handler: logging.Handler | None = None
+        self._progress.start()
+        if not self._logger.handlers and not logging.getLogger().handlers:
+            self._handler = _above_bars(self._progress.console.print)
+            self._logger.addHandler(self._handler)
+
+    def update(self, runs: list[RunMetrics], final: bool) -> None:
+        with self._lock:
+            for r, run in enumerate(runs):
+                if run.nested:
+                    continue
+                stages = run.stages
+                stage_counts = " | ".join(f"{_short(s)} {s.items_out}" for s in stages[:-1])
+                rate = stages[-1].items_out / max(run.elapsed, 1e-9)
+                counts = f"{stage_counts} | errors {sum(s.errors for s in stages)}"
+                total = self._total if self._total is not None else run.total
+                if r not in self._tasks:
+                    self._tasks[r] = self._progress.add_task("pyper", total=total, rate=rate, stages=counts)
+                self._progress.update(self._tasks[r], completed=stages[-1].items_out, total=total, rate=rate,
+                                      stages=counts)
+            self._progress.refresh()
+
+    def close(self) -> None:
+        with self._lock:
+            self._progress.stop()
+            if self._handler is not None:
+                self._logger.removeHandler(self._handler)
+                self._handler = None
+
+
+def _above_bars(write: Any = None) -> Any:
+    """A logging handler (INFO and up) that writes above the bars (``tqdm.write``, or
+    ``write``: rich's console); its class is made here, on first use, so that ``import
+    pyper`` does not import logging."""
     import logging
 
     class AboveBars(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            from tqdm import tqdm
-
             try:
-                tqdm.write(self.format(record))
+                if write is None:
+                    from tqdm import tqdm
+
+                    tqdm.write(self.format(record))
+                else:
+                    write(self.format(record), markup=False, highlight=False, soft_wrap=True)
             except Exception:
                 self.handleError(record)
 
