@@ -205,3 +205,57 @@ def test_an_error_stops_a_growing_stage() -> None:
     with pytest.raises(KeyError) as info:
         list(p(10_000))
     assert info.value.args == (50,)
+
+
+# -- from review: the bounds hold -------------------------------------------------------
+
+
+def test_a_peek_at_the_input_never_takes_a_retirement() -> None:
+    """A process relay peeks (``get_now``) while a request is in flight: a request to retire
+    is for the blocking ``get`` that can leave, or the stage would outgrow its bound."""
+    from pyper._channel import Channel
+
+    channel = Channel(64, senders=1, receivers=3)
+    channel.put([1, 2, 3])
+    channel.retire(1)
+    assert channel.get_now(1) == [1]
+    assert channel.get(1) is None  # this receiver leaves
+    channel.close_receive()
+    assert channel.get(2) == [2, 3]  # the others go on
+
+
+@pytest.mark.timeout(60)
+def test_workers_holding_a_resource_never_exceed_the_bound() -> None:
+    """A retired worker keeps its setup= resource until its exit is done: no new worker starts
+    past hi meanwhile, though the stage grows again for the next burst."""
+    import contextlib
+    import threading
+
+    lock = threading.Lock()
+    counts = {"open": 0, "most": 0, "made": 0}
+
+    @contextlib.contextmanager
+    def connection() -> Any:
+        with lock:
+            counts["open"] += 1
+            counts["made"] += 1
+            counts["most"] = max(counts["most"], counts["open"])
+        try:
+            yield None
+        finally:
+            time.sleep(0.3)  # a slow close
+            with lock:
+                counts["open"] -= 1
+
+    def bursts(n: int) -> Any:
+        for _ in range(n):
+            yield from range(40)
+            time.sleep(0.4)  # a lull: idle workers retire
+
+    def call(conn: None, x: int) -> int:
+        time.sleep(0.02)
+        return x
+
+    p = task(bursts) | task(call, workers=(1, 4), setup=connection)
+    assert sorted(p(6)) == sorted(list(range(40)) * 6)
+    assert counts["most"] <= 4 and counts["made"] >= 3, counts

@@ -249,6 +249,11 @@ class Channel:
         return self._size
 
     @property
+    def receivers(self) -> int:
+        """Open receive ends (a plain read): a retiring worker's counts until it has left."""
+        return self._receivers
+
+    @property
     def closed(self) -> bool:
         """Every sender has closed its end (a plain read)."""
         return self._senders == 0
@@ -405,10 +410,10 @@ class Channel:
             self._outboxes.pop(id(box), None)
         return result
 
-    def _try_get(self, n: int) -> object:
+    def _try_get(self, n: int, retire: bool = True) -> object:
         if self._cancelled:
             raise Cancelled
-        if self._retiring and self._receivers - self._retired > 1:
+        if retire and self._retiring and self._receivers - self._retired > 1:
             self._retiring -= 1
             self._retired += 1
             return None  # the end for this receiver: it was asked to retire
@@ -678,7 +683,7 @@ class Channel:
         """Take up to ``n`` items if the channel has some now, else ``None`` (even at the
         end: ``get`` tells that)."""
         with self._lock:
-            result = self._try_get(n)
+            result = self._try_get(n, retire=False)  # a retirement is for a receiver that can leave: get's
         return None if result is _WAIT else result  # type: ignore[return-value]
 
     def get_seq(self, n: int) -> tuple[int, list[Any]] | None:
@@ -739,7 +744,8 @@ class Channel:
         (adaptive workers). False, and nothing opened, if that end is closed already (the
         stage has ended: its last worker left) or the channel is cancelled."""
         with self._lock:
-            if self._cancelled or (self._senders == 0 if send else self._receivers == 0):
+            # A sender is not added to a channel nobody reads (its first put would be Broken).
+            if self._cancelled or self._receivers == 0 or (send and self._senders == 0):
                 return False
             if send:
                 self._senders += 1

@@ -106,7 +106,7 @@ def make_task(
     policy = check_policy(
         name, kind, join=join, pipeline=pipeline, setup=setup, retries=retries,
         retry_on=retry_on, backoff=backoff, on_error=on_error, unpack=unpack, rate=rate,
-        batch=batch, linger=linger, timeout=timeout, is_gen=is_gen, workers=workers,
+        batch=batch, linger=linger, timeout=timeout, is_gen=is_gen, workers=most,
     )
     if multiprocess:
         _check_process_task(name, func, kind, pipeline)

@@ -20,7 +20,8 @@ run, a task on the run's loop for an async one) looks at each such stage every
   well below what it made then (``SLOWER``: its calls got slower, and workers may pay again). A trial during
   which work stopped waiting proves nothing and is dropped.
 - **retire** spare workers: if at least one worker was parked (for input that does not
-  come, or for room downstream) at every tick for ``IDLE_SECONDS``, three quarters of the
+  come, or for room downstream) at every tick for ``IDLE_SECONDS`` (longer for a stage
+  that had to grow again soon after it last retired workers: no thrashing), three quarters of the
   fewest parked in that time leave (never below ``lo``). The next workers to ask for input (a
   parked one first) get the end of the stream (``Channel.retire``), and leave as any
   worker does at the end.
@@ -49,8 +50,10 @@ __all__ = ["TICK_SECONDS", "adaptive_stages", "run_sizer", "arun_sizer"]
 TICK_SECONDS = 0.01
 #: Ticks in a row a stage must be the bottleneck before it grows.
 PRESSURE_TICKS = 1
-#: How long at least one worker must have been idle at every tick before some retire.
+#: How long at least one worker must have been idle at every tick before some retire (at
+#: first: doubled, up to ``MAX_IDLE_SECONDS``, when the stage had to grow again soon after).
 IDLE_SECONDS = 0.25
+MAX_IDLE_SECONDS = 8.0
 #: How long a failed growth's size stays a ceiling (doubled after each failure).
 COOL_SECONDS = 1.0
 #: A growth from ``n`` to ``m`` workers must raise the stage's rate by this share of the
@@ -82,14 +85,24 @@ class _Sized:
         self.ramping = True  # doubling: no retirement or failed growth yet
         self.ceiling, self.cool_until, self.cool = self.hi, 0.0, COOL_SECONDS
         self.ceiling_rate = 0.0  # the rate the stage made when its ceiling was set
+        # How long spare workers wait before they retire, and when some last did: a stage
+        # that had to grow again soon after retiring waits twice as long next time.
+        self.idle_wait, self.retired_at = IDLE_SECONDS, 0.0
+        self.ready = 0  # stage.workers[:ready] have all taken a first batch, or left
         # The workers the stage runs: those started, less those asked to retire (a request
         # no worker has taken yet is taken back before a growth: ``Channel.unretire``).
         self.live = stage.size
 
     def starting(self) -> int:
-        """Workers started that have not yet taken their first batch."""
+        """Workers started that have not yet taken their first batch (looking only at those
+        made since the last that had: a tick costs nothing for the workers of long ago)."""
         stage = self.stage
-        return stage.started - sum(1 for w in list(stage.workers) if w.size or w.gone)
+        workers = stage.workers
+        count = len(workers)
+        while self.ready < count and (workers[self.ready].size or workers[self.ready].gone):
+            self.ready += 1
+        unready = sum(1 for w in workers[self.ready:count] if not (w.size or w.gone))
+        return stage.started - count + unready
 
     def rate(self, since: float, now: float, done: int) -> float | None:
         """Outputs per second from ``since`` to now (``done`` made by now), from the samples."""
@@ -120,11 +133,11 @@ class _Sized:
             if not self.idle_since:
                 self.idle_since, self.fewest_idle = now, spare
             self.fewest_idle = min(self.fewest_idle, spare)
-            if now - self.idle_since >= IDLE_SECONDS and live > self.lo and self.trial is None:
+            if now - self.idle_since >= self.idle_wait and live > self.lo and self.trial is None:
                 count = min(live - self.lo, max(1, 3 * self.fewest_idle // 4))
                 inp.retire(count)
                 self.ramping = False
-                self.idle_since = 0.0
+                self.idle_since, self.retired_at = 0.0, now
                 live -= count
         else:
             self.idle_since = 0.0
@@ -136,23 +149,27 @@ class _Sized:
         ceiling = self.ceiling if now < self.cool_until else self.hi
         judging = self.trial is not None and not self.ramping  # one step per trial, once settled
         if self.pressure >= PRESSURE_TICKS and live < ceiling and starting <= idle and not judging:
-            if self.trial is None or self.trial[2] is None:
-                # A new trial, or one whose rate before it is unknown (the first ticks) that
-                # can now be measured: it stands, and the next is judged against that rate.
-                rate = self.rate(now - 0.1, now, done)
-                if self.trial is None or rate is not None:
-                    self.trial = (now, live, rate)
-                    self.trial_ticks = self.trial_pressed = 0
+            live += inp.unretire()  # first, keep the workers asked to retire that are still here
+            if self.retired_at and now - self.retired_at < 3 * self.idle_wait:
+                self.idle_wait = min(MAX_IDLE_SECONDS, 2 * self.idle_wait)  # retired too soon
+            rate = self.rate(now - 0.1, now, done)
+            # A new trial, or one whose rate before it is unknown (the first ticks) that can
+            # now be measured: that one stands, and the next is judged against the rate.
+            new_trial = self.trial is None or (self.trial[2] is None and rate is not None)
+            unknown = rate is None if new_trial else self.trial is not None and self.trial[2] is None
             if not self.ramping:
                 step = max(1, live // 4)
-            elif self.trial is not None and self.trial[2] is None:
+            elif unknown:
                 step = live  # double, until a rate tells whether workers pay
             else:
                 step = max(live, queued)  # take on at once what waits (each worker takes an item)
-            count = min(ceiling - live, step)
-            live += inp.unretire()
-            added = grow(run, stage, min(count, ceiling - live))
+            # Never more ends than hi: a worker asked to retire holds its own until it has left.
+            count = min(ceiling - live, step, self.hi - inp.receivers)
+            added = grow(run, stage, count) if count > 0 else 0
             if added:
+                if new_trial:
+                    self.trial = (now, live, rate)
+                    self.trial_ticks = self.trial_pressed = 0
                 self.grown_at = now
                 live += added
             self.pressure = 0
