@@ -1228,8 +1228,7 @@ def test_executor_and_ray_options_are_checked_at_task_time() -> None:
         task(embed, executor="ray", ray_options=[("num_cpus", 1)])  # type: ignore[call-overload]
     with pytest.raises(ValueError, match=r"task '\S*aembed': executor='ray' runs synchronous functions"):
         task(aembed, executor="ray")
-    with pytest.raises(ValueError, match=r"timeout= cannot be combined with executor='ray' yet"):
-        task(embed, executor="ray", timeout=1.0)
+    assert task(embed, executor="ray", timeout=1.0).tasks[0].policy.timeout == 1.0  # no ray import
 
 
 def _callables() -> list[object]:

@@ -62,6 +62,7 @@ def test_a_finished_run_counts_every_stage_and_names_the_bottleneck() -> None:
     assert (stages["doubled"].items_in, stages["doubled"].items_out) == (200, 200)
     assert [(s.workers, s.alive, s.queued) for s in run.stages] == [(1, 0, 0), (4, 0, 0), (1, 0, 0)]
     assert [(s.size, s.sizes) for s in run.stages] == [(1, None), (4, None), (1, None)]
+    assert [s.calls for s in run.stages] == [1, 200, 200]
     assert run.bottleneck is not None and run.bottleneck.name == "slow"
     assert stages["slow"].busy_share > 0.8, stages["slow"]  # 4 workers sleeping all along
     assert stages["doubled"].waiting_input > 0.3, stages["doubled"]  # starved by slow
@@ -114,6 +115,7 @@ def test_retries_skips_and_handled_errors_are_counted(where: str) -> None:
             assert sorted(p(5)) == list(range(5))
         [_, stage] = seen.last.stages
         assert (stage.retries, stage.errors, stage.skips) == (10, 0, 0)  # two failed attempts each
+        assert (stage.items_in, stage.calls) == (5, 15)  # each item's three attempts
     # Skipped in a process (counted from the records its worker sends back); handed to a
     # handler on threads.
     policy: dict[str, Any] = {"on_error": "skip"} if process else {"on_error": lambda x, e: None}

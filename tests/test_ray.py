@@ -214,6 +214,44 @@ def test_retries_and_on_error_apply_on_ray() -> None:
         list(flaky(6))
 
 
+def slow_on_odd(x: int) -> int:
+    if x % 2:
+        time.sleep(30)
+    return x
+
+
+def predict_slow_on_odd(model: Model, x: int) -> int:
+    return slow_on_odd(x)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("with_setup", [False, True])
+def test_timeout_on_ray_gives_up_on_a_call_and_frees_its_worker(with_setup: bool) -> None:
+    func = predict_slow_on_odd if with_setup else slow_on_odd
+    options: dict[str, Any] = {"setup": load_model} if with_setup else {}
+    p = task(count_to, branch=True) | task(func, workers=2, executor="ray", timeout=1.0, on_error="skip", **options)
+    with elapsed() as t:
+        assert sorted(p(6)) == [0, 2, 4]
+    assert t.elapsed < 15  # three 30 s calls given up at 1 s (and their workers replaced)
+    strict = task(count_to, branch=True) | task(func, executor="ray", timeout=1.0, **options)
+    with pytest.raises(TimeoutError, match="longer than its timeout of 1 s"):
+        list(strict(4))
+    # cluster_clean checks that the cancelled calls gave their CPUs back
+
+
+def slow_first(x: int) -> int:
+    time.sleep(30 if x == 0 else 0.05)
+    return x
+
+
+@pytest.mark.timeout(120)
+def test_a_calls_time_on_ray_counts_from_its_start() -> None:
+    """After a timed-out call, the worker it ran on is gone: the next call waits for a new
+    one, and that wait is no part of its time (it would time out too if it were)."""
+    p = task(count_to, branch=True) | task(slow_first, executor="ray", timeout=0.5, on_error="skip", ordered=True)
+    assert list(p(6)) == [1, 2, 3, 4, 5]
+
+
 def total(items: Iterator[int]) -> int:
     return sum(items)
 

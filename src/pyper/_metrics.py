@@ -10,7 +10,7 @@ task of an async caller; nested pipelines too). The engine keeps the counts anyw
 per batch and on the slow paths only, so observing costs nothing per item:
 
 - items in: what the stage's workers took from their input (the first task: its one
-  call); items out: what the next stage (or the caller) took from this one, plus what
+  call); calls: those items' first attempts and their retries; items out: what the next stage (or the caller) took from this one, plus what
   waits on the link between them (``queued`` of the next stage); between two Ray stages
   the items counted are the references to batches of outputs they hand each other;
 - waiting for input and for room downstream: the seconds the stage's workers spent
@@ -60,6 +60,7 @@ class StageMetrics(NamedTuple):
     errors: int  # items whose call raised: skipped, handed to on_error, or raised
     retries: int  # failed attempts that were tried again
     skips: int  # items dropped by on_error="skip"
+    calls: int = 0  # calls made: an item's (a list's, with batch=) first attempt and each retry
     size: int = 1  # workers the stage runs now: its workers=, or what the sizer chose (lately)
     sizes: tuple[int, int] | None = None  # workers=(lo, hi), for a stage that sizes itself
 
@@ -163,6 +164,7 @@ def _stage(stage: Stage, now: float, elapsed: float) -> StageMetrics:
         errors=sum(w.skips + w.handled + w.raised for w in workers),
         retries=sum(w.retries for w in workers),
         skips=sum(w.skips for w in workers),
+        calls=stage.inp.taken + sum(w.retries for w in workers),
         size=stage.size,
         sizes=(stage.task.workers, stage.task.most) if stage.task.adaptive else None,
     )

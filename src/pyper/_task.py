@@ -220,13 +220,6 @@ def _check_ray_task(name: str, kind: Kind, pipeline: bool, policy: Any) -> None:
             f"task {name!r}: executor='ray' runs synchronous functions; an async function or a "
             "pipeline cannot run there: give it a synchronous function"
         )
-    if policy.timeout is not None:
-        # (a Ray call's time would count from its submission, so a call that waits for a
-        # new Ray worker would time out: not until it can count from the call's start)
-        raise ValueError(
-            f"task {name!r}: timeout= cannot be combined with executor='ray' yet; put the "
-            "timeout inside the function, or run that task on threads or processes"
-        )
 
 
 def _check_process_task(name: str, func: object, kind: Kind, pipeline: bool) -> None:

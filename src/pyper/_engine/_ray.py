@@ -39,6 +39,7 @@ import functools
 import threading
 from collections.abc import Callable
 from functools import partial
+from time import perf_counter
 from typing import Any
 
 import ray
@@ -46,7 +47,7 @@ import ray.exceptions
 
 from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied, attach
 from . import _thread
-from ._ray_worker import Actor, Joiner, call_batch, stream_batch
+from ._ray_worker import STARTED, Actor, Joiner, call_batch, stream_batch, timed_call
 from ._sync_loops import flusher
 from ._run import Run, Stage, Worker, adapt, log
 
@@ -78,12 +79,12 @@ def start(run: Run, stage: Stage, workers: range) -> None:
     index = run.stages.index(stage)
     down = run.stages[index + 1].task if index + 1 < len(run.stages) else None
     # Outputs go on as references to the next stage only if it takes them as batches: not
-    # to one call per item (rate=), a join call, a grouping (batch=); and not from a stage
-    # that counts its outputs in flight (throttle=), or whose outputs come to the driver
-    # anyway (branch).
+    # to one call per item (rate=, timeout=), a join call, a grouping (batch=); and not
+    # from a stage that counts its outputs in flight (throttle=), or whose outputs come to
+    # the driver anyway (branch, timeout=).
     passes_refs = (down is not None and down.ray is not None and not down.policy.batch
-                   and down.policy.limiter is None and not down.join
-                   and not stage.branch and not stage.task.throttle)
+                   and down.policy.limiter is None and down.policy.timeout is None and not down.join
+                   and not stage.branch and not stage.task.throttle and stage.task.policy.timeout is None)
     shared = _Shared(run, stage, passes_refs)
     _thread.start_jobs(run, stage, workers, partial(_relay, shared))
 
@@ -123,9 +124,12 @@ class _Shared:
 
 def _remote_task(stage: Stage) -> Any:
     """The task as its Ray calls run it: the rate limiter stays with the relays, which
-    pace the calls."""
+    pace the calls; with ``timeout=`` so do retries and the error policy, around each call."""
     task = stage.task
-    if task.policy.limiter is not None:
+    if task.policy.timeout is not None:
+        task = task._replace(policy=task.policy._replace(
+            retries=0, on_error="raise", limiter=None, timeout=None, abandoned=None))
+    elif task.policy.limiter is not None:
         task = task._replace(policy=task.policy._replace(limiter=None))
     return task
 
@@ -176,6 +180,13 @@ def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
             actor = _remote(Joiner, max_concurrency=2).options(**options).remote(job, task.branch)
             _join(worker, actor, inflight)
             return
+        if task.policy.timeout is not None:
+            actors: list[Any] = []
+            try:
+                _timed(worker, job, options, inflight, actors)
+            finally:
+                actor = actors[0] if actors else None
+            return
         if task.policy.setup is not None:
             actor = _remote(Actor).options(max_restarts=retries, max_task_retries=retries, **options).remote(job)
             method = actor.stream.options(**streamed) if stage.branch else actor.batch.options(num_returns=returns)
@@ -198,6 +209,56 @@ def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
             except Exception:
                 pass
         worker.leave(error)
+
+
+def _timed(worker: Worker, job: Any, options: dict[str, Any], inflight: list[Any], actors: list[Any]) -> None:
+    """A stage with ``timeout=``: the relay runs the thread loops, one item per call, with
+    retries=, on_error= and rate= around each call. A call's time counts from the mark it
+    sends as it starts (``STARTED``); past the timeout it is cancelled (a Ray task forced
+    to stop; with ``setup=`` its actor killed and replaced: ``actors`` holds the one
+    serving) and the item raises ``TimeoutError``."""
+    from ._timeouts import timeout_error
+
+    stage, run = worker.stage, worker.run
+    name = stage.task.name
+    seconds = stage.task.policy.timeout
+    assert seconds is not None
+    streamed = dict(num_returns="streaming")
+    make_actor = None
+    if stage.task.policy.setup is not None:
+        make_actor = partial(_remote(Actor).options(**options).remote, job)
+        actors.append(make_actor())
+    else:
+        remote = _remote(timed_call).options(max_retries=0, **streamed, **options)
+
+    def call(x: Any) -> Any:
+        stream = inflight[0] = (actors[0].timed.options(**streamed).remote(x) if actors
+                                else remote.remote(job, x))
+        following = partial(next, stream)
+        try:
+            started = _get(run, name, _wait(run, name, stream, ready=following))
+            assert started == STARTED
+            deadline = perf_counter() + seconds
+            status, outputs = _get(run, name, _wait(run, name, stream, ready=following, deadline=deadline))
+        except _Late:
+            try:
+                ray.cancel(stream, force=not actors)  # an actor's call cannot be forced:
+            except Exception:
+                pass
+            if make_actor is not None:  # its actor is killed, and the next call gets a new one
+                ray.kill(actors[0])
+                actors[0] = make_actor()
+            raise timeout_error(name, seconds) from None
+        finally:
+            inflight[0] = None
+        _checked(worker, status)
+        return outputs[0]
+
+    _thread.run_relayed(worker, call)
+
+
+class _Late(Exception):
+    """A timed call's result did not come within its timeout."""
 
 
 def _join(worker: Worker, joiner: Any, inflight: list[Any]) -> None:
@@ -313,16 +374,24 @@ def _checked(worker: Worker, status: tuple[Any, ...]) -> tuple[Any, ...]:
     return status
 
 
-def _wait(run: Run, name: str, ref: Any, ready: Callable[[], Any] | None = None) -> Any:
+def _wait(run: Run, name: str, ref: Any, ready: Callable[[], Any] | None = None,
+          deadline: float | None = None) -> Any:
     """The value of ``ref`` once ready (or ``ready()``: a stream's next reference); cancels
-    the call and raises ``Cancelled`` once the run is cancelled."""
+    the call and raises ``Cancelled`` once the run is cancelled; raises ``_Late`` past the
+    ``deadline`` (a ``perf_counter`` time), if given."""
     while True:
+        poll = POLL_SECONDS
+        if deadline is not None:
+            poll = deadline - perf_counter()
+            if poll <= 0:
+                raise _Late
+            poll = min(poll, POLL_SECONDS)
         if ready is None:
             try:
-                return _get(run, name, ref, POLL_SECONDS)
+                return _get(run, name, ref, poll)
             except ray.exceptions.GetTimeoutError:
                 pass
-        elif ray.wait([ref], timeout=POLL_SECONDS)[0]:
+        elif ray.wait([ref], timeout=poll)[0]:
             return ready()
         if run.cancelled:
             try:

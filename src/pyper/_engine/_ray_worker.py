@@ -31,7 +31,12 @@ from typing import Any
 from .._spec import Task
 from ._child import NO_ITEM, fan_out
 
-__all__ = ["Actor", "Joiner", "call_batch", "stream_batch"]
+__all__ = ["STARTED", "Actor", "Joiner", "call_batch", "stream_batch", "timed_call"]
+
+#: What a timed call (``timeout=``) yields first, as it starts on its worker: the driver
+#: counts the call's time from there, not from its submission (a call may wait for a
+#: worker, for a new Ray worker process after a forced cancel, or for an actor's setup).
+STARTED = "started"
 
 #: A streamed chunk of a branching batch goes once it holds this many outputs at most,
 #: or once filling it took this long (a slow generator's outputs are not held back).
@@ -136,6 +141,13 @@ def stream_batch(job: Job, items: list[Any], *upstream: list[Any]) -> Iterator[t
         yield from stream_outputs(call, items, upstream, notes)
 
 
+def timed_call(job: Job, item: Any) -> Iterator[Any]:
+    """A Ray streaming task, for ``timeout=``: one item's call, which yields ``STARTED``
+    as it starts, then the (status, outputs) of its call."""
+    yield STARTED
+    yield call_batch(job, [item])
+
+
 class Actor:
     """A Ray actor (with ``setup=``): one worker of the stage, holding its resource
     across every batch it is given, until ``close``."""
@@ -156,6 +168,11 @@ class Actor:
         if self._failed is not None:
             return error_status(self._failed, NO_ITEM, self._notes), None
         return run_batch(self._call, items, upstream, self._notes)
+
+    def timed(self, item: Any) -> Iterator[Any]:
+        """A streaming method, for ``timeout=``: as ``timed_call``, with the resource."""
+        yield STARTED
+        yield self.batch([item])
 
     def stream(self, items: list[Any], *upstream: list[Any]) -> Iterator[tuple[Any, ...]]:
         if self._failed is not None:
