@@ -155,6 +155,23 @@ def test_map_on_ray_gives_every_output_in_batches() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_a_ray_stage_starts_with_the_batches_its_last_run_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch is a Ray round trip: a short run does not spend them growing from one item."""
+    from pyper._engine import _ray as pyper_ray
+
+    p = task(count_to, branch=True) | task(square, workers=2, executor="ray")
+    assert sorted(p(2000)) == [x * x for x in range(2000)]
+    again = task(square, workers=2, executor="ray").tasks[0]  # made again: same function, same options
+    assert pyper_ray._remembered(again) >= 64
+    assert pyper_ray._remembered(task(square, workers=3, executor="ray").tasks[0]) == 1
+    batches: list[int] = []
+    real = pyper_ray._next_size
+    monkeypatch.setattr(pyper_ray, "_next_size", lambda n, done, *rest: batches.append(done) or real(n, done, *rest))
+    assert sorted(p(2000)) == [x * x for x in range(2000)]
+    assert min(batches[:2]) >= 64 and len(batches) <= 12, batches
+
+
+@pytest.mark.timeout(120)
 def test_work_spreads_over_both_nodes() -> None:
     p = task(count_to, branch=True) | task(node_of, workers=2, executor="ray")
     with elapsed() as t:

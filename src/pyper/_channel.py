@@ -306,6 +306,14 @@ class Channel:
                 if capacity > current:
                     self._wake_putter()
 
+    def widen(self, capacity: int) -> None:
+        """Hold at least ``capacity`` items from now on (until ``pace`` adjusts it): a remote
+        executor that knows its batches' size from the last run takes them whole at once."""
+        with self._lock:
+            if capacity > self._capacity:
+                self._capacity = min(capacity, MAX_CAPACITY)
+                self._wake_putter()
+
     # -- waking (called with _lock held) -------------------------------------------
 
     def _wake_getter(self) -> None:

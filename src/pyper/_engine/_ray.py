@@ -55,9 +55,10 @@ __all__ = ["Refs", "start"]
 
 #: How often a relay waiting for a call looks whether the run was cancelled.
 POLL_SECONDS = 0.02
-#: What a batch's calls should take: a Ray call costs about 1-5 ms to make here, so a
-#: batch of calls of 25 ms goes two at a time.
-TARGET_SECONDS = 0.1
+#: What a batch's calls should take: a Ray call costs about 1-10 ms to make here (more
+#: while the cluster's CPUs are busy), so a batch of calls of 25 ms goes about eight at a
+#: time, and the CPUs wait for a round trip once per batch, not per call.
+TARGET_SECONDS = 0.25
 #: How many chunks a branching batch on Ray may produce ahead of the relay.
 STREAM_AHEAD = 2
 #: How long an actor may take to exit its resource (``setup=``) at the end of a run.
@@ -86,6 +87,10 @@ def start(run: Run, stage: Stage, workers: range) -> None:
                    and down.policy.limiter is None and down.policy.timeout is None and not down.join
                    and not stage.branch and not stage.task.throttle and stage.task.policy.timeout is None)
     shared = _Shared(run, stage, passes_refs)
+    size = _remembered(stage.task)
+    if size > 1 and index and not run.stages[index - 1].task.throttle:  # (a throttle bounds it)
+        # The first batches as large as the last run's: its input holds them at once.
+        stage.inp.widen(size * stage.task.workers)
     _thread.start_jobs(run, stage, workers, partial(_relay, shared))
 
 
@@ -300,7 +305,7 @@ def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any
     limiter = stage.task.policy.limiter
     if limiter is not None:  # rate=: one call per item, each submitted when its slot comes
         limit = 1
-    n = 1
+    n = min(limit, _remembered(stage.task))
     while (items := worker.begin(get(n))) is not None:
         batch = list(items)
         if limiter is not None:
@@ -334,6 +339,32 @@ def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any
         # TARGET_SECONDS, which makes the few milliseconds a Ray call costs a small part.
         inp.pace(len(batch), max(seconds, 1e-6))
         n = _next_size(n, len(batch), seconds, limit)
+        _remember(stage.task, n)
+
+
+#: The batch size each task's relays reached, by task, for its next run to start with:
+#: each batch is a Ray round trip, and a short run would otherwise spend most of its
+#: calls growing from one item (a run's first batch is also at most what its input holds
+#: then, and shrinks at once if its calls got slower). By the id of the task's function,
+#: with the task (so the id is not reused while kept, and a task made again with the same
+#: function and options finds it); at most SIZES_KEPT, the oldest dropped first. Guarded
+#: by _init_lock (once per batch: a Ray round trip costs far more).
+SIZES_KEPT = 256
+_sizes: dict[int, tuple[Any, int]] = {}
+
+
+def _remembered(task: Any) -> int:
+    with _init_lock:
+        kept = _sizes.get(id(task.func))
+    return kept[1] if kept is not None and kept[0] == task else 1
+
+
+def _remember(task: Any, n: int) -> None:
+    with _init_lock:
+        _sizes.pop(id(task.func), None)
+        _sizes[id(task.func)] = (task, n)
+        while len(_sizes) > SIZES_KEPT:
+            del _sizes[next(iter(_sizes))]
 
 
 def _next_size(n: int, done: int, seconds: float, limit: int) -> int:
