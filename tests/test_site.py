@@ -116,6 +116,9 @@ def test_the_reference_documents_the_options(site: str, page: Any) -> None:
     text = page.locator("article").inner_text()
     for name in ("task", "Pipeline", "AsyncPipeline", "observe", "progress", "gather", "Rate", "Emit"):
         assert name in text, name
+    parameters = page.locator("article table").first.inner_text()  # task(...)'s, from its docstring
+    for option in ("workers", "throttle", "multiprocess", "on_error", "linger", "timeout", "ray_options"):
+        assert option in parameters, option
     assert page.problems == []
 
 

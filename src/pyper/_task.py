@@ -584,6 +584,41 @@ class _TaskFactory:
         ray_options: dict[str, Any] | None = None,
         **unknown: Any,
     ) -> Any:
+        """``task(func, **options)``: a pipeline of one task; ``task(**options)``, or ``@task``
+        with no parentheses, a decorator. Every option is checked here: a wrong one raises
+        ``TypeError`` or ``ValueError`` naming the task.
+
+        :param func: a function, generator, async function or async generator, a bound method,
+            a ``functools.partial``, a callable object, or another pipeline.
+        :param workers: calls of this task at once (threads, asyncio tasks or processes); a
+            range ``(lo, hi)``: the stage sizes itself within it as it runs.
+        :param concurrency: the older name of ``workers``.
+        :param branch: ``None``: a generator function's items go on one by one; ``True``: any
+            returned iterable fans out; ``False``: the returned object is one item.
+        :param join: call the function once per worker with an iterator over the input stream.
+        :param throttle: bound on this task's outputs in flight (``0``: paced by the engine).
+        :param ordered: with several workers, emit outputs in the order of the inputs.
+        :param bind: ``task.bind(*args, **kwargs)``: arguments bound before the item.
+        :param multiprocess: run a sync function in worker processes of the stage's own.
+        :param daemon: run on daemon threads (interpreter exit does not wait for them).
+        :param setup: makes a resource once per worker, passed as every call's first argument
+            (a context manager is entered, and exited when the worker ends).
+        :param retries: call again after an error, up to this many times.
+        :param retry_on: the exception types that are retried.
+        :param backoff: seconds before the first retry (doubling, jittered), or a function of
+            the attempt number.
+        :param on_error: ``"raise"``, ``"skip"``, or ``handler(item, exception)`` (which may
+            return ``pyper.Emit(value)``).
+        :param unpack: a tuple item is passed as positional arguments, a dict as keywords.
+        :param rate: calls per second across the task's workers, or a ``pyper.Rate``.
+        :param batch: the function receives lists of up to this many items.
+        :param linger: seconds a partial list waits for more items (with ``batch``).
+        :param timeout: seconds a call may take, past which its item raises ``TimeoutError``.
+        :param executor: ``"thread"``, ``"process"`` or ``"ray"``: where the calls run.
+        :param ray_options: with ``executor="ray"``, Ray's resource options for the calls.
+        :returns: a ``Pipeline`` (an ``AsyncPipeline`` if the function is async), or a
+            decorator when ``func`` is not given.
+        """
         if unknown:
             raise _unknown_options(func, unknown)
         options = dict(
