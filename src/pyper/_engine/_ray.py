@@ -245,7 +245,13 @@ def _timed(worker: Worker, job: Any, options: dict[str, Any], inflight: list[Any
             assert started == STARTED
             deadline = perf_counter() + seconds
             status, outputs = _get(run, name, _wait(run, name, stream, ready=following, deadline=deadline))
+        except WorkerProcessDied:
+            inflight[0] = None
+            if make_actor is not None:  # a retry (retries=) goes to a new actor
+                actors[0] = make_actor()
+            raise
         except _Late:
+            inflight[0] = None
             try:
                 ray.cancel(stream, force=not actors)  # an actor's call cannot be forced:
             except Exception:
@@ -254,8 +260,9 @@ def _timed(worker: Worker, job: Any, options: dict[str, Any], inflight: list[Any
                 ray.kill(actors[0])
                 actors[0] = make_actor()
             raise timeout_error(name, seconds) from None
-        finally:
-            inflight[0] = None
+        # (On any other way out, the call stays in flight for the relay's end to cancel: a
+        # cancelled run's actor is killed, not waited for.)
+        inflight[0] = None
         _checked(worker, status)
         return outputs[0]
 
