@@ -2023,7 +2023,9 @@ def test_seed_programs_print_total_400_in_time(name: str) -> None:
         )
     assert proc.returncode == 0, proc.stderr
     assert "Total  400" in proc.stdout, proc.stdout
-    assert t.elapsed < 2.3, f"{name} took {t.elapsed:.3f} s"
+    # Two seconds of calls twenty at a time, plus a fresh interpreter's start (0.1-0.4 s on a
+    # loaded 2-core machine); one at a time it would be 40 s, and 5-7 s in python-pyper 0.4.x.
+    assert t.elapsed < 3.0, f"{name} took {t.elapsed:.3f} s"
 
 
 @pytest.mark.timeout(20)
