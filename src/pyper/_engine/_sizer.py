@@ -194,6 +194,11 @@ class _Sized:
         self.trial = None
         if rate_before is None or rate_before <= 0 or after is None:
             return live  # no rate before it (calls longer than the ticks so far): it stands
+        if after < SLOWER * rate_before:
+            # The rate fell, under pressure: more workers do not do that (contention only
+            # stops the rise); its calls got slower meanwhile. No verdict, and ramp up again.
+            self.ramping = True
+            return live
         ideal = live / max(before, 1) - 1  # the rise the added workers would give, at best
         if after >= rate_before * (1 + GAIN * ideal):
             self.cool = COOL_SECONDS
