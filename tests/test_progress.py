@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,9 @@ def test_bars_close_cleanly_on_a_break(tmp_path: Path) -> None:
     lines = _screen(tmp_path, "break")
     assert lines[-1] == "broke out", lines
     bar = lines[-2]
-    assert bar.startswith("pyper:  2") and "/200 [" in bar, lines  # 50 or so of 200, then the break
+    # 50 taken, and what the stages had made ahead of the consumer when it broke out
+    made = re.match(r"pyper: +\d+%\|[^|]*\| (\d+)/200 \[", bar)
+    assert made and 50 <= int(made.group(1)) < 150, lines
     assert all(line.startswith("pyper: task 'every_seventh_fails' skipped item ") for line in lines[:-2]), lines
 
 
