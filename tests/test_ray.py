@@ -237,7 +237,9 @@ def test_timeout_on_ray_gives_up_on_a_call_and_frees_its_worker(with_setup: bool
     p = task(count_to, branch=True) | task(func, workers=2, executor="ray", timeout=1.0, on_error="skip", **options)
     with elapsed() as t:
         assert sorted(p(6)) == [0, 2, 4]
-    assert t.elapsed < 15  # three 30 s calls given up at 1 s (and their workers replaced)
+    # Three 30 s calls given up at 1 s: one run to its end would take 30 s. What the rest
+    # costs (an actor killed and made again, with its setup, per timeout) is Ray's: 3-16 s.
+    assert t.elapsed < 28
     strict = task(count_to, branch=True) | task(func, executor="ray", timeout=1.0, **options)
     with pytest.raises(TimeoutError, match="longer than its timeout of 1 s"):
         list(strict(4))
