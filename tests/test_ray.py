@@ -95,7 +95,7 @@ def square(x: int) -> int:
 
 
 def node_of(x: int) -> tuple[int, str]:
-    time.sleep(0.5)
+    time.sleep(1.0)
     return x, ray.get_runtime_context().get_node_id()
 
 
@@ -166,7 +166,7 @@ def test_work_spreads_over_both_nodes() -> None:
         out = sorted(p(4))
     assert [x for x, _ in out] == [0, 1, 2, 3]
     assert len({node for _, node in out}) == 2, out  # one CPU per node: both had to work
-    assert t.elapsed < 1.9  # four 0.5 s calls two at a time (one after the other: 2 s)
+    assert t.elapsed < 3.5  # four 1 s calls two at a time (one after the other: 4 s)
 
 
 @pytest.mark.timeout(120)
@@ -180,7 +180,7 @@ def test_a_generator_on_ray_fans_out_and_bind_applies() -> None:
 def slow_fan(x: int) -> Iterator[int]:
     for k in range(3):
         yield k
-        time.sleep(1.0)
+        time.sleep(2.0)
 
 
 @pytest.mark.timeout(120)
@@ -190,7 +190,7 @@ def test_a_generator_on_ray_streams_its_outputs_as_it_makes_them() -> None:
     it = iter(p(1))
     with elapsed() as t:
         first = next(it)
-    assert first == 0 and t.elapsed < 0.9, t.elapsed  # not after the generator's 3 s
+    assert first == 0 and t.elapsed < 1.8, t.elapsed  # not after the generator's 6 s
     assert list(it) == [1, 2]
 
 
@@ -394,7 +394,7 @@ def test_an_error_elsewhere_cancels_the_calls_on_ray() -> None:
     p = task(two_then_fail, branch=True) | task(sleep_long, workers=2, executor="ray")
     with elapsed() as t, pytest.raises(Boom, match="producer"):
         list(p())
-    assert t.elapsed < 2.0  # not the 30 s calls
+    assert t.elapsed < 10  # not the 30 s calls
     # cluster_clean checks that both CPUs came back: the calls were cancelled
 
 
