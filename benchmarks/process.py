@@ -94,9 +94,10 @@ def build(quick: bool, venv_skip: str | None) -> list[Case]:
 
     c = Case("trivial", f"trivial x+1, {n_triv:,} items from a generator".replace(",", " ").replace("1, ", "1: ", 1), "us/item")
     t = at_most(1, "us/item")
-    add(c, "ours, cold", ["trivial", "pyper", n_triv, "cold", 1], "ours", target=t)
+    add(c, "ours, cold (default: fork)", ["trivial", "pyper", n_triv, "cold", 1], "ours", target=t)
     add(c, "ours, warm (second call)", ["trivial", "pyper", n_triv, "warm", 1], "ours", target=t)
-    add(c, "ours, cold, set_start_method('fork')", ["trivial", "pyper", n_triv, "fork", 1], "ours", target=t)
+    add(c, "ours, cold, forkserver", ["trivial", "pyper", n_triv, "cold-forkserver", 1], "ours")
+    add(c, "ours, warm, forkserver", ["trivial", "pyper", n_triv, "warm-forkserver", 1], "ours")
     for who, name in (("pool", "Pool.imap"), ("ppe", "ProcessPoolExecutor.map"), ("mpire", "mpire imap")):
         for cs in (1, 1000):
             for mode in ("cold", "warm"):
@@ -110,6 +111,7 @@ def build(quick: bool, venv_skip: str | None) -> list[Case]:
     add(c, "raw split, cold (Pool.map chunksize 8 in the timer)", ["burn", "raw", 16, "cold", 1])
     add(c, "ours, warm (second call)", ["burn", "pyper", 16, "warm", 1], "ours")
     add(c, "ours, cold", ["burn", "pyper", 16, "cold", 1], "ours")
+    add(c, "ours, cold, forkserver", ["burn", "pyper", 16, "cold-forkserver", 1], "ours")
     add(c, "Pool.imap chunksize=1, warm", ["burn", "pool", 16, "warm", 1])
     add(c, "ProcessPoolExecutor.map chunksize=1, warm", ["burn", "ppe", 16, "warm", 1])
     add(c, "mpire imap chunksize=1, warm", ["burn", "mpire", 16, "warm", 1])
@@ -120,6 +122,7 @@ def build(quick: bool, venv_skip: str | None) -> list[Case]:
     t = at_least(300, "MiB/s")
     add(c, "ours, warm (second call)", ["payload", "pyper", n_pay, "warm", 1], "ours", target=t)
     add(c, "ours, cold", ["payload", "pyper", n_pay, "cold", 1], "ours", target=t)
+    add(c, "ours, cold, forkserver", ["payload", "pyper", n_pay, "cold-forkserver", 1], "ours")
     for who, name in (("pool", "Pool.imap"), ("ppe", "ProcessPoolExecutor.map"), ("mpire", "mpire imap")):
         add(c, f"{name} chunksize=1, warm", ["payload", who, n_pay, "warm", 1])
     add(c, "0.4.4, cold", ["payload", "pyper", n_pay, "cold", 1])
@@ -128,9 +131,11 @@ def build(quick: bool, venv_skip: str | None) -> list[Case]:
     calls = 5 if quick else 20
     c = Case("per call", "one process stage of 2 workers, one item, per call", "ms")
     add(c, "ours, warm program", ["percall", "pyper", calls, "warm", 1], "ours", target=at_most(10, "ms"))
-    add(c, "ours, first call, forkserver", ["percall", "pyper", 1, "first", 1], "ours",
+    add(c, "ours, first call (default: fork)", ["percall", "pyper", 1, "first", 1], "ours",
         target=at_most(100, "ms"))
-    add(c, "ours, first call, spawn", ["percall", "pyper", 1, "spawn", 1], "ours", target=at_most(120, "ms"))
+    add(c, "ours, first call, forkserver", ["percall", "pyper", 1, "first-forkserver", 1], "ours",
+        target=at_most(100, "ms"))
+    add(c, "ours, first call, spawn", ["percall", "pyper", 1, "first-spawn", 1], "ours", target=at_most(120, "ms"))
     for who, name in (("pool", "Pool (new pool per call)"), ("ppe", "ProcessPoolExecutor (new per call)"),
                       ("mpire", "mpire WorkerPool (new per call)")):
         add(c, f"{name}, warm program", ["percall", who, calls, "warm", 1])
@@ -270,15 +275,16 @@ def table(cases: list[Case]) -> tuple[list[tuple[str, ...]], list[str]]:
                 rows.append((title, f"{c.label}: inputs pulled ahead of the 10 consumed",
                              *row("", "", c.extra["pulled"], "items", None, "")[2:5], "reported"))
         if case.key == "cpu":  # speed relative to the raw split, paired round by round
-            by = {c.label.split(",")[0] + ("" if "warm" in c.label or "pre-started" in c.label else " cold"): c
-                  for c in case.contenders}
-            for ours, raw in (("ours", "raw two-process split"), ("ours cold", "raw split cold")):
+            by = {c.label: c for c in case.contenders}
+            for ours, raw in (("ours, warm (second call)", "raw two-process split, pre-started (Event)"),
+                              ("ours, cold", "raw split, cold (Pool.map chunksize 8 in the timer)")):
                 o, w = by.get(ours), by.get(raw)
                 if o is None or w is None:
                     continue
                 ratios = [w.by_round[r][0] / o.by_round[r][0] for r in o.by_round if r in w.by_round]
-                label = f"{'ours, warm' if ours == 'ours' else 'ours, cold'}: raw split time / ours time " \
-                        f"({'pre-started' if ours == 'ours' else 'cold'} split, paired per round)"
+                warm = "warm" in ours
+                label = f"{'ours, warm' if warm else 'ours, cold'}: raw split time / ours time " \
+                        f"({'pre-started' if warm else 'cold'} split, paired per round)"
                 if ratios:
                     rows.append(row(title, label, ratios, "x", at_least(0.9, "x"), "ours"))
                 else:

@@ -146,9 +146,6 @@ def peer_run(kind: str, func: Callable, n: int, mode: str, chunksize: int) -> fl
 
 
 def child_trivial(who: str, n: int, mode: str, chunksize: int) -> dict:
-    if mode == "fork":  # the user's set_start_method("fork"): ours forks before any thread
-        multiprocessing.set_start_method("fork")
-        mode = "cold"
     t = ours_run(trivial, n, mode) if who == "pyper" else peer_run(who, trivial, n, mode, chunksize)
     return {"values": [t * 1e6 / n]}
 
@@ -200,11 +197,7 @@ def child_payload(who: str, n: int, mode: str, chunksize: int) -> dict:
 
 
 def child_percall(who: str, n: int, mode: str, chunksize: int) -> dict:
-    """mode: warm (n calls after an untimed one), first (forkserver), spawn (ours only)."""
-    if mode == "spawn":
-        multiprocessing.set_start_method("spawn")
-    elif who == "pyper" and os.environ.get("PYPER_IS_ORIGINAL"):
-        multiprocessing.set_start_method("forkserver")
+    """mode: warm (n calls after an untimed one), first (the first call of the program)."""
 
     def call() -> None:
         if who == "pyper":
@@ -214,7 +207,7 @@ def child_percall(who: str, n: int, mode: str, chunksize: int) -> dict:
             assert list(peer.imap(trivial, numbers(1))) == [1]
             peer.stop()
 
-    calls = 1 if mode in ("first", "spawn") else n
+    calls = 1 if mode == "first" else n
     if calls > 1:
         call()
     values = []
@@ -279,9 +272,17 @@ CHILDREN = {"trivial": child_trivial, "burn": child_burn, "payload": child_paylo
 
 
 def main(argv: list[str]) -> None:
+    """argv: case, who, n, mode, chunksize. A mode of "cold-spawn" (or -fork, -forkserver)
+    starts ours with that method (``pyper.set_start_method``); a bare mode is ours's default
+    (fork on Linux, while no thread runs). 0.4.4 uses forkserver unless told otherwise."""
     case, who, n, mode, chunksize = argv[0], argv[1], int(argv[2]), argv[3], int(argv[4])
-    if who == "pyper" and os.environ.get("PYPER_IS_ORIGINAL") and mode != "spawn" and case != "percall":
-        multiprocessing.set_start_method("forkserver")  # 0.4.4 uses the default context
+    mode, _, method = mode.partition("-")
+    if who == "pyper" and os.environ.get("PYPER_IS_ORIGINAL"):
+        multiprocessing.set_start_method(method or "forkserver")  # 0.4.4 uses the default context
+    elif who == "pyper" and method:
+        import pyper
+
+        pyper.set_start_method(method)  # type: ignore[arg-type]
     print(json.dumps(CHILDREN[case](who, n, mode, chunksize)), flush=True)
 
 

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install pyper with its test tools into a fresh virtual environment and run the
-# whole suite: pytest (with its leak fixture and timeouts), the concurrency tests
+# whole suite: pytest (with its leak fixture and timeouts), the process stages again
+# under the fork server, the concurrency tests
 # again with a tiny thread switch interval (and once more as a free-threaded build
 # would share work: PYPER_NO_STEAL), mypy --strict, and the original Pyper's
 # own tests (all 39) against ours (scripts/run_original_tests.sh), then the optional
@@ -14,6 +15,9 @@ VENV=".venv-$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 "$PYTHON" -m venv --clear "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
 "$VENV/bin/python" -m pytest -q
+# Process stages again with the fork server (the default forks on Linux while no thread runs).
+PYPER_START_METHOD=forkserver "$VENV/bin/python" -m pytest -q -k process \
+    tests/test_process.py tests/test_policies.py tests/test_metrics.py tests/test_adaptive.py
 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_regressions.py
 PYPER_NO_STEAL=1 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_regressions.py
 "$VENV/bin/python" -m mypy

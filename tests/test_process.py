@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -506,14 +507,15 @@ def test_workers_die_with_a_parent_killed_by_sigkill(method: list[str]) -> None:
         proc.stderr.close()  # type: ignore[union-attr]
 
 
-def _run_script(script: str, timeout: float = 30) -> Any:
-    """Run ``script`` in a fresh interpreter, with warnings as errors."""
+def _run_script(script: str, *args: str, timeout: float = 30, env: dict[str, str] | None = None) -> Any:
+    """Run ``script`` in a fresh interpreter, with warnings as errors; ``args`` follow
+    this directory in its ``sys.argv``, ``env`` is added to its environment."""
     import subprocess
-    import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
     return subprocess.run(
-        [sys.executable, "-W", "error", "-c", script, here], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-W", "error", "-c", script, here, *args], capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})},
     )
 
 
@@ -532,6 +534,10 @@ def third_mark_of(x: int) -> tuple[int, str]:
     return x, MARK
 
 
+def fourth_mark_of(x: int) -> tuple[int, str]:
+    return x, MARK
+
+
 def inc_mark(x: int) -> int:
     assert MARK == "set at run time", "not forked"
     return x + 1
@@ -543,7 +549,7 @@ _FORK_PROGRAM = (
     "from pyper import task\n"
     "import test_process as t\n"
     "if __name__ == '__main__':\n"
-    "    multiprocessing.set_start_method('fork')\n"
+    "    exec(sys.argv[2])  # the choice of fork (or none: the default, on Linux)\n"
     "    t.MARK = 'set at run time'\n"
     "    p = task(t.count_to, branch=True) | task(t.square, workers=2) | task(t.mark_of, workers=2, multiprocess=True)\n"
     "    for _ in range(2):  # again: pyper's threads of the first run are parked now\n"
@@ -561,13 +567,24 @@ _FORK_PROGRAM = (
     "    r = task(t.count_to, branch=True) | task(t.third_mark_of, workers=2, multiprocess=True)\n"
     "    print(sorted(r(2)))  # not forked while it runs: started by the fork server\n"
     "    stop.set(); user.join()\n"
+    "    import _thread, time\n"
+    "    raw = threading.Event(); _thread.start_new_thread(raw.wait, ())  # unseen by threading\n"
+    "    from pyper._engine import _threads\n"
+    "    assert threading.active_count() == 1 + len(_threads.idle_threads())  # pyper's parked ones\n"
+    "    s = task(t.count_to, branch=True) | task(t.fourth_mark_of, multiprocess=True)\n"
+    "    print(sorted(s(2)))  # the system counts two threads: not forked either\n"
+    "    raw.set()\n"
 )
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="no fork here")
-def test_fork_start_method_forks_only_while_no_thread_runs() -> None:
-    done = _run_script(_FORK_PROGRAM)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the default on Linux only")
+@pytest.mark.parametrize("choice", [
+    "multiprocessing.set_start_method('fork')", "import pyper; pyper.set_start_method('fork')",
+    "pass  # the default",
+])
+def test_fork_start_method_forks_only_while_no_thread_runs(choice: str) -> None:
+    done = _run_script(_FORK_PROGRAM, choice, env={"PYPER_START_METHOD": ""})
     assert done.returncode == 0, done.stderr  # warnings are errors: no fork of a threaded process
     forked = "set at run time"
     assert done.stdout.splitlines() == [
@@ -577,7 +594,57 @@ def test_fork_start_method_forks_only_while_no_thread_runs() -> None:
         str([(1, forked), (2, forked)]),
         "6 True",  # forked workers exit when asked (not after a 0.2 s grace each, by SIGTERM)
         str([(0, "imported"), (1, "imported")]),
+        str([(0, "imported"), (1, "imported")]),
     ]
+
+
+def started_how(x: int) -> tuple[int, str, int]:
+    return x, MARK, os.getppid()
+
+
+_METHOD_PROGRAM = (
+    "import sys, os; sys.path.insert(0, sys.argv[1])\n"
+    "import multiprocessing, pyper\n"
+    "from pyper import task\n"
+    "import test_process as t\n"
+    "def how():  # what started this run's two workers, seen from them\n"
+    "    p = task(t.count_to, branch=True) | task(t.started_how, workers=2, multiprocess=True)\n"
+    "    seen = {'fork' if mark != 'imported' else 'spawn' if ppid == os.getpid() else 'forkserver'\n"
+    "            for _, mark, ppid in p(2)}\n"
+    "    return ','.join(sorted(seen))\n"
+    "if __name__ == '__main__':\n"
+    "    t.MARK = 'set at run time'  # only a forked worker sees it\n"
+    "    exec(sys.argv[2])\n"
+)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the default is fork on Linux only")
+@pytest.mark.parametrize(("environment", "program", "printed"), [
+    ("", "print(how())", "fork"),  # the default, in a program that runs no thread
+    ("spawn", "print(how())", "spawn"),
+    ("spawn", "multiprocessing.set_start_method('forkserver'); print(how())", "forkserver"),
+    ("", "multiprocessing.set_start_method('forkserver'); pyper.set_start_method('spawn'); print(how())", "spawn"),
+    # warm workers of an earlier method are closed: the next run starts them the new way
+    ("", "print(how()); pyper.set_start_method('forkserver'); print(how()); pyper.set_start_method(None); print(how())",
+     "fork\nforkserver\nfork"),
+])
+def test_the_start_method_is_ours_then_multiprocessings_then_the_environments(
+        environment: str, program: str, printed: str) -> None:
+    done = _run_script(_METHOD_PROGRAM, program, env={"PYPER_START_METHOD": environment})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == printed
+
+
+@pytest.mark.timeout(60)
+def test_an_unknown_start_method_is_a_clear_error() -> None:
+    import pyper
+
+    with pytest.raises(ValueError, match=r"pyper.set_start_method\('threads'\): this platform's start methods are .*'spawn'"):
+        pyper.set_start_method("threads")  # type: ignore[arg-type]
+    done = _run_script(_METHOD_PROGRAM, "print(how())", env={"PYPER_START_METHOD": "threads"})
+    assert done.returncode == 1
+    assert "ValueError: PYPER_START_METHOD='threads' in the environment: this platform's start methods" in done.stderr
 
 
 @pytest.mark.timeout(60)
@@ -762,6 +829,7 @@ from pyper import task
 import test_process as t
 
 if __name__ == "__main__":
+    multiprocessing.set_start_method("forkserver")
     multiprocessing.set_forkserver_preload(["json"])  # the program's own choice is kept
     assert sorted((task(t.count_to, branch=True) | task(t.square, workers=2, multiprocess=True))(3)) == [0, 1, 4]
     print(forkserver._forkserver._preload_modules)

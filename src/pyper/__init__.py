@@ -5,7 +5,8 @@
 
 The public names are re-exported here from private modules: ``_task`` (``task``),
 ``_pipeline`` (``Pipeline``, ``AsyncPipeline``), ``_policy`` (``Emit``, for ``on_error``
-handlers, and ``Rate``), ``_gather`` (``gather``), ``_metrics`` (``observe``), ``_progress`` (``progress``) and ``_errors``.
+handlers, and ``Rate``), ``_gather`` (``gather``), ``_metrics`` (``observe``), ``_progress`` (``progress``),
+``_start_method`` (``set_start_method``) and ``_errors``.
 """
 
 from ._errors import PipelineSetupError, WorkerProcessDied
@@ -14,6 +15,7 @@ from ._metrics import RunMetrics, StageMetrics, observe
 from ._pipeline import AsyncPipeline, Pipeline
 from ._policy import Emit, Rate
 from ._progress import progress
+from ._start_method import set_start_method
 from ._task import task
 
 #: The version of the distribution ``python-pyper`` (kept equal to pyproject.toml's by a test).
@@ -21,5 +23,5 @@ __version__ = "0.5.0"
 
 __all__ = [
     "AsyncPipeline", "Emit", "Pipeline", "PipelineSetupError", "Rate", "RunMetrics", "StageMetrics",
-    "WorkerProcessDied", "gather", "observe", "progress", "task", "__version__",
+    "WorkerProcessDied", "gather", "observe", "progress", "set_start_method", "task", "__version__",
 ]

@@ -44,7 +44,7 @@ from .._spec import Task
 from . import _thread, _threads
 from ._sync_loops import flusher
 from ._run import TARGET_SECONDS, Run, Stage, Worker, adapt
-from ._workers import Child, Late, context, keep, take, take_warm, threaded_context
+from ._workers import Child, Late, context, keep, single_threaded, take, take_warm, threaded_context
 
 __all__ = ["start"]
 
@@ -125,9 +125,12 @@ def _fork_children(task: Task, payload: bytes) -> dict[int, Child]:
             break
         ready[index] = warm
     missing = range(len(ready), task.workers)
-    if missing and threading.active_count() == 1 + len(_threads.idle_threads()):
+    settle = 0.0
+    parked = _threads.idle_threads() if missing else frozenset()
+    if parked and threading.active_count() == 1 + len(parked):
         _threads.retire_idle()
-    if missing and threading.active_count() == 1:
+        settle = 0.05  # the threads just ended: gone from the system's count in microseconds
+    if missing and single_threaded(settle):
         try:
             for index in missing:
                 ready[index] = Child(task, payload, index, context())

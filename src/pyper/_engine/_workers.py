@@ -25,6 +25,7 @@ import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
@@ -36,8 +37,8 @@ from ._run import log
 
 __all__ = [
     "GRACE_SECONDS", "IDLE_MAX", "TEARDOWN_SECONDS", "Child", "Late", "close_idle", "context",
-    "idle_fds", "idle_lock", "idle_processes", "keep", "opened", "take", "take_warm",
-    "threaded_context",
+    "idle_fds", "idle_lock", "idle_processes", "keep", "opened", "set_start_method",
+    "single_threaded", "take", "take_warm", "threaded_context",
 ]
 
 #: How long a child may take to exit its worker's resource (``setup=``) at the end of a run.
@@ -52,27 +53,64 @@ class Late(Exception):
 
 # Chosen on first use, by the thread that first starts a process stage (a caller under
 # fork, else a relay): every thread computes the same value, so any one may win.
+# ``set_start_method`` (the caller's thread) resets it.
 _method: str | None = None
+#: What ``pyper.set_start_method`` chose, if anything: it comes before multiprocessing's.
+_chosen: str | None = None
+
+
+def set_start_method(method: str | None) -> None:
+    """``pyper.set_start_method``: the start method of pyper's worker processes, for the
+    rest of the program (``None``: back to the default). Children kept warm were started
+    another way: they are closed, so the next run's children start the new way."""
+    global _method, _chosen
+    methods = multiprocessing.get_all_start_methods()
+    if method is not None and method not in methods:
+        raise ValueError(
+            f"pyper.set_start_method({method!r}): this platform's start methods are "
+            f"{', '.join(map(repr, methods))} (or None, for pyper's default)"
+        )
+    _chosen = method
+    _method = None
+    with idle_lock:
+        idle = list(_idle)
+        _idle.clear()
+    for child in idle:
+        child.close()
 
 
 def context() -> Any:
     """The multiprocessing context process stages use.
 
-    The start method set with ``multiprocessing.set_start_method`` before the first
-    process stage runs, or else ``forkserver`` where there is one and ``spawn``
-    elsewhere. Chosen once: starting a process makes ``multiprocessing`` fix its own
-    default (``fork`` on Linux before Python 3.14), which must not be taken for a
-    choice of the user's.
+    ``pyper.set_start_method``'s choice; else the start method set with
+    ``multiprocessing.set_start_method``; else ``PYPER_START_METHOD`` from the
+    environment (a choice for one run of a program); else, on Linux, ``fork`` (forked only while
+    the process runs no other thread: see ``threaded_context``), and ``forkserver``
+    (``spawn`` where there is none) on other systems, where forking without exec is not
+    safe even in one thread. Chosen once: starting a process makes ``multiprocessing``
+    fix its own default (``fork`` on Linux before Python 3.14), which must not be taken
+    for a choice of the user's.
     """
     global _method
     if _method is None:
-        method = multiprocessing.get_start_method(allow_none=True)
+        method = _chosen or multiprocessing.get_start_method(allow_none=True) or _from_environment()
         if method is None:
-            method = _no_fork()
+            method = "fork" if sys.platform.startswith("linux") else _no_fork()
         if method == "forkserver":
             _preload_in_fork_server()
         _method = method
     return multiprocessing.get_context(_method)
+
+
+def _from_environment() -> str | None:
+    method = os.environ.get("PYPER_START_METHOD") or None
+    methods = multiprocessing.get_all_start_methods()
+    if method is not None and method not in methods:
+        raise ValueError(
+            f"PYPER_START_METHOD={method!r} in the environment: this platform's start methods "
+            f"are {', '.join(map(repr, methods))}; set one of them, or unset it for pyper's default"
+        )
+    return method
 
 
 def _preload_in_fork_server() -> None:
@@ -91,11 +129,34 @@ def _preload_in_fork_server() -> None:
 
 
 def threaded_context() -> Any:
-    """The context for children started from a relay thread: never ``fork``."""
+    """The context for children started while the process may run threads (from a
+    relay): never ``fork``, which could deadlock the child; forkserver instead."""
     ctx = context()
     if ctx.get_start_method() != "fork":
         return ctx
-    return multiprocessing.get_context(_no_fork())
+    method = _no_fork()
+    if method == "forkserver":
+        _preload_in_fork_server()
+    return multiprocessing.get_context(method)
+
+
+def single_threaded(settle: float = 0.0) -> bool:
+    """Whether this process runs one thread, its threads counted by the system where it
+    says (Linux: the threads of C libraries too, which Python 3.12+ counts before it warns
+    at a fork). ``settle``: seconds to wait for threads just joined to be gone from the
+    system's count too (before 3.13, ``join`` returns just before the thread exits)."""
+    if threading.active_count() != 1:
+        return False
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            if len(os.listdir("/proc/self/task")) == 1:
+                return True
+        except OSError:  # no /proc: Python's own count
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0005)
 
 
 def _no_fork() -> str:
