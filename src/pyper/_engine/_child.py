@@ -49,14 +49,14 @@ import pickle
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from functools import partial
 from itertools import islice
 from time import perf_counter
-from multiprocessing.connection import Connection
 from typing import Any
+
+from ._pipes import Conn
 
 __all__ = ["NO_ITEM", "fan_out", "main"]
 
@@ -69,7 +69,7 @@ NO_ITEM: Any = object()  # no input in hand
 _cancelled = [False]
 
 
-def _watch(lifeline: Connection) -> None:
+def _watch(lifeline: Conn) -> None:
     """Exit when the parent has gone: its end of the lifeline closes with it. A message
     on it means the run was cancelled."""
     try:
@@ -113,7 +113,7 @@ def fan_out(call: Callable[[Any], Any], items: list[Any], current: list[Any]) ->
 
 
 def main(
-    inbox: Connection, outbox: Connection, lifeline: Connection, payload: bytes,
+    inbox: Conn, outbox: Conn, lifeline: Conn, payload: bytes,
     method: str, inherited: list[int],
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -155,7 +155,7 @@ def main(
 
 
 def _serve(
-    call: Callable[[Any], Any], first: bool, inbox: Connection, outbox: Connection,
+    call: Callable[[Any], Any], first: bool, inbox: Conn, outbox: Conn,
     stack: ExitStack, notes: list[tuple[int, str]],
 ) -> None:
     """Answer the parent's requests until it says stop or goes."""
@@ -233,7 +233,7 @@ def _serve(
             return
 
 
-def _backoff(inbox: Connection, seconds: float) -> None:
+def _backoff(inbox: Conn, seconds: float) -> None:
     """A retry's wait; the parent sends nothing while a request runs but ``stop``, so
     any message ends it at once."""
     if inbox.poll(seconds):
@@ -245,7 +245,7 @@ class _Stop(BaseException):
 
 
 def _join(
-    call: Callable[[Any], Any], n: int, branch: bool, inbox: Connection, outbox: Connection,
+    call: Callable[[Any], Any], n: int, branch: bool, inbox: Conn, outbox: Conn,
     notes: list[tuple[int, str]],
 ) -> int:
     """Run a join call to its end: its inputs come from the parent on request, its
@@ -303,7 +303,7 @@ def _unloadable(exc: BaseException) -> RuntimeError:
     )
 
 
-def _refuse(inbox: Connection, outbox: Connection, error: BaseException, notes: list[tuple[int, str]]) -> None:
+def _refuse(inbox: Conn, outbox: Conn, error: BaseException, notes: list[tuple[int, str]]) -> None:
     """The worker cannot serve (its function did not load, its setup raised): say why,
     to every request."""
     data = _error(error, NO_ITEM, notes)
@@ -334,6 +334,8 @@ def _dumps(reply: tuple[Any, ...], notes: list[tuple[int, str]]) -> bytes:
 def _error(exc: BaseException, item: Any, notes: list[tuple[int, str]]) -> bytes:
     """The reply for ``exc``, raised by the call on ``item`` (shortened: the parent names it)."""
     from .._errors import short_repr
+
+    import traceback  # only once a call fails: not part of every worker's start
 
     text = "".join(traceback.format_exception(exc))
     shown = None if item is NO_ITEM else short_repr(item)

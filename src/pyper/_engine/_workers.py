@@ -27,12 +27,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import wait
+from functools import partial
 from typing import Any
 
 from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied
 from .._spec import Task
-from . import _child, _threads
+from . import _child, _pipes, _threads
 from ._run import log
 
 __all__ = [
@@ -164,6 +164,22 @@ def _no_fork() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+#: How big pyper asks the system to make each pipe to and from a worker (Linux; 64 KiB
+#: by default): a large item then crosses in one write and one read, not sixteen of each
+#: with a wake-up between. Where a user's pipes already hold their share of memory
+#: (``/proc/sys/fs/pipe-user-pages-soft``), the system refuses and the pipe stays as it is.
+PIPE_BYTES = 1 << 20
+
+
+def _widen(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # Linux only (Python 3.10+)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
 def _ahead_bytes(fd: int) -> int:
     """How big a request may be to go to a child while it may be blocked sending its
     reply: half the pipe, which then always has room for it (no deadlock, whatever the
@@ -195,9 +211,14 @@ class Child:
         self.failed_on: str | None = None  # the item of the last error reply, shortened
         self.joining = False  # a join call is under way (owned by the relay)
         self.keep = True  # fit for a warm pool: not once its resource (setup=) was exited
-        to_child_r, self.to_child = ctx.Pipe(duplex=False)
-        self.from_child, from_child_w = ctx.Pipe(duplex=False)
-        lifeline_r, self.lifeline = ctx.Pipe(duplex=False)  # closes when this process dies
+        method = ctx.get_start_method()
+        forked = method == "fork"
+        # Forked: pipes of ours (nothing to pickle them for); else multiprocessing's,
+        # which it passes to the new process. The same few methods either way (Conn).
+        new_pipe: Callable[[], tuple[Any, Any]] = _pipes.pipe if forked else partial(ctx.Pipe, duplex=False)
+        to_child_r, self.to_child = new_pipe()
+        self.from_child, from_child_w = new_pipe()
+        lifeline_r, self.lifeline = new_pipe()  # closes when this process dies
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         # Guards _closed and generation: interrupt() (any thread) never writes to the wake-up
@@ -206,8 +227,6 @@ class Child:
         self._lock = threading.Lock()
         self._closed = False
         self.generation = 0
-        method = ctx.get_start_method()
-        forked = method == "fork"
         try:
             # A forked child holds every descriptor this process holds: it closes this
             # child's parent ends and every other child's pipes, since holding them
@@ -226,6 +245,8 @@ class Child:
                 )
                 self.process.start()
             self._from_fd = self.from_child.fileno()
+            _widen(self._from_fd)
+            _widen(self.to_child.fileno())
             self.ahead_bytes = _ahead_bytes(self.to_child.fileno())
             self._poller = select.poll() if hasattr(select, "poll") else None
             if self._poller is not None:
@@ -233,6 +254,12 @@ class Child:
                     self._poller.register(fd, select.POLLIN)
             with idle_lock:
                 opened.add(self)
+        except BaseException:  # no process (e.g. out of memory): nothing keeps the pipes open
+            for end in (self.to_child, self.from_child, self.lifeline):
+                end.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
         finally:
             to_child_r.close()  # the child's ends: the parent keeps none of them
             from_child_w.close()
@@ -350,6 +377,8 @@ class Child:
         once: ``multiprocessing.connection.wait`` builds a selector per call, ~13 us, paid
         once per batch (3 000 batches for 100 000 trivial items)."""
         if self._poller is None:  # no poll() (Windows): wait() on the same three
+            from multiprocessing.connection import wait
+
             ready = wait([self.from_child, self.process.sentinel, self._wake_r], timeout)
             return {self._from_fd if x is self.from_child else x for x in ready}  # type: ignore[misc]
         ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
