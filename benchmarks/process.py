@@ -8,8 +8,9 @@ Contenders: ours (from this checkout's src/), multiprocessing.Pool, ProcessPoolE
 from benchmarks/.venv-original (`bash benchmarks/setup_original.sh`), mpire and python-pyper
 0.4.4. Every sample runs in a fresh child process (`process_child.py CASE WHO N MODE CHUNKSIZE`, which
 prints `{"values": [...]}`); a child that hangs is killed with its process group after a
-timeout and shown as HANG. Rounds are interleaved, the order rotated each round. Every
-contender uses the forkserver start method unless its row says otherwise.
+timeout and shown as HANG. Rounds are interleaved, the order rotated each round. Ours uses
+its default start method (fork on Linux, while no thread runs) unless its row says
+otherwise (``pyper.set_start_method``); every other contender uses forkserver.
 """
 
 from __future__ import annotations
@@ -387,7 +388,8 @@ def main() -> int:
             f"- pyper under test: {git_revision()}; machine: nproc {os.cpu_count()}, {platform.platform()}",
             f"- load average before / after: {before} / {loadavg()}; run took {elapsed:.0f} s",
             f"- rounds: {rounds}, interleaved (order rotated each round); each sample in a fresh child "
-            "process; start method forkserver unless the row says otherwise; median (min-max) over all "
+            "process; ours with its default start method (fork on Linux, while no thread runs) unless the "
+            "row says otherwise, the others with forkserver; median (min-max) over all "
             "values of all rounds. Targets apply to our rows; `ref` rows are for comparison.",
         ]
         write_markdown(args.markdown, rows, notes, header)
