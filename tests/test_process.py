@@ -72,9 +72,19 @@ def exit_on_3(x: int) -> int:
     return x
 
 
-def kill_self_on_3(x: int) -> int:
+def kill_self_on_3(x: int) -> int:  # as the kernel's OOM killer does
     if x == 3:
         os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def segfault_on_3(x: int) -> int:
+    if x == 3:
+        import ctypes
+        import faulthandler
+
+        faulthandler.disable()  # pytest's handler would print a dump, then crash the same way
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
     return x
 
 
@@ -156,7 +166,9 @@ def test_error_in_a_child_is_the_original_with_its_traceback() -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize(("func", "how"), [(exit_on_3, "exited with code 3"), (kill_self_on_3, "SIGKILL")])
+@pytest.mark.parametrize(("func", "how"), [
+    (exit_on_3, "exited with code 3"), (kill_self_on_3, "SIGKILL"), (segfault_on_3, "SIGSEGV"),
+])
 def test_a_dead_child_is_a_clear_error(func: Any, how: str) -> None:
     p = task(count_to, branch=True) | task(func, workers=2, multiprocess=True)
     with elapsed() as t, pytest.raises(WorkerProcessDied, match=how) as ei:
