@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["dumps", "have_cloudpickle"]
+__all__ = ["dumps", "have_cloudpickle", "unpicklable_types"]
 
 
 def _cloudpickle() -> Any:
@@ -37,3 +37,17 @@ def dumps(obj: object) -> bytes:
             raise
         data: bytes = cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
         return data
+
+
+def unpicklable_types(items: list[Any]) -> str:
+    """The names of the types of those ``items`` that do not pickle (after a batch of
+    them failed to: the message names what to fix, not every type in the batch)."""
+    import pickle
+
+    failing = set()
+    for x in items:
+        try:
+            pickle.dumps(x, pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            failing.add(type(x).__name__)
+    return ", ".join(sorted(failing)) or "?"

@@ -1,6 +1,7 @@
 """The main loop of a worker process of a process stage (``multiprocess=True``).
 
-It runs in the child, which imports as little as it can: this module, and pickle.
+It runs in the child, which imports as little as it can: this module (with `_pipes` and
+`_pickling`, which import nothing of pyper), and pickle.
 The parent's relay (``_process.py``) drives it with messages over two one-way
 pipes; every message is a pickled tuple:
 
@@ -56,6 +57,7 @@ from itertools import islice
 from time import perf_counter
 from typing import Any
 
+from .._pickling import unpicklable_types
 from ._pipes import Conn
 
 __all__ = ["NO_ITEM", "fan_out", "main"]
@@ -67,6 +69,9 @@ NO_ITEM: Any = object()  # no input in hand
 #: Set (by the lifeline thread) once the parent says its run was cancelled: a batch in
 #: hand starts no further call. Never reset: the parent does not reuse such a child.
 _cancelled = [False]
+
+#: The name of the task this process serves (set once, by ``main``), for pyper's own errors.
+_task_name = ["?"]
 
 
 def _watch(lifeline: Conn) -> None:
@@ -130,6 +135,7 @@ def main(
     except BaseException as exc:  # every request gets this error: the parent raises it
         _refuse(inbox, outbox, _unloadable(exc), [])
         return
+    _task_name[0] = task.name
     notes: list[tuple[int, str]] = []  # log records for the parent, sent with the next reply
     stack = ExitStack()  # the worker's resource (setup=), exited when the child stops
     try:
@@ -322,10 +328,10 @@ def _dumps(reply: tuple[Any, ...], notes: list[tuple[int, str]]) -> bytes:
     try:
         data = pickle.dumps((*reply, notes[:] if notes else ()), _DUMP)
     except Exception as exc:
-        kinds = sorted({type(x).__name__ for x in reply[1]})
         raise TypeError(
-            f"an output of type {', '.join(kinds)} cannot be pickled to return it from the "
-            f"worker process ({type(exc).__name__}: {exc}); return picklable values"
+            f"task {_task_name[0]!r} runs in a process (multiprocess=True), but an output of "
+            f"type {unpicklable_types(reply[1])} cannot be pickled to return it from there "
+            f"({type(exc).__name__}: {exc}); return picklable values"
         ) from exc
     notes.clear()
     return data

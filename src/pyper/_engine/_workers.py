@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any
 
 from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied
+from .._pickling import unpicklable_types
 from .._spec import Task
 from . import _child, _pipes, _threads
 from ._run import log
@@ -300,10 +301,10 @@ class Child:
         try:
             return pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            kinds = sorted({type(x).__name__ for x in message[1]}) if len(message) > 1 else []
+            kinds = unpicklable_types(message[1]) if len(message) > 1 else "?"
             raise TypeError(
                 f"task {self.task.name!r} runs in a process (multiprocess=True), but an input "
-                f"of type {', '.join(kinds)} cannot be pickled to send it there "
+                f"of type {kinds} cannot be pickled to send it there "
                 f"({type(exc).__name__}: {exc}); pass picklable items"
             ) from exc
 
