@@ -343,6 +343,22 @@ def test_two_ray_stages_pass_references_not_data_through_the_driver(monkeypatch:
     assert sum(len(repr(v)) for v in fetched) < 20_000
 
 
+def plus_one(x: int) -> int:
+    return x + 1
+
+
+@pytest.mark.timeout(120)
+def test_metrics_between_two_ray_stages_count_items_not_references() -> None:
+    import pyper
+
+    p = (task(count_to, branch=True) | task(square, workers=2, executor="ray")
+         | task(plus_one, workers=2, executor="ray"))
+    with pyper.observe() as seen:
+        assert sorted(p(300)) == sorted(x * x + 1 for x in range(300))
+    counts = [(s.name, s.items_in, s.items_out, s.calls, s.queued) for s in seen.last.stages]
+    assert counts == [("count_to", 1, 300, 1, 0), ("square", 300, 300, 300, 0), ("plus_one", 300, 300, 300, 0)]
+
+
 def sleep_unless_zero(x: int) -> int:
     if x:
         time.sleep(30)

@@ -11,8 +11,8 @@ per batch and on the slow paths only, so observing costs nothing per item:
 
 - items in: what the stage's workers took from their input (the first task: its one
   call); calls: those items' first attempts and their retries; items out: what the next stage (or the caller) took from this one, plus what
-  waits on the link between them (``queued`` of the next stage); between two Ray stages
-  the items counted are the references to batches of outputs they hand each other;
+  waits on the link between them (``queued`` of the next stage); between two Ray stages,
+  which hand each other references to batches of outputs, the items those stand for;
 - waiting for input and for room downstream: the seconds the stage's workers spent
   parked on their channels;
 - busy: the rest of the workers' time, in calls (a process or Ray stage's relays count
@@ -93,7 +93,8 @@ class RunMetrics:
     @property
     def stages(self) -> list[StageMetrics]:
         now = self._run.ended or perf_counter()
-        return [_stage(stage, now, now - self._run.started) for stage in self._run.stages]
+        stages = self._run.stages
+        return [_stage(stage, stages[i - 1] if i else None, now) for i, stage in enumerate(stages)]
 
     @property
     def total(self) -> int | None:
@@ -138,7 +139,7 @@ def _advice(stage: StageMetrics) -> str:
     return f"at its most workers, {stage.sizes[1]}: raise that"
 
 
-def _stage(stage: Stage, now: float, elapsed: float) -> StageMetrics:
+def _stage(stage: Stage, up: Stage | None, now: float) -> StageMetrics:
     workers = list(stage.workers)
     alive = sum(1 for w in workers if not w.gone)
     lifetime = sum((w.gone or now) - w.born for w in workers)
@@ -150,13 +151,18 @@ def _stage(stage: Stage, now: float, elapsed: float) -> StageMetrics:
     adaptive = stage.task.adaptive
     span = sum(((w.gone if adaptive else 0.0) or now) - w.born for w in workers)
     out = stage.out
+    # Between two Ray stages a link carries references to batches: the items they stand for.
+    refs_in = sum(w.refs_in for w in workers)
+    refs_out = sum(w.refs_out for w in workers)
+    refs_up = sum(w.refs_out for w in list(up.workers)) if up is not None else 0
+    items_in = stage.inp.taken + refs_in
     return StageMetrics(
         name=stage.task.name,
         workers=len(workers),
         alive=alive,
-        items_in=stage.inp.taken,
-        items_out=out.taken + out.queued,
-        queued=stage.inp.queued,
+        items_in=items_in,
+        items_out=out.taken + out.queued + refs_out,
+        queued=stage.inp.queued + max(0, refs_up - refs_in),
         busy=busy,
         waiting_input=waiting_input,
         waiting_room=waiting_room,
@@ -164,7 +170,7 @@ def _stage(stage: Stage, now: float, elapsed: float) -> StageMetrics:
         errors=sum(w.skips + w.handled + w.raised for w in workers),
         retries=sum(w.retries for w in workers),
         skips=sum(w.skips for w in workers),
-        calls=stage.inp.taken + sum(w.retries for w in workers),
+        calls=items_in + sum(w.retries for w in workers),
         size=stage.size,
         sizes=(stage.task.workers, stage.task.most) if stage.task.adaptive else None,
     )

@@ -68,12 +68,14 @@ _init_lock = threading.Lock()
 
 
 class Refs:
-    """An item between two Ray stages: the object reference of one call's outputs."""
+    """An item between two Ray stages: the object reference of one batch's outputs, and
+    how many they are (counted by the workers that hand it on and take it: metrics)."""
 
-    __slots__ = ("ref",)
+    __slots__ = ("ref", "count")
 
-    def __init__(self, ref: Any) -> None:
+    def __init__(self, ref: Any, count: int) -> None:
         self.ref = ref
+        self.count = count
 
 
 def start(run: Run, stage: Stage, workers: range) -> None:
@@ -319,6 +321,8 @@ def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any
             limiter.wait_turn(run.sleep)
         plain = [x for x in batch if type(x) is not Refs]
         upstream = [x.ref for x in batch if type(x) is Refs]
+        if upstream:
+            worker.refs_in += sum(x.count - 1 for x in batch if type(x) is Refs)
         if stage.branch:
             seconds = _stream(worker, submit(plain, upstream), flush, inflight)
         elif shared.passes_refs:
@@ -331,7 +335,8 @@ def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any
                 raise
             inflight[0] = None
             if status[1]:
-                box.append(Refs(outputs_ref))
+                box.append(Refs(outputs_ref, status[1]))
+                worker.refs_out += status[1] - 1
             seconds = status[2]
         else:
             ref = inflight[0] = submit(plain, upstream)

@@ -683,7 +683,7 @@ class Worker:
 
     __slots__ = (
         "run", "stage", "ordered", "cursor", "claim", "box", "seq", "size", "idle", "shows", "shares",
-        "item", "call", "born", "gone", "retries", "skips", "handled", "raised",
+        "item", "call", "born", "gone", "retries", "skips", "handled", "raised", "refs_in", "refs_out",
     )
 
     def __init__(self, run: Run, stage: Stage) -> None:
@@ -711,6 +711,9 @@ class Worker:
         # Failed attempts retried, items skipped and items handed to on_error (counted from
         # the log records the calls make, ``tally``), and whether the worker raised.
         self.retries = self.skips = self.handled = self.raised = 0
+        # Between two Ray stages an item on the link is a reference to a batch's outputs
+        # (``_ray.Refs``): the items it stands for beyond one, taken and handed on.
+        self.refs_in = self.refs_out = 0
         stage.workers.append(self)
         run.worker_started()
 
