@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -423,6 +424,52 @@ def record_past_and_fail(path: str, fail_at: int, x: int) -> int:
     return x
 
 
+def quarter_mib(x: int) -> bytes:
+    return bytes([x % 256]) * (1 << 18)
+
+
+def _pipe_sizes() -> list[int]:
+    import fcntl
+
+    from pyper._engine import _workers
+
+    with _workers.idle_lock:
+        children = list(_workers.opened)
+    sizes = []
+    for end in (end for c in children for end in (c.to_child, c.from_child)):
+        try:
+            sizes.append(fcntl.fcntl(end.fileno(), fcntl.F_GETPIPE_SZ))
+        except OSError:  # closed meanwhile: its relay's input ran out
+            pass
+    return sizes
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are Linux's")
+def test_pipes_widen_only_for_large_items_and_within_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyper._engine import _workers
+
+    monkeypatch.setattr(_workers, "PIPE_BUDGET", 2 * (_workers.PIPE_BYTES - _workers.NARROW_BYTES))
+    seen: list[list[int]] = []
+
+    def probe(x: Any) -> Any:
+        seen.append(_pipe_sizes())
+        return x
+
+    small = task(count_to, branch=True) | task(square, workers=4, multiprocess=True) | task(probe)
+    assert sorted(small(200)) == [x * x for x in range(200)]
+    assert seen and all(size <= _workers.NARROW_BYTES for sizes in seen for size in sizes)
+    seen.clear()
+    large = task(count_to, branch=True) | task(quarter_mib, workers=4, multiprocess=True) | task(probe)
+    assert sorted(b[0] for b in large(40)) == list(range(40))
+    widest = max(sum(size > _workers.NARROW_BYTES for size in sizes) for sizes in seen)
+    assert 1 <= widest <= 2, seen  # the budget held, over all the stage's workers
+    import pyper
+
+    pyper.set_start_method(None)  # (closes the workers kept warm, if the fork server's)
+    assert _workers._widened == 0  # given back as the workers closed
+
+
 @pytest.mark.timeout(60)
 def test_no_call_starts_after_an_error_with_a_batch_sent_ahead(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
@@ -646,12 +693,14 @@ _FORK_PROGRAM = (
     "        print(sorted(p(4)))\n"
     "    q = task(t.count_to, branch=True) | task(t.other_mark_of, workers=2, multiprocess=True)\n"
     "    print(sorted(q(2)))  # new workers, forked after a run\n"
+    "    from pyper._engine import _workers\n"
+    "    import time; spans = []; close = _workers.Child.close\n"
+    "    def timed(self):\n"
+    "        began = time.perf_counter(); close(self); spans.append(time.perf_counter() - began)\n"
+    "    _workers.Child.close = timed\n"
     "    two = task(t.count_to, branch=True) | task(t.inc_mark, multiprocess=True) | task(t.third_mark_of, multiprocess=True)\n"
     "    print(sorted(two(2)))  # two process stages: both forked before any thread\n"
-    "    from pyper._engine import _workers\n"
-    "    import time; kept = len(_workers.idle_processes()); began = time.perf_counter()\n"
-    "    _workers.close_idle()  # as at exit: each worker asked to stop must exit at once\n"
-    "    print(kept, time.perf_counter() - began < 0.15)\n"
+    "    print(len(_workers.idle_processes()), len(spans), max(spans) < 0.15)\n"
     "    stop = threading.Event()\n"
     "    user = threading.Thread(target=stop.wait); user.start()  # a thread of the user's\n"
     "    r = task(t.count_to, branch=True) | task(t.third_mark_of, workers=2, multiprocess=True)\n"
@@ -682,7 +731,7 @@ def test_fork_start_method_forks_only_while_no_thread_runs(choice: str) -> None:
         str([(0, forked), (1, forked), (4, forked), (9, forked)]),
         str([(0, forked), (1, forked)]),
         str([(1, forked), (2, forked)]),
-        "6 True",  # forked workers exit when asked (not after a 0.2 s grace each, by SIGTERM)
+        "0 2 True",  # forked workers are not kept: closed as the run ends, each exiting when asked
         str([(0, "imported"), (1, "imported")]),
         str([(0, "imported"), (1, "imported")]),
     ]
@@ -776,6 +825,40 @@ def test_a_function_the_worker_cannot_import_is_a_clear_error() -> None:
     assert "importable module" in done.stdout
 
 
+_SIGNALS_PROGRAM = (
+    "import sys, os, signal, asyncio; sys.path.insert(0, sys.argv[1])\n"
+    "from pyper import task\n"
+    "import test_process as t\n"
+    "MAIN = os.getpid()\n"
+    "def on_term(signum, frame):\n"
+    "    print('handler ran in', 'the program' if os.getpid() == MAIN else 'a worker', flush=True)\n"
+    "    sys.exit(0)\n"
+    "p = task(t.count_to, branch=True) | task(t.first_fast_then_stuck, multiprocess=True)\n"
+    "async def same(x):\n"
+    "    return x\n"
+    "async def serve():\n"
+    "    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, print, 'the loop was told of a SIGTERM')\n"
+    "    async for x in (p | task(same))(2):\n"
+    "        break  # the worker is stuck in a call: pyper terminates it\n"
+    "    await asyncio.sleep(1.0)  # past pyper's grace: the worker is terminated by then\n"
+    "if __name__ == '__main__':\n"
+    "    signal.signal(signal.SIGTERM, on_term)\n"
+    "    for x in p(2):\n"
+    "        break\n"
+    "    asyncio.run(serve())\n"
+    "    print('done')\n"
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_pyper_terminates_runs_none_of_the_programs_signal_handlers() -> None:
+    """A forked worker starts with the program's signal handlers and an event loop's
+    wake-up descriptor: terminated, it must neither run the one nor wake the other."""
+    done = _run_script(_SIGNALS_PROGRAM)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["done"]
+
+
 @pytest.mark.timeout(60)
 def test_ctrl_c_shows_one_keyboard_interrupt_and_leaves_no_process() -> None:
     proc = _start_stuck_workers()
@@ -806,8 +889,20 @@ def test_without_cloudpickle_the_error_says_how_to_get_it(monkeypatch: pytest.Mo
         task(scale, multiprocess=True, bind=task.bind(threading.Lock(), offset=1))
 
 
+@pytest.fixture
+def forkserver() -> Iterator[None]:
+    """The fork server's workers for this test (pyper's default forks on Linux)."""
+    import pyper
+
+    pyper.set_start_method("forkserver")
+    try:
+        yield
+    finally:
+        pyper.set_start_method(None)
+
+
 @pytest.mark.timeout(30)
-def test_calling_a_pipeline_again_reuses_its_warm_workers() -> None:
+def test_calling_a_pipeline_again_reuses_its_warm_workers(forkserver: None) -> None:
     p = task(count_to, branch=True) | task(pid_of, workers=2, multiprocess=True)
     first = {pid for _, pid in p(20)}
     with elapsed() as t:
@@ -816,14 +911,48 @@ def test_calling_a_pipeline_again_reuses_its_warm_workers() -> None:
     assert t.elapsed < 1.0
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the default on Linux only")
+def test_forked_workers_hold_nothing_of_the_program_past_the_run(tmp_path: Path) -> None:
+    """A fork holds a copy of every descriptor the program had open: kept warm, it would
+    keep a pipe's other end open (a reader never sees its end) and a socket's port bound."""
+    import socket
+    import subprocess
+
+    reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    try:
+        p = task(count_to, branch=True) | task(pid_of, workers=2, multiprocess=True)
+        first = {pid for _, pid in p(4)}
+        assert {pid for _, pid in p(4)}.isdisjoint(first)  # forked anew: none was kept
+        out, _ = reader.communicate(b"the end\n", timeout=5)  # no worker holds cat's stdin
+        assert out == b"the end\n"
+        server.close()
+        with pytest.raises(ConnectionRefusedError):  # no worker holds the port
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        socket.create_server(("127.0.0.1", port)).close()
+    finally:
+        server.close()
+        if reader.poll() is None:
+            reader.kill()
+        reader.wait(5)
+        for stream in (reader.stdin, reader.stdout):
+            if stream is not None:
+                stream.close()
+
+
 @pytest.mark.timeout(60)
-def test_warm_workers_never_run_stale_code_and_leave_nothing_at_exit(tmp_path: Any) -> None:
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+def test_warm_workers_never_run_stale_code_and_leave_nothing_at_exit(tmp_path: Any, method: str) -> None:
     (tmp_path / "late.py").write_text("def f(x):\n    return ('v1', x)\n")
     script = (
         "import sys, os, importlib; sys.path.insert(0, sys.argv[1])\n"
+        "import pyper\n"
         "from pyper import task\n"
         "from test_process import count_to, pid_of\n"
         "if __name__ == '__main__':\n"
+        f"    pyper.set_start_method({method!r})\n"
         "    p = task(count_to, branch=True) | task(pid_of, workers=2, multiprocess=True)\n"
         "    pids = {pid for _, pid in p(10)} | {pid for _, pid in p(10)}\n"
         "    sys.path.insert(0, sys.argv[2])\n"

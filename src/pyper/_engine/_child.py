@@ -117,11 +117,33 @@ def fan_out(call: Callable[[Any], Any], items: list[Any], current: list[Any]) ->
         yield from outputs
 
 
+def _reset_signals() -> None:
+    """Ctrl-C is the parent's to handle: ignore it. A forked child also starts with the
+    program's own handlers, which must not run here (a SIGTERM handler would run in the
+    worker when pyper terminates it), and with the program's signal wake-up descriptor (an
+    event loop's: a signal this process gets would wake the parent's loop as though the
+    parent had got it). Back to the defaults, then let SIGINT in again (``_sigint_held``
+    blocked it over the fork; a blocked mask would pass on to the programs it starts)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        signal.set_wakeup_fd(-1)
+    except (ValueError, OSError):
+        pass
+    for sig in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def main(
     inbox: Conn, outbox: Conn, lifeline: Conn, payload: bytes,
     method: str, inherited: list[int],
 ) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _reset_signals()
     for fd in inherited:  # forked: the parent's ends of this child's pipes, and its siblings'
         try:
             os.close(fd)

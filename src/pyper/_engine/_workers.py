@@ -2,11 +2,12 @@
 pipes), the start method they use, and the warm pool that keeps idle ones for the next
 run of the same task. ``_process`` (the executor) drives them from its relays.
 
-A ``Child`` is started with the ``forkserver`` start method where there is one and
-``spawn`` elsewhere, or whatever ``multiprocessing.set_start_method`` chose, never by
-forking a process that runs threads from a relay (``threaded_context``). The fork
-server preloads the child's loop (``_child``), so each worker it forks starts with
-pyper loaded.
+A ``Child`` is started the way ``context`` says (``pyper.set_start_method``, else
+``multiprocessing``'s, else ``PYPER_START_METHOD``, else ``fork`` on Linux), but never by
+forking a process that runs threads: a relay, which runs beside others, starts one
+with the fork server (``threaded_context``); only ``_process.prepare`` forks, in the
+caller's thread while it is the only one. The fork server preloads the child's loop
+(``_child``), so each worker it forks starts with pyper loaded.
 
 Who owns what: a ``Child`` belongs to the relay thread that took it; only its wake-up
 pipe's write end is touched by another thread (``Run.cancel``, through ``interrupt``),
@@ -26,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -165,20 +166,55 @@ def _no_fork() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-#: How big pyper asks the system to make each pipe to and from a worker (Linux; 64 KiB
-#: by default): a large item then crosses in one write and one read, not sixteen of each
-#: with a wake-up between. Where a user's pipes already hold their share of memory
-#: (``/proc/sys/fs/pipe-user-pages-soft``), the system refuses and the pipe stays as it is.
+#: How big pyper asks the system to make a pipe to or from a worker (Linux; 64 KiB by
+#: default) once a message larger than that has crossed it: a large item then crosses in
+#: one write and one read, not sixteen of each with a wake-up between. Pipes that carry
+#: only small messages stay as they are.
 PIPE_BYTES = 1 << 20
+#: The most pipe memory pyper takes beyond the defaults, over all its workers at once: a
+#: user's pipes share a quota (``/proc/sys/fs/pipe-user-pages-soft``, 64 MiB), and past it
+#: every new pipe of theirs, in any program, gets one page.
+PIPE_BUDGET = 16 << 20
+NARROW_BYTES = 1 << 16
+_widened = 0  # bytes of pipes widened now, over all children (guarded by idle_lock)
 
 
-def _widen(fd: int) -> None:
+def _widen(fd: int) -> int:
+    """Widen a pipe to PIPE_BYTES if the budget allows; returns the bytes it took from it."""
+    global _widened
+    with idle_lock:
+        if _widened + PIPE_BYTES - NARROW_BYTES > PIPE_BUDGET:
+            return 0
+        _widened += PIPE_BYTES - NARROW_BYTES
     try:
         import fcntl
 
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # Linux only (Python 3.10+)
-    except (ImportError, AttributeError, OSError):
-        pass
+    except (ImportError, AttributeError, OSError):  # elsewhere, or the system refused
+        _unwiden(PIPE_BYTES - NARROW_BYTES)
+        return 0
+    return PIPE_BYTES - NARROW_BYTES
+
+
+def _unwiden(size: int) -> None:
+    global _widened
+    with idle_lock:
+        _widened -= size
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold Ctrl-C back while a child forks: until its loop starts ignoring it (Ctrl-C is
+    the parent's to handle), a forked child would raise KeyboardInterrupt and print a
+    traceback of its own. Here it arrives as soon as the fork is done."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _ahead_bytes(fd: int) -> int:
@@ -211,24 +247,42 @@ class Child:
         self.received = 0  # the size of the last reply, in bytes (owned by the relay)
         self.failed_on: str | None = None  # the item of the last error reply, shortened
         self.joining = False  # a join call is under way (owned by the relay)
-        self.keep = True  # fit for a warm pool: not once its resource (setup=) was exited
         method = ctx.get_start_method()
         forked = method == "fork"
-        # Forked: pipes of ours (nothing to pickle them for); else multiprocessing's,
-        # which it passes to the new process. The same few methods either way (Conn).
-        new_pipe: Callable[[], tuple[Any, Any]] = _pipes.pipe if forked else partial(ctx.Pipe, duplex=False)
-        to_child_r, self.to_child = new_pipe()
-        self.from_child, from_child_w = new_pipe()
-        lifeline_r, self.lifeline = new_pipe()  # closes when this process dies
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        # Fit for a warm pool: not once its resource (setup=) was exited, and never if
+        # forked. A fork holds a copy of all that this process had open (a socket's
+        # port, a pipe's other end: its reader sees no end-of-file while a copy is open)
+        # and of its memory as it was then: kept past the run, it would hold those
+        # open and serve the next run with the state of the last. The fork server's
+        # children start clean.
+        self.keep = not forked
         # Guards _closed and generation: interrupt() (any thread) never writes to the wake-up
         # pipe once close() has closed it (its number may by then be another pipe's), nor
         # for a run the child no longer serves (generation: one per run it is taken for).
         self._lock = threading.Lock()
         self._closed = False
         self.generation = 0
+        self._widened = 0  # bytes of this child's pipes widened past the default (PIPE_BUDGET)
+        self._wide_to = self._wide_from = False  # each pipe is widened (tried) at most once
+        self.process: Any = None
+        # Forked: pipes of ours (nothing to pickle them for); else multiprocessing's,
+        # which it passes to the new process. The same few methods either way (Conn).
+        new_pipe: Callable[[], tuple[Any, Any]] = _pipes.pipe if forked else partial(ctx.Pipe, duplex=False)
+        ours: list[Any] = []  # this process's ends: kept, or closed if the start fails
+        theirs: list[Any] = []  # the child's: closed here once it has them, or the start failed
         try:
+            to_child_r, self.to_child = new_pipe()
+            theirs.append(to_child_r)
+            ours.append(self.to_child)
+            self.from_child, from_child_w = new_pipe()
+            ours.append(self.from_child)
+            theirs.append(from_child_w)
+            lifeline_r, self.lifeline = new_pipe()  # closes when this process dies
+            theirs.append(lifeline_r)
+            ours.append(self.lifeline)
+            self._wake_r, self._wake_w = wake = os.pipe()
+            ours.extend(_pipes.Pipe(fd) for fd in wake)
+            os.set_blocking(self._wake_r, False)
             # A forked child holds every descriptor this process holds: it closes this
             # child's parent ends and every other child's pipes, since holding them
             # would keep their ends open (no end-of-file, no parent-death notice).
@@ -244,10 +298,9 @@ class Child:
                     name=f"pyper:{task.name}[{index}]",
                     daemon=True,
                 )
-                self.process.start()
+                with _sigint_held() if forked else contextlib.nullcontext():
+                    self.process.start()
             self._from_fd = self.from_child.fileno()
-            _widen(self._from_fd)
-            _widen(self.to_child.fileno())
             self.ahead_bytes = _ahead_bytes(self.to_child.fileno())
             self._poller = select.poll() if hasattr(select, "poll") else None
             if self._poller is not None:
@@ -255,16 +308,18 @@ class Child:
                     self._poller.register(fd, select.POLLIN)
             with idle_lock:
                 opened.add(self)
-        except BaseException:  # no process (e.g. out of memory): nothing keeps the pipes open
-            for end in (self.to_child, self.from_child, self.lifeline):
+        except BaseException:  # no process (out of memory, of descriptors), or Ctrl-C meanwhile
+            process = self.process
+            if process is not None and process.pid is not None:  # started: not left a zombie
+                process.kill()
+                process.join()
+                process.close()
+            for end in ours:
                 end.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
             raise
         finally:
-            to_child_r.close()  # the child's ends: the parent keeps none of them
-            from_child_w.close()
-            lifeline_r.close()
+            for end in theirs:
+                end.close()
 
     def interrupt(self, generation: int) -> None:
         """Wake the relay of run ``generation`` from its wait (any thread); a child with
@@ -310,6 +365,10 @@ class Child:
 
     def post(self, data: bytes, join: bool = False) -> int:
         """Send a packed request; returns its size in bytes."""
+        if len(data) > NARROW_BYTES and not self._wide_to:
+            self._wide_to = True
+            self._widened += _widen(self.to_child.fileno())
+            self.ahead_bytes = _ahead_bytes(self.to_child.fileno())
         try:
             self.to_child.send_bytes(data)
         except (BrokenPipeError, OSError):
@@ -332,6 +391,9 @@ class Child:
             except (EOFError, OSError):
                 self._raise_died()
             self.received = len(data)
+            if self.received > NARROW_BYTES and not self._wide_from:
+                self._wide_from = True  # the next large reply crosses at once
+                self._widened += _widen(self._from_fd)
             reply = self._read(data)
             if reply[0] == "error" or (reply[0] == "out" and reply[2]):
                 self.joining = False
@@ -491,9 +553,11 @@ class Child:
         process.close()
         self.to_child.close()
         self.from_child.close()
-        self.lifeline.close()
-        with self._lock:
+        _unwiden(self._widened)
+        self._widened = 0
+        with self._lock:  # interrupt() writes to the lifeline and the wake-up pipe under it
             self._closed = True
+            self.lifeline.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
 
@@ -502,7 +566,7 @@ class Child:
 # A child whose run is over, idle and clean, is kept for the next run of the same task
 # (the same function object and the same pickled payload: never stale code, since a
 # redefined or reloaded function is another object), so that calling a pipeline again
-# costs no process start. At most IDLE_MAX are kept, the oldest closed first; all are
+# costs no process start; not a forked one (see ``Child.keep``). At most IDLE_MAX are kept, the oldest closed first; all are
 # closed at interpreter exit, and a lifeline makes any child exit with this process.
 # ``_idle`` is guarded by ``idle_lock``.
 
@@ -532,7 +596,7 @@ def keep(child: Child) -> None:
         with idle_lock:
             if not _exiting:
                 _idle.append(child)
-                closing = _idle[:-IDLE_MAX] if len(_idle) > IDLE_MAX else []
+                closing = _idle[: max(0, len(_idle) - IDLE_MAX)]
                 del _idle[: len(closing)]
     for old in closing:
         old.close()
