@@ -447,8 +447,10 @@ def _pipe_sizes() -> list[int]:
 @pytest.mark.timeout(30)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are Linux's")
 def test_pipes_widen_only_for_large_items_and_within_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyper
     from pyper._engine import _workers
 
+    pyper.set_start_method(None)  # (closes the workers kept warm by other tests: fork server's)
     monkeypatch.setattr(_workers, "PIPE_BUDGET", 2 * (_workers.PIPE_BYTES - _workers.NARROW_BYTES))
     seen: list[list[int]] = []
 
@@ -464,8 +466,6 @@ def test_pipes_widen_only_for_large_items_and_within_a_budget(monkeypatch: pytes
     assert sorted(b[0] for b in large(40)) == list(range(40))
     widest = max(sum(size > _workers.NARROW_BYTES for size in sizes) for sizes in seen)
     assert 1 <= widest <= 2, seen  # the budget held, over all the stage's workers
-    import pyper
-
     pyper.set_start_method(None)  # (closes the workers kept warm, if the fork server's)
     assert _workers._widened == 0  # given back as the workers closed
 

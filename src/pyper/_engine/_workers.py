@@ -284,13 +284,14 @@ class Child:
             ours.extend(_pipes.Pipe(fd) for fd in wake)
             os.set_blocking(self._wake_r, False)
             # A forked child holds every descriptor this process holds: it closes this
-            # child's parent ends and every other child's pipes, since holding them
-            # would keep their ends open (no end-of-file, no parent-death notice).
+            # child's parent ends, and every other child's, since holding them would keep
+            # their ends open (no end-of-file, no parent-death notice): their pipes as it
+            # forks (``_after_fork_in_child``), the rest in its loop (``inherited``).
             # The lock keeps the list whole while the child forks.
             with idle_lock if forked else contextlib.nullcontext():
                 inherited = [
                     self.to_child.fileno(), self.from_child.fileno(), self.lifeline.fileno(),
-                    self._wake_r, self._wake_w, *(fd for child in opened for fd in child.fds()),
+                    self._wake_r, self._wake_w, *(fd for child in opened for fd in child.process_fds()),
                 ] if forked else []
                 self.process = ctx.Process(
                     target=_child.main,
@@ -465,15 +466,31 @@ class Child:
         )
 
     def fds(self) -> list[int]:
-        """Descriptors held for this child: its pipes, and those multiprocessing keeps for
-        it until it is closed (its sentinel and, for forkserver, a duplicate of a pipe)."""
+        """Descriptors held for this child: its pipes, and those multiprocessing keeps."""
+        return [
+            self.to_child.fileno(), self.from_child.fileno(), self.lifeline.fileno(),
+            self._wake_r, self._wake_w, *self.process_fds(),
+        ]
+
+    def process_fds(self) -> list[int]:
+        """Those multiprocessing keeps for the child until it is closed (its sentinel and
+        a pipe's other end, or for forkserver a duplicate of a pipe): closed by number
+        only in a child of ours, where nothing else closes them."""
         popen = getattr(self.process, "_popen", None)
         finalizer = getattr(popen, "finalizer", None)
         kept = [fd for fd in getattr(finalizer, "_args", ()) if isinstance(fd, int)]
-        return [
-            self.to_child.fileno(), self.from_child.fileno(), self.lifeline.fileno(),
-            self._wake_r, self._wake_w, self.process.sentinel, *kept,
-        ]
+        return [self.process.sentinel, *kept]
+
+    def release(self) -> None:
+        """In a process forked from this one (by the user, or a child of ours): let go of
+        this copy of the child's pipes, which would keep it from seeing its parent's
+        death. Only this thread runs here; the lock may have been held at the fork."""
+        for end in (self.to_child, self.from_child, self.lifeline):
+            end.close()
+        if not self._closed:
+            self._closed = True
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def reusable_for(self, task: Task, payload: bytes) -> bool:
         return self.func is task.func and self.payload == payload and self.process.is_alive()
@@ -625,10 +642,15 @@ def idle_fds() -> set[int]:
 
 
 def _after_fork_in_child() -> None:
-    # The parent's children are not this process's, and the lock may have been held
-    # (a fork happens while Child.__init__ holds it): start afresh, closing nothing.
+    # The parent's children are not this process's: let go of their pipes (a fork of the
+    # user's would otherwise keep warm children alive past their parent's death), and
+    # start afresh; the lock may have been held (a fork happens while Child.__init__
+    # holds it). Their processes' descriptors stay: multiprocessing closes them by number
+    # when the objects go.
     global idle_lock, _exiting
     idle_lock = threading.Lock()
+    for child in list(opened):
+        child.release()
     _idle.clear()
     opened.clear()
     _exiting = True  # this process keeps no warm children of its own
