@@ -741,13 +741,27 @@ def started_how(x: int) -> tuple[int, str, int]:
     return x, MARK, os.getppid()
 
 
+def started_how_slowly(x: int) -> tuple[int, str, int]:
+    if x:
+        time.sleep(0.5)
+    return started_how(x)
+
+
+def switch_to_spawn(x: Any) -> Any:
+    import pyper
+
+    if not x[0]:
+        pyper.set_start_method("spawn")  # while another worker is still in its call
+    return x
+
+
 _METHOD_PROGRAM = (
     "import sys, os; sys.path.insert(0, sys.argv[1])\n"
     "import multiprocessing, pyper\n"
     "from pyper import task\n"
     "import test_process as t\n"
-    "def how():  # what started this run's two workers, seen from them\n"
-    "    p = task(t.count_to, branch=True) | task(t.started_how, workers=2, multiprocess=True)\n"
+    "def how(p=None):  # what started this run's two workers, seen from them\n"
+    "    p = p or task(t.count_to, branch=True) | task(t.started_how, workers=2, multiprocess=True)\n"
     "    seen = {'fork' if mark != 'imported' else 'spawn' if ppid == os.getpid() else 'forkserver'\n"
     "            for _, mark, ppid in p(2)}\n"
     "    return ','.join(sorted(seen))\n"
@@ -767,6 +781,9 @@ _METHOD_PROGRAM = (
     # warm workers of an earlier method are closed: the next run starts them the new way
     ("", "print(how()); pyper.set_start_method('forkserver'); print(how()); pyper.set_start_method(None); print(how())",
      "fork\nforkserver\nfork"),
+    # and so are those at work when it changes, as their run ends
+    ("", "pyper.set_start_method('forkserver'); p = task(t.count_to, branch=True) | task(t.started_how_slowly, "
+         "workers=2, multiprocess=True) | task(t.switch_to_spawn); how(p); print(how(p))", "spawn"),
 ])
 def test_the_start_method_is_ours_then_multiprocessings_then_the_environments(
         environment: str, program: str, printed: str) -> None:

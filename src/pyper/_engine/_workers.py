@@ -59,13 +59,15 @@ class Late(Exception):
 _method: str | None = None
 #: What ``pyper.set_start_method`` chose, if anything: it comes before multiprocessing's.
 _chosen: str | None = None
+#: How many times it was called: a child started before the last call is not kept warm.
+_choices = 0
 
 
 def set_start_method(method: str | None) -> None:
     """``pyper.set_start_method``: the start method of pyper's worker processes, for the
     rest of the program (``None``: back to the default). Children kept warm were started
     another way: they are closed, so the next run's children start the new way."""
-    global _method, _chosen
+    global _method, _chosen, _choices
     methods = multiprocessing.get_all_start_methods()
     if method is not None and method not in methods:
         raise ValueError(
@@ -75,6 +77,7 @@ def set_start_method(method: str | None) -> None:
     _chosen = method
     _method = None
     with idle_lock:
+        _choices += 1  # (those at work now go when their run ends: see keep)
         idle = list(_idle)
         _idle.clear()
     for child in idle:
@@ -265,6 +268,7 @@ class Child:
         self._widened = 0  # bytes of this child's pipes widened past the default (PIPE_BUDGET)
         self._wide_to = self._wide_from = False  # each pipe is widened (tried) at most once
         self.process: Any = None
+        self.choice = _choices  # the start method's setting it was started under
         # Forked: pipes of ours (nothing to pickle them for); else multiprocessing's,
         # which it passes to the new process. The same few methods either way (Conn).
         new_pipe: Callable[[], tuple[Any, Any]] = _pipes.pipe if forked else partial(ctx.Pipe, duplex=False)
@@ -611,7 +615,7 @@ def keep(child: Child) -> None:
     closing = [child]
     if child.settle():
         with idle_lock:
-            if not _exiting:
+            if not _exiting and child.choice == _choices:
                 _idle.append(child)
                 closing = _idle[: max(0, len(_idle) - IDLE_MAX)]
                 del _idle[: len(closing)]
