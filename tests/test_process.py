@@ -706,13 +706,14 @@ _FORK_PROGRAM = (
     "    r = task(t.count_to, branch=True) | task(t.third_mark_of, workers=2, multiprocess=True)\n"
     "    print(sorted(r(2)))  # not forked while it runs: started by the fork server\n"
     "    stop.set(); user.join()\n"
-    "    import _thread, time\n"
-    "    raw = threading.Event(); _thread.start_new_thread(raw.wait, ())  # unseen by threading\n"
+    "    import faulthandler, os\n"
+    "    faulthandler.dump_traceback_later(60)  # a thread of C's (its watchdog): unseen by threading\n"
     "    from pyper._engine import _threads\n"
     "    assert threading.active_count() == 1 + len(_threads.idle_threads())  # pyper's parked ones\n"
+    "    assert len(os.listdir('/proc/self/task')) > threading.active_count()\n"
     "    s = task(t.count_to, branch=True) | task(t.fourth_mark_of, multiprocess=True)\n"
     "    print(sorted(s(2)))  # the system counts two threads: not forked either\n"
-    "    raw.set()\n"
+    "    faulthandler.cancel_dump_traceback_later()\n"
 )
 
 
