@@ -424,22 +424,42 @@ def test_async_pipeline_with_a_ray_stage() -> None:
     assert sorted(run_async(acollect(p(50)))) == sorted(2 * x * x for x in range(50))
 
 
-@pytest.mark.timeout(180)
-def test_a_node_removed_mid_run_is_a_clear_error_or_retried(cluster: Cluster) -> None:
-    second = [n for n in cluster.worker_nodes][-1]
+def node_of_marked(x: int, marks: str) -> tuple[int, str]:
+    """``node_of``, leaving a mark named after its node as the call starts."""
+    node = ray.get_runtime_context().get_node_id()
+    open(os.path.join(marks, f"{node}-{x}"), "w").close()
+    time.sleep(1.0)
+    return x, node
 
-    def run(retries: int) -> Any:
-        p = task(count_to, branch=True) | task(
-            node_of, workers=2, executor="ray", retries=retries,
-            ray_options={"resources": {"second": 0.5}},  # on the second node only
-        )
-        return sorted(p(4))
 
-    killer = threading.Timer(0.3, cluster.remove_node, args=(second,))
+def _remove_once_a_call_runs_on(cluster: Cluster, node: Any, marks: str) -> threading.Thread:
+    """Remove ``node`` as soon as a call has started on it (not on a timer: a node gone
+    before its calls were placed would leave them waiting for its resources forever)."""
+
+    def remove() -> None:
+        deadline = time.monotonic() + 60
+        while not any(name.startswith(node.node_id) for name in os.listdir(marks)):
+            if time.monotonic() > deadline:
+                raise AssertionError("no call started on the node to remove")
+            time.sleep(0.01)
+        cluster.remove_node(node)
+
+    killer = threading.Thread(target=remove)
     killer.start()
+    return killer
+
+
+@pytest.mark.timeout(180)
+def test_a_node_removed_mid_run_is_a_clear_error_or_retried(cluster: Cluster, tmp_path: Any) -> None:
+    second = [n for n in cluster.worker_nodes][-1]
+    p = task(count_to, branch=True) | task(
+        node_of_marked, workers=2, executor="ray", bind=task.bind(marks=str(tmp_path)),
+        ray_options={"resources": {"second": 0.5}},  # on the second node only
+    )
+    killer = _remove_once_a_call_runs_on(cluster, second, str(tmp_path))
     try:
-        with pytest.raises(WorkerProcessDied, match="node_of"):
-            run(0)
+        with pytest.raises(WorkerProcessDied, match="node_of_marked"):
+            sorted(p(4))
     finally:
         killer.join()
         cluster.add_node(num_cpus=1, resources={"second": 1})
@@ -447,11 +467,14 @@ def test_a_node_removed_mid_run_is_a_clear_error_or_retried(cluster: Cluster) ->
 
 
 @pytest.mark.timeout(180)
-def test_with_retries_the_calls_of_a_removed_node_run_again_elsewhere(cluster: Cluster) -> None:
+def test_with_retries_the_calls_of_a_removed_node_run_again_elsewhere(cluster: Cluster, tmp_path: Any) -> None:
     second = [n for n in cluster.worker_nodes][-1]
-    p = task(count_to, branch=True) | task(node_of, workers=2, executor="ray", retries=2)
-    killer = threading.Timer(0.3, cluster.remove_node, args=(second,))
-    killer.start()
+    spread = {"scheduling_strategy": "SPREAD"}  # (Ray's default may pack both on the head)
+    p = task(count_to, branch=True) | task(
+        node_of_marked, workers=2, executor="ray", retries=2, bind=task.bind(marks=str(tmp_path)),
+        ray_options=spread,
+    )
+    killer = _remove_once_a_call_runs_on(cluster, second, str(tmp_path))
     try:
         out = sorted(p(6))
     finally:
