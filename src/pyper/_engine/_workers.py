@@ -179,6 +179,7 @@ PIPE_BYTES = 1 << 20
 #: every new pipe of theirs, in any program, gets one page.
 PIPE_BUDGET = 16 << 20
 NARROW_BYTES = 1 << 16
+_EXTRA = PIPE_BYTES - NARROW_BYTES  # what widening one pipe takes from the budget
 _widened = 0  # bytes of pipes widened now, over all children (guarded by idle_lock)
 
 
@@ -186,17 +187,17 @@ def _widen(fd: int) -> int:
     """Widen a pipe to PIPE_BYTES if the budget allows; returns the bytes it took from it."""
     global _widened
     with idle_lock:
-        if _widened + PIPE_BYTES - NARROW_BYTES > PIPE_BUDGET:
+        if _widened + _EXTRA > PIPE_BUDGET:
             return 0
-        _widened += PIPE_BYTES - NARROW_BYTES
+        _widened += _EXTRA
     try:
         import fcntl
 
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # Linux only (Python 3.10+)
     except (ImportError, AttributeError, OSError):  # elsewhere, or the system refused
-        _unwiden(PIPE_BYTES - NARROW_BYTES)
+        _unwiden(_EXTRA)
         return 0
-    return PIPE_BYTES - NARROW_BYTES
+    return _EXTRA
 
 
 def _unwiden(size: int) -> None:
@@ -587,8 +588,9 @@ class Child:
 # A child whose run is over, idle and clean, is kept for the next run of the same task
 # (the same function object and the same pickled payload: never stale code, since a
 # redefined or reloaded function is another object), so that calling a pipeline again
-# costs no process start; not a forked one (see ``Child.keep``). At most IDLE_MAX are kept, the oldest closed first; all are
-# closed at interpreter exit, and a lifeline makes any child exit with this process.
+# costs no process start; not a forked one (see ``Child.keep``). At most IDLE_MAX are
+# kept, the oldest closed first; all are closed at interpreter exit, and a lifeline makes
+# any child exit with this process.
 # ``_idle`` is guarded by ``idle_lock``.
 
 IDLE_MAX = 8
@@ -651,10 +653,11 @@ def _after_fork_in_child() -> None:
     # start afresh; the lock may have been held (a fork happens while Child.__init__
     # holds it). Their processes' descriptors stay: multiprocessing closes them by number
     # when the objects go.
-    global idle_lock, _exiting
+    global idle_lock, _exiting, _widened
     idle_lock = threading.Lock()
     for child in list(opened):
         child.release()
+    _widened = 0  # their pipes' share of the budget is the parent's
     _idle.clear()
     opened.clear()
     _exiting = True  # this process keeps no warm children of its own
