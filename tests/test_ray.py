@@ -645,8 +645,8 @@ def test_a_ray_stage_starts_with_the_batches_its_last_run_reached(monkeypatch: p
     p = task(count_to, branch=True) | task(square, workers=2, executor="ray")
     assert sorted(p(2000)) == [x * x for x in range(2000)]
     again = task(square, workers=2, executor="ray").tasks[0]  # made again: same function, same options
-    assert pyper_ray._remembered(again) >= 64
-    assert pyper_ray._remembered(task(square, workers=3, executor="ray").tasks[0]) == 1
+    assert pyper_ray._remembered(again)[0] >= 64
+    assert pyper_ray._remembered(task(square, workers=3, executor="ray").tasks[0]) == (1, 0.0)
     batches: list[int] = []
     real = pyper_ray._next_size
     monkeypatch.setattr(pyper_ray, "_next_size", lambda n, done, *rest: batches.append(done) or real(n, done, *rest))

@@ -49,7 +49,7 @@ from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied, attach
 from . import _thread
 from ._ray_worker import STARTED, Actor, Joiner, call_batch, stream_batch, timed_call
 from ._sync_loops import flusher
-from ._run import Run, Stage, Worker, adapt, log
+from ._run import Run, Stage, Tail, Worker, adapt, log
 
 __all__ = ["Refs", "start"]
 
@@ -59,6 +59,9 @@ POLL_SECONDS = 0.02
 #: while the cluster's CPUs are busy), so a batch of calls of 25 ms goes about eight at a
 #: time, and the CPUs wait for a round trip once per batch, not per call.
 TARGET_SECONDS = 0.25
+#: What a Ray call costs to make, about: the last batches of a run are split between the
+#: relays only where each share is more work than this (``Tail``).
+CALL_SECONDS = 0.01
 #: How many chunks a branching batch on Ray may produce ahead of the relay.
 STREAM_AHEAD = 2
 #: How long an actor may take to exit its resource (``setup=``) at the end of a run.
@@ -88,8 +91,8 @@ def start(run: Run, stage: Stage, workers: range) -> None:
     passes_refs = (down is not None and down.ray is not None and not down.policy.batch
                    and down.policy.limiter is None and down.policy.timeout is None and not down.join
                    and not stage.branch and not stage.task.throttle and stage.task.policy.timeout is None)
-    shared = _Shared(run, stage, passes_refs)
-    size = _remembered(stage.task)
+    size, cost = _remembered(stage.task)
+    shared = _Shared(run, stage, passes_refs, cost)
     if size > 1 and index and not run.stages[index - 1].task.throttle:  # (a throttle bounds it)
         # The first batches as large as the last run's: its input holds them at once.
         stage.inp.widen(size * stage.task.workers)
@@ -110,10 +113,12 @@ def _remote(target: Any, **options: Any) -> Any:
 
 
 class _Shared:
-    """What a stage's relays share in one run: the task, put in the object store once."""
+    """What a stage's relays share in one run: the task, put in the object store once,
+    and their batches in flight (``tail``: the last ones end together)."""
 
-    def __init__(self, run: Run, stage: Stage, passes_refs: bool) -> None:
+    def __init__(self, run: Run, stage: Stage, passes_refs: bool, cost: float) -> None:
         self.run, self.stage, self.passes_refs = run, stage, passes_refs
+        self.tail = Tail(CALL_SECONDS, cost)
         self._lock = threading.Lock()
         self._job: Any = None
 
@@ -204,7 +209,7 @@ def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
             else:
                 remote = _remote(call_batch).options(num_returns=returns, max_retries=retries, **options)
             submit = lambda items, upstream: remote.remote(job, items, *upstream)  # noqa: E731
-        _work(worker, shared, submit, inflight)
+        _work(worker, shared, index, submit, inflight)
     except BaseException as exc:
         error = exc
     finally:
@@ -304,7 +309,7 @@ def _join(worker: Worker, joiner: Any, inflight: list[Any]) -> None:
     out.flush(box, True)
 
 
-def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any]], Any],
+def _work(worker: Worker, shared: _Shared, index: int, submit: Callable[[list[Any], list[Any]], Any],
           inflight: list[Any]) -> None:
     stage, run = worker.stage, worker.run
     inp, box = stage.inp, worker.box
@@ -314,9 +319,11 @@ def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any
     limiter = stage.task.policy.limiter
     if limiter is not None:  # rate=: one call per item, each submitted when its slot comes
         limit = 1
-    n = min(limit, _remembered(stage.task))
-    while (items := worker.begin(get(n))) is not None:
+    n = min(limit, _remembered(stage.task)[0])
+    tail = shared.tail
+    while (items := worker.begin(get(tail.size(index, n, inp)))) is not None:
         batch = list(items)
+        tail.started(index, len(batch))
         if limiter is not None:
             limiter.wait_turn(run.sleep)
         plain = [x for x in batch if type(x) is not Refs]
@@ -345,36 +352,40 @@ def _work(worker: Worker, shared: _Shared, submit: Callable[[list[Any], list[Any
             _checked(worker, status)
             box.extend(outputs)
             seconds = status[2]
+        tail.finished(index, len(batch), seconds)
         flush(True)
         # On the calls' own time, not the round trip: the input edge holds about the
         # channel's pace of their work, and a batch grows until its calls take about
         # TARGET_SECONDS, which makes the few milliseconds a Ray call costs a small part.
         inp.pace(len(batch), max(seconds, 1e-6))
         n = _next_size(n, len(batch), seconds, limit)
-        _remember(stage.task, n)
+        _remember(stage.task, n, tail.cost)
 
 
-#: The batch size each task's relays reached, by task, for its next run to start with:
-#: each batch is a Ray round trip, and a short run would otherwise spend most of its
-#: calls growing from one item (a run's first batch is also at most what its input holds
-#: then, and shrinks at once if its calls got slower). By the id of the task's function,
+#: The batch size each task's relays reached, and the seconds per item its calls took, by
+#: task, for its next run to start with: each batch is a Ray round trip, and a short run
+#: would otherwise spend most of its calls growing from one item (a run's first batch is
+#: also at most what its input holds then, and shrinks at once if its calls got slower);
+#: and with the cost known, a short run's first batches are split evenly between the
+#: relays (``Tail``), not all taken by the first. By the id of the task's function,
 #: with the task (so the id is not reused while kept, and a task made again with the same
 #: function and options finds it); at most SIZES_KEPT, the oldest dropped first. Guarded
 #: by _init_lock (once per batch: a Ray round trip costs far more).
 SIZES_KEPT = 256
-_sizes: dict[int, tuple[Any, int]] = {}
+_sizes: dict[int, tuple[Any, int, float]] = {}
 
 
-def _remembered(task: Any) -> int:
+def _remembered(task: Any) -> tuple[int, float]:
+    """(batch size, seconds per item) the task's last run reached; (1, 0.0) if none."""
     with _init_lock:
         kept = _sizes.get(id(task.func))
-    return kept[1] if kept is not None and kept[0] == task else 1
+    return (kept[1], kept[2]) if kept is not None and kept[0] == task else (1, 0.0)
 
 
-def _remember(task: Any, n: int) -> None:
+def _remember(task: Any, n: int, cost: float) -> None:
     with _init_lock:
         _sizes.pop(id(task.func), None)
-        _sizes[id(task.func)] = (task, n)
+        _sizes[id(task.func)] = (task, n, cost)
         while len(_sizes) > SIZES_KEPT:
             del _sizes[next(iter(_sizes))]
 

@@ -1,0 +1,78 @@
+"""How the relays of a remote stage (Ray) size their last batches: once the input is
+closed, each takes its share of what is left, counting what its siblings' batches in
+flight still hold, so that all end together (``_run.Tail``)."""
+
+from __future__ import annotations
+
+import time
+
+from pyper._channel import Channel
+from pyper._engine._run import Tail
+
+
+def closed_input(queued: int, receivers: int) -> Channel:
+    channel = Channel(capacity=64, senders=1, receivers=receivers)
+    channel.put(list(range(queued)))
+    channel.close_send()
+    return channel
+
+
+def test_while_input_may_still_come_a_relay_takes_the_batch_it_sized() -> None:
+    channel = Channel(capacity=64, senders=1, receivers=2)
+    channel.put(list(range(16)))
+    assert Tail(0.0).size(0, 12, channel) == 12
+
+
+def test_idle_relays_split_the_rest_evenly() -> None:
+    tail = Tail(0.0)
+    assert tail.size(0, 12, closed_input(16, receivers=2)) == 8
+    assert tail.size(0, 5, closed_input(16, receivers=2)) == 5  # never more than it sized
+    assert tail.size(0, 12, closed_input(17, receivers=2)) == 9  # rounded up: no item left over
+    assert tail.size(0, 12, closed_input(1, receivers=2)) == 12  # (the one item there is)
+
+
+def test_a_relay_counts_what_a_busy_sibling_still_holds() -> None:
+    tail = Tail(0.0)
+    tail.started(1, 10)
+    tail.finished(1, 10, 1.0)  # 0.1 s per item, measured
+    tail.started(1, 5)  # just now: 5 items of work left
+    # 9 queued: 9 + 5 over two relays is 7 each, so this one takes 7 and leaves 2.
+    assert tail.size(0, 12, closed_input(9, receivers=2)) == 7
+    # 4 queued against the sibling's 5: this one takes them all, and still ends first.
+    assert tail.size(0, 12, closed_input(4, receivers=2)) == 4
+
+
+def test_a_sibling_far_into_its_batch_holds_only_what_it_has_not_done() -> None:
+    tail = Tail(0.0)
+    tail.started(1, 1)
+    tail.finished(1, 1, 0.2)  # 0.2 s per item
+    tail.started(1, 4)
+    time.sleep(0.5)  # it has done about 2.5 of its 4 items
+    # (8 + ~1.5) / 2, rounded up: 5 (not (8 + 4) / 2 = 6, as if it had done none).
+    assert tail.size(0, 12, closed_input(8, receivers=2)) == 5
+
+
+def test_with_no_cost_measured_a_busy_siblings_whole_batch_counts() -> None:
+    tail = Tail(0.0)
+    tail.started(1, 6)
+    assert tail.size(0, 12, closed_input(10, receivers=2)) == 8  # (10 + 6) / 2
+
+
+def test_idle_relays_fill_up_to_the_busy_ones_and_no_further() -> None:
+    tail = Tail(0.0)
+    tail.started(2, 10)  # three relays: one busy with 10 items, two free
+    # 6 queued: the two free ones take 3 each, and end long before the busy one.
+    assert tail.size(0, 12, closed_input(6, receivers=3)) == 3
+    tail.started(1, 2)  # now one free, one holding 2, one holding 10
+    # 6 queued: this one fills to the level of the one holding 2 and both go on to 4:
+    # it takes 4, the other 2.
+    assert tail.size(0, 12, closed_input(6, receivers=3)) == 4
+
+
+def test_a_share_is_never_less_work_than_a_call_costs_to_make() -> None:
+    # Trivial items, as the last run measured them: all 200 still go in one call.
+    assert Tail(0.01, cost=1e-6).size(0, 500, closed_input(200, receivers=4)) == 500
+    # 4 ms per item: half of 16 items is worth a call of its own.
+    assert Tail(0.01, cost=0.004).size(0, 64, closed_input(16, receivers=2)) == 8
+    # 1 ms per item: a share of 8 is not (8 ms); a call takes 10 ms of work.
+    assert Tail(0.01, cost=0.001).size(0, 64, closed_input(16, receivers=2)) == 10
