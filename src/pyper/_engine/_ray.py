@@ -49,7 +49,8 @@ from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied, attach
 from . import _thread
 from ._ray_worker import STARTED, Actor, Joiner, call_batch, stream_batch, timed_call
 from ._sync_loops import flusher
-from ._run import Run, Stage, Tail, Worker, adapt, log
+from ._remote import Gathering, Tail
+from ._run import Run, Stage, Worker, adapt, log
 
 __all__ = ["Refs", "start"]
 
@@ -59,6 +60,11 @@ POLL_SECONDS = 0.02
 #: while the cluster's CPUs are busy), so a batch of calls of 25 ms goes about eight at a
 #: time, and the CPUs wait for a round trip once per batch, not per call.
 TARGET_SECONDS = 0.25
+#: How long a relay whose input holds less than a batch waits for more to gather, while
+#: more may come: a Ray call costs milliseconds to make, and without the wait a fast
+#: producer's first items go as it happens to flush them (1, 4, 7 items: more batches,
+#: each a round trip; 16 calls of 25 ms ran 5% slower).
+GATHER_SECONDS = 0.002
 #: What a Ray call costs to make, about: the last batches of a run are split between the
 #: relays only where each share is more work than this (``Tail``).
 CALL_SECONDS = 0.01
@@ -313,7 +319,7 @@ def _work(worker: Worker, shared: _Shared, index: int, submit: Callable[[list[An
           inflight: list[Any]) -> None:
     stage, run = worker.stage, worker.run
     inp, box = stage.inp, worker.box
-    get = inp.get_seq if worker.ordered else inp.get
+    get = inp.get_seq if worker.ordered else Gathering(inp, GATHER_SECONDS).get  # (numbered batches go as they are)
     flush = flusher(worker)
     limit = min(stage.take, stage.emit)
     limiter = stage.task.policy.limiter

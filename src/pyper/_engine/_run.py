@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextvars
 import gc
 import itertools
-import math
 import os
 import sys
 import threading
@@ -56,7 +55,7 @@ from . import _threads
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["NO_ITEM", "Run", "Stage", "Tail", "Worker", "adapt", "current_run", "log"]
+__all__ = ["NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "log"]
 
 #: No item in hand: the loop had not started its first call when it stopped.
 NO_ITEM: Any = type("NoItem", (), {"__repr__": lambda self: "NO_ITEM", "__slots__": ()})()
@@ -664,75 +663,6 @@ def adapt(n: int, done: int, seconds: float, limit: int, target: float = TARGET_
     if seconds > target:
         return max(1, min(n, int(done * target / seconds)))
     return n
-
-
-class Tail:
-    """What the relays of one remote stage share so that their last batches end together.
-
-    While items still come, each relay takes the batch ``adapt`` sizes. Once the input is
-    closed, what is queued is all the work left; a relay then takes no more than its
-    share of it, counting what its siblings' batches in flight still hold (estimated
-    from the stage's measured cost per item): the level at which every relay would end
-    at once (guided self-scheduling, with the siblings' remaining work seen). Without it
-    the last batches of 16 calls went as 7 + 1 against 8: one worker idle for a third of
-    the run, or all 16 went to one worker whose batches had grown past 16. A share is never
-    less work than ``call_seconds``, what a remote call costs to make: trivial items still
-    go in one call. (Taking half of the share, to even out the calls' own differences with
-    a last small batch, did worse on Ray: 3% slower, as each batch is a call to make.)
-
-    Used by the relays of one stage in one run, under its lock (twice per batch: a
-    remote call costs far more).
-    """
-
-    __slots__ = ("_lock", "_busy", "cost", "_call_seconds")
-
-    def __init__(self, call_seconds: float, cost: float = 0.0) -> None:
-        self._call_seconds = call_seconds
-        self._lock = threading.Lock()
-        self._busy: dict[int, tuple[float, int]] = {}  # relay -> (when its batch went, its size)
-        # Seconds per item of the last batch measured (or as the last run left it; 0: none
-        # yet). Written under the lock, read without it.
-        self.cost = cost
-
-    def size(self, index: int, n: int, inp: Channel) -> int:
-        """How many items relay ``index`` asks for, where ``adapt`` says ``n``."""
-        queued = inp.queued
-        if not inp.closed or queued <= 1 or n <= 1:
-            return n
-        now = perf_counter()
-        with self._lock:
-            cost = self.cost
-            left = [count - (now - start) / cost if cost else float(count)
-                    for i, (start, count) in self._busy.items() if i != index]
-        busy = sorted(max(0.0, x) for x in left)
-        idle = max(1, inp.receivers - len(busy))  # this relay and any sibling between batches
-        share = _level(queued, idle, busy)
-        if cost:
-            share = max(share, self._call_seconds / cost)
-        return max(1, min(n, math.ceil(share)))
-
-    def started(self, index: int, count: int) -> None:
-        with self._lock:
-            self._busy[index] = (perf_counter(), count)
-
-    def finished(self, index: int, count: int, seconds: float) -> None:
-        """Relay ``index``'s batch of ``count`` items is back; its calls took ``seconds``."""
-        with self._lock:
-            del self._busy[index]
-            if count:
-                self.cost = seconds / count
-
-
-def _level(queued: int, idle: int, busy: list[float]) -> float:
-    """The work each of ``idle`` free workers takes so that all end together, where the
-    busy ones still hold ``busy`` items each (ascending): water filling ``queued`` items."""
-    total, workers = float(queued), idle
-    for left in busy:
-        if total / workers <= left:  # the level stays below this worker's: it takes none
-            break
-        total += left
-        workers += 1
-    return total / workers
 
 
 def branch_error(task: Task, result: object) -> TypeError:

@@ -1,13 +1,83 @@
-"""How the relays of a remote stage (Ray) size their last batches: once the input is
-closed, each takes its share of what is left, counting what its siblings' batches in
-flight still hold, so that all end together (``_run.Tail``)."""
+"""How the relays of a remote stage (Ray) size their batches, each a round trip: a batch
+short of its size waits a moment for more items (``Gathering``); once the input is
+closed, each relay takes its share of what is left, counting what its siblings' batches
+in flight still hold, so that all end together (``Tail``). On real channels, with real
+threads as producers."""
 
 from __future__ import annotations
 
+import threading
 import time
 
+import pytest
+
+from conftest import elapsed
 from pyper._channel import Channel
-from pyper._engine._run import Tail
+from pyper._engine._remote import Gathering, Tail
+
+
+@pytest.mark.timeout(10)
+def test_a_batch_gathers_the_items_a_fast_producer_flushes_one_by_one() -> None:
+    channel = Channel(capacity=64, senders=1, receivers=1)
+
+    def produce() -> None:
+        for x in range(8):
+            channel.put([x])
+            time.sleep(0.001)
+        channel.close_send()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    gathering = Gathering(channel, seconds=1.0)
+    try:
+        assert gathering.get(8) == list(range(8))  # one batch, not the first flush alone
+        assert gathering.get(8) is None
+    finally:
+        producer.join()
+
+
+@pytest.mark.timeout(10)
+def test_a_batch_waits_for_more_no_longer_than_its_seconds() -> None:
+    channel = Channel(capacity=64, senders=1, receivers=1)
+    channel.put([1, 2])
+    with elapsed() as t:
+        assert Gathering(channel, seconds=0.1).get(8) == [1, 2]
+    assert 0.09 <= t.elapsed < 1.0, t.elapsed
+    channel.close_send()
+
+
+@pytest.mark.timeout(10)
+def test_a_batch_goes_at_once_when_the_input_ends_or_holds_enough() -> None:
+    channel = Channel(capacity=64, senders=1, receivers=1)
+    channel.put(list(range(10)))
+    gathering = Gathering(channel, seconds=5.0)
+    with elapsed() as t:
+        assert gathering.get(8) == list(range(8))
+        channel.close_send()
+        assert gathering.get(8) == [8, 9]  # the rest, without waiting out the 5 s
+        assert gathering.get(8) is None
+    assert t.elapsed < 1.0, t.elapsed
+
+
+@pytest.mark.timeout(10)
+def test_an_end_given_while_gathering_is_kept_and_the_channel_not_asked_again() -> None:
+    """A retiring worker is given its end once: a relay that got it while gathering hands
+    on what it gathered, then leaves, and takes nothing more."""
+    channel = Channel(capacity=64, senders=1, receivers=2)
+    channel.put([0, 1])
+    asker = threading.Timer(0.05, channel.retire, (1,))
+    asker.start()
+    gathering = Gathering(channel, seconds=5.0)
+    try:
+        with elapsed() as t:
+            assert gathering.get(8) == [0, 1]
+        assert t.elapsed < 1.0, t.elapsed  # the end came at 0.05 s: no waiting out the 5 s
+        channel.put([2])
+        assert gathering.get(8) is None
+        assert channel.queued == 1  # left for the worker that stays
+    finally:
+        asker.join()
+    channel.close_send()
 
 
 def closed_input(queued: int, receivers: int) -> Channel:
