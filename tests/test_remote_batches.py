@@ -16,19 +16,25 @@ from pyper._channel import Channel
 from pyper._engine._remote import Gathering, Tail
 
 
+def produce(channel: Channel, count: int, every: float = 0.001) -> threading.Thread:
+    """A thread that flushes ``count`` items one by one, ``every`` seconds apart, then closes."""
+
+    def run() -> None:
+        for x in range(count):
+            channel.put([x])
+            time.sleep(every)
+        channel.close_send()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 @pytest.mark.timeout(10)
 def test_a_batch_gathers_the_items_a_fast_producer_flushes_one_by_one() -> None:
     channel = Channel(capacity=64, senders=1, receivers=1)
-
-    def produce() -> None:
-        for x in range(8):
-            channel.put([x])
-            time.sleep(0.001)
-        channel.close_send()
-
-    producer = threading.Thread(target=produce)
-    producer.start()
-    gathering = Gathering(channel, seconds=1.0)
+    producer = produce(channel, 8)
+    gathering = Gathering(channel, 1.0, Tail(0.0), 0)
     try:
         assert gathering.get(8) == list(range(8))  # one batch, not the first flush alone
         assert gathering.get(8) is None
@@ -37,11 +43,54 @@ def test_a_batch_gathers_the_items_a_fast_producer_flushes_one_by_one() -> None:
 
 
 @pytest.mark.timeout(10)
+def test_idle_relays_gathering_at_once_share_what_comes() -> None:
+    """A short run: both relays gather at its start; each gets about half, not one all."""
+    channel = Channel(capacity=64, senders=1, receivers=2)
+    tail = Tail(0.0)
+    got: dict[int, list[int]] = {}
+
+    def relay(index: int) -> None:
+        got[index] = Gathering(channel, 1.0, tail, index).get(16) or []
+
+    relays = [threading.Thread(target=relay, args=(i,)) for i in (0, 1)]
+    for r in relays:
+        r.start()
+    time.sleep(0.05)  # both parked for input
+    producer = produce(channel, 16)
+    for r in relays:
+        r.join()
+    producer.join()
+    assert sorted(got[0] + got[1]) == list(range(16))
+    assert 5 <= len(got[0]) <= 11, got  # in turn, give or take what a thread's wake-up costs
+
+
+@pytest.mark.timeout(10)
+def test_while_a_sibling_has_a_batch_in_flight_a_relay_gathers_only_its_share() -> None:
+    """Else the one gathering would take every item that comes while the other works."""
+    channel = Channel(capacity=64, senders=1, receivers=2)
+    tail = Tail(0.0)
+    tail.started(1, 1)
+    producer = produce(channel, 16, every=0.005)
+    try:
+        with elapsed() as t:
+            first = Gathering(channel, 1.0, tail, 0).get(16)
+        # The sibling holds 1: with 2 items this relay holds its share of the 3 seen.
+        assert first is not None and 2 <= len(first) <= 3, first
+        assert t.elapsed < 0.5, t.elapsed
+    finally:
+        producer.join()
+        rest = []
+        while (more := channel.get(16)) is not None:
+            rest += more
+        assert sorted(first + rest) == list(range(16))
+
+
+@pytest.mark.timeout(10)
 def test_a_batch_waits_for_more_no_longer_than_its_seconds() -> None:
     channel = Channel(capacity=64, senders=1, receivers=1)
     channel.put([1, 2])
     with elapsed() as t:
-        assert Gathering(channel, seconds=0.1).get(8) == [1, 2]
+        assert Gathering(channel, 0.1, Tail(0.0), 0).get(8) == [1, 2]
     assert 0.09 <= t.elapsed < 1.0, t.elapsed
     channel.close_send()
 
@@ -50,7 +99,7 @@ def test_a_batch_waits_for_more_no_longer_than_its_seconds() -> None:
 def test_a_batch_goes_at_once_when_the_input_ends_or_holds_enough() -> None:
     channel = Channel(capacity=64, senders=1, receivers=1)
     channel.put(list(range(10)))
-    gathering = Gathering(channel, seconds=5.0)
+    gathering = Gathering(channel, 5.0, Tail(0.0), 0)
     with elapsed() as t:
         assert gathering.get(8) == list(range(8))
         channel.close_send()
@@ -67,7 +116,7 @@ def test_an_end_given_while_gathering_is_kept_and_the_channel_not_asked_again() 
     channel.put([0, 1])
     asker = threading.Timer(0.05, channel.retire, (1,))
     asker.start()
-    gathering = Gathering(channel, seconds=5.0)
+    gathering = Gathering(channel, 5.0, Tail(0.0), 0)
     try:
         with elapsed() as t:
             assert gathering.get(8) == [0, 1]
@@ -146,3 +195,17 @@ def test_a_share_is_never_less_work_than_a_call_costs_to_make() -> None:
     assert Tail(0.01, cost=0.004).size(0, 64, closed_input(16, receivers=2)) == 8
     # 1 ms per item: a share of 8 is not (8 ms); a call takes 10 ms of work.
     assert Tail(0.01, cost=0.001).size(0, 64, closed_input(16, receivers=2)) == 10
+
+
+def test_while_more_may_come_a_share_of_what_came_or_as_much_as_a_busy_sibling_holds() -> None:
+    open_input = Channel(capacity=64, senders=1, receivers=2)
+    tail = Tail(0.0)
+    tail.started(1, 4)  # the sibling took 4; this relay has gathered 3, and nothing waits
+    assert tail.size(0, 8, open_input, held=3, seen=True) == 4  # one more: as many as it
+    tail.finished(1, 4, 0.0)
+    tail.started(1, 1)  # the sibling took 1: 2 of the 3 seen are this relay's share
+    assert tail.size(0, 16, open_input, held=2, seen=True) == 2
+    open_input.put(list(range(6)))  # 6 more came: (6 + 2 + 1) / 2, rounded up
+    assert tail.size(0, 16, open_input, held=2, seen=True) == 5
+    assert tail.size(0, 16, open_input, held=2) == 16  # not seen: more may come
+    open_input.close_send()

@@ -319,15 +319,19 @@ def _work(worker: Worker, shared: _Shared, index: int, submit: Callable[[list[An
           inflight: list[Any]) -> None:
     stage, run = worker.stage, worker.run
     inp, box = stage.inp, worker.box
-    get = inp.get_seq if worker.ordered else Gathering(inp, GATHER_SECONDS).get  # (numbered batches go as they are)
+    tail = shared.tail
+    get: Callable[[int], Any]
+    if worker.ordered:  # numbered batches go as they come
+        get = lambda n: inp.get_seq(tail.size(index, n, inp))  # noqa: E731
+    else:
+        get = Gathering(inp, GATHER_SECONDS, tail, index).get
     flush = flusher(worker)
     limit = min(stage.take, stage.emit)
     limiter = stage.task.policy.limiter
     if limiter is not None:  # rate=: one call per item, each submitted when its slot comes
         limit = 1
     n = min(limit, _remembered(stage.task)[0])
-    tail = shared.tail
-    while (items := worker.begin(get(tail.size(index, n, inp)))) is not None:
+    while (items := worker.begin(get(n))) is not None:
         batch = list(items)
         tail.started(index, len(batch))
         if limiter is not None:

@@ -16,25 +16,40 @@ __all__ = ["Gathering", "Tail"]
 
 
 class Gathering:
-    """A relay's ``get``: a batch short of ``n`` waits up to ``seconds`` for more items to
-    gather, unless the input has ended. Owned by its relay."""
+    """A relay's ``get``, sized by its stage's ``Tail``.
 
-    __slots__ = ("inp", "seconds", "ended")
+    While the input is open, a batch short of its size waits up to ``seconds`` for more
+    items to gather. Idle siblings gather too, and the items that come go to them in
+    turn; while a sibling has a batch in flight, a relay gathers no more than its share
+    of what has come (counting the sibling's work), or as much as the sibling holds: it
+    would otherwise take every item that comes (all 15 left of a short run, while the
+    other works on its first). Once the
+    input is closed, a relay takes its share of what is left (counting what it has
+    gathered). Owned by its relay.
+    """
 
-    def __init__(self, inp: Channel, seconds: float) -> None:
-        self.inp, self.seconds = inp, seconds
+    __slots__ = ("inp", "seconds", "tail", "index", "ended")
+
+    def __init__(self, inp: Channel, seconds: float, tail: Tail, index: int) -> None:
+        self.inp, self.seconds, self.tail, self.index = inp, seconds, tail, index
         self.ended = False  # the input gave this relay its end while it gathered
 
     def get(self, n: int) -> list[Any] | None:
+        """Up to ``n`` items (fewer once the input is closed: a share); None at the end."""
         if self.ended:
             return None  # (not asked again: a retiring worker is given its end once)
-        got = self.inp.get(n)
-        if got is None or len(got) >= n:
+        inp, tail, index = self.inp, self.tail, self.index
+        want = tail.size(index, n, inp)
+        got = inp.get(want)
+        if got is None or len(got) >= want:
             return got
         got = list(got)
         deadline = perf_counter() + self.seconds
-        while len(got) < n and (left := deadline - perf_counter()) > 0:
-            more = self.inp.get_within(n - len(got), left)
+        while (left := deadline - perf_counter()) > 0:
+            want = tail.size(index, n, inp, len(got), seen=tail.busy())
+            if len(got) >= want:
+                break
+            more = inp.get_within(want - len(got), left)
             if more is TIMED_OUT:
                 break
             if more is None:
@@ -73,10 +88,12 @@ class Tail:
         # yet). Written under the lock, read without it.
         self.cost = cost
 
-    def size(self, index: int, n: int, inp: Channel) -> int:
-        """How many items relay ``index`` asks for, where ``adapt`` says ``n``."""
-        queued = inp.queued
-        if not inp.closed or queued <= 1 or n <= 1:
+    def size(self, index: int, n: int, inp: Channel, held: int = 0, seen: bool = False) -> int:
+        """How many items relay ``index`` is to hold for its next batch, where ``adapt``
+        says ``n`` and it holds ``held`` already (gathered); ``seen``: its share of what
+        has come, even while more may come."""
+        queued = inp.queued + held
+        if not (seen or inp.closed) or queued <= 1 or n <= 1:
             return n
         now = perf_counter()
         with self._lock:
@@ -86,9 +103,15 @@ class Tail:
         busy = sorted(max(0.0, x) for x in left)
         idle = max(1, inp.receivers - len(busy))  # this relay and any sibling between batches
         share = _level(queued, idle, busy)
+        if busy and not inp.closed:  # more may come: as much as a busy sibling holds is fair
+            share = max(share, busy[-1])
         if cost:
             share = max(share, self._call_seconds / cost)
         return max(1, min(n, math.ceil(share)))
+
+    def busy(self) -> bool:
+        """Some relay has a batch in flight (a plain read: a relay asks between its own)."""
+        return bool(self._busy)
 
     def started(self, index: int, count: int) -> None:
         with self._lock:
