@@ -86,6 +86,18 @@ def test_while_a_sibling_has_a_batch_in_flight_a_relay_gathers_only_its_share() 
 
 
 @pytest.mark.timeout(10)
+def test_while_a_sibling_starts_a_relay_takes_its_share_of_what_is_there() -> None:
+    """A short run's producer flushes all it made at once when no relay waits: the first
+    relay to ask must not take it all while the other is still starting."""
+    channel = Channel(capacity=64, senders=1, receivers=2)
+    channel.put(list(range(16)))
+    tail = Tail(0.0)
+    assert Gathering(channel, 0.05, tail, 0).get(16) == list(range(8))
+    assert Gathering(channel, 0.05, tail, 1).get(16) == list(range(8, 16))
+    channel.close_send()
+
+
+@pytest.mark.timeout(10)
 def test_a_batch_waits_for_more_no_longer_than_its_seconds() -> None:
     channel = Channel(capacity=64, senders=1, receivers=1)
     channel.put([1, 2])
@@ -116,7 +128,9 @@ def test_an_end_given_while_gathering_is_kept_and_the_channel_not_asked_again() 
     channel.put([0, 1])
     asker = threading.Timer(0.05, channel.retire, (1,))
     asker.start()
-    gathering = Gathering(channel, 5.0, Tail(0.0), 0)
+    tail = Tail(0.0)
+    tail.arrive(1)  # the other relay, idle between batches
+    gathering = Gathering(channel, 5.0, tail, 0)
     try:
         with elapsed() as t:
             assert gathering.get(8) == [0, 1]

@@ -19,13 +19,13 @@ class Gathering:
     """A relay's ``get``, sized by its stage's ``Tail``.
 
     While the input is open, a batch short of its size waits up to ``seconds`` for more
-    items to gather. Idle siblings gather too, and the items that come go to them in
-    turn; while a sibling has a batch in flight, a relay gathers no more than its share
-    of what has come (counting the sibling's work), or as much as the sibling holds: it
-    would otherwise take every item that comes (all 15 left of a short run, while the
-    other works on its first). Once the
-    input is closed, a relay takes its share of what is left (counting what it has
-    gathered). Owned by its relay.
+    items to gather; idle siblings gather too, and the items that come go to them in turn.
+    While a sibling has a batch in flight or is still starting (it has not asked for
+    input yet), a relay holds no more than its share of what has come, counting the
+    sibling's work, or as much as a busy sibling holds: it would otherwise take every
+    item that comes, or all a short run's producer flushed at once before the other
+    started (16 against 0). Once the input is closed, a relay takes its share of what is
+    left, counting what it has gathered. Owned by its relay.
     """
 
     __slots__ = ("inp", "seconds", "tail", "index", "ended")
@@ -33,20 +33,25 @@ class Gathering:
     def __init__(self, inp: Channel, seconds: float, tail: Tail, index: int) -> None:
         self.inp, self.seconds, self.tail, self.index = inp, seconds, tail, index
         self.ended = False  # the input gave this relay its end while it gathered
+        tail.arrive(index)
 
     def get(self, n: int) -> list[Any] | None:
         """Up to ``n`` items (fewer once the input is closed: a share); None at the end."""
         if self.ended:
             return None  # (not asked again: a retiring worker is given its end once)
         inp, tail, index = self.inp, self.tail, self.index
-        want = tail.size(index, n, inp)
-        got = inp.get(want)
+        starting = tail.starting(inp)
+        want = tail.size(index, n, inp, seen=starting)
+        # While a sibling starts, the first item, then its share of what has come: what
+        # was there when this relay asked is no measure (a producer flushes all it made
+        # at once when no relay is waiting).
+        got = inp.get(1 if starting else want)
         if got is None or len(got) >= want:
             return got
         got = list(got)
         deadline = perf_counter() + self.seconds
         while (left := deadline - perf_counter()) > 0:
-            want = tail.size(index, n, inp, len(got), seen=tail.busy())
+            want = tail.size(index, n, inp, len(got), seen=tail.elsewhere(inp))
             if len(got) >= want:
                 break
             more = inp.get_within(want - len(got), left)
@@ -78,12 +83,13 @@ class Tail:
     remote call costs far more).
     """
 
-    __slots__ = ("_lock", "_busy", "cost", "_call_seconds")
+    __slots__ = ("_lock", "_busy", "_arrived", "cost", "_call_seconds")
 
     def __init__(self, call_seconds: float, cost: float = 0.0) -> None:
         self._call_seconds = call_seconds
         self._lock = threading.Lock()
         self._busy: dict[int, tuple[float, int]] = {}  # relay -> (when its batch went, its size)
+        self._arrived: set[int] = set()  # the relays that have asked for input
         # Seconds per item of the last batch measured (or as the last run left it; 0: none
         # yet). Written under the lock, read without it.
         self.cost = cost
@@ -109,9 +115,20 @@ class Tail:
             share = max(share, self._call_seconds / cost)
         return max(1, min(n, math.ceil(share)))
 
-    def busy(self) -> bool:
-        """Some relay has a batch in flight (a plain read: a relay asks between its own)."""
-        return bool(self._busy)
+    def arrive(self, index: int) -> None:
+        """Relay ``index`` is ready to ask for input."""
+        with self._lock:
+            self._arrived.add(index)
+
+    def starting(self, inp: Channel) -> bool:
+        """Some relay has not asked for input yet: one that has is not to take all there is
+        (a short run's producer may have flushed it whole before the other started)."""
+        return len(self._arrived) < inp.receivers
+
+    def elsewhere(self, inp: Channel) -> bool:
+        """Some relay has a batch in flight, or has not asked for input yet: one that is
+        gathering is not to take all that comes (plain reads: a stale one is one item)."""
+        return bool(self._busy) or len(self._arrived) < inp.receivers
 
     def started(self, index: int, count: int) -> None:
         with self._lock:
