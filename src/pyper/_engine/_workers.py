@@ -318,8 +318,9 @@ class Child:
             process = self.process
             if process is not None and process.pid is not None:  # started: not left a zombie
                 process.kill()
-                process.join()
-                process.close()
+                _reap(process)
+                with contextlib.suppress(ValueError):  # (see _reap)
+                    process.close()
             for end in ours:
                 end.close()
             raise
@@ -569,10 +570,11 @@ class Child:
                 process.join(GRACE_SECONDS)
             if process.exitcode is None:
                 process.kill()
-        process.join()
+        _reap(process)
         with idle_lock:
             opened.discard(self)
-        process.close()
+        with contextlib.suppress(ValueError):  # (see _reap)
+            process.close()
         self.to_child.close()
         self.from_child.close()
         _unwiden(self._widened)
@@ -582,6 +584,22 @@ class Child:
             self.lifeline.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+
+def _reap(process: Any) -> None:
+    """Join a child that is ending, until its exit code is known.
+
+    multiprocessing's ``Popen.poll`` is not safe across threads: another thread that polls
+    the same child as it exits (``Process.start`` and ``active_children()`` poll every
+    child) may reap it, and this thread's ``join`` then returns before the exit code is
+    stored, so ``close()`` would raise ``ValueError`` and leave our pipes open (seen once
+    in CI). The code comes within microseconds; wait for it. (If the program reaped the
+    child itself, with ``os.waitpid(-1, ...)``, it never comes, and ``close()`` raises:
+    the callers let that go, having nothing left to release but the object.)"""
+    process.join()
+    deadline = time.monotonic() + 1.0
+    while process.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 # -- warm children --------------------------------------------------------------------
