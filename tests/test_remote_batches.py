@@ -65,10 +65,38 @@ def test_idle_relays_gathering_at_once_share_what_comes() -> None:
 
 
 @pytest.mark.timeout(10)
+@pytest.mark.parametrize("closed", [True, False], ids=["then-closed", "still-open"])
+def test_a_burst_that_comes_while_relays_wait_is_shared_out(closed: bool) -> None:
+    """A process stage (or a producer that no relay waited for) flushes a whole batch at
+    once: the first relay to wake must not take it all."""
+    channel = Channel(capacity=64, senders=1, receivers=2)
+    tail = Tail(0.01, cost=0.01)  # 10 ms calls: a share of 8 is worth a call
+    got: dict[int, list[int]] = {}
+
+    def relay(index: int) -> None:
+        got[index] = Gathering(channel, 0.05, tail, index).get(16) or []
+
+    relays = [threading.Thread(target=relay, args=(i,)) for i in (0, 1)]
+    for r in relays:
+        r.start()
+    time.sleep(0.05)  # both parked for input
+    channel.put(list(range(16)))
+    if closed:
+        channel.close_send()
+    for r in relays:
+        r.join()
+    if not closed:
+        channel.close_send()
+    assert sorted(got[0] + got[1]) == list(range(16))
+    assert len(got[0]) == len(got[1]) == 8, got
+
+
+@pytest.mark.timeout(10)
 def test_while_a_sibling_has_a_batch_in_flight_a_relay_gathers_only_its_share() -> None:
     """Else the one gathering would take every item that comes while the other works."""
     channel = Channel(capacity=64, senders=1, receivers=2)
     tail = Tail(0.0)
+    tail.arrive(1)  # here, and at work:
     tail.started(1, 1)
     producer = produce(channel, 16, every=0.005)
     try:
@@ -126,15 +154,16 @@ def test_an_end_given_while_gathering_is_kept_and_the_channel_not_asked_again() 
     on what it gathered, then leaves, and takes nothing more."""
     channel = Channel(capacity=64, senders=1, receivers=2)
     channel.put([0, 1])
-    asker = threading.Timer(0.05, channel.retire, (1,))
+    asker = threading.Timer(0.2, channel.retire, (1,))
     asker.start()
     tail = Tail(0.0)
-    tail.arrive(1)  # the other relay, idle between batches
+    tail.arrive(1)  # the other relay, at work on a batch of 10
+    tail.started(1, 10)
     gathering = Gathering(channel, 5.0, tail, 0)
     try:
         with elapsed() as t:
             assert gathering.get(8) == [0, 1]
-        assert t.elapsed < 1.0, t.elapsed  # the end came at 0.05 s: no waiting out the 5 s
+        assert t.elapsed < 2.5, t.elapsed  # the end came at 0.2 s: no waiting out the 5 s
         channel.put([2])
         assert gathering.get(8) is None
         assert channel.queued == 1  # left for the worker that stays
@@ -178,10 +207,10 @@ def test_a_relay_counts_what_a_busy_sibling_still_holds() -> None:
 def test_a_sibling_far_into_its_batch_holds_only_what_it_has_not_done() -> None:
     tail = Tail(0.0)
     tail.started(1, 1)
-    tail.finished(1, 1, 0.2)  # 0.2 s per item
+    tail.finished(1, 1, 0.5)  # 0.5 s per item
     tail.started(1, 4)
-    time.sleep(0.5)  # it has done about 2.5 of its 4 items
-    # (8 + ~1.5) / 2, rounded up: 5 (not (8 + 4) / 2 = 6, as if it had done none).
+    time.sleep(1.0)  # it has done about 2 of its 4 items (3 if the sleep overshoots by 0.5 s)
+    # (8 + ~2) / 2, rounded up: 5 (not (8 + 4) / 2 = 6, as if it had done none).
     assert tail.size(0, 12, closed_input(8, receivers=2)) == 5
 
 

@@ -322,7 +322,11 @@ def _work(worker: Worker, shared: _Shared, index: int, submit: Callable[[list[An
     tail = shared.tail
     get: Callable[[int], Any]
     if worker.ordered:  # numbered batches go as they come
-        get = lambda n: inp.get_seq(tail.size(index, n, inp))  # noqa: E731
+        def get(n: int) -> Any:
+            got = inp.get_seq(tail.size(index, n, inp))
+            if got is not None:
+                tail.started(index, len(got[1]))
+            return got
     else:
         get = Gathering(inp, GATHER_SECONDS, tail, index).get
     flush = flusher(worker)
@@ -331,45 +335,47 @@ def _work(worker: Worker, shared: _Shared, index: int, submit: Callable[[list[An
     if limiter is not None:  # rate=: one call per item, each submitted when its slot comes
         limit = 1
     n = min(limit, _remembered(stage.task)[0])
-    while (items := worker.begin(get(n))) is not None:
-        batch = list(items)
-        tail.started(index, len(batch))
-        if limiter is not None:
-            limiter.wait_turn(run.sleep)
-        plain = [x for x in batch if type(x) is not Refs]
-        upstream = [x.ref for x in batch if type(x) is Refs]
-        if upstream:
-            worker.refs_in += sum(x.count - 1 for x in batch if type(x) is Refs)
-        if stage.branch:
-            seconds = _stream(worker, submit(plain, upstream), flush, inflight)
-        elif shared.passes_refs:
-            status_ref, outputs_ref = submit(plain, upstream)
-            inflight[0] = status_ref
-            try:
-                status = _checked(worker, _wait(run, stage.task.name, status_ref))
-            except BaseException:
-                _forget(outputs_ref)
-                raise
-            inflight[0] = None
-            if status[1]:
-                box.append(Refs(outputs_ref, status[1]))
-                worker.refs_out += status[1] - 1
-            seconds = status[2]
-        else:
-            ref = inflight[0] = submit(plain, upstream)
-            status, outputs = _wait(run, stage.task.name, ref)
-            inflight[0] = None
-            _checked(worker, status)
-            box.extend(outputs)
-            seconds = status[2]
-        tail.finished(index, len(batch), seconds)
-        flush(True)
-        # On the calls' own time, not the round trip: the input edge holds about the
-        # channel's pace of their work, and a batch grows until its calls take about
-        # TARGET_SECONDS, which makes the few milliseconds a Ray call costs a small part.
-        inp.pace(len(batch), max(seconds, 1e-6))
-        n = _next_size(n, len(batch), seconds, limit)
-        _remember(stage.task, n, tail.cost)
+    try:
+        while (items := worker.begin(get(n))) is not None:
+            batch = list(items)
+            if limiter is not None:
+                limiter.wait_turn(run.sleep)
+            plain = [x for x in batch if type(x) is not Refs]
+            upstream = [x.ref for x in batch if type(x) is Refs]
+            if upstream:
+                worker.refs_in += sum(x.count - 1 for x in batch if type(x) is Refs)
+            if stage.branch:
+                seconds = _stream(worker, submit(plain, upstream), flush, inflight)
+            elif shared.passes_refs:
+                status_ref, outputs_ref = submit(plain, upstream)
+                inflight[0] = status_ref
+                try:
+                    status = _checked(worker, _wait(run, stage.task.name, status_ref))
+                except BaseException:
+                    _forget(outputs_ref)
+                    raise
+                inflight[0] = None
+                if status[1]:
+                    box.append(Refs(outputs_ref, status[1]))
+                    worker.refs_out += status[1] - 1
+                seconds = status[2]
+            else:
+                ref = inflight[0] = submit(plain, upstream)
+                status, outputs = _wait(run, stage.task.name, ref)
+                inflight[0] = None
+                _checked(worker, status)
+                box.extend(outputs)
+                seconds = status[2]
+            tail.finished(index, len(batch), seconds)
+            flush(True)
+            # On the calls' own time, not the round trip: the input edge holds about the
+            # channel's pace of their work, and a batch grows until its calls take about
+            # TARGET_SECONDS, which makes the few milliseconds a Ray call costs a small part.
+            inp.pace(len(batch), max(seconds, 1e-6))
+            n = _next_size(n, len(batch), seconds, limit)
+            _remember(stage.task, n, tail.cost)
+    finally:
+        tail.leave(index)  # (a batch that raised is no sibling's work left to count)
 
 
 #: The batch size each task's relays reached, and the seconds per item its calls took, by

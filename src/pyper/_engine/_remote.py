@@ -20,12 +20,13 @@ class Gathering:
 
     While the input is open, a batch short of its size waits up to ``seconds`` for more
     items to gather; idle siblings gather too, and the items that come go to them in turn.
-    While a sibling has a batch in flight or is still starting (it has not asked for
-    input yet), a relay holds no more than its share of what has come, counting the
-    sibling's work, or as much as a busy sibling holds: it would otherwise take every
-    item that comes, or all a short run's producer flushed at once before the other
-    started (16 against 0). Once the input is closed, a relay takes its share of what is
-    left, counting what it has gathered. Owned by its relay.
+    Of what is already there, a relay takes no more than its share of what has come,
+    counting its siblings' work in flight (or as much as a busy sibling holds): else the
+    first to wake takes a whole burst, or all a short run's producer flushed at once
+    before the other started (16 against 0); and while a sibling is busy or still
+    starting (it has not asked for input yet), it waits for no more than that share. Once
+    the input is closed, a relay takes its share of what is left, counting what it has
+    gathered. Owned by its relay.
     """
 
     __slots__ = ("inp", "seconds", "tail", "index", "ended")
@@ -40,21 +41,26 @@ class Gathering:
         if self.ended:
             return None  # (not asked again: a retiring worker is given its end once)
         inp, tail, index = self.inp, self.tail, self.index
-        starting = tail.starting(inp)
-        want = tail.size(index, n, inp, seen=starting)
-        # While a sibling starts, the first item, then its share of what has come: what
-        # was there when this relay asked is no measure (a producer flushes all it made
-        # at once when no relay is waiting).
-        got = inp.get(1 if starting else want)
-        if got is None or len(got) >= want:
-            return got
+        # The first item, whenever it comes; then, of what is there, no more than this
+        # relay's share of what has come (what came may be a burst: a process stage, or a
+        # producer with no relay waiting, flushes all it made at once; the others take
+        # theirs as they wake); and while more may come, wait for it up to ``seconds``
+        # (to ``n`` while every sibling is idle too, else to a share).
+        got = inp.get(1)
+        if got is None:
+            return None
         got = list(got)
         deadline = perf_counter() + self.seconds
-        while (left := deadline - perf_counter()) > 0:
-            want = tail.size(index, n, inp, len(got), seen=tail.elsewhere(inp))
-            if len(got) >= want:
+        while True:
+            held = len(got)
+            share = tail.size(index, n, inp, held, seen=True)
+            if inp.queued:
+                ask = share - held
+            else:
+                ask = tail.size(index, n, inp, held, seen=tail.elsewhere(inp)) - held
+            if ask <= 0:
                 break
-            more = inp.get_within(want - len(got), left)
+            more = inp.get_within(ask, max(0.0, deadline - perf_counter()))
             if more is TIMED_OUT:
                 break
             if more is None:
@@ -62,6 +68,7 @@ class Gathering:
                 break
             assert isinstance(more, list)
             got.extend(more)
+        tail.started(index, len(got))  # at once: a sibling's share counts it from now
         return got
 
 
@@ -120,19 +127,20 @@ class Tail:
         with self._lock:
             self._arrived.add(index)
 
-    def starting(self, inp: Channel) -> bool:
-        """Some relay has not asked for input yet: one that has is not to take all there is
-        (a short run's producer may have flushed it whole before the other started)."""
-        return len(self._arrived) < inp.receivers
-
     def elsewhere(self, inp: Channel) -> bool:
         """Some relay has a batch in flight, or has not asked for input yet: one that is
         gathering is not to take all that comes (plain reads: a stale one is one item)."""
         return bool(self._busy) or len(self._arrived) < inp.receivers
 
     def started(self, index: int, count: int) -> None:
+        """Relay ``index`` took a batch of ``count`` items (``Gathering`` says so itself)."""
         with self._lock:
             self._busy[index] = (perf_counter(), count)
+
+    def leave(self, index: int) -> None:
+        """Relay ``index`` is gone, its batch done or not."""
+        with self._lock:
+            self._busy.pop(index, None)
 
     def finished(self, index: int, count: int, seconds: float) -> None:
         """Relay ``index``'s batch of ``count`` items is back; its calls took ``seconds``."""
