@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -42,24 +43,31 @@ def test_a_batch_gathers_the_items_a_fast_producer_flushes_one_by_one() -> None:
         producer.join()
 
 
-@pytest.mark.timeout(10)
-def test_idle_relays_gathering_at_once_share_what_comes() -> None:
-    """A short run: both relays gather at its start; each gets about half, not one all."""
-    channel = Channel(capacity=64, senders=1, receivers=2)
-    tail = Tail(0.0)
+def two_relays(channel: Channel, tail: Tail, seconds: float, feed: Callable[[], None]) -> dict[int, list[int]]:
+    """What two relays, both parked for input, take in one ``get(16)`` each once ``feed()``
+    has put items in the channel."""
     got: dict[int, list[int]] = {}
 
     def relay(index: int) -> None:
-        got[index] = Gathering(channel, 1.0, tail, index).get(16) or []
+        got[index] = Gathering(channel, seconds, tail, index).get(16) or []
 
     relays = [threading.Thread(target=relay, args=(i,)) for i in (0, 1)]
     for r in relays:
         r.start()
     time.sleep(0.05)  # both parked for input
-    producer = produce(channel, 16)
+    feed()
     for r in relays:
         r.join()
-    producer.join()
+    return got
+
+
+@pytest.mark.timeout(10)
+def test_idle_relays_gathering_at_once_share_what_comes() -> None:
+    """A short run: both relays gather at its start; each gets about half, not one all."""
+    channel = Channel(capacity=64, senders=1, receivers=2)
+    producers: list[threading.Thread] = []
+    got = two_relays(channel, Tail(0.0), 1.0, lambda: producers.append(produce(channel, 16)))
+    producers[0].join()
     assert sorted(got[0] + got[1]) == list(range(16))
     assert 5 <= len(got[0]) <= 11, got  # in turn, give or take what a thread's wake-up costs
 
@@ -70,21 +78,13 @@ def test_a_burst_that_comes_while_relays_wait_is_shared_out(closed: bool) -> Non
     """A process stage (or a producer that no relay waited for) flushes a whole batch at
     once: the first relay to wake must not take it all."""
     channel = Channel(capacity=64, senders=1, receivers=2)
-    tail = Tail(0.01, cost=0.01)  # 10 ms calls: a share of 8 is worth a call
-    got: dict[int, list[int]] = {}
 
-    def relay(index: int) -> None:
-        got[index] = Gathering(channel, 0.05, tail, index).get(16) or []
+    def burst() -> None:
+        channel.put(list(range(16)))
+        if closed:
+            channel.close_send()
 
-    relays = [threading.Thread(target=relay, args=(i,)) for i in (0, 1)]
-    for r in relays:
-        r.start()
-    time.sleep(0.05)  # both parked for input
-    channel.put(list(range(16)))
-    if closed:
-        channel.close_send()
-    for r in relays:
-        r.join()
+    got = two_relays(channel, Tail(0.01, cost=0.01), 0.05, burst)  # 10 ms calls: 8 is worth a call
     if not closed:
         channel.close_send()
     assert sorted(got[0] + got[1]) == list(range(16))
