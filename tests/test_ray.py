@@ -678,3 +678,34 @@ def test_a_short_runs_items_are_shared_out_between_the_workers(monkeypatch: pyte
     monkeypatch.setattr(_remote.Tail, "started", started)
     assert sorted(p(16)) == list(range(16))
     assert sum(taken.values()) == 16 and min(taken.values()) >= 4, taken  # 8 each, give or take
+
+
+def test_a_batch_cut_short_by_the_tail_grows_the_size_toward_the_target() -> None:
+    from pyper._engine._ray import TARGET_SECONDS, _next_size
+
+    assert TARGET_SECONDS == 0.25
+    assert _next_size(7, 4, 0.104, 1000) == 9  # 26 ms a call: 9 fit in 0.25 s
+    assert _next_size(2, 1, 0.0, 1000) == 4  # at most doubling, even when it cost nothing
+    assert _next_size(7, 4, 0.104, 8) == 8  # and never past the limit
+    assert _next_size(7, 4, 0.2, 1000) == 7  # half the target or more: kept
+    assert _next_size(7, 2, 0.4, 1000) == 1  # over it: shrinks, as a full batch would
+    assert _next_size(8, 8, 0.26, 1000) == 7  # a full batch: adapt's rule, unchanged
+    assert _next_size(4, 4, 0.01, 1000) == 32  # and 8x while far below the target
+
+
+def nap_20ms(x: int) -> int:
+    time.sleep(0.02)
+    return x
+
+
+@pytest.mark.timeout(120)
+def test_short_runs_whose_batches_the_tail_cuts_win_back_the_size() -> None:
+    """A stage left at 7 (one batch a little over the target) runs 16 items of 20 ms on 4
+    workers: each takes a share of 4 or so, a batch the tail cut short, of about 80 ms.
+    The size grows back toward what fits the target (12 calls), not kept at 7 for good."""
+    from pyper._engine import _ray as pyper_ray
+
+    p = task(count_to, branch=True) | task(nap_20ms, workers=4, executor="ray")
+    pyper_ray._remember(p.tasks[1], 7, 0.02)
+    assert sorted(p(16)) == list(range(16))
+    assert pyper_ray._remembered(p.tasks[1])[0] > 7
