@@ -92,6 +92,37 @@ def test_a_burst_that_comes_while_relays_wait_is_shared_out(closed: bool) -> Non
 
 
 @pytest.mark.timeout(10)
+@pytest.mark.parametrize("parked", [True, False], ids=["sibling-parked", "sibling-between-batches"])
+def test_a_burst_that_comes_while_a_relay_gathers_is_shared_out(parked: bool) -> None:
+    """A producer flushes one item, then a batch (a process stage in slow start): the
+    relay that took the first and waits for more must not take the whole burst."""
+    channel = Channel(capacity=64, senders=1, receivers=2)
+    tail = Tail(0.01, cost=0.01)
+    got: dict[int, list[int]] = {}
+
+    def relay(index: int) -> None:
+        got[index] = Gathering(channel, 0.2, tail, index).get(16) or []
+
+    channel.put([0])
+    first = threading.Thread(target=relay, args=(0,))
+    first.start()
+    time.sleep(0.02)  # it holds item 0 and waits for more
+    second = threading.Thread(target=relay, args=(1,))
+    if parked:
+        second.start()
+        time.sleep(0.02)
+    channel.put(list(range(1, 17)))
+    first.join()
+    if not parked:  # back from its call a moment later
+        time.sleep(0.001)
+        second.start()
+    second.join()
+    channel.close_send()
+    assert sorted(got[0] + got[1]) == list(range(17))
+    assert 7 <= len(got[0]) <= 10 and 7 <= len(got[1]) <= 10, got  # 9 and 8, give or take
+
+
+@pytest.mark.timeout(10)
 def test_while_a_sibling_has_a_batch_in_flight_a_relay_gathers_only_its_share() -> None:
     """Else the one gathering would take every item that comes while the other works."""
     channel = Channel(capacity=64, senders=1, receivers=2)

@@ -45,7 +45,9 @@ class Gathering:
         # relay's share of what has come (what came may be a burst: a process stage, or a
         # producer with no relay waiting, flushes all it made at once; the others take
         # theirs as they wake); and while more may come, wait for it up to ``seconds``
-        # (to ``n`` while every sibling is idle too, else to a share).
+        # (to ``n`` while every sibling is idle too, else to a share), one item at a
+        # time: what comes while it waits may be a burst too, of which it takes its
+        # share on the next pass (asked for all it wanted, it took a burst of 16 whole).
         got = inp.get(1)
         if got is None:
             return None
@@ -53,11 +55,10 @@ class Gathering:
         deadline = perf_counter() + self.seconds
         while True:
             held = len(got)
-            share = tail.size(index, n, inp, held, seen=True)
             if inp.queued:
-                ask = share - held
+                ask = tail.size(index, n, inp, held, seen=True) - held
             else:
-                ask = tail.size(index, n, inp, held, seen=tail.elsewhere(inp)) - held
+                ask = min(1, tail.size(index, n, inp, held, seen=tail.elsewhere(inp)) - held)
             if ask <= 0:
                 break
             more = inp.get_within(ask, max(0.0, deadline - perf_counter()))
