@@ -684,9 +684,10 @@ def test_a_batch_cut_short_by_the_tail_grows_the_size_toward_the_target() -> Non
     from pyper._engine._ray import TARGET_SECONDS, _next_size
 
     assert TARGET_SECONDS == 0.25
-    assert _next_size(7, 4, 0.104, 1000) == 9  # 26 ms a call: 9 fit in 0.25 s
-    assert _next_size(2, 1, 0.0, 1000) == 4  # at most doubling, even when it cost nothing
-    assert _next_size(7, 4, 0.104, 8) == 8  # and never past the limit
+    assert _next_size(7, 4, 0.104, 1000) == 8  # 26 ms a call, under half the target: twice 4 fit
+    assert _next_size(7, 6, 0.104, 1000) == 12
+    assert _next_size(2, 1, 0.0, 1000) == 2  # a trickle of single items leaves it be
+    assert _next_size(7, 6, 0.104, 10) == 10  # and never past the limit
     assert _next_size(7, 4, 0.2, 1000) == 7  # half the target or more: kept
     assert _next_size(7, 2, 0.4, 1000) == 1  # over it: shrinks, as a full batch would
     assert _next_size(8, 8, 0.26, 1000) == 7  # a full batch: adapt's rule, unchanged
@@ -702,10 +703,14 @@ def nap_20ms(x: int) -> int:
 def test_short_runs_whose_batches_the_tail_cuts_win_back_the_size() -> None:
     """A stage left at 7 (one batch a little over the target) runs 16 items of 20 ms on 4
     workers: each takes a share of 4 or so, a batch the tail cut short, of about 80 ms.
-    The size grows back toward what fits the target (12 calls), not kept at 7 for good."""
+    The size grows back toward what fits the target (12 calls), not kept at 7 for good:
+    within a few runs (the size kept is the last batch's, which may be a share of 3)."""
     from pyper._engine import _ray as pyper_ray
 
     p = task(count_to, branch=True) | task(nap_20ms, workers=4, executor="ray")
     pyper_ray._remember(p.tasks[1], 7, 0.02)
-    assert sorted(p(16)) == list(range(16))
-    assert pyper_ray._remembered(p.tasks[1])[0] > 7
+    sizes = []
+    for _ in range(3):
+        assert sorted(p(16)) == list(range(16))
+        sizes.append(pyper_ray._remembered(p.tasks[1])[0])
+    assert max(sizes) > 7, sizes

@@ -412,7 +412,9 @@ def _next_size(n: int, done: int, seconds: float, limit: int) -> int:
     batches in three steps, not ten.
 
     A batch the run's tail cut short (``Tail``: a share, ``done`` < ``n``) measures the
-    cost too, and the size grows toward what fits the target (at most doubling). Else
+    cost too: if its calls took under half the target, twice what it held fits, and the
+    size grows to that (not further: a trickle of single items, cheap as they are, leaves
+    it be, as the size is remembered and the next run's input widened to hold it). Else
     the size only ever shrank: one batch a little over the target (8 calls of 25 ms
     taking 0.26 s on a busy machine) made it 7, and short runs, all tail, kept 7; the
     next run's input then held 14 of its 16 items at first, and the relays took 7 and 4
@@ -420,7 +422,7 @@ def _next_size(n: int, done: int, seconds: float, limit: int) -> int:
     if done >= n and seconds < TARGET_SECONDS / 16:
         return min(limit, 8 * n)
     if 0 < done < n and seconds < TARGET_SECONDS / 2:
-        return min(limit, 2 * n, max(n, int(TARGET_SECONDS * done / max(seconds, 1e-9))))
+        return min(limit, max(n, 2 * done))
     return adapt(n, done, seconds, limit, TARGET_SECONDS)
 
 
