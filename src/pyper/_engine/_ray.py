@@ -413,8 +413,9 @@ def _next_size(n: int, done: int, seconds: float, limit: int) -> int:
 
     A batch the run's tail cut short (``Tail``: a share, ``done`` < ``n``) measures the
     cost too: if its calls took under half the target, twice what it held fits, and the
-    size grows to that (not further: a trickle of single items, cheap as they are, leaves
-    it be, as the size is remembered and the next run's input widened to hold it). Else
+    size grows to that. (Not to the target's fit: single cheap items trickling in would
+    double it every batch, and the size is remembered: the next run's input is widened
+    to hold it for each worker.) Else
     the size only ever shrank: one batch a little over the target (8 calls of 25 ms
     taking 0.26 s on a busy machine) made it 7, and short runs, all tail, kept 7; the
     next run's input then held 14 of its 16 items at first, and the relays took 7 and 4

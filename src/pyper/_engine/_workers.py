@@ -594,9 +594,9 @@ def _reap(process: Any) -> None:
     child) may reap it, and this thread's ``join`` then returns before the exit code is
     stored, so ``close()`` would raise ``ValueError`` and leave our pipes open (seen once
     in CI). The code comes within microseconds; wait for it. (If the program reaped the
-    child itself, with ``os.waitpid(-1, ...)``, it never comes, after a second, and
-    ``close()`` raises: the callers let that go, and multiprocessing's own sentinel pipe
-    for the child stays open until its finalizer runs, as the object is collected.)"""
+    child itself, with ``os.waitpid(-1, ...)``, it never comes: after a second
+    ``close()`` raises, the callers let that go, and multiprocessing's own sentinel pipe
+    for the child stays open until the object is collected.)"""
     process.join()
     deadline = time.monotonic() + 1.0
     while process.exitcode is None and time.monotonic() < deadline:
