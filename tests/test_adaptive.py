@@ -57,7 +57,7 @@ def test_a_range_is_checked_at_task_time() -> None:
         task(nap, workers=(1, 2.5))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"task 'nap': join=True takes a fixed number of workers"):
         task(nap, workers=(1, 4), join=True)
-    with pytest.raises(ValueError, match=r"task 'nap': a Ray stage takes a fixed number of workers"):
+    with pytest.raises(ValueError, match=r"task 'nap': a stage on executor='ray' takes a fixed number of workers"):
         task(nap, workers=(1, 4), executor="ray")
     assert task(nap, concurrency=(2, 8)).tasks[0].workers == 2  # the older alias takes one too
     assert not task(nap, workers=(3, 3)).tasks[0].adaptive  # lo == hi: a fixed size

@@ -1206,18 +1206,37 @@ def test_an_unknown_option_names_the_task_and_the_closest_valid_one() -> None:
         task(retires=3)  # type: ignore[call-overload]
 
 
-def test_executor_and_ray_options_are_checked_at_task_time() -> None:
+def _ray_installed(monkeypatch: pytest.MonkeyPatch, installed: bool) -> None:
+    """Pretend Ray is installed or not, as ``task(executor="ray")`` looks for it (without
+    importing it): these tests run with and without the ray extra."""
+    import importlib.machinery
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    fake = importlib.machinery.ModuleSpec("ray", None) if installed else None
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: fake if name == "ray" else find_spec(name, *a, **k))
+
+
+def test_executor_and_ray_options_are_checked_at_task_time(monkeypatch: pytest.MonkeyPatch) -> None:
     def embed(x: int) -> int:
         return x
 
     async def aembed(x: int) -> int:
         return x
 
-    assert task(embed, executor="ray", ray_options={"num_cpus": 0.5}).tasks[0].ray == (("num_cpus", 0.5),)
+    _ray_installed(monkeypatch, True)
+    ray_task = task(embed, executor="ray", ray_options={"num_cpus": 0.5}).tasks[0]
+    assert (ray_task.executor, ray_task.executor_options) == ("ray", (("num_cpus", 0.5),))
     assert task(abs, executor="process").tasks[0].multiprocess
-    assert task(embed, executor="thread").tasks[0].ray is None
-    with pytest.raises(ValueError, match=r"task '\S*embed': executor must be 'thread', 'process' or 'ray'"):
+    assert task(abs, executor="process").tasks[0].executor == "process"
+    assert task(embed, executor="thread").tasks[0].executor_options == ()
+    assert task(embed).tasks[0].executor == "thread" and task(aembed).tasks[0].executor == "asyncio"
+    assert task(aembed, executor="asyncio").tasks[0].executor == "asyncio"
+    with pytest.raises(ValueError, match=r"task '\S*embed': executor must be 'thread', 'asyncio', 'process', 'ray'"):
         task(embed, executor="gpu")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"task '\S*embed': executor must be .* or a concurrent.futures.Executor instance"):
+        task(embed, executor=object())  # type: ignore[call-overload]
     with pytest.raises(ValueError, match=r"task '\S*embed': multiprocess=True .* executor='ray' was given too"):
         task(embed, executor="ray", multiprocess=True)
     with pytest.raises(ValueError, match=r"ray_options= applies with executor='ray' only"):
@@ -1228,7 +1247,23 @@ def test_executor_and_ray_options_are_checked_at_task_time() -> None:
         task(embed, executor="ray", ray_options=[("num_cpus", 1)])  # type: ignore[call-overload]
     with pytest.raises(ValueError, match=r"task '\S*aembed': executor='ray' runs synchronous functions"):
         task(aembed, executor="ray")
+    with pytest.raises(ValueError, match=r"task '\S*embed': executor='asyncio' runs async functions"):
+        task(embed, executor="asyncio")
+    with pytest.raises(ValueError, match=r"task '\S*aembed': executor='thread' runs synchronous functions"):
+        task(aembed, executor="thread")
     assert task(embed, executor="ray", timeout=1.0).tasks[0].policy.timeout == 1.0  # no ray import
+
+
+def test_a_ray_stage_without_ray_installed_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At task() time, not when the run starts, and naming the task and the install command."""
+    def embed(x: int) -> int:
+        return x
+
+    _ray_installed(monkeypatch, False)
+    with pytest.raises(ModuleNotFoundError, match=r"task '\S*embed': executor='ray' needs ray, which is "
+                                                  r"not installed here: pip install 'python-pyper\[ray\]'"):
+        task(embed, executor="ray", workers=4)
+    assert "ray" not in sys.modules
 
 
 def _callables() -> list[object]:

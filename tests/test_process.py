@@ -119,6 +119,31 @@ def test_workers_are_separate_processes_running_at_once() -> None:
     assert t.elapsed < 1.9, f"4 calls of 0.5 s on 4 processes took {t.elapsed:.2f} s"
 
 
+def my_pid(*args: Any) -> int:
+    return os.getpid()
+
+
+def same(x: int) -> int:
+    return x
+
+
+@pytest.mark.timeout(30)
+def test_a_plain_first_task_in_a_process_runs_in_a_process() -> None:
+    """A first task called once, with no per-call options, ran inline in the caller's own
+    process: the inline rule looked at its kind and options, never at where it should run."""
+    assert list((task(my_pid, multiprocess=True) | task(same))()) != [os.getpid()]
+    assert list((task(my_pid, executor="process") | task(same))()) != [os.getpid()]
+    assert list(task(my_pid, multiprocess=True)()) != [os.getpid()]
+
+    async def asame(x: int) -> int:
+        return x
+
+    async def main() -> list[int]:
+        return await acollect((task(my_pid, multiprocess=True) | task(asame))())
+
+    assert run_async(main()) != [os.getpid()]
+
+
 @pytest.mark.timeout(30)
 def test_generators_in_processes_fan_out_first_task_included() -> None:
     p = task(count_to, multiprocess=True) | task(fan, workers=2, multiprocess=True)

@@ -48,7 +48,8 @@ class Task(NamedTuple):
 
     The attribute names are those of the original Pyper's ``Task`` (``func``,
     ``workers``, ``throttle``, ``join``, ``branch``, ``multiprocess``, ``is_gen``,
-    ``is_async``), read by code written for it through ``Pipeline.tasks``. A ``NamedTuple``,
+    ``is_async``), read by code written for it through ``Pipeline.tasks``; ``executor``
+    says where the calls run. A ``NamedTuple``,
     not a dataclass: ``dataclasses`` imports ``inspect``, which would double the time
     ``import pyper`` takes, in every program and again in every worker process.
     """
@@ -62,11 +63,16 @@ class Task(NamedTuple):
     join: bool
     throttle: int
     ordered: bool
-    multiprocess: bool
     daemon: bool
+    # Where the calls run: "thread", "asyncio", "process", "ray", or a
+    # ``concurrent.futures.Executor`` of the user's. Set once, by ``task()``; the engine
+    # reads it through its table of executors (``_engine._executors.row``) and nothing
+    # else decides where a call runs.
+    executor: Any = "thread"
     pipeline: bool = False  # ``func`` runs a nested pipeline: each call returns its output stream
     policy: Policy = no_policy  # setup=, retries=, on_error=, unpack= (see ``_policy``)
-    ray: tuple[tuple[str, Any], ...] | None = None  # executor="ray": Ray's options (ray_options=)
+    # The executor's own settings, as sorted (name, value) pairs: Ray's (ray_options=).
+    executor_options: tuple[tuple[str, Any], ...] = ()
     # workers=(lo, hi): the most workers the sizer may run (``workers`` is then lo, the
     # fewest, and how many start); 0 for a fixed size.
     max_workers: int = 0
@@ -74,6 +80,12 @@ class Task(NamedTuple):
     @property
     def is_async(self) -> bool:
         return self.kind != "sync"
+
+    @property
+    def multiprocess(self) -> bool:
+        """Whether the calls run in worker processes of the stage's own (the original
+        Pyper's attribute; ``executor`` says it for every executor)."""
+        return bool(self.executor == "process")
 
     @property
     def most(self) -> int:

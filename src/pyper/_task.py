@@ -9,9 +9,11 @@ the class says which overload applies when).
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Iterator
 from typing import Any, Callable, Concatenate, Literal, Unpack, overload
 
+from ._engine._registry import EXECUTORS, Row, executor_name
 from ._errors import PipelineSetupError
 from ._pickling import dumps, have_cloudpickle
 from ._pipeline import AsyncPipeline, Pipeline
@@ -81,7 +83,6 @@ def make_task(
     ordered = check_bool(name, "ordered", ordered)
     multiprocess = check_bool(name, "multiprocess", multiprocess)
     daemon = check_bool(name, "daemon", daemon)
-    multiprocess, on_ray = _check_executor(name, executor, multiprocess, ray_options)
     if branch is not None and not isinstance(branch, bool):
         raise TypeError(f"task {name!r}: branch must be True, False or None, got {branch!r}")
 
@@ -96,6 +97,8 @@ def make_task(
         name = f"pipeline({func})"
     else:
         kind, is_gen = classify(func)
+    where = _check_executor(name, executor, multiprocess, kind)
+    place = EXECUTORS[executor_name(where)]
 
     if bind is not None:
         if not (isinstance(bind, tuple) and len(bind) == 2):
@@ -108,40 +111,52 @@ def make_task(
         retry_on=retry_on, backoff=backoff, on_error=on_error, unpack=unpack, rate=rate,
         batch=batch, linger=linger, timeout=timeout, is_gen=is_gen, workers=most,
     )
-    if multiprocess:
-        _check_process_task(name, func, kind, pipeline)
-        for option, value in (("setup", setup), ("on_error", on_error), ("backoff", backoff)):
-            if callable(value):
-                _check_sendable(name, f"{option}=", value)
-        if join and workers > 1:
-            raise PipelineSetupError(
-                f"task {name!r}: join=True with multiprocess=True runs one join call in one "
-                f"worker process, so workers must be 1 (got {workers}); to split the stream "
-                "over several processes, give a task without join=True more workers"
+    settings = _check_settings(name, where, place, ray_options)
+    if place.remote:
+        if pipeline:
+            raise ValueError(
+                f"task {name!r}: a pipeline runs in this process: it cannot run on executor="
+                f"{_shown(where)}; give that executor to the tasks inside the nested pipeline"
             )
+        if place.pickles or _pickling_pool(where):
+            _check_sendable(name, where, "the function (and what bind= binds to it)", func)
+            for option, value in (("setup", setup), ("on_error", on_error), ("backoff", backoff)):
+                if callable(value):
+                    _check_sendable(name, where, f"{option}=", value)
+    if not place.per_worker and (setup is not None or join):
+        raise ValueError(
+            f"task {name!r}: {'setup=' if setup is not None else 'join=True'} needs workers of "
+            f"pyper's own (a resource per worker, one call over a stream), and executor="
+            f"{_shown(where)} runs each batch wherever it has room: make the resource in "
+            "the function (or with the executor's initializer=), or drop executor="
+        )
+    if join and workers > 1 and where == "process":
+        raise PipelineSetupError(
+            f"task {name!r}: join=True with multiprocess=True runs one join call in one "
+            f"worker process, so workers must be 1 (got {workers}); to split the stream "
+            "over several processes, give a task without join=True more workers"
+        )
     if most > workers and join:
         raise ValueError(
             f"task {name!r}: join=True takes a fixed number of workers (each one's call sees its "
             f"share of the stream), not a range {(workers, most)}: give workers=N"
         )
-    ray = None
-    if on_ray:
-        if most > workers:
-            raise ValueError(
-                f"task {name!r}: a Ray stage takes a fixed number of workers, not a range "
-                f"{(workers, most)} (sizing Ray stages as they run is not built yet): give workers=N"
-            )
-        _check_ray_task(name, kind, pipeline, policy)
-        ray = tuple(sorted(dict(ray_options or {}).items()))  # type: ignore[call-overload]
-    if daemon and kind != "sync":
+    if most > workers and not place.sizable:
         raise ValueError(
-            f"task {name!r}: daemon=True applies to threads only; an async task cannot be a daemon"
+            f"task {name!r}: a stage on executor={_shown(where)} takes a fixed number of workers, "
+            f"not a range {(workers, most)} (it cannot size itself as it runs yet): give workers=N"
+        )
+    if daemon and place.module != "_thread":
+        raise ValueError(
+            f"task {name!r}: daemon=True applies to threads only; a task on executor="
+            f"{_shown(where)} cannot be a daemon"
         )
     if ordered and join:
         raise ValueError(
             f"task {name!r}: ordered=True cannot be combined with join=True "
             "(a join task sees its whole input stream, in order, already)"
         )
+    _check_installed(name, where, place)  # last: the options' own errors come first
     return Task(
         func=func,
         name=name,
@@ -152,11 +167,11 @@ def make_task(
         join=join,
         throttle=throttle,
         ordered=ordered,
-        multiprocess=multiprocess,
         daemon=daemon,
+        executor=where,
         pipeline=pipeline,
         policy=policy if policy.any else no_policy,
-        ray=ray,
+        executor_options=settings,
         max_workers=most if most > workers else 0,
     )
 
@@ -180,59 +195,88 @@ def _check_workers(name: str, workers: object) -> tuple[int, int]:
     return n, n
 
 
-#: Ray's per-call options that ``ray_options=`` passes on (retries are pyper's ``retries=``).
-RAY_OPTIONS = frozenset({
-    "num_cpus", "num_gpus", "memory", "resources", "runtime_env", "scheduling_strategy",
-    "accelerator_type", "label_selector", "placement_group", "placement_group_bundle_index",
-})
+def _shown(executor: object) -> str:
+    return repr(executor) if isinstance(executor, str) else type(executor).__name__
 
 
-def _check_executor(name: str, executor: object, multiprocess: bool, ray_options: object) -> tuple[bool, bool]:
-    """(multiprocess, on Ray) from ``executor=`` and ``multiprocess=``."""
-    if executor not in (None, "thread", "process", "ray"):
-        raise ValueError(
-            f"task {name!r}: executor must be 'thread', 'process' or 'ray' (or None: threads, "
-            f"or asyncio for an async function), got {executor!r}"
-        )
+def _check_executor(name: str, executor: object, multiprocess: bool, kind: Kind) -> Any:
+    """Where the task's calls run (``Task.executor``), from ``executor=`` and
+    ``multiprocess=``, checked against the executor's row: a name, or the user's
+    ``concurrent.futures.Executor``."""
     if multiprocess and executor not in (None, "process"):
         raise ValueError(
             f"task {name!r}: multiprocess=True runs the task in processes, but executor="
-            f"{executor!r} was given too: give one of them"
+            f"{_shown(executor)} was given too: give one of them"
         )
-    if ray_options is not None:
-        if executor != "ray":
-            raise ValueError(f"task {name!r}: ray_options= applies with executor='ray' only")
-        if not isinstance(ray_options, dict) or not all(isinstance(k, str) for k in ray_options):
-            raise TypeError(f"task {name!r}: ray_options must be a dict of Ray's options, got {ray_options!r}")
-        unknown = sorted(set(ray_options) - RAY_OPTIONS)
-        if unknown:
-            how = " (use retries=)" if {"max_retries", "max_restarts", "max_task_retries"} & set(unknown) else ""
+    if executor is None:
+        executor = "process" if multiprocess else "thread" if kind == "sync" else "asyncio"
+    names = [n for n in EXECUTORS if n != "futures"]
+    if isinstance(executor, str):
+        if executor not in names:
             raise ValueError(
-                f"task {name!r}: ray_options {', '.join(map(repr, unknown))} not accepted{how}; "
-                f"it takes {', '.join(sorted(RAY_OPTIONS))}"
+                f"task {name!r}: executor must be {', '.join(map(repr, names))}, a "
+                "concurrent.futures.Executor, or None (threads for a sync function, asyncio for "
+                f"an async one), got {executor!r}"
             )
-    return multiprocess or executor == "process", executor == "ray"
-
-
-def _check_ray_task(name: str, kind: Kind, pipeline: bool, policy: Any) -> None:
-    if kind != "sync" or pipeline:
+    else:
+        futures = sys.modules.get("concurrent.futures")  # loaded if the user made an Executor
+        if futures is None or not isinstance(executor, futures.Executor):
+            raise TypeError(
+                f"task {name!r}: executor must be {', '.join(map(repr, names))} or a "
+                f"concurrent.futures.Executor instance, got {executor!r}"
+            )
+    place = EXECUTORS[executor_name(executor)]
+    if (place.runs == "async") != (kind != "sync"):
+        what = "an async function or pipeline" if kind != "sync" else "a synchronous function"
+        runs = "async functions" if place.runs == "async" else "synchronous functions"
+        given = "multiprocess=True" if multiprocess else f"executor={_shown(executor)}"
         raise ValueError(
-            f"task {name!r}: executor='ray' runs synchronous functions; an async function or a "
-            "pipeline cannot run there: give it a synchronous function"
+            f"task {name!r}: {given} runs {runs}, and this task is {what}: drop {given} "
+            "(pyper runs each kind where it belongs), or give it a function of the other kind"
         )
+    return executor
 
 
-def _check_process_task(name: str, func: object, kind: Kind, pipeline: bool) -> None:
-    if kind != "sync" or pipeline:
+def _check_installed(name: str, executor: object, place: Row) -> None:
+    """The optional dependency the executor needs is installed (found, not imported)."""
+    if place.needs is not None:
+        module, install = place.needs
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(
+                f"task {name!r}: executor={_shown(executor)} needs {module}, which is not "
+                f"installed here: {install}", name=module,
+            )
+
+
+def _check_settings(name: str, executor: object, place: Row, settings: object) -> tuple[tuple[str, Any], ...]:
+    """The executor's own settings (``ray_options=``), checked against its row."""
+    if settings is None:
+        return ()
+    if place.settings is None or place.settings[0] != "ray_options":
+        raise ValueError(f"task {name!r}: ray_options= applies with executor='ray' only")
+    accepted = place.settings[1]
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise TypeError(f"task {name!r}: ray_options must be a dict of Ray's options, got {settings!r}")
+    unknown = sorted(set(settings) - accepted)
+    if unknown:
+        how = " (use retries=)" if {"max_retries", "max_restarts", "max_task_retries"} & set(unknown) else ""
         raise ValueError(
-            f"task {name!r}: an async function or a pipeline cannot run in a process; "
-            "drop multiprocess=True or give it a synchronous function"
+            f"task {name!r}: ray_options {', '.join(map(repr, unknown))} not accepted{how}; "
+            f"it takes {', '.join(sorted(accepted))}"
         )
-    _check_sendable(name, "the function (and what bind= binds to it)", func)
+    return tuple(sorted(settings.items()))
 
 
-def _check_sendable(name: str, what: str, func: object) -> None:
-    """``func`` goes to the worker processes: it must pickle (a ``RuntimeError``, as the
+def _pickling_pool(executor: object) -> bool:
+    """A ``ProcessPoolExecutor`` of the user's: it pickles the function too."""
+    futures = sys.modules.get("concurrent.futures")
+    return futures is not None and isinstance(executor, futures.ProcessPoolExecutor)
+
+
+def _check_sendable(name: str, executor: object, what: str, func: object) -> None:
+    """``func`` goes to other processes: it must pickle (a ``RuntimeError``, as the
     original Pyper raised, if not)."""
     try:
         dumps(func)
@@ -242,8 +286,9 @@ def _check_sendable(name: str, what: str, func: object) -> None:
             ", or install cloudpickle (pip install 'python-pyper[cloudpickle]'), which sends "
             "lambdas, closures and decorated functions by value"
         )
+        runs = "multiprocess=True" if executor == "process" else f"executor={_shown(executor)}"
         raise PipelineSetupError(
-            f"task {name!r}: multiprocess=True sends {what} to worker processes, but it "
+            f"task {name!r}: {runs} sends {what} to worker processes, but it "
             f"cannot be pickled ({type(exc).__name__}: {exc}). Define it at the top level of "
             "a module (not a lambda, a nested function, a closure or a function decorated "
             f"with @task) and bind arguments with bind=task.bind(...){how}"
@@ -614,7 +659,8 @@ class _TaskFactory:
         :param batch: the function receives lists of up to this many items.
         :param linger: seconds a partial list waits for more items (with ``batch``).
         :param timeout: seconds a call may take, past which its item raises ``TimeoutError``.
-        :param executor: ``"thread"``, ``"process"`` or ``"ray"``: where the calls run.
+        :param executor: where the calls run: ``"thread"``, ``"asyncio"``, ``"process"``,
+            ``"ray"``, or a ``concurrent.futures.Executor`` of yours.
         :param ray_options: with ``executor="ray"``, Ray's resource options for the calls.
         :returns: a ``Pipeline`` (an ``AsyncPipeline`` if the function is async), or a
             decorator when ``func`` is not given.

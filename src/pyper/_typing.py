@@ -11,6 +11,8 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Corout
 from typing import TYPE_CHECKING, Any, Callable, Literal, ParamSpec, Protocol, TypeAlias, TypedDict, TypeVar, overload
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     from ._pipeline import AsyncPipeline, Pipeline
     from ._policy import OnError, Rate
 
@@ -20,8 +22,8 @@ _U = TypeVar("_U")
 _R = TypeVar("_R")
 _AIt = TypeVar("_AIt", bound=AsyncIterator[Any])
 
-Executor: TypeAlias = Literal["thread", "process", "ray"]
-"""Where a task's calls run (``executor=``)."""
+Executor: TypeAlias = "Literal['thread', 'asyncio', 'process', 'ray'] | concurrent.futures.Executor"
+"""Where a task's calls run (``executor=``): one of pyper's executors, or one of yours."""
 
 _Bound: TypeAlias = tuple[tuple[Any, ...], dict[str, Any]]
 """What ``task.bind(...)`` returns (with no arguments it returns ``None``)."""

@@ -27,8 +27,9 @@ __all__ = ["iterate"]
 
 async def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
     first = tasks[0]
-    # Inline: the first call runs here, when it is one plain call (no per-call options).
-    inline = not first.branch and first.kind != "sync" and not first.policy.any  # sync: inline = not first.branch and not first.policy.any
+    # Inline: the first call runs here, when it is one plain call (no per-call options) of
+    # the caller's own executor (asyncio here; a sync caller's is threads).
+    inline = first.executor == "asyncio" and not first.branch and not first.policy.any  # sync: inline = first.executor == "thread" and not first.branch and not first.policy.any
     if inline and len(tasks) == 1:
         yield await acall_inline(first, args, kwargs, None)
         return

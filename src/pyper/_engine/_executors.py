@@ -55,44 +55,46 @@ batches with ``client.submit`` (actors with ``setup=``), waiting on the futures,
 
 from __future__ import annotations
 
-import functools
+import importlib
+import sys
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .._spec import Task
-from . import _thread
+from . import _thread  # noqa: F401  (sync runs need it: loaded with pyper, not in the first run)
+from ._registry import EXECUTORS, executor_name, row
 from ._run import Run, Stage
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["running_loop", "start", "start_all"]
+__all__ = ["grow", "running_loop", "start", "start_all"]
 
 
 def start_all(run: Run, stages: list[Stage]) -> None:
-    """Start the stages' workers. Process stages are prepared first: under the ``fork``
-    start method their processes are forked before the run has started a thread."""
-    processes = [stage for stage in stages if stage.task.multiprocess]
-    if processes:
-        _loaded("process").prepare(run, processes)
+    """Start the stages' workers. An executor module with a ``prepare(run, stages)`` gets
+    its stages first, before any stage has started a thread (process stages fork their
+    workers there), and an ``unprepare(stages)`` for what a failed start left."""
+    prepared: list[tuple[Any, list[Stage]]] = []
+    for name in dict.fromkeys(executor_name(stage.task.executor) for stage in stages):
+        module = _module(EXECUTORS[name].module)
+        if hasattr(module, "prepare"):
+            mine = [stage for stage in stages if executor_name(stage.task.executor) == name]
+            module.prepare(run, mine)
+            prepared.append((module, mine))
     try:
         for stage in stages:
             stage.started = stage.task.workers
             start(run, stage, range(stage.task.workers))
     finally:
-        if processes:
-            _loaded("process").unprepare(processes)  # what a failed start left
+        for module, mine in prepared:
+            module.unprepare(mine)
     if any(stage.task.adaptive for stage in run.stages[1:]):
         _start_sizer(run)
 
 
 def start(run: Run, stage: Stage, workers: range) -> None:
-    """Start the stage's workers numbered ``workers`` on the executor its task's options choose."""
-    executor = _executor(stage.task)
-    if executor == "thread":
-        _thread.start(run, stage, workers)
-    else:
-        _loaded(executor).start(run, stage, workers)
+    """Start the stage's workers numbered ``workers`` on the executor of its task."""
+    _module(row(stage.task).module).start(run, stage, workers)
 
 
 def grow(run: Run, stage: Stage, count: int) -> int:
@@ -128,35 +130,16 @@ def _start_sizer(run: Run) -> None:
                        nonblocking=False, on_error=lambda exc: run.fail(exc, run.stages[-1].task))
 
 
-@functools.cache
-def _loaded(executor: str) -> Any:
-    """The module of an executor that is imported only when a stage needs it: asyncio
-    only for async runs, multiprocessing only for process stages."""
-    if executor == "process":
-        from . import _process
-
-        return _process
-    if executor == "ray":
-        from . import _ray
-
-        return _ray
-    from . import _async
-
-    return _async
-
-
-def _executor(task: Task) -> str:
-    if task.multiprocess:
-        return "process"
-    if task.ray is not None:
-        return "ray"
-    return "thread" if task.kind == "sync" else "asyncio"
+def _module(name: str) -> Any:
+    """An executor's module, imported the first time a stage runs there (asyncio only for
+    async runs, multiprocessing only for process stages, ray only for Ray stages)."""
+    module = sys.modules.get(f"{__package__}.{name}")
+    return module if module is not None else importlib.import_module(f".{name}", __package__)
 
 
 def running_loop() -> asyncio.AbstractEventLoop:
     """The loop an async pipeline runs on; a clear error where there is none."""
     import asyncio
-    import sys
 
     try:
         return asyncio.get_running_loop()

@@ -94,7 +94,7 @@ def start(run: Run, stage: Stage, workers: range) -> None:
     # to one call per item (rate=, timeout=), a join call, a grouping (batch=); and not
     # from a stage that counts its outputs in flight (throttle=), or whose outputs come to
     # the driver anyway (branch, timeout=).
-    passes_refs = (down is not None and down.ray is not None and not down.policy.batch
+    passes_refs = (down is not None and down.executor == "ray" and not down.policy.batch
                    and down.policy.limiter is None and down.policy.timeout is None and not down.join
                    and not stage.branch and not stage.task.throttle and stage.task.policy.timeout is None)
     size, cost = _remembered(stage.task)
@@ -185,7 +185,7 @@ def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
     inflight: list[Any] = [None]  # the reference of the call under way, if any
     try:
         job = shared.job()
-        options = dict(task.ray or ())
+        options = dict(task.executor_options)
         retries = task.policy.retries
         # A branching stage's batches stream their outputs back in chunks, as produced, at
         # most STREAM_AHEAD chunks ahead of what the relay has handed on.

@@ -51,6 +51,7 @@ from .._channel import MAX_CAPACITY, PACE_SECONDS, Channel
 from .._errors import Broken, Cancelled, add_note, attach, short_repr
 from .._spec import Task
 from . import _threads
+from ._registry import row
 
 if TYPE_CHECKING:
     import asyncio
@@ -227,7 +228,7 @@ def _edge(up: Task, down: Task | None) -> tuple[int, int]:
 
 def _to_processes(down: Task | None) -> bool:
     """The edge feeds a remote executor's relays (processes, Ray), which pace it."""
-    return down is not None and (down.multiprocess or down.ray is not None)
+    return down is not None and row(down).remote
 
 
 def _ordered(task: Task) -> bool:
@@ -292,7 +293,8 @@ def _with_groups(tasks: tuple[Task, ...], is_async: bool) -> tuple[Task, ...]:
             out.append(Task(
                 func=Grouping(policy.batch, policy.linger), name=f"{task.name}:batch",
                 kind="coro" if is_async else "sync", is_gen=False, workers=1, branch=False,
-                join=False, throttle=throttle, ordered=False, multiprocess=False, daemon=task.daemon,
+                join=False, throttle=throttle, ordered=False, daemon=task.daemon,
+                executor="asyncio" if is_async else "thread",
             ))
         out.append(task)
     return tuple(out)

@@ -29,8 +29,9 @@ __all__ = ["iterate"]
 
 def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
     first = tasks[0]
-    # Inline: the first call runs here, when it is one plain call (no per-call options).
-    inline = not first.branch and not first.policy.any
+    # Inline: the first call runs here, when it is one plain call (no per-call options) of
+    # the caller's own executor (asyncio here; a sync caller's is threads).
+    inline = first.executor == "thread" and not first.branch and not first.policy.any
     if inline and len(tasks) == 1:
         yield call_inline(first, args, kwargs, None)
         return
