@@ -5,7 +5,7 @@
 # again with a tiny thread switch interval (and once more as a free-threaded build
 # would share work: PYPER_NO_STEAL), mypy --strict, and the original Pyper's
 # own tests (all 39) against ours (scripts/run_original_tests.sh), then the optional
-# extras: cloudpickle (lambdas in processes), docs (the site, built strictly and looked at
+# extras: cloudpickle (lambdas in processes; with loky, an executor of the user's), docs (the site, built strictly and looked at
 # in a headless Chromium) and ray (stages on a local Ray cluster).
 # PYTHON picks the interpreter (default python3); the venv is .venv-<version>.
 set -eu
@@ -23,8 +23,9 @@ PYPER_NO_STEAL=1 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q test
 "$VENV/bin/python" -m mypy
 PYTHON="$VENV/bin/python" sh scripts/run_original_tests.sh
 # Last, the optional cloudpickle extra: lambdas and closures in process stages.
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[cloudpickle]'
-PYPER_WITH_CLOUDPICKLE=1 "$VENV/bin/python" -m pytest -q tests/test_cloudpickle.py
+# loky's reusable executor (it brings cloudpickle) for the tests of an executor of the user's.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[cloudpickle]' 'loky>=3.4'
+PYPER_WITH_CLOUDPICKLE=1 "$VENV/bin/python" -m pytest -q tests/test_cloudpickle.py tests/test_futures.py
 # The documentation site: built strictly, then opened in a headless Chromium (Debian's
 # chromium package, installed here when it is missing and this is root with apt-get;
 # elsewhere set PYPER_CHROMIUM to a Chrome or Chromium binary).

@@ -443,6 +443,23 @@ def test_on_error_handler_replaces_or_drops_or_stops(executor: str) -> None:
         run(p, 12)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [None, 5.0])
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_an_on_error_handler_runs_in_the_callers_process_on_every_executor(executor: str, timeout: float | None) -> None:
+    """The docs' dead-letter list: a handler that records in the caller's memory. On a
+    process stage it ran in the worker process (the list stayed empty), unless the task
+    had timeout=: one place for every executor, the caller's process."""
+    dead: list[tuple[int, str, int]] = []
+
+    def dead_letter(item: int, exc: Exception) -> None:
+        dead.append((item, type(exc).__name__, os.getpid()))
+
+    p = numbers() | on(executor, fail_on_multiples_of_4, workers=2, on_error=dead_letter, timeout=timeout)
+    assert sorted(run(p, 12)) == [x for x in range(12) if x % 4]
+    assert sorted(dead) == [(x, "KeyError", os.getpid()) for x in (0, 4, 8)]
+
+
 def two_then_fail(x: int) -> Any:
     yield x
     yield x + 100
@@ -543,11 +560,14 @@ def test_bad_options_fail_at_task_time_naming_the_task(options: dict[str, Any], 
     assert "fail_on_big" in str(info.value)
 
 
-def test_process_options_must_pickle() -> None:
+def test_process_options_that_run_in_the_worker_must_pickle() -> None:
+    """setup= and backoff= go to the worker processes; on_error= runs in the caller's
+    process (a closure over a list of the caller's is the point of a dead-letter handler)."""
     with pytest.raises(RuntimeError, match="setup= to worker processes"):
         task(fail_on_big, multiprocess=True, setup=lambda: 1)
-    with pytest.raises(RuntimeError, match="on_error= to worker processes"):
-        task(fail_on_big, multiprocess=True, on_error=lambda x, e: None)
+    with pytest.raises(RuntimeError, match="backoff= to worker processes"):
+        task(fail_on_big, multiprocess=True, retries=1, backoff=lambda n: 0.0)
+    task(fail_on_big, multiprocess=True, on_error=lambda x, e: None)
 
 
 def fail_now_or_later(x: int) -> int:

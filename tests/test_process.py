@@ -144,6 +144,33 @@ def test_a_plain_first_task_in_a_process_runs_in_a_process() -> None:
     assert run_async(main()) != [os.getpid()]
 
 
+class HTTPError(Exception):
+    """Its ``__init__`` takes other arguments than it gives ``Exception``: it pickles, but
+    unpickling calls ``HTTPError("404 http://...")``, which raises ``TypeError``."""
+
+    def __init__(self, status: int, url: str) -> None:
+        super().__init__(f"{status} {url}")
+        self.status, self.url = status, url
+
+
+def not_found(x: int) -> int:
+    raise HTTPError(404, f"http://example.invalid/{x}")
+
+
+@pytest.mark.timeout(30)
+def test_an_exception_that_does_not_unpickle_still_arrives_with_its_item_and_traceback() -> None:
+    """It came back as pickle's own TypeError, naming no item and with no remote traceback."""
+    p = task(count_to, branch=True) | task(not_found, multiprocess=True)
+    with pytest.raises(RuntimeError) as info:
+        list(p(3))
+    error = info.value
+    assert "task 'not_found' raised HTTPError: 404 http://example.invalid/0 in its worker process" in str(error)
+    assert "could not be unpickled here: TypeError" in str(error)
+    assert isinstance(error.__cause__, RemoteTraceback)
+    assert "raise HTTPError(404" in error.__cause__.text
+    assert "pyper: raised in task 'not_found' on item 0" in error.__notes__
+
+
 @pytest.mark.timeout(30)
 def test_generators_in_processes_fan_out_first_task_included() -> None:
     p = task(count_to, multiprocess=True) | task(fan, workers=2, multiprocess=True)

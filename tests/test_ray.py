@@ -329,8 +329,8 @@ def test_two_ray_stages_pass_references_not_data_through_the_driver(monkeypatch:
     fetched: list[Any] = []
     real_get = _ray._get
 
-    def get(run: Any, name: str, ref: Any, timeout: float | None = None) -> Any:
-        value = real_get(run, name, ref, timeout)
+    def get(name: str, ref: Any, timeout: float | None = None) -> Any:
+        value = real_get(name, ref, timeout)
         fetched.append(value)
         return value
 

@@ -118,11 +118,12 @@ def make_task(
                 f"task {name!r}: a pipeline runs in this process: it cannot run on executor="
                 f"{_shown(where)}; give that executor to the tasks inside the nested pipeline"
             )
-        if place.pickles or _pickling_pool(where):
-            _check_sendable(name, where, "the function (and what bind= binds to it)", func)
-            for option, value in (("setup", setup), ("on_error", on_error), ("backoff", backoff)):
+        plain = _pickling_pool(where)  # the standard library's pool pickles with pickle alone
+        if place.pickles or plain:
+            _check_sendable(name, where, "the function (and what bind= binds to it)", func, plain)
+            for option, value in (("setup", setup), ("backoff", backoff)):  # (on_error= runs here)
                 if callable(value):
-                    _check_sendable(name, where, f"{option}=", value)
+                    _check_sendable(name, where, f"{option}=", value, plain)
     if not place.per_worker and (setup is not None or join):
         raise ValueError(
             f"task {name!r}: {'setup=' if setup is not None else 'join=True'} needs workers of "
@@ -275,14 +276,20 @@ def _pickling_pool(executor: object) -> bool:
     return futures is not None and isinstance(executor, futures.ProcessPoolExecutor)
 
 
-def _check_sendable(name: str, executor: object, what: str, func: object) -> None:
+def _check_sendable(name: str, executor: object, what: str, func: object, plain: bool = False) -> None:
     """``func`` goes to other processes: it must pickle (a ``RuntimeError``, as the
-    original Pyper raised, if not)."""
+    original Pyper raised, if not); ``plain``: with ``pickle`` alone, never cloudpickle
+    (the executor that sends it is not pyper's)."""
     try:
-        dumps(func)
+        if plain:
+            import pickle
+
+            pickle.dumps(func, pickle.HIGHEST_PROTOCOL)
+        else:
+            dumps(func)
     except Exception as exc:
         how = (
-            "" if have_cloudpickle() else
+            "" if have_cloudpickle() or plain else
             ", or install cloudpickle (pip install 'python-pyper[cloudpickle]'), which sends "
             "lambdas, closures and decorated functions by value"
         )

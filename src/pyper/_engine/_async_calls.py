@@ -34,7 +34,7 @@ from .._spec import Task
 from ._bridge import aiter_result
 from ._run import stage_call
 
-__all__ = ["open_call", "run_worker"]
+__all__ = ["handle_failure", "open_call", "run_worker"]
 
 #: Raised through every option, never retried nor handled as an item's error: the run
 #: stopping, a worker process that died, an interrupt (even with retry_on=BaseException).
@@ -54,16 +54,18 @@ Timed = Callable[[Callable[[Any], Any], Any], Callable[[Any], Any]]
 async def run_worker(
     worker: Any, loop: Callable[[Any], Awaitable[None]], args: tuple[Any, ...] | None,
     kwargs: dict[str, Any], wait: Callable[[float], Awaitable[None]], timed: Timed | None = None,
+    task: Task | None = None,
 ) -> None:
-    """Run ``loop(worker)`` with ``worker.call`` built from its task's options. The
-    resource is exited on every path; if that raises while the loop is raising, the
-    teardown's error is attached to the loop's (or, when the loop was only stopped by
-    the run, it is the worker's error)."""
+    """Run ``loop(worker)`` with ``worker.call`` built from the options of ``task`` (by
+    default its stage's; a relay gives its own: the call a remote one). The resource is
+    exited on every path; if that raises while the loop is raising, the teardown's error
+    is attached to the loop's (or, when the loop was only stopped by the run, it is the
+    worker's error)."""
     stack = AsyncExitStack()
 
     try:
         # (log records are the worker's: counted for the metrics, logged naming task and run)
-        worker.call = await open_call(worker.stage.task, args, kwargs, stack, wait, worker.note, timed, worker.run)
+        worker.call = await open_call(task or worker.stage.task, args, kwargs, stack, wait, worker.note, timed, worker.run)
         await loop(worker)
     except BaseException as exc:
         try:
@@ -226,22 +228,32 @@ async def _close(items: Any) -> None:
         await close()
 
 
+async def handle_failure(task: Task, x: Any, exc: Exception, log: Log, shown: str | None = None) -> tuple[Any, ...]:
+    """What ``on_error=`` makes of item ``x``, whose call raised ``exc``: nothing (skipped,
+    logged), or what the handler returns (``Emit(value)``: that value). ``shown``: how a log
+    record names the input (by default, the item's short repr). A worker's guarded call
+    comes here, and so does a relay with what its remote side sent back (``_relay``)."""
+    handler, name = task.policy.on_error, task.name
+    what = f"item {short_repr(x)}" if shown is None else shown
+    if handler == "skip":
+        log(WARNING, f"pyper: task {name!r} skipped {what} after {safe_str(exc)}")
+        return ()
+    assert callable(handler)
+    log(DEBUG, f"pyper: task {name!r} handed {what} to on_error after {safe_str(exc)}")
+    out = handler(x, exc)
+    if hasattr(out, "__await__"):  # sync: -
+        out = await out  # sync: -
+    return (out.value,) if isinstance(out, Emit) else ()
+
+
 def _guarded(
     task: Task, call: Callable[[Any], Any], log: Log, shown: Callable[[Any], str], run: Any,
 ) -> Callable[[Any], Any]:
     """The call, with errors handled per item by ``on_error``; its outputs as a stream."""
-    handler, name, branch = task.policy.on_error, task.name, task.branch
+    branch = task.branch
 
     async def handled(x: Any, exc: Exception) -> tuple[Any, ...]:
-        if handler == "skip":
-            log(WARNING, f"pyper: task {name!r} skipped {shown(x)} after {safe_str(exc)}")
-            return ()
-        assert callable(handler)
-        log(DEBUG, f"pyper: task {name!r} handed {shown(x)} to on_error after {safe_str(exc)}")
-        out = handler(x, exc)
-        if hasattr(out, "__await__"):  # sync: -
-            out = await out  # sync: -
-        return (out.value,) if isinstance(out, Emit) else ()
+        return await handle_failure(task, x, exc, log, shown(x))
 
     async def stream(x: Any, result: Any) -> AsyncIterator[Any]:
         items = aiter_result(task, result, run)

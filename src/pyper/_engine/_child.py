@@ -1,8 +1,9 @@
 """The main loop of a worker process of a process stage (``multiprocess=True``).
 
-It runs in the child, which imports as little as it can: this module (with `_pipes` and
-`_pickling`, which import nothing of pyper), and pickle.
-The parent's relay (``_process.py``) drives it with messages over two one-way
+It runs in the child, which imports as little as it can: this module, with what it
+runs (``_serve``, the remote side every remote executor shares; ``_envelope``; ``_pipes``
+and ``_pickling``), and pickle. This module is the transport: the parent's relay
+(``_relay``, through ``_process.ProcessRemote``) drives it with messages over two one-way
 pipes; every message is a pickled tuple:
 
     parent -> child   ("map", items, stamp)    call the function on each item (stamp: the
@@ -11,8 +12,9 @@ pipes; every message is a pickled tuple:
                                                reply with up to n outputs
                       ("pull", n)              up to n more outputs of that batch
                       ("join", n)              call the function once on a stream of
-                                               inputs the child asks for; outputs as
-                                               for a branching batch
+                                               inputs the child asks for (on a thread
+                                               of its own: ``_serve.Joining``); outputs
+                                               as for a branching batch, n at most
                       ("feed", items)          more inputs for the join call
                       ("end",)                 its inputs are exhausted
                       ("teardown",)            exit the worker's resource (setup=)
@@ -23,9 +25,12 @@ pipes; every message is a pickled tuple:
                                                its calls took
                       ("need", outputs)        the join call wants more input (outputs:
                                                what it yielded meanwhile)
-                      ("error", exc, text, item)  the call raised (exc pickled, or None
-                                               when it cannot be), with its traceback and
-                                               a short repr of the item (or None)
+                      ("error", ...)           the call raised: its envelope
+                                               (``_envelope.seal``)
+
+Every reply ends with the log records made since the last one (a retry), which the
+parent logs. With ``on_error=`` a failed call's outputs are a ``_serve.Failed`` (the
+handler runs in the parent), and the batch goes on.
 
 The child answers every request but ``stop`` and ``teardown`` with one message,
 in order. The parent's relay may send a second small ``map`` request before the
@@ -58,12 +63,13 @@ from time import perf_counter
 from typing import Any
 
 from .._pickling import unpicklable_types
+from ._envelope import NO_ITEM, seal
 from ._pipes import Conn
+from ._serve import Job, Joining, Notes, map_batch, open_worker, stream_batch
 
-__all__ = ["NO_ITEM", "fan_out", "main"]
+__all__ = ["main"]
 
 _DUMP = pickle.HIGHEST_PROTOCOL
-NO_ITEM: Any = object()  # no input in hand
 
 
 #: Set (by the lifeline thread) once the parent says its run was cancelled: a batch in
@@ -97,24 +103,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def fan_out(call: Callable[[Any], Any], items: list[Any], current: list[Any]) -> Iterator[Any]:
-    """The fanned-out results of the calls on ``items``; ``current[0]`` is the item in hand."""
-    for x in items:
-        current[0] = x
-        result = call(x)
-        try:
-            outputs = iter(result)
-        except TypeError:
-            cls = type(result)
-            if hasattr(cls, "__iter__") or hasattr(cls, "__getitem__"):
-                raise
-            raise TypeError(
-                f"fans out its results (branch=True) but returned {cls.__name__}, which is "
-                "not iterable: return an iterable, or create the task with branch=False"
-            ) from None
-        yield from outputs
 
 
 def _reset_signals() -> None:
@@ -153,41 +141,35 @@ def main(
         _die_with_parent()
     threading.Thread(target=_watch, args=(lifeline,), name="pyper:lifeline", daemon=True).start()
     try:
-        task, args, kwargs = pickle.loads(payload)
+        job: Job = pickle.loads(payload)
     except BaseException as exc:  # every request gets this error: the parent raises it
         _refuse(inbox, outbox, _unloadable(exc), [])
         return
+    task = job[0]
     _task_name[0] = task.name
-    notes: list[tuple[int, str]] = []  # log records for the parent, sent with the next reply
+    notes: Notes = []  # log records for the parent, sent with the next reply
     stack = ExitStack()  # the worker's resource (setup=), exited when the child stops
+    call: Callable[[Any], Any] | None = None
+    if not task.join:  # (a join call makes its resource in its own thread: _serve.Joining)
+        try:
+            call = open_worker(job, stack, notes, partial(_backoff, inbox))
+        except BaseException as exc:
+            _refuse(inbox, outbox, exc, notes)
+            return
     try:
-        if task.policy.any:
-            from ._sync_calls import open_call
-
-            wait = partial(_backoff, inbox)
-            call = open_call(task, args, kwargs, stack, wait, lambda *note: notes.append(note))
-        elif args is not None:  # the first task: called once, with the pipeline's arguments
-            func = task.func
-            call = lambda _: func(*args, **kwargs)
-        else:
-            call = task.func
-    except BaseException as exc:
-        _refuse(inbox, outbox, exc, notes)
-        return
-    try:
-        _serve(call, args is not None, inbox, outbox, stack, notes)
-    except _Stop:
-        pass
+        _serve(call, job, inbox, outbox, stack, notes)
     finally:
         stack.close()
 
 
 def _serve(
-    call: Callable[[Any], Any], first: bool, inbox: Conn, outbox: Conn,
-    stack: ExitStack, notes: list[tuple[int, str]],
+    call: Callable[[Any], Any] | None, job: Job, inbox: Conn, outbox: Conn, stack: ExitStack, notes: Notes,
 ) -> None:
     """Answer the parent's requests until it says stop or goes."""
+    first, guarded = job[1] is not None, job[3]
     stream: Iterator[Any] = iter(())
+    joining: Joining | None = None  # the join call under way (join=True)
+    m = 1  # the most outputs a join step may hold
     current: list[Any] = [NO_ITEM]  # the input in hand, named when its call raises
     failures = 0  # error replies sent
     following: tuple[Any, ...] | None = None  # a message read early, behind a map request
@@ -198,24 +180,27 @@ def _serve(
             try:
                 message = pickle.loads(inbox.recv_bytes())
             except (EOFError, OSError):  # the parent has gone
-                return
+                message = ("stop",)
         kind = message[0]
-        if kind == "stop":
-            return
+        if kind in ("stop", "teardown"):
+            close = getattr(stream, "close", None)
+            if close is not None:  # a generator stopped early: its finally still uses the resource
+                close()
+            stream = iter(())
+            stopped = joining.stop() if joining is not None else None
+            joining = None
+            if kind == "stop":
+                return
         try:
-            if kind == "join":
-                failures += _join(call, message[1], message[2], inbox, outbox, notes)
-                continue
             if kind == "teardown":
-                close = getattr(stream, "close", None)
-                if close is not None:  # a generator stopped early: its finally still uses the resource
-                    close()
-                stream = iter(())
+                if stopped is not None:
+                    raise stopped
                 stack.close()
                 reply: tuple[Any, ...] = ("out", [], True)
             elif kind == "ping":  # the parent waits until this worker is up (timeout=)
                 reply = ("out", [], True)
             elif kind == "map":
+                assert call is not None
                 outputs: list[Any] = []
                 started = perf_counter()
                 if message[2] >= failures and inbox.poll(0):
@@ -227,20 +212,32 @@ def _serve(
                         return
                 if message[2] >= failures and (following is None or following[0] not in ("stop", "teardown")):
                     # (else sent before the parent read an error, or the run stopped: skipped)
-                    append = outputs.append
-                    cancelled = _cancelled
-                    for x in message[1]:
-                        if cancelled[0]:
-                            break
-                        current[0] = x
-                        append(call(x))
+                    outputs = map_batch(call, message[1], current, guarded, _cancelled)
                 reply = ("out", outputs, True, perf_counter() - started)
+            elif kind in ("join", "feed", "end") or joining is not None:
+                if kind == "join":
+                    joining, m = Joining(job, notes), message[1]
+                assert joining is not None
+                if kind == "pull":
+                    m = message[1]
+                step = joining.step(message[1] if kind == "feed" else [], kind == "end", m)
+                if step[0] == "error":
+                    joining = None
+                    data = _dumps(step, notes)
+                    failures += 1
+                    if not _send(outbox, data):
+                        return
+                    continue
+                if step[0] == "done":
+                    joining = None
+                reply = ("need", step[1]) if step[0] == "need" else ("out", step[1], step[0] == "done")
             else:
+                assert call is not None
                 if kind == "branch":
                     close = getattr(stream, "close", None)
                     if close is not None:  # a stream a stopped run left half read
                         close()
-                    stream, n = fan_out(call, message[1], current), message[2]
+                    stream, n = stream_batch(call, message[1], current, guarded), message[2]
                 else:
                     n = message[1]
                 chunk = list(islice(stream, n))
@@ -248,17 +245,24 @@ def _serve(
             held, current[0] = current[0], NO_ITEM  # what fails here is not a call
             data = _dumps(reply, notes)
             current[0] = held  # a branching item's stream goes on at the next pull
-        except _Stop:
-            raise
+        except _Stop:  # a retry's backoff wait, ended by a stop or teardown
+            return
         except BaseException as exc:
             stream = iter(())
-            data = _error(exc, NO_ITEM if first else current[0], notes)
+            data = _dumps(seal(exc, NO_ITEM if first else current[0]), notes)
             current[0] = NO_ITEM
             failures += 1
-        try:
-            outbox.send_bytes(data)
-        except (BrokenPipeError, OSError):
+        if not _send(outbox, data):
             return
+
+
+def _send(outbox: Conn, data: bytes) -> bool:
+    """Send a reply; False once the parent has gone."""
+    try:
+        outbox.send_bytes(data)
+    except (BrokenPipeError, OSError):
+        return False
+    return True
 
 
 def _backoff(inbox: Conn, seconds: float) -> None:
@@ -269,56 +273,7 @@ def _backoff(inbox: Conn, seconds: float) -> None:
 
 
 class _Stop(BaseException):
-    """The parent asked the child to exit in the middle of a join call."""
-
-
-def _join(
-    call: Callable[[Any], Any], n: int, branch: bool, inbox: Conn, outbox: Conn,
-    notes: list[tuple[int, str]],
-) -> int:
-    """Run a join call to its end: its inputs come from the parent on request, its
-    outputs go back ``n`` at a time (or all that are ready when it needs input).
-    Returns the error replies it sent (0 or 1)."""
-    pending: list[Any] = []
-
-    def exchange(message: tuple[Any, ...]) -> tuple[Any, ...]:
-        data = _dumps(message, notes)
-        try:
-            outbox.send_bytes(data)
-            reply: tuple[Any, ...] = pickle.loads(inbox.recv_bytes())
-        except (EOFError, OSError):  # the parent has gone
-            raise _Stop from None
-        if reply[0] in ("stop", "teardown"):
-            raise _Stop
-        return reply
-
-    def inputs() -> Iterator[Any]:
-        while True:
-            reply = exchange(("need", pending[:]))
-            pending.clear()
-            if reply[0] == "end":
-                return
-            yield from reply[1]
-
-    try:
-        result = call(inputs())
-        outputs = fan_out(lambda x: x, [result], [None]) if branch else iter([result])
-        for item in outputs:
-            pending.append(item)
-            if len(pending) >= n:
-                reply = exchange(("out", pending[:], False))
-                pending.clear()
-                n = reply[1]
-        data, failed = _dumps(("out", pending, True), notes), 0
-    except _Stop:
-        raise  # the parent has gone or stops this worker: the resource is exited, then the process
-    except BaseException as exc:
-        data, failed = _error(exc, NO_ITEM, notes), 1
-    try:
-        outbox.send_bytes(data)
-    except (BrokenPipeError, OSError):
-        os._exit(0)
-    return failed
+    """The parent asked the child to stop while a call waited out a retry's backoff."""
 
 
 def _unloadable(exc: BaseException) -> RuntimeError:
@@ -331,10 +286,10 @@ def _unloadable(exc: BaseException) -> RuntimeError:
     )
 
 
-def _refuse(inbox: Conn, outbox: Conn, error: BaseException, notes: list[tuple[int, str]]) -> None:
+def _refuse(inbox: Conn, outbox: Conn, error: BaseException, notes: Notes) -> None:
     """The worker cannot serve (its function did not load, its setup raised): say why,
     to every request."""
-    data = _error(error, NO_ITEM, notes)
+    data = _dumps(seal(error), notes)
     while True:
         try:
             message = pickle.loads(inbox.recv_bytes())
@@ -345,7 +300,7 @@ def _refuse(inbox: Conn, outbox: Conn, error: BaseException, notes: list[tuple[i
             return
 
 
-def _dumps(reply: tuple[Any, ...], notes: list[tuple[int, str]]) -> bytes:
+def _dumps(reply: tuple[Any, ...], notes: Notes) -> bytes:
     """The reply, with the log records made since the last one (then forgotten)."""
     try:
         data = pickle.dumps((*reply, notes[:] if notes else ()), _DUMP)
@@ -357,18 +312,3 @@ def _dumps(reply: tuple[Any, ...], notes: list[tuple[int, str]]) -> bytes:
         ) from exc
     notes.clear()
     return data
-
-
-def _error(exc: BaseException, item: Any, notes: list[tuple[int, str]]) -> bytes:
-    """The reply for ``exc``, raised by the call on ``item`` (shortened: the parent names it)."""
-    from .._errors import short_repr
-
-    import traceback  # only once a call fails: not part of every worker's start
-
-    text = "".join(traceback.format_exception(exc))
-    shown = None if item is NO_ITEM else short_repr(item)
-    kept, notes[:] = notes[:], []
-    try:
-        return pickle.dumps(("error", exc, text, shown, kept), _DUMP)
-    except Exception:  # an exception that does not pickle: its type and text still go back
-        return pickle.dumps(("error", None, text, shown, kept), _DUMP)

@@ -1,32 +1,29 @@
-"""Executor: worker processes, for sync functions with ``multiprocess=True``
-(see ``_executors`` for the protocol).
+"""Executor: worker processes, for sync functions with ``multiprocess=True`` (see
+``_executors`` for the protocol). Imported only when a process stage runs: importing pyper
+never imports multiprocessing.
 
-Data flow, for one of a stage's N workers::
+Each worker is a relay (``_relay``, shared by every remote executor) driving one child
+process of its own over private pipes; ``ProcessRemote`` is the transport between them,
+``_child`` the child's loop (which runs ``_serve``, the remote side), ``_workers`` the
+children themselves (how they start, stop and die, and the warm pool that keeps idle ones
+for the next run)::
 
     inp channel --get--> [relay thread] --pipe--> [child process: _child.main]
-    out channel <-flush-- [relay thread] <--pipe-- (outputs, or the error)
+    out channel <-flush-- [relay thread] <--pipe-- (outputs, or the sealed error)
 
-Each worker is a relay: a ``Worker`` on one of pyper's threads that takes a batch
-from the input channel, sends it to its own child process, and flushes the
-outputs the child sends back. The child is started by the relay itself (never on
-an event loop's thread), with the ``forkserver`` start method where there is one
-and ``spawn`` elsewhere, or whatever ``multiprocessing.set_start_method`` chose:
-pyper never forks the process it runs in, which may run threads. Each child has
-private pipes, so terminating one corrupts nothing shared.
+Under the ``fork`` start method a run's children are forked by ``prepare``, in the
+caller's thread, before the run has started a thread; a relay that starts one itself
+(the sizer's, a replacement) uses the fork server (spawn where there is none).
 
-How it stops: a relay waits on three things at once: its child's pipe, its
-child's sentinel (the child died: ``WorkerProcessDied``), and a wake-up pipe
-written by ``Run.cancel`` (a hook). On the end of its input, on an error or on
-cancellation it sends ``("stop",)``, gives the child ``GRACE_SECONDS`` to exit,
-then terminates and finally kills it, and joins it: no zombie is left. An error
-in the child comes back as the original exception, its traceback as
-``__cause__`` (``RemoteTraceback``).
+How it stops: a relay waits on three things at once: its child's reply pipe, its
+child's death (``WorkerProcessDied``), and a wake-up pipe written by ``interrupt`` (the
+run's cancellation). At the end of its input, on an error or on cancellation it tears
+the child's resource down (``setup=``), and the child is kept warm or closed (asked to
+stop, given ``GRACE_SECONDS``, then terminated and killed, and joined: no zombie).
 
-The children themselves (how they start, stop and die, and the warm pool that keeps
-idle ones for the next run) are ``_workers``; the child's own loop is ``_child``.
-
-Who owns what: a ``Child`` belongs to its relay thread; only its wake-up pipe's
-write end is touched by another thread (``Run.cancel``, through ``interrupt``).
+Who owns what: a ``ProcessRemote`` and its ``Child`` belong to their relay thread; only
+the child's wake-up pipe is written from another thread (``interrupt``, under the
+child's lock).
 """
 
 from __future__ import annotations
@@ -34,19 +31,19 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections import deque
 from functools import partial
-from time import perf_counter
 from typing import Any
 
 from .._errors import Broken, Cancelled, attach
 from .._pickling import dumps
 from .._spec import Task
-from . import _thread, _threads
-from ._sync_loops import flusher
-from ._run import TARGET_SECONDS, Run, Stage, Worker, adapt
+from . import _relay, _threads
+from ._relay import Relayed, remote_task
+from ._run import TARGET_SECONDS, Run, Stage, Worker
 from ._workers import Child, Late, context, keep, single_threaded, take, take_warm, threaded_context
 
-__all__ = ["start"]
+__all__ = ["ProcessRemote", "prepare", "start", "unprepare"]
 
 #: Batches grow while calls are cheap, but not past this many pickled bytes each way
 #: (a cheap function of large items would otherwise pickle thousands of them at once).
@@ -57,7 +54,7 @@ def start(run: Run, stage: Stage, workers: range) -> None:
     payload = _payload(run, stage)
     ready = _forked.pop(id(stage), {})
     try:
-        _thread.start_jobs(run, stage, workers, partial(_relay, payload, ready))
+        _relay.start(run, stage, workers, partial(ProcessRemote, payload, ready))
     except BaseException:
         _close_all(ready)  # the children no relay took
         raise
@@ -84,18 +81,16 @@ def unprepare(stages: list[Stage]) -> None:
 
 
 def _payload(run: Run, stage: Stage) -> bytes:
-    task = stage.task
+    """What every child of the stage is started with: the task as the remote side runs
+    it, whether its calls are guarded there (``on_error=``), and the pipeline's arguments
+    for the first task."""
     first = stage is run.stages[0]
+    here, guarded = remote_task(stage.task)
     try:
-        if task.policy.timeout is not None:  # the relay applies these, around each call
-            task = task._replace(policy=task.policy._replace(
-                retries=0, on_error="raise", limiter=None, timeout=None, abandoned=None))
-        elif task.policy.limiter is not None:  # the relays pace the calls: the children do not
-            task = task._replace(policy=task.policy._replace(limiter=None))
-        return dumps((task, run.args if first else None, run.kwargs if first else None))
+        return dumps((here, run.args if first else None, run.kwargs if first else None, guarded))
     except Exception as exc:  # the function was checked at task(...): the call's arguments
         raise TypeError(
-            f"task {task.name!r} runs in a process (multiprocess=True), but the pipeline's "
+            f"task {stage.task.name!r} runs in a process (multiprocess=True), but the pipeline's "
             f"arguments cannot be pickled to send them there ({type(exc).__name__}: {exc})"
         ) from exc
 
@@ -140,242 +135,180 @@ def _fork_children(task: Task, payload: bytes) -> dict[int, Child]:
     return ready
 
 
-def _relay(payload: bytes, ready: dict[int, Child], run: Run, stage: Stage, index: int) -> None:
-    run.enter()
-    worker = Worker(run, stage)
-    error: BaseException | None = None
-    child: Child | None = ready.pop(index, None)  # forked before the run's threads started
-    try:
+class ProcessRemote(Relayed):
+    """A relay's child process (``_relay.Remote``): requests and replies over its pipes.
+
+    A map request may go before the last one's reply is read (``ahead``) when it fits in
+    the pipe (``Child.ahead_bytes``: neither side can then block the other), and not
+    with ``retries=`` (any message ends a child's backoff wait early). While batches are
+    cheap (the last one's calls took under half the target per item), two are in flight."""
+
+    def __init__(self, payload: bytes, ready: dict[int, Child], worker: Worker, index: int) -> None:
+        super().__init__(worker)
+        self.task = task = worker.stage.task
+        self.payload, self.index = payload, index
+        child = ready.pop(index, None)  # forked before the run's threads started
         if child is None:
-            child = take(stage.task, payload, index)
-        hook = partial(child.interrupt, child.generation)
-        run.on_cancel(hook)
+            child = take(task, payload, index)
         child.note = worker.note
-        if stage.task.policy.timeout is not None:
-            # The relay calls one item at a time, and a child that overruns is replaced:
-            # ``current`` holds the child (and its cancel hook) serving now.
-            current: list[Any] = [child, hook]
-            try:
-                _timed(worker, current, payload, index)
-            finally:
-                child, hook = current[0], current[1]
+        self.child = child
+        # The child and the generation (its run) that ``interrupt`` wakes, as one tuple: a
+        # timeout's replacement swaps both at once, and a late cancel of this run never
+        # reaches the child once it serves another.
+        self._target = (child, child.generation)
+        self.ahead = not task.policy.retries
+        self.per_item = 1.0  # the child's seconds per item in the last batch (none yet: never cheap)
+        self.sent = 0  # the size of the request whose reply was read last, in bytes
+        self._posted: deque[int] = deque()  # the sizes of the map requests whose replies are unread
+
+    def interrupt(self) -> None:
+        child, generation = self._target
+        child.interrupt(generation)
+
+    def cheap(self, count: int) -> bool:
+        return self.per_item * count < TARGET_SECONDS / 2
+
+    def pack(self, items: list[Any]) -> bytes:
+        return self.child.pack_map(items)
+
+    def fits(self, request: bytes) -> bool:
+        return len(request) <= self.child.ahead_bytes
+
+    def post(self, request: bytes) -> None:
+        self._posted.append(self.child.post(request))
+
+    def reply(self, handle: Any) -> tuple[list[Any], float]:
+        try:
+            reply = self.child.receive()
+        except BaseException:
+            self.worker.item = self.child.failed_on
+            raise
+        return reply[1], reply[3]
+
+    def measured(self, asked: int, count: int, elapsed: float, seconds: float, limit: int) -> int:
+        # The batch size follows the relay's time (the calls and moving the items, but not
+        # handing them on): large items through a small pipe keep batches small.
+        self.per_item = seconds / count if count else 1.0
+        if self._posted:  # a map batch's (a stream's was set as it started)
+            self.sent = self._posted.popleft()
+        return super().measured(asked, count, elapsed, seconds, limit)
+
+    def cap(self, n: int, count: int) -> int:
+        """``n``, reduced so that ``n`` items of the size of the last batch's (``count``
+        items) stay within ``MAX_BATCH_BYTES``."""
+        size = max(self.sent, self.child.received)
+        if n * size <= count * MAX_BATCH_BYTES:
+            return n
+        return max(1, count * MAX_BATCH_BYTES // size)
+
+    def stream(self, items: list[Any], m: int) -> _Chunks:
+        self.sent = self.child.send(("branch", items, m))
+        return _Chunks(self)
+
+    def join(self) -> _Session:
+        return _Session(self)
+
+    def receive(self) -> tuple[Any, ...]:
+        try:
+            return self.child.receive()
+        except BaseException:
+            self.worker.item = self.child.failed_on
+            raise
+
+    def call(self, x: Any, seconds: float) -> Any:
+        """One item, waited for at most ``seconds``; past it, the child is killed and
+        replaced (a worker that died raises ``WorkerProcessDied``: it stops the run, as
+        without ``timeout=``). A branching call's outputs come back whole (a lazy
+        iterable cannot be pickled)."""
+        child = self.child
+        if not child.pinged:
+            self._up(child)
+        branch = self.task.branch
+        if branch:
+            child.send(("branch", [x], sys.maxsize))
         else:
-            _work(worker, child)
-    except BaseException as exc:
-        error = exc
-        if child is not None and worker.item is None:  # the thread loops (timeout=) name it themselves
-            worker.item = child.failed_on
-    finally:
-        if child is not None and stage.task.policy.setup is not None:
-            try:
-                child.teardown()
-            except BaseException as exc:  # the resource's exit raised
-                if error is None or isinstance(error, (Cancelled, Broken)):
-                    error = exc
-                else:
-                    attach(error, [exc])
-        if child is not None:
-            run.off_cancel(hook)
-            child.note = None  # this run's worker: not kept with the child
-            try:
-                keep(child)
-            finally:
-                worker.leave(error)
-        else:
-            worker.leave(error)
+            child.post(child.pack_map([x]))
+        try:
+            reply = child.receive(seconds)
+            return reply[1] if branch else reply[1][0]
+        except Late:
+            pass
+        fresh = Child(self.task, self.payload, self.index, threaded_context())
+        fresh.note = self.worker.note
+        self.child, self._target = fresh, (fresh, fresh.generation)  # a cancel now wakes the fresh one
+        child.kill()
+        if self.worker.run.cancelled:
+            raise Cancelled
+        from ._timeouts import timeout_error
 
+        raise timeout_error(self.task.name, seconds)
 
-def _timed(worker: Worker, current: list[Any], payload: bytes, index: int) -> None:
-    """A stage with ``timeout=``: the relay runs the thread loops, calling each item in the
-    child and waiting at most the timeout; past it, the child is killed and replaced and
-    the item raises ``TimeoutError``. ``retries=``, ``on_error=`` and ``rate=`` are
-    applied here, around each such call (the child gets only ``setup=`` and ``unpack=``)."""
-    from ._timeouts import timeout_error
-
-    stage, run = worker.stage, worker.run
-    task = stage.task
-    seconds = task.policy.timeout
-    assert seconds is not None
-
-    def up(child: Child) -> None:
-        """Wait for a new worker to be running: its start is no part of a call's time. If
-        it cannot serve (its setup raised), that stops the run: it is no item's error."""
+    def _up(self, child: Child) -> None:
+        """Wait for a worker to be running: its start is no part of a call's time. If it
+        cannot serve (its setup raised), that stops the run: it is no item's error."""
         child.send(("ping",))
         try:
             child.receive()
         except Exception as exc:
             if isinstance(exc, (Cancelled, Broken)):
                 raise
-            run.fail(exc, task)
+            self.worker.run.fail(exc, self.task)
             raise Cancelled from None
+        child.pinged = True
 
-    # A branching call's outputs come back whole (a lazy iterable cannot be pickled).
-    request = ("branch",) if stage.branch and task.branch else ("map",)
-
-    def remote(x: Any) -> Any:
-        child = current[0]
-        if request[0] == "branch":
-            child.send(("branch", [x], sys.maxsize))
-        else:
-            child.post(child.pack_map([x]))
+    def finish(self, error: BaseException | None) -> BaseException | None:
+        child = self.child
         try:
-            reply = child.receive(seconds)
-            return reply[1] if request[0] == "branch" else reply[1][0]
-        except Late:
-            pass  # (a worker that died raises WorkerProcessDied: it stops the run, as without timeout=)
-        run.off_cancel(current[1])
-        fresh = Child(task, payload, index, threaded_context())
-        current[:] = [fresh, partial(fresh.interrupt, fresh.generation)]
-        run.on_cancel(current[1])
-        child.kill()
-        up(fresh)
-        raise timeout_error(task.name, seconds)
-
-    up(current[0])
-    _thread.run_relayed(worker, remote)
+            if self.task.policy.setup is not None:
+                try:
+                    child.teardown()
+                except BaseException as exc:  # the resource's exit raised
+                    if error is None or isinstance(error, (Cancelled, Broken)):
+                        error = exc
+                    elif exc is not error:
+                        attach(error, [exc])
+        finally:
+            child.note = None  # this run's worker: not kept with the child
+            keep(child)
+        return error
 
 
-def _work(worker: Worker, child: Child) -> None:
-    stage = worker.stage
-    if stage.task.join:
-        _join(worker, child)
-        return
-    inp, box = stage.inp, worker.box
-    get = inp.get_seq if worker.ordered else inp.get
-    flush = flusher(worker)
-    branch = stage.branch
-    limit = min(stage.take, stage.emit)
-    limiter = stage.task.policy.limiter
-    if limiter is not None:  # rate=: one call per request, each sent when its slot comes
-        limit = 1
-    if not branch and limiter is None and not worker.ordered and not stage.task.policy.retries:
-        _map(worker, child, limit)
-        return
-    n = m = 1
-    while (items := worker.begin(get(n))) is not None:
-        batch = list(items)  # all of it goes to the child: nothing is left to share
-        if limiter is not None:
-            limiter.wait_turn(worker.run.sleep)
-        started = perf_counter()
-        if branch:
-            sent = child.send(("branch", batch, m))
-            while True:
-                chunk_started = perf_counter()
-                _, outputs, done, _ = child.receive()
-                box.extend(outputs)
-                flush(False)  # blocks while downstream is full: the child waits for the pull
-                if done:
-                    break
-                m = _capped(adapt(m, len(outputs), perf_counter() - chunk_started, stage.emit), m, child.received)
-                child.send(("pull", m))
+class _Chunks:
+    """A branching batch's outputs from the child, pulled as the relay has room."""
+
+    seconds = 0.0  # (the child does not time a branching batch's calls)
+
+    def __init__(self, remote: ProcessRemote) -> None:
+        self.remote = remote
+        self.started = False
+
+    def next(self, m: int) -> tuple[list[Any], bool]:
+        if self.started:
+            self.remote.child.send(("pull", m))
+        self.started = True
+        reply = self.remote.receive()
+        return reply[1], reply[2]
+
+
+class _Session:
+    """The child's join call."""
+
+    def __init__(self, remote: ProcessRemote) -> None:
+        self.remote = remote
+        self.started = False
+
+    def step(self, items: list[Any], end: bool, m: int) -> tuple[str, list[Any]]:
+        child = self.remote.child
+        if not self.started:
+            self.started = True
+            child.send(("join", m))
+        elif items:
+            self.remote.sent = child.send(("feed", items))
+        elif end:
+            child.send(("end",))
         else:
-            sent = child.post(child.pack_map(batch))
-            box.extend(child.receive()[1])
-        flush(True)
-        elapsed = perf_counter() - started
-        inp.pace(len(batch), elapsed)
-        n = _capped(adapt(n, len(batch), elapsed, limit), len(batch), max(sent, child.received))
-
-
-def _map(worker: Worker, child: Child, limit: int) -> None:
-    """The relay of a plain stage (unordered, no rate=, no retries): while batches are
-    cheap, the next one is sent before the last one's reply is read, so the child goes
-    from one to the next without waiting for the parent to hand on outputs and take more
-    input. Only a request that fits in the pipe goes ahead (``Child.ahead_bytes``:
-    neither side can block the other), only if the input has it now (a slow producer
-    never holds back outputs), and only while both the batch in flight and the one sent
-    ahead are expected to take under half the target at the last batch's cost per item.
-    So slow calls go one batch at a time; a cancelled run starts at most one cheap batch
-    more (the child skips one that a stop or teardown message follows); an error skips
-    the one sent ahead (see ``Child.pack_map``)."""
-    stage = worker.stage
-    inp, out, box = stage.inp, stage.out, worker.box
-    n = 1
-    ahead: tuple[int, int, float, int] | None = None  # (items, bytes, sent at, n) of the request unread
-    last = 0.0  # when the last reply was read
-    per_item = 1.0  # the child's seconds per item in the last batch (none yet: never cheap)
-
-    def finish() -> None:  # read the reply to ``ahead``, hand on its outputs, pace
-        nonlocal n, ahead, last, per_item
-        assert ahead is not None
-        count, sent, since, asked = ahead
-        reply = child.receive()
-        box.extend(reply[1])
-        now = perf_counter()
-        elapsed, last, ahead = now - max(since, last), now, None  # its time, from the relay
-        out.flush(box, True)
-        inp.pace(count, elapsed)
-        per_item = reply[3] / count if count else 1.0  # the calls' own time
-        # The batch size follows the relay's time (the calls and moving the items, but not
-        # handing them on): large items through a small pipe keep batches small.
-        n = _capped(adapt(asked, count, elapsed, limit), count, max(sent, child.received))
-
-    def cheap(count: int) -> bool:
-        return per_item * count < TARGET_SECONDS / 2
-
-    while True:
-        got = inp.get_now(n) if ahead is not None and cheap(ahead[0] + n) else None
-        if got is None:
-            if ahead is not None:
-                finish()
-            got = inp.get(n)
-        items = worker.begin(got)
-        if items is None:
-            break
-        data = child.pack_map(list(items))  # all of it goes to the child: nothing is left to share
-        if ahead is not None and len(data) > child.ahead_bytes:
-            finish()
-        count = worker.size
-        sent = child.post(data)
-        since = perf_counter()
-        if ahead is not None:
-            finish()
-        ahead = (count, sent, since, n)
-    if ahead is not None:
-        finish()
-
-
-def _join(worker: Worker, child: Child) -> None:
-    """Relay a join call: feed the child the stage's input as it asks for it, and hand
-    its outputs on as they come."""
-    stage = worker.stage
-    inp, out, box = stage.inp, stage.out, worker.box
-    n = m = 1
-    batch: list[Any] = []
-    sent = 0
-    started = perf_counter()
-    child.send(("join", m, stage.task.branch))
-    while True:
-        reply = child.receive()
-        box.extend(reply[1])
-        if reply[0] == "need":
-            if box:
-                out.flush(box, False)
-            if batch:  # how long the child took to read the last feed
-                elapsed = perf_counter() - started
-                inp.pace(len(batch), elapsed)
-                n = _capped(adapt(n, len(batch), elapsed, stage.take), len(batch), sent)
-            items = worker.begin(inp.get(n))
-            if items is None:
-                batch = []
-                child.send(("end",))
-            else:
-                batch = list(items)
-                started = perf_counter()
-                sent = child.send(("feed", batch))
-        elif reply[2]:
-            break
-        else:
-            chunk_started = perf_counter()
-            out.flush(box, False)
-            m = _capped(adapt(m, len(reply[1]), perf_counter() - chunk_started, stage.emit), m, child.received)
             child.send(("pull", m))
-    out.flush(box, True)
-
-
-def _capped(n: int, count: int, size: int) -> int:
-    """``n``, reduced so that ``n`` items of the size of the last batch's (``count``
-    items, ``size`` bytes) stay within ``MAX_BATCH_BYTES``."""
-    if n * size <= count * MAX_BATCH_BYTES:
-        return n
-    return max(1, count * MAX_BATCH_BYTES // size)
+        reply = self.remote.receive()
+        if reply[0] == "need":
+            return "need", reply[1]
+        return ("done" if reply[2] else "out"), reply[1]

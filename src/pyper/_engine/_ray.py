@@ -2,35 +2,39 @@
 ``_executors`` for the protocol). Imported only when a Ray stage starts: importing
 pyper never imports ray.
 
-Data flow, for one of a stage's N workers::
+Each worker is a relay (``_relay``, shared by every remote executor); ``RayRemote`` is its
+transport, Ray calls, and ``_ray_worker`` the Ray side (around ``_serve``)::
 
     inp channel --get--> [relay thread] --Ray task / actor call--> [Ray worker: _ray_worker]
     out channel <-flush-- [relay thread] <--status (small) + outputs (an object ref)--
 
-Each worker is a relay, as for processes: a ``Worker`` on one of pyper's threads
-that takes a batch from the input channel and submits it as one Ray call, so that
-at most N calls of the stage are in flight on the cluster. Batches grow while the
-calls are cheap, measured on the worker (``adapt``): trivial items do not pay a Ray
-round trip each. Without ``setup=`` a call is a Ray task; with it, each worker is a
-Ray actor, made once with the resource and given every batch of that worker.
+A relay submits each batch as one Ray call, so that at most N calls of the stage are in
+flight on the cluster. Batches grow while the calls are cheap, measured on the worker,
+toward ``TARGET_SECONDS`` of calls: trivial items do not pay a Ray round trip each; a
+batch short of its size waits a moment for more (``_remote.Gathering``), and the last
+batches of a run end together (``_remote.Tail``). Without ``setup=`` a call is a Ray task;
+with it, each worker is a Ray actor, made once with the resource and given every batch
+of that worker.
 
 A call returns two objects: a small status, which the relay reads, and the outputs.
 The relay reads the outputs only if the next stage is not on Ray: between two Ray
 stages it hands the next one the object reference (a ``Refs`` item), which Ray
 resolves on the worker that needs it, so the data never passes through the driver.
 
-How it stops: the relay waits for a status in steps of ``POLL_SECONDS``; once the
-run is cancelled it cancels the call (``ray.cancel``, forced: the Ray worker stops),
-kills its actor and leaves. A call's error comes back as the original exception
-with the remote traceback as ``__cause__``; a Ray worker or node that dies is a
-``WorkerProcessDied`` naming the stage (Ray retries it first ``retries=`` times).
+How it stops: ``RayRemote.interrupt`` (a hook of the run's cancellation) cancels the call
+in flight (``ray.cancel``, forced: the Ray worker stops) or, for an actor's call (which
+cannot be forced), kills the actor; the relay's wait on it then raises and the relay
+leaves. A call's error comes back as the original exception with the remote traceback as
+``__cause__``; a Ray worker or node that dies is a ``WorkerProcessDied`` naming the stage
+(Ray retries it first ``retries=`` times).
 
 Ray itself: the cluster the program connected to with ``ray.init(...)`` before its
 first Ray stage ran, or else one that pyper starts with ``ray.init()`` (local, or
 ``RAY_ADDRESS``) and Ray shuts down at exit. pyper never shuts a cluster down.
 
-Who owns what: a relay's actor and in-flight reference belong to its thread;
-``_Shared`` (one per stage and run) is filled once under its lock.
+Who owns what: a ``RayRemote`` belongs to its relay's thread, but for what ``interrupt``
+reads (``_inflight``, ``_actor``, ``_interrupted``: under its lock); ``_Shared`` (one per
+stage and run) is filled once under its lock.
 """
 
 from __future__ import annotations
@@ -46,16 +50,15 @@ import ray
 import ray.exceptions
 
 from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied, attach
-from . import _thread
-from ._ray_worker import STARTED, Actor, Joiner, call_batch, stream_batch, timed_call
-from ._sync_loops import flusher
-from ._remote import Gathering, Tail
-from ._run import Run, Stage, Worker, adapt, log
+from . import _relay
+from ._envelope import unseal
+from ._ray_worker import STARTED, Actor, Joiner, call_batch, stream_batch_task, timed_call
+from ._relay import Relayed, remote_task
+from ._remote import Gathering, Tail, next_size
+from ._run import Run, Stage, Worker, log
 
-__all__ = ["Refs", "start"]
+__all__ = ["RayRemote", "Refs", "start"]
 
-#: How often a relay waiting for a call looks whether the run was cancelled.
-POLL_SECONDS = 0.02
 #: What a batch's calls should take: a Ray call costs about 1-10 ms to make here (more
 #: while the cluster's CPUs are busy), so a batch of calls of 25 ms goes about eight at a
 #: time, and the CPUs wait for a round trip once per batch, not per call.
@@ -102,7 +105,7 @@ def start(run: Run, stage: Stage, workers: range) -> None:
     if size > 1 and index and not run.stages[index - 1].task.throttle:  # (a throttle bounds it)
         # The first batches as large as the last run's: its input holds them at once.
         stage.inp.widen(size * stage.task.workers)
-    _thread.start_jobs(run, stage, workers, partial(_relay, shared))
+    _relay.start(run, stage, workers, partial(RayRemote, shared))
 
 
 def ensure_ray() -> None:
@@ -133,23 +136,11 @@ class _Shared:
             if self._job is None:
                 ensure_ray()
                 if self.stage.take_args:  # the first task: the run's arguments go with it
-                    job = (_remote_task(self.stage), self.run.args, self.run.kwargs)
-                    self._job = ray.put(job)
+                    here, guarded = remote_task(self.stage.task)
+                    self._job = ray.put((here, self.run.args, self.run.kwargs, guarded))
                 else:
                     self._job = _kept_job(self.stage)
             return self._job
-
-
-def _remote_task(stage: Stage) -> Any:
-    """The task as its Ray calls run it: the rate limiter stays with the relays, which
-    pace the calls; with ``timeout=`` so do retries and the error policy, around each call."""
-    task = stage.task
-    if task.policy.timeout is not None:
-        task = task._replace(policy=task.policy._replace(
-            retries=0, on_error="raise", limiter=None, timeout=None, abandoned=None))
-    elif task.policy.limiter is not None:
-        task = task._replace(policy=task.policy._replace(limiter=None))
-    return task
 
 
 #: The object references of tasks put in Ray's object store, kept for the next run of the
@@ -167,7 +158,8 @@ def _kept_job(stage: Stage) -> Any:
         kept = _jobs.get(id(task))
         if kept is not None and kept[0] is task and kept[1] == session:
             return kept[2]
-    ref = ray.put((_remote_task(stage), None, None))
+    here, guarded = remote_task(task)
+    ref = ray.put((here, None, None, guarded))
     with _init_lock:
         _jobs.pop(id(task), None)
         _jobs[id(task)] = (task, session, ref)
@@ -176,206 +168,271 @@ def _kept_job(stage: Stage) -> Any:
     return ref
 
 
-def _relay(shared: _Shared, run: Run, stage: Stage, index: int) -> None:
-    run.enter()
-    worker = Worker(run, stage)
-    task = stage.task
-    error: BaseException | None = None
-    actor: Any = None  # with setup= or join=True: the worker's actor
-    inflight: list[Any] = [None]  # the reference of the call under way, if any
-    try:
-        job = shared.job()
-        options = dict(task.executor_options)
+class RayRemote(Relayed):
+    """A relay's side of a Ray stage (``_relay.Remote``): each request a Ray call.
+
+    ``_lock`` guards ``_inflight`` (the call under way), ``_actor`` and ``_interrupted``:
+    the relay's thread writes them, ``interrupt`` (the thread that cancels the run) reads
+    them, so that a call submitted as the run is cancelled is cancelled too."""
+
+    def __init__(self, shared: _Shared, worker: Worker, index: int) -> None:
+        super().__init__(worker)
+        self.shared, self.index = shared, index
+        stage = worker.stage
+        self.task = task = stage.task
+        self.name = task.name
+        self._lock = threading.Lock()
+        self._inflight: Any = None
+        self._actor: Any = None
+        self._interrupted = False
+        self.job = shared.job()
+        self.options = dict(task.executor_options)
         retries = task.policy.retries
+        tail, inp = shared.tail, stage.inp
+        if worker.ordered:  # numbered batches go as they come
+            def get(n: int) -> Any:
+                got = inp.get_seq(tail.size(index, n, inp))
+                if got is not None:
+                    tail.started(index, len(got[1]))
+                return got
+
+            self.get = get  # type: ignore[method-assign]
+        else:
+            self.get = Gathering(inp, GATHER_SECONDS, tail, index).get  # type: ignore[method-assign]
         # A branching stage's batches stream their outputs back in chunks, as produced, at
         # most STREAM_AHEAD chunks ahead of what the relay has handed on.
-        streamed = dict(num_returns="streaming", _generator_backpressure_num_objects=STREAM_AHEAD)
+        self.streamed = dict(num_returns="streaming", _generator_backpressure_num_objects=STREAM_AHEAD)
         # A map call's (status, outputs) is one object, read at once; or two, when the
         # outputs go on to the next Ray stage as a reference.
         returns = 2 if shared.passes_refs else 1
-        submit: Callable[[list[Any], list[Any]], Any]
-        if task.join:  # a step waits on one of the actor's threads while the call runs on the other
-            actor = _remote(Joiner, max_concurrency=2).options(**options).remote(job, task.branch)
-            _join(worker, actor, inflight)
-            return
-        if task.policy.timeout is not None:
-            actors: list[Any] = []
-            try:
-                _timed(worker, job, options, inflight, actors)
-            finally:
-                actor = actors[0] if actors else None
-            return
+        self._submit: Callable[[list[Any], list[Any]], Any] | None = None
+        if task.join or task.policy.timeout is not None:
+            return  # (made by join(), call())
         if task.policy.setup is not None:
-            actor = _remote(Actor).options(max_restarts=retries, max_task_retries=retries, **options).remote(job)
-            method = actor.stream.options(**streamed) if stage.branch else actor.batch.options(num_returns=returns)
-            submit = lambda items, upstream: method.remote(items, *upstream)  # noqa: E731
+            actor = _remote(Actor).options(max_restarts=retries, max_task_retries=retries,
+                                           **self.options).remote(self.job)
+            self._set_actor(actor)
+            method = actor.stream.options(**self.streamed) if task.branch else actor.batch.options(num_returns=returns)
+            self._submit = lambda items, upstream: method.remote(items, *upstream)
         else:
-            if stage.branch:
-                remote = _remote(stream_batch).options(max_retries=retries, **streamed, **options)
+            if task.branch:
+                remote = _remote(stream_batch_task).options(max_retries=retries, **self.streamed, **self.options)
             else:
-                remote = _remote(call_batch).options(num_returns=returns, max_retries=retries, **options)
-            submit = lambda items, upstream: remote.remote(job, items, *upstream)  # noqa: E731
-        _work(worker, shared, index, submit, inflight)
-    except BaseException as exc:
-        error = exc
-    finally:
-        if actor is not None:
-            error = _release(actor, task.name, error, stuck=inflight[0] is not None)
-        elif inflight[0] is not None:  # a call (or a stream) the run stopped before its end
-            try:
-                ray.cancel(inflight[0], force=True)
-            except Exception:
-                pass
-        worker.leave(error)
+                remote = _remote(call_batch).options(num_returns=returns, max_retries=retries, **self.options)
+            self._submit = lambda items, upstream: remote.remote(self.job, items, *upstream)
 
+    # -- cancellation ----------------------------------------------------------------
 
-def _timed(worker: Worker, job: Any, options: dict[str, Any], inflight: list[Any], actors: list[Any]) -> None:
-    """A stage with ``timeout=``: the relay runs the thread loops, one item per call, with
-    retries=, on_error= and rate= around each call. A call's time counts from the mark it
-    sends as it starts (``STARTED``); past the timeout it is cancelled (a Ray task forced
-    to stop; with ``setup=`` its actor killed and replaced: ``actors`` holds the one
-    serving) and the item raises ``TimeoutError``."""
-    from ._timeouts import timeout_error
+    def _set_actor(self, actor: Any) -> None:
+        with self._lock:
+            self._actor = actor
 
-    stage, run = worker.stage, worker.run
-    name = stage.task.name
-    seconds = stage.task.policy.timeout
-    assert seconds is not None
-    streamed = dict(num_returns="streaming")
-    make_actor = None
-    if stage.task.policy.setup is not None:
-        make_actor = partial(_remote(Actor).options(**options).remote, job)
-        actors.append(make_actor())
-    else:
-        remote = _remote(timed_call).options(max_retries=0, **streamed, **options)
+    def _start(self, ref: Any) -> Any:
+        """A call just submitted is the one in flight: cancelled at once if the run is."""
+        with self._lock:
+            self._inflight = ref
+            if not self._interrupted:
+                return ref
+        self._cancel(ref, self._actor)
+        raise Cancelled
 
-    def call(x: Any) -> Any:
-        stream = inflight[0] = (actors[0].timed.options(**streamed).remote(x) if actors
-                                else remote.remote(job, x))
-        following = partial(next, stream)
+    def _done(self) -> None:
+        with self._lock:
+            self._inflight = None
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._interrupted = True
+            ref, actor = self._inflight, self._actor
+        if ref is not None:
+            self._cancel(ref, actor)
+
+    @staticmethod
+    def _cancel(ref: Any, actor: Any) -> None:
+        """Stop a call: a Ray task is forced to stop; an actor's call cannot be, so its
+        actor is killed (a stuck call may hold its resource: it is not exited)."""
         try:
-            started = _get(run, name, _wait(run, name, stream, ready=following))
-            assert started == STARTED
-            deadline = perf_counter() + seconds
-            status, outputs = _get(run, name, _wait(run, name, stream, ready=following, deadline=deadline))
-        except WorkerProcessDied:
-            inflight[0] = None
-            if make_actor is not None:  # a retry (retries=) goes to a new actor
-                actors[0] = make_actor()
+            if actor is None:
+                ray.cancel(ref, force=True)
+            else:
+                ray.kill(actor)
+        except Exception:  # done already, or the actor is gone
+            pass
+
+    def _get(self, ref: Any, timeout: float | None = None) -> Any:
+        try:
+            return _get(self.name, ref, timeout)
+        except (WorkerProcessDied, ray.exceptions.RayError):
+            if self._interrupted:  # the run's cancellation stopped it
+                raise Cancelled from None
             raise
-        except _Late:
-            inflight[0] = None
+
+    # -- map batches -------------------------------------------------------------------
+
+    def first(self, limit: int) -> int:
+        return min(limit, _remembered(self.task)[0])
+
+    def post(self, request: list[Any]) -> Any:
+        assert self._submit is not None
+        plain = [x for x in request if type(x) is not Refs]
+        upstream = [x.ref for x in request if type(x) is Refs]
+        if upstream:
+            self.worker.refs_in += sum(x.count - 1 for x in request if type(x) is Refs)
+        refs = self._submit(plain, upstream)
+        self._start(refs[0] if self.shared.passes_refs else refs)
+        return refs
+
+    def reply(self, handle: Any) -> tuple[list[Any], float]:
+        if self.shared.passes_refs:
+            status_ref, outputs_ref = handle
             try:
-                ray.cancel(stream, force=not actors)  # an actor's call cannot be forced:
-            except Exception:
-                pass
-            if make_actor is not None:  # its actor is killed, and the next call gets a new one
-                ray.kill(actors[0])
-                actors[0] = make_actor()
-            raise timeout_error(name, seconds) from None
-        # (On any other way out, the call stays in flight for the relay's end to cancel: a
-        # cancelled run's actor is killed, not waited for.)
-        inflight[0] = None
-        _checked(worker, status)
+                status = self._checked(self._get(status_ref))
+            except BaseException:
+                _forget(outputs_ref)
+                raise
+            finally:
+                self._done()
+            if not status[1]:
+                return [], status[2]
+            self.worker.refs_out += status[1] - 1
+            return [Refs(outputs_ref, status[1])], status[2]
+        try:
+            status, outputs = self._get(handle)
+        finally:
+            self._done()
+        self._checked(status)
+        return outputs, status[2]
+
+    def measured(self, asked: int, count: int, elapsed: float, seconds: float, limit: int) -> int:
+        # On the calls' own time, not the round trip: the input edge holds about the
+        # channel's pace of their work, and a batch grows until its calls take about
+        # TARGET_SECONDS, which makes the few milliseconds a Ray call costs a small part.
+        tail = self.shared.tail
+        tail.finished(self.index, count, seconds)
+        self.worker.stage.inp.pace(count, max(seconds, 1e-6))
+        n = _next_size(asked, count, seconds, limit)
+        _remember(self.task, n, tail.cost)
+        return n
+
+    def _checked(self, status: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The status of a call, its log records logged; raises the call's error."""
+        for level, message in status[-1]:
+            self.worker.note(level, message)
+        if status[0] == "error":
+            exc, self.worker.item = unseal(status[:-1], self.name, "its Ray worker")
+            raise exc
+        return status
+
+    # -- branching batches, join, timeout ---------------------------------------------
+
+    def stream(self, items: list[Any], m: int) -> _RayChunks:
+        assert self._submit is not None
+        plain = [x for x in items if type(x) is not Refs]
+        upstream = [x.ref for x in items if type(x) is Refs]
+        if upstream:
+            self.worker.refs_in += sum(x.count - 1 for x in items if type(x) is Refs)
+        return _RayChunks(self, self._start(self._submit(plain, upstream)))
+
+    def join(self) -> _RaySession:
+        # A step waits on one of the actor's threads while the call runs on the other.
+        self._set_actor(_remote(Joiner, max_concurrency=2).options(**self.options).remote(self.job))
+        return _RaySession(self)
+
+    def call(self, x: Any, seconds: float) -> Any:
+        """One item's call, timed from the mark it sends as it starts (``STARTED``);
+        past ``seconds`` it is cancelled (a Ray task forced to stop; with ``setup=`` its
+        actor killed and replaced) and the item raises ``TimeoutError``."""
+        task = self.task
+        streamed = dict(num_returns="streaming")
+        if task.policy.setup is not None and self._actor is None:
+            self._set_actor(_remote(Actor).options(**self.options).remote(self.job))
+        actor = self._actor
+        stream = self._start(actor.timed.options(**streamed).remote(x) if actor is not None
+                             else _remote(timed_call).options(max_retries=0, **streamed, **self.options)
+                             .remote(self.job, x))
+        try:
+            started = self._get(self._next(stream))
+            assert started == STARTED
+            ref = self._next(stream, perf_counter() + seconds)
+            if ref is None:  # past the deadline
+                self._done()
+                self._cancel(stream, actor)
+                if actor is not None:  # the next call gets a new actor
+                    self._set_actor(None)
+                if self._interrupted:
+                    raise Cancelled
+                from ._timeouts import timeout_error
+
+                raise timeout_error(task.name, seconds) from None
+            status, outputs = self._get(ref)
+        except WorkerProcessDied:
+            self._done()
+            if actor is not None:  # a retry (retries=) goes to a new actor
+                self._set_actor(None)
+            raise
+        self._done()
+        self._checked(status)
         return outputs[0]
 
-    _thread.run_relayed(worker, call)
+    def _next(self, stream: Any, deadline: float | None = None) -> Any:
+        """The next reference a streaming call yields (waiting until ``deadline``, a
+        ``perf_counter`` time: None past it); ``StopIteration`` at its end."""
+        timeout = None if deadline is None else max(0.0, deadline - perf_counter())
+        if not ray.wait([stream], timeout=timeout)[0]:
+            return None
+        if self._interrupted:
+            raise Cancelled
+        return next(stream)
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def finish(self, error: BaseException | None) -> BaseException | None:
+        self.shared.tail.leave(self.index)  # (a batch that raised is no sibling's work left to count)
+        with self._lock:
+            ref, actor, self._inflight = self._inflight, self._actor, None
+        if actor is not None:
+            return _release(actor, self.name, error, stuck=ref is not None or self._interrupted)
+        if ref is not None:  # a call (or a stream) the run stopped before its end
+            self._cancel(ref, None)
+        return error
 
 
-class _Late(Exception):
-    """A timed call's result did not come within its timeout."""
+class _RayChunks:
+    """A branching batch's outputs: a Ray streaming generator's chunks as they come."""
+
+    def __init__(self, remote: RayRemote, stream: Any) -> None:
+        self.remote, self.stream = remote, stream
+        self.seconds = 0.0
+
+    def next(self, m: int) -> tuple[list[Any], bool]:
+        remote = self.remote
+        try:
+            ref = remote._next(self.stream)
+        except StopIteration:
+            remote._done()
+            return [], True
+        status, outputs = remote._get(ref)
+        remote._checked(status)
+        self.seconds += status[2]
+        return outputs, False  # (flushed next, before the next chunk is asked for: the
+        # generator waits STREAM_AHEAD ahead of what the relay has handed on)
 
 
-def _join(worker: Worker, joiner: Any, inflight: list[Any]) -> None:
-    """Relay a join call: feed the actor the stage's input as the call asks for it, and
-    hand its outputs on as they come."""
-    stage, run = worker.stage, worker.run
-    inp, out, box = stage.inp, stage.out, worker.box
-    n = 1
-    items: list[Any] = []
-    end = False
-    while True:
-        ref = inflight[0] = joiner.step.remote(items, end, stage.emit)
-        status, kind, outputs = _wait(run, stage.task.name, ref)
-        inflight[0] = None
-        _checked(worker, status)
-        box.extend(outputs)
-        if kind == "done":
-            break
-        if box:
-            out.flush(box, False)
-        items = []
-        if kind == "need":
-            got = worker.begin(inp.get(n))
-            if got is None:
-                end = True
-            else:
-                items = list(got)
-                n = _next_size(n, len(items), status[2], stage.take)
-    out.flush(box, True)
+class _RaySession:
+    """A join call on its Joiner actor: each step a call of it."""
 
+    def __init__(self, remote: RayRemote) -> None:
+        self.remote = remote
 
-def _work(worker: Worker, shared: _Shared, index: int, submit: Callable[[list[Any], list[Any]], Any],
-          inflight: list[Any]) -> None:
-    stage, run = worker.stage, worker.run
-    inp, box = stage.inp, worker.box
-    tail = shared.tail
-    get: Callable[[int], Any]
-    if worker.ordered:  # numbered batches go as they come
-        def get(n: int) -> Any:
-            got = inp.get_seq(tail.size(index, n, inp))
-            if got is not None:
-                tail.started(index, len(got[1]))
-            return got
-    else:
-        get = Gathering(inp, GATHER_SECONDS, tail, index).get
-    flush = flusher(worker)
-    limit = min(stage.take, stage.emit)
-    limiter = stage.task.policy.limiter
-    if limiter is not None:  # rate=: one call per item, each submitted when its slot comes
-        limit = 1
-    n = min(limit, _remembered(stage.task)[0])
-    try:
-        while (items := worker.begin(get(n))) is not None:
-            batch = list(items)
-            if limiter is not None:
-                limiter.wait_turn(run.sleep)
-            plain = [x for x in batch if type(x) is not Refs]
-            upstream = [x.ref for x in batch if type(x) is Refs]
-            if upstream:
-                worker.refs_in += sum(x.count - 1 for x in batch if type(x) is Refs)
-            if stage.branch:
-                seconds = _stream(worker, submit(plain, upstream), flush, inflight)
-            elif shared.passes_refs:
-                status_ref, outputs_ref = submit(plain, upstream)
-                inflight[0] = status_ref
-                try:
-                    status = _checked(worker, _wait(run, stage.task.name, status_ref))
-                except BaseException:
-                    _forget(outputs_ref)
-                    raise
-                inflight[0] = None
-                if status[1]:
-                    box.append(Refs(outputs_ref, status[1]))
-                    worker.refs_out += status[1] - 1
-                seconds = status[2]
-            else:
-                ref = inflight[0] = submit(plain, upstream)
-                status, outputs = _wait(run, stage.task.name, ref)
-                inflight[0] = None
-                _checked(worker, status)
-                box.extend(outputs)
-                seconds = status[2]
-            tail.finished(index, len(batch), seconds)
-            flush(True)
-            # On the calls' own time, not the round trip: the input edge holds about the
-            # channel's pace of their work, and a batch grows until its calls take about
-            # TARGET_SECONDS, which makes the few milliseconds a Ray call costs a small part.
-            inp.pace(len(batch), max(seconds, 1e-6))
-            n = _next_size(n, len(batch), seconds, limit)
-            _remember(stage.task, n, tail.cost)
-    finally:
-        tail.leave(index)  # (a batch that raised is no sibling's work left to count)
+    def step(self, items: list[Any], end: bool, m: int) -> tuple[str, list[Any]]:
+        remote = self.remote
+        ref = remote._start(remote._actor.step.remote(items, end, m))
+        try:
+            status, kind, outputs = remote._get(ref)
+        finally:
+            remote._done()
+        remote._checked(status)
+        return kind, outputs
 
 
 #: The batch size each task's relays reached, and the seconds per item its calls took, by
@@ -407,83 +464,11 @@ def _remember(task: Any, n: int, cost: float) -> None:
 
 
 def _next_size(n: int, done: int, seconds: float, limit: int) -> int:
-    """``adapt`` toward TARGET_SECONDS, growing 8x at a time while a full batch took a
-    small part of it: each step is a Ray round trip, so trivial items reach large
-    batches in three steps, not ten.
-
-    A batch the run's tail cut short (``Tail``: a share, ``done`` < ``n``) measures the
-    cost too: if its calls took under half the target, twice what it held fits, and the
-    size grows to that. (Not to the target's fit: single cheap items trickling in would
-    double it every batch, and the size is remembered: the next run's input is widened
-    to hold it for each worker.) Else
-    the size only ever shrank: one batch a little over the target (8 calls of 25 ms
-    taking 0.26 s on a busy machine) made it 7, and short runs, all tail, kept 7; the
-    next run's input then held 14 of its 16 items at first, and the relays took 7 and 4
-    and went back for the rest (four round trips, not two: 5-10% slower)."""
-    if done >= n and seconds < TARGET_SECONDS / 16:
-        return min(limit, 8 * n)
-    if 0 < done < n and seconds < TARGET_SECONDS / 2:
-        return min(limit, max(n, 2 * done))
-    return adapt(n, done, seconds, limit, TARGET_SECONDS)
+    """``next_size`` toward ``TARGET_SECONDS`` (see there)."""
+    return next_size(n, done, seconds, limit, TARGET_SECONDS)
 
 
-def _stream(worker: Worker, stream: Any, flush: Callable[[bool], None], inflight: list[Any]) -> float:
-    """Hand on a streamed batch's chunks as they come; returns the seconds its calls took."""
-    run, name, box = worker.run, worker.stage.task.name, worker.box
-    inflight[0] = stream
-    seconds = 0.0
-    while True:
-        try:
-            ref = _wait(run, name, stream, ready=lambda: next(stream))
-        except StopIteration:
-            break
-        status, outputs = _get(run, name, ref)
-        _checked(worker, status)
-        seconds += status[2]
-        box.extend(outputs)
-        flush(False)  # blocks while downstream is full: the generator waits STREAM_AHEAD ahead
-    inflight[0] = None
-    return seconds
-
-
-def _checked(worker: Worker, status: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The status of a call, its log records logged; raises the call's error."""
-    for level, message in status[-1]:
-        worker.note(level, message)
-    if status[0] == "error":
-        _, exc, text, worker.item, _ = status
-        raise _remote_error(worker.stage.task.name, exc, text)
-    return status
-
-
-def _wait(run: Run, name: str, ref: Any, ready: Callable[[], Any] | None = None,
-          deadline: float | None = None) -> Any:
-    """The value of ``ref`` once ready (or ``ready()``: a stream's next reference); cancels
-    the call and raises ``Cancelled`` once the run is cancelled; raises ``_Late`` past the
-    ``deadline`` (a ``perf_counter`` time), if given."""
-    while True:
-        poll = POLL_SECONDS
-        if deadline is not None:
-            poll = deadline - perf_counter()
-            if poll <= 0:
-                raise _Late
-            poll = min(poll, POLL_SECONDS)
-        if ready is None:
-            try:
-                return _get(run, name, ref, poll)
-            except ray.exceptions.GetTimeoutError:
-                pass
-        elif ray.wait([ref], timeout=poll)[0]:
-            return ready()
-        if run.cancelled:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # an actor's call cannot be forced: its actor is killed
-                pass
-            raise Cancelled
-
-
-def _get(run: Run, name: str, ref: Any, timeout: float | None = None) -> Any:
+def _get(name: str, ref: Any, timeout: float | None = None) -> Any:
     try:
         return ray.get(ref, timeout=timeout)
     except ray.exceptions.TaskCancelledError:
@@ -492,8 +477,9 @@ def _get(run: Run, name: str, ref: Any, timeout: float | None = None) -> Any:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, ray.exceptions.RaySystemError):  # an argument did not load
             raise _unloadable(name, cause) from None
-        if isinstance(cause, BaseException):
-            raise _remote_error(name, cause, str(exc)) from None
+        if isinstance(cause, BaseException):  # Ray's own envelope: its traceback is its text
+            cause.__cause__ = RemoteTraceback(str(exc))
+            raise cause from None
         raise
     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
             ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
@@ -525,13 +511,6 @@ def _forget(ref: Any) -> None:
         pass
 
 
-def _remote_error(name: str, exc: BaseException | None, text: str) -> BaseException:
-    if exc is None:
-        exc = RuntimeError(f"task {name!r} raised on its Ray worker:\n{text}")
-    exc.__cause__ = RemoteTraceback(text)
-    return exc
-
-
 def _release(actor: Any, name: str, error: BaseException | None, stuck: bool) -> BaseException | None:
     """Exit the actor's resource (unless a call of it is stuck: the run was cancelled),
     then kill it; returns the run's error, with what the exit raised."""
@@ -541,7 +520,7 @@ def _release(actor: Any, name: str, error: BaseException | None, stuck: bool) ->
             for level, message in status[-1]:
                 log(level, message)
             if status[0] == "error":
-                exc = _remote_error(name, status[1], status[2])
+                exc = unseal(status[:-1], name, "its Ray worker")[0]
                 if error is None or isinstance(error, Cancelled):
                     error = exc
                 else:

@@ -44,6 +44,7 @@ import sys
 import threading
 from _thread import start_new_thread
 from collections.abc import Iterator, Sized
+from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -421,6 +422,19 @@ class Run:
                 raise Cancelled
         finally:
             self.off_cancel(woken.set)
+
+    def start_threads(self, stage: Stage, workers: range, job: Callable[[Run, Stage, int], None]) -> None:
+        """Run ``job(self, stage, i)`` for each worker ``i`` of ``workers`` on pyper's
+        threads, each in its own copy of the caller's context: a thread stage's workers,
+        and a remote stage's relays. Returns at once; on an event loop's thread it waits
+        for at most one new thread to start (~0.1 ms), which starts the others."""
+        task = stage.task
+        jobs: list[tuple[Callable[[], None], str]] = [
+            (partial(self.context.copy().run, job, self, stage, i), f"pyper:{task.name}[{i}]")
+            for i in workers
+        ]
+        _threads.spawn(jobs, daemon=task.daemon, nonblocking=self.loop is not None,
+                       on_error=lambda exc: self.fail(exc, task))
 
     def enter(self, task: object = None) -> None:
         """Called by a worker (or the inline first call) in its own context: pipelines

@@ -31,10 +31,11 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
-from .._errors import Cancelled, RemoteTraceback, WorkerProcessDied
+from .._errors import Cancelled, WorkerProcessDied
 from .._pickling import unpicklable_types
 from .._spec import Task
 from . import _child, _pipes, _threads
+from ._envelope import unseal
 from ._run import log
 
 __all__ = [
@@ -251,6 +252,7 @@ class Child:
         self.received = 0  # the size of the last reply, in bytes (owned by the relay)
         self.failed_on: str | None = None  # the item of the last error reply, shortened
         self.joining = False  # a join call is under way (owned by the relay)
+        self.pinged = False  # it answered a ping: it is up, its setup done (owned by the relay)
         method = ctx.get_start_method()
         forked = method == "fork"
         # Fit for a warm pool: not once its resource (setup=) was exited, and never if
@@ -406,10 +408,7 @@ class Child:
                 self.joining = False
             if reply[0] == "error":
                 self._drain()
-                _, exc, text, self.failed_on, _ = reply
-                if exc is None:
-                    exc = RuntimeError(f"task {self.task.name!r} raised in its worker process:\n{text}")
-                exc.__cause__ = RemoteTraceback(text)
+                exc, self.failed_on = unseal(reply[:-1], self.task.name)
                 raise exc
             return reply
         if self._wake_r in ready:
@@ -517,12 +516,10 @@ class Child:
             self.to_child.send_bytes(pickle.dumps(("teardown",)))
         except (BrokenPipeError, OSError):
             return
-        if self.joining:  # in a join call: it unwinds, exits the resource and the process
-            self.process.join(TEARDOWN_SECONDS)
-            return
         # Calls in flight (the run stopped): their replies come first and are dropped. A
         # child waiting out a retry's backoff takes the message as a stop: it exits its
-        # resource and ends (end of file here).
+        # resource and ends (end of file here). A join call is stopped (its next read of
+        # input raises) and its thread exits its resource first.
         while self.unread > 0:
             try:
                 if not self.from_child.poll(TEARDOWN_SECONDS):
@@ -538,12 +535,7 @@ class Child:
         except (EOFError, OSError):
             return
         if reply[0] == "error":
-            _, exc, text, _, _ = reply
-            if exc is None:
-                exc = RuntimeError(f"the setup resource of task {self.task.name!r} raised as it "
-                                   f"was exited, in its worker process:\n{text}")
-            exc.__cause__ = RemoteTraceback(text)
-            raise exc
+            raise unseal(reply[:-1], self.task.name)[0]
 
     def settle(self) -> bool:
         """After a run: whether this child is idle and clean, fit to be kept warm."""
