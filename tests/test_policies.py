@@ -1077,3 +1077,37 @@ def test_a_process_resource_is_exited_when_the_run_stops_during_a_backoff(tmp_pa
     while len(_marks(tmp_path, "exit")) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(_marks(tmp_path, "enter")) == 2 and len(_marks(tmp_path, "exit")) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Bugs in the per-call options (call-bugs branch)
+
+
+@pytest.mark.timeout(120)
+def test_no_timed_thread_call_starts_after_the_consumer_broke_out() -> None:
+    """Bug 4: with timeout= on threads the helper thread started its call without looking
+    at the run, so a call could start after the caller's ``break`` had returned."""
+    import threading
+
+    lock = threading.Lock()
+    started = [0]
+
+    def counted(x: int) -> int:
+        with lock:
+            started[0] += 1
+        return x
+
+    p = numbers() | task(counted, workers=4, timeout=5)
+    late_runs = []
+    for attempt in range(100):
+        for _ in p(10_000):
+            break
+        with lock:
+            at_break = started[0]
+        time.sleep(0.02)  # settle: a call the helper was about to start would have started
+        with lock:
+            late = started[0] - at_break
+            started[0] = 0
+        if late:
+            late_runs.append((attempt, late))
+    assert not late_runs, f"calls started after the break returned, (run, calls): {late_runs}"

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .._errors import Cancelled
 from .._policy import Abandoned
 
 __all__ = ["timed_async", "timed_thread", "timeout_error"]
@@ -54,8 +55,7 @@ class _Helper:
     helper drops the result, gives back its abandoned slot and exits).
     """
 
-    def __init__(self, name: str, context: contextvars.Context, enter: Callable[[], None],
-                 abandoned: Abandoned) -> None:
+    def __init__(self, name: str, context: contextvars.Context, run: Any, abandoned: Abandoned) -> None:
         self._lock = threading.Lock()
         self._go = threading.Lock()
         self._go.acquire()
@@ -66,11 +66,13 @@ class _Helper:
         self._outcome: tuple[bool, Any] = (True, None)
         self._abandoned = abandoned
         self._context = context
-        self.thread = threading.Thread(target=self._main, args=(enter,), name=name, daemon=True)
+        self._run = run
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.thread.start()
 
-    def _main(self, enter: Callable[[], None]) -> None:
-        self._context.run(enter)
+    def _main(self) -> None:
+        run = self._run
+        self._context.run(run.enter)
         while True:
             self._go.acquire()
             job = self._job
@@ -78,10 +80,17 @@ class _Helper:
                 return
             call, x = job
             self._job = None
-            try:
-                outcome: tuple[bool, Any] = (True, self._context.run(call, x))
-            except BaseException as exc:
-                outcome = (False, exc)
+            # The worker handed the call over before the run stopped, but this thread may
+            # only now get to run it, after a break has returned: a stopped run starts no
+            # call. (Run.cancel sets ``cancelled`` first: a cancel that lands after this
+            # check finds the call under way, as it would in the worker's own thread.)
+            if run.cancelled:
+                outcome: tuple[bool, Any] = (False, Cancelled())
+            else:
+                try:
+                    outcome = (True, self._context.run(call, x))
+                except BaseException as exc:
+                    outcome = (False, exc)
             with self._lock:
                 if self._state == "abandoned":
                     self._abandoned.ended()
@@ -129,7 +138,7 @@ def timed_thread(
     def timed(x: Any) -> Any:
         current = helper[0]
         if current is None:
-            current = helper[0] = _Helper(f"pyper:{name}:call", contextvars.copy_context(), run.enter, abandoned)
+            current = helper[0] = _Helper(f"pyper:{name}:call", contextvars.copy_context(), run, abandoned)
         finished, (ok, value) = current.run(call, x, seconds)
         if not finished:
             helper[0] = None
