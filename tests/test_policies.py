@@ -10,10 +10,12 @@ its outputs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1213,3 +1215,98 @@ def test_errors_in_setup_and_teardown_reach_the_caller_with_timeout_on_threads()
         run(numbers() | task(stuck_on_0, setup=second_fails, timeout=0.05, on_error="skip", retries=3,
                              backoff=0), 5)
     assert any("setup of task" in note for note in info.value.__notes__), info.value.__notes__
+
+
+class Opened:
+    """What the decorated setups below entered and exited."""
+
+    entered = 0
+    exited: list[str] = []  # how each exit went: "ok" or the exception's type
+
+
+@contextlib.asynccontextmanager
+async def async_connection() -> AsyncIterator[str]:
+    await asyncio.sleep(0)
+    Opened.entered += 1
+    try:
+        yield "conn"
+    except BaseException as exc:
+        Opened.exited.append(type(exc).__name__)
+        raise
+    else:
+        Opened.exited.append("ok")
+
+
+@contextlib.contextmanager
+def sync_connection() -> Iterator[str]:
+    Opened.entered += 1
+    try:
+        yield "conn"
+    except BaseException as exc:
+        Opened.exited.append(type(exc).__name__)
+        raise
+    else:
+        Opened.exited.append("ok")
+
+
+async def ause_connection(conn: str, x: int) -> int:
+    assert conn == "conn"
+    await asyncio.sleep(0.001)
+    if x == 7:
+        raise ValueError("seven")
+    return x
+
+
+def use_connection(conn: str, x: int) -> int:
+    assert conn == "conn"
+    if x == 7:
+        raise ValueError("seven")
+    return x
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["done", "error", "break"])
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_decorated_context_managers_are_setups(kind: str, how: str) -> None:
+    """Bug 13: @asynccontextmanager (an async task's usual resource) was refused at task()
+    time as "an async generator"; @contextmanager works for both kinds of task."""
+    Opened.entered, Opened.exited = 0, []
+    if kind == "async":
+        p = numbers() | task(ause_connection, workers=3, setup=async_connection)
+    else:
+        p = numbers() | task(use_connection, workers=3, setup=sync_connection)
+    n = 100 if how == "error" else 7  # item 7 raises
+    if how == "done":
+        assert sorted(run(p, n)) == list(range(n))
+    elif how == "error":
+        with pytest.raises(ValueError, match="seven"):
+            run(p, n)
+    elif kind == "async":
+        async def first() -> None:
+            async for _ in p(n):
+                break
+
+        run_async(first())
+    else:
+        for _ in p(n):
+            break
+    # entered once per worker, each exited once (told of the error, if any)
+    assert wait_until(lambda: len(Opened.exited) == Opened.entered, 5)
+    assert 1 <= Opened.entered <= 3, Opened.entered  # a worker starting after a stop may make none
+    if how == "done":
+        assert Opened.entered == 3 and Opened.exited == ["ok"] * 3
+    elif how == "error":
+        assert "ValueError" in Opened.exited, Opened.exited
+
+
+def test_an_async_context_manager_setup_for_a_sync_task_is_refused() -> None:
+    with pytest.raises(TypeError, match="async context manager"):
+        task(use_connection, setup=async_connection)
+    with pytest.raises(TypeError, match="async context manager"):
+        task(use_connection, setup=async_connection, multiprocess=True)
+
+    async def agen() -> AsyncIterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError, match="not be an async generator"):
+        task(ause_connection, setup=agen)

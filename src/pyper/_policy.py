@@ -8,11 +8,13 @@ per-item path. This module is light on imports: worker processes load it too.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import threading
 import time
 from collections.abc import Callable
+from types import FunctionType, MethodType
 from typing import Any, Generic, Literal, TypeVar
 
 from ._spec import Kind, Policy, classify, no_policy
@@ -222,6 +224,24 @@ def delay(backoff: float | Callable[[int], float], attempt: int) -> float:
     return ceiling * random.uniform(0.5, 1.0)
 
 
+def _makes_a_manager(setup: object) -> bool:
+    """Whether an async generator function found under ``setup``'s ``__wrapped__`` is
+    wrapped by a plain function, which ``setup`` calls: ``@asynccontextmanager`` (its
+    call returns an async context manager, not an async generator)."""
+    for _ in range(100):  # the callable itself: through partials and bound methods only
+        if isinstance(setup, functools.partial):
+            setup = setup.func
+        elif isinstance(setup, MethodType):
+            setup = setup.__func__
+        else:
+            break
+    return isinstance(setup, FunctionType) and not setup.__code__.co_flags & _CO_ASYNC_GENERATOR
+
+
+#: ``inspect.CO_ASYNC_GENERATOR`` (not importing ``inspect`` into every worker process).
+_CO_ASYNC_GENERATOR = 0x200
+
+
 def check_policy(
     name: str, kind: Kind, *, join: bool, pipeline: bool, setup: object, retries: object,
     retry_on: object, backoff: object, on_error: object, unpack: object, rate: object = None,
@@ -239,8 +259,18 @@ def check_policy(
                              "inside the nested pipeline instead")
         setup_kind, _ = classify(setup)
         if setup_kind == "agen":
-            raise TypeError(f"task {name!r}: setup must return the resource (or a context manager "
-                            "that gives it), not be an async generator")
+            if not _makes_a_manager(setup):
+                raise TypeError(f"task {name!r}: setup must return the resource (or a context manager "
+                                "that gives it), not be an async generator: decorate it with "
+                                "@contextlib.asynccontextmanager")
+            if kind == "sync":
+                raise TypeError(
+                    f"task {name!r}: setup makes an async context manager (@asynccontextmanager), "
+                    "but the task's function is synchronous and runs in a thread or process: give "
+                    "it a synchronous setup (@contextlib.contextmanager), or make the task's "
+                    "function async"
+                )
+            setup_kind = "sync"  # its call returns the manager, entered per worker: nothing to await
         setup_async = setup_kind == "coro"
         if setup_async and kind == "sync":
             raise TypeError(
