@@ -243,3 +243,40 @@ def test_the_run_knows_its_total_when_the_first_task_returns_a_length() -> None:
         assert sorted(listed(30)) == [2 * x for x in range(30)]
         assert sorted(generated(30)) == [2 * x for x in range(30)]
     assert [run.total for run in seen.runs] == [30, None]
+
+
+@pytest.mark.timeout(30)
+def test_nested_observing_blocks_each_record_the_runs_of_the_inner_block() -> None:
+    """Bug 19: a progress() (or observe()) block inside an observe() replaced its hook, so
+    the outer block recorded none of the runs started in the inner one."""
+    from pyper import progress
+
+    p = task(source, branch=True) | task(doubled)
+    with observe() as outer:
+        with progress(bars=False, interval=60) as bar:
+            assert sorted(p(5)) == [0, 2, 4, 6, 8]
+        assert sorted(p(3)) == [0, 2, 4]
+    assert len(bar.runs) == 1 and len(outer.runs) == 2
+    assert outer.runs[0]._run is bar.runs[0]._run
+    with progress(bars=False, interval=60) as bar:
+        with observe() as inner:
+            assert sorted(p(5)) == [0, 2, 4, 6, 8]
+    assert len(bar.runs) == 1 and len(inner.runs) == 1
+    with observe() as outer:
+        with observe() as inner:
+            with observe() as innermost:
+                assert sorted(p(5)) == [0, 2, 4, 6, 8]
+            assert sorted(p(2)) == [0, 2]
+    assert (len(outer.runs), len(inner.runs), len(innermost.runs)) == (2, 2, 1)
+
+    async def main() -> None:
+        async def apply(x: int) -> int:
+            return x
+
+        ap = task(source, branch=True) | task(apply)
+        with observe() as outer:
+            with observe() as inner:
+                assert [x async for x in ap(3)] == [0, 1, 2]
+        assert (len(outer.runs), len(inner.runs)) == (1, 1)
+
+    run_async(main())

@@ -196,9 +196,17 @@ class Observer:
 @contextmanager
 def observe() -> Iterator[Observer]:
     """Record the metrics of every run started in this block (this thread or task, and
-    the pipelines its runs call)."""
+    the pipelines its runs call), also when it is nested in another ``observe()`` or
+    ``progress()`` block: each of them records the run."""
     observer = Observer()
-    token = observing.set(observer._add)
+    outer = observing.get()  # an enclosing observe() or progress() block records these runs too
+    if outer is None:
+        watch = observer._add
+    else:
+        def watch(run: Run) -> None:
+            outer(run)
+            observer._add(run)
+    token = observing.set(watch)
     try:
         yield observer
     finally:
