@@ -63,6 +63,9 @@ class StageMetrics(NamedTuple):
     calls: int = 0  # calls made: an item's (a list's, with batch=) first attempt and each retry
     size: int = 1  # workers the stage runs now: its workers=, or what the sizer chose (lately)
     sizes: tuple[int, int] | None = None  # workers=(lo, hi), for a stage that sizes itself
+    # With batch=: the items in the lists the stage has taken (``items_in`` counts the lists);
+    # None for a stage that takes single items.
+    items_in_lists: int | None = None
 
     def __str__(self) -> str:
         return (f"{self.name}: {self.items_in} in, {self.items_out} out, {self.alive}/{self.workers} "
@@ -101,6 +104,14 @@ class RunMetrics:
         """How many items the first task makes, when what it returned has a length (a list,
         a range): what a progress bar counts toward."""
         return self._run.stages[0].total
+
+    @property
+    def count(self) -> int:
+        """What a progress bar counts: the items the run has made (the last stage's
+        outputs) or, when the last task takes lists (``batch=``), the items in the lists
+        it has taken (not the lists, nor what its calls return for them)."""
+        last = self.stages[-1]
+        return last.items_out if last.items_in_lists is None else last.items_in_lists
 
     @property
     def bottleneck(self) -> StageMetrics | None:
@@ -156,6 +167,15 @@ def _stage(stage: Stage, up: Stage | None, now: float) -> StageMetrics:
     refs_out = sum(w.refs_out for w in workers)
     refs_up = sum(w.refs_out for w in list(up.workers)) if up is not None else 0
     items_in = stage.inp.taken + refs_in
+    listed = None
+    if up is not None and up.group is not None:
+        # The lists come from the run's grouping stage, one worker making lists of ``size``
+        # items in order; all are full but the one the input's end leaves, and those that
+        # ``linger=`` lets go early. So the items in the lists taken are their number times
+        # ``size``, capped by the items gathered: exact without linger= and at every run's
+        # end; with linger=, a partial list counts as full until then (at most the items
+        # gathered). No per-list bookkeeping for it.
+        listed = min(items_in * up.group.size, up.inp.taken)
     return StageMetrics(
         name=stage.task.name,
         workers=len(workers),
@@ -173,6 +193,7 @@ def _stage(stage: Stage, up: Stage | None, now: float) -> StageMetrics:
         calls=items_in + sum(w.retries for w in workers),
         size=stage.size,
         sizes=(stage.task.workers, stage.task.most) if stage.task.adaptive else None,
+        items_in_lists=listed,
     )
 
 
