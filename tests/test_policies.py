@@ -1310,3 +1310,63 @@ def test_an_async_context_manager_setup_for_a_sync_task_is_refused() -> None:
 
     with pytest.raises(TypeError, match="not be an async generator"):
         task(ause_connection, setup=agen)
+
+
+@pytest.mark.timeout(30)
+def test_a_stalled_event_loop_does_not_let_a_burst_of_rated_calls_through() -> None:
+    """Bug 21: slots were handed out in advance, so one stall of the event loop (a GC pause,
+    a loaded machine) let every slot that fell due meanwhile start at once on waking:
+    more than ``rate`` calls in one second. Here call 3 blocks the loop for 0.5 s while
+    nine workers wait for their slots."""
+    starts: list[float] = []
+
+    async def call(x: int) -> int:
+        starts.append(time.monotonic())
+        if x == 3:
+            time.sleep(0.5)  # blocks the event loop: every waiting worker's sleep runs out
+        return x
+
+    p = numbers() | task(call, workers=10, rate=10)
+    assert sorted(run(p, 25)) == list(range(25))
+    starts.sort()
+    gaps = [round(b - a, 3) for a, b in zip(starts, starts[1:])]
+    assert _windows_ok(starts, 10, 1.0, 1), gaps
+    assert min(gaps) > 0.05, gaps  # never two at once (burst=1), stall or not
+
+
+def test_the_limiter_decides_each_turn_when_the_call_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 21, on a fake clock: callers that overslept their turn (a stall) start one at a
+    time, ``interval`` apart, or ``burst`` at once; one that leaves the line frees its turn."""
+    import pyper._policy
+    from pyper import Rate
+
+    clock = [100.0]
+
+    class FakeTime:
+        @staticmethod
+        def monotonic() -> float:
+            return clock[0]
+
+    monkeypatch.setattr(pyper._policy, "time", FakeTime)
+    limiter = pyper._policy.Limiter(Rate(10))  # one call every 0.1 s
+    assert limiter.reserve() is None  # the first starts at once
+    waits = [limiter.reserve() for _ in range(5)]
+    assert waits == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])  # their turns, if all goes well
+    clock[0] += 2.0  # a stall: every turn has passed
+    woken = [limiter.start() for _ in range(5)]
+    assert woken[0] is None and woken[1:] == pytest.approx([0.1] * 4)  # one starts, the rest wait
+    clock[0] += 0.1
+    assert limiter.start() is None and limiter.start() == pytest.approx(0.1)
+    limiter.give_back()  # one leaves the line (its run stopped): two waiters left
+    limiter.give_back()
+    limiter.give_back()
+    clock[0] += 10.0  # a quiet spell: a newcomer starts at once
+    assert limiter.reserve() is None and limiter.reserve() == pytest.approx(0.1)
+
+    bursty = pyper._policy.Limiter(Rate(10, burst=3))
+    assert [bursty.reserve() for _ in range(3)] == [None] * 3  # the burst, at once
+    assert bursty.reserve() == pytest.approx(0.1)
+    assert [bursty.reserve() for _ in range(2)] == pytest.approx([0.2, 0.3])
+    clock[0] += 5.0  # the three waiters oversleep: at most the burst starts at once
+    assert [bursty.start() for _ in range(3)] == [None, None, None]
+    assert bursty.reserve() == pytest.approx(0.1)

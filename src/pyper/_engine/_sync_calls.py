@@ -139,18 +139,20 @@ def _cancelled(exc: BaseException) -> bool:
 def _paced(
     call: Callable[[Any], Any], limiter: Any, wait: Callable[[float], None],
 ) -> Callable[[Any], Any]:
-    """The call, started no earlier than the task's rate allows."""
-    reserve, started, give_back = limiter.reserve, limiter.started, limiter.give_back
+    """The call, started no earlier than the task's rate allows (``Limiter``: the turn is
+    decided when the call starts, so a wait that overran does not start it early)."""
+    reserve, start, give_back = limiter.reserve, limiter.start, limiter.give_back
 
     def paced(x: Any) -> Any:
-        seconds, slot = reserve()
-        if seconds > 0:
+        seconds = reserve()
+        if seconds is not None:  # in line
             try:
-                wait(seconds)
+                while seconds is not None:
+                    wait(seconds)
+                    seconds = start()
             except BaseException:
-                give_back(slot)
+                give_back()
                 raise
-            started(slot)
         return call(x)
 
     return paced
