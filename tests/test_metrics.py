@@ -280,3 +280,39 @@ def test_nested_observing_blocks_each_record_the_runs_of_the_inner_block() -> No
         assert (len(outer.runs), len(inner.runs)) == (1, 1)
 
     run_async(main())
+
+
+def cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@pytest.mark.timeout(60)
+def test_the_advice_weighs_the_cores_and_what_the_calls_spend_their_time_on() -> None:
+    """Bug 23: the summary told a user to give more workers to a CPU-bound process stage
+    already running one worker per core (with 4 on 2 cores it got slower)."""
+    n = cores()
+    computing = task(source, branch=True) | task(spin, workers=n, multiprocess=True)
+    list(computing(2 * n))  # warm the worker processes
+    with observe() as seen:
+        assert sorted(computing(40 * n)) == list(range(40 * n))
+    last_line = seen.last.summary().splitlines()[-1]
+    assert "bottleneck: spin" in last_line and "more workers" not in last_line, last_line
+    assert ("the one core" if n == 1 else f"the {n} cores") in last_line, last_line
+
+    # a thread stage whose calls compute: more threads take turns at the interpreter lock
+    with observe() as seen:
+        assert sorted((task(source, branch=True) | task(spin, workers=2))(60)) == list(range(60))
+    stage = by_name(seen.last)["spin"]
+    assert stage.cpu is not None and stage.cpu > 0.5 * seen.last.elapsed, stage  # about one core's worth
+    last_line = seen.last.summary().splitlines()[-1]
+    assert "bottleneck: spin" in last_line and "multiprocess=True" in last_line, last_line
+
+    # a stage whose calls wait, with too few workers: still told to get more
+    with observe() as seen:
+        assert sorted((task(source, branch=True) | task(slow, workers=1))(50)) == list(range(50))
+    stage = by_name(seen.last)["slow"]
+    assert stage.cpu is not None and stage.cpu < 0.2 * seen.last.elapsed, stage
+    last_line = seen.last.summary().splitlines()[-1]
+    assert "bottleneck: slow" in last_line and "give it more workers" in last_line, last_line

@@ -684,6 +684,7 @@ class Worker:
     __slots__ = (
         "run", "stage", "ordered", "cursor", "claim", "box", "seq", "size", "idle", "shows", "shares",
         "item", "call", "born", "gone", "retries", "skips", "handled", "raised", "refs_in", "refs_out",
+        "cpu_clock", "cpu", "cpu_base",
     )
 
     def __init__(self, run: Run, stage: Stage) -> None:
@@ -714,8 +715,45 @@ class Worker:
         # Between two Ray stages an item on the link is a reference to a batch's outputs
         # (``_ray.Refs``): the items it stands for beyond one, taken and handed on.
         self.refs_in = self.refs_out = 0
+        # The CPU time of the worker's thread, for the metrics' advice (``measure_cpu``):
+        # its thread's CPU clock (None: not measured, for a worker whose calls run
+        # elsewhere: a task on a loop, a relay), that clock when the worker started, and
+        # (once it has left) its CPU seconds. Written by the worker only.
+        self.cpu_clock: int | None = None
+        self.cpu = self.cpu_base = 0.0
         stage.workers.append(self)
         run.worker_started()
+
+    def measure_cpu(self) -> None:
+        """Count the CPU time of this worker's thread: called, in that thread, by an
+        executor whose calls run there (threads). The metrics weigh it to tell calls that
+        compute from calls that wait. Nothing is added per item nor per batch (a read of
+        the clock costs about 0.6 us here, as much as a small batch's hand-over): the
+        thread's CPU clock is read here, when the worker leaves, and by a snapshot
+        (``cpu_seconds``). Not where the platform has no per-thread clock (macOS)."""
+        import time
+
+        try:
+            clock = time.pthread_getcpuclockid(threading.get_ident())
+            self.cpu_base = time.clock_gettime(clock)
+        except (AttributeError, OSError):
+            return
+        self.cpu_clock = clock
+
+    def cpu_seconds(self) -> float | None:
+        """The CPU seconds of the worker's thread since it started (None: not measured).
+        From any thread: a live worker's clock is read now."""
+        clock = self.cpu_clock
+        if clock is None:
+            return None
+        if self.gone:
+            return self.cpu
+        import time
+
+        try:
+            return time.clock_gettime(clock) - self.cpu_base
+        except OSError:  # its thread has just ended
+            return self.cpu
 
     def note(self, level: int, message: str) -> None:
         """A log record of this worker's calls: counted (``tally``), and logged with the
@@ -763,6 +801,10 @@ class Worker:
 
     def leave(self, exc: BaseException | None) -> None:
         """The worker is done: report ``exc`` (unless it is the run stopping), close both ends."""
+        if self.cpu_clock is not None:  # (before ``gone``, which tells readers it is final)
+            import time
+
+            self.cpu = time.clock_gettime(self.cpu_clock) - self.cpu_base
         self.gone = perf_counter()
         if isinstance(exc, Cancelled) and not self.run.cancelled:
             # Only a cancelled run cancels its workers: anything else would end the stream

@@ -60,6 +60,8 @@ def run_relayed(worker: Worker, remote: Callable[[Any], Any]) -> None:
 def _job(run: Run, stage: Stage, index: int) -> None:
     run.enter()
     worker = Worker(run, stage)
+    if stage.task.policy.timeout is None:  # (with timeout=, the calls run on a helper thread)
+        worker.measure_cpu()
     error: BaseException | None = None
     try:
         if stage.task.policy.any:
