@@ -62,10 +62,49 @@ NO_ITEM: Any = type("NoItem", (), {"__repr__": lambda self: "NO_ITEM", "__slots_
 
 
 def _log_error(message: str, *args: object, exc_info: BaseException) -> None:
-    """Log on the ``pyper`` logger; ``logging`` is imported the first time it is needed."""
+    """Log on the ``pyper`` logger, with the error and its traceback; ``logging`` is
+    imported the first time it is needed.
+
+    Called from worker threads (late errors) while the caller's thread goes on, so the
+    traceback is formatted here without column carets, and the record carries that text
+    (``exc_text``, which ``logging.Formatter`` uses as it is) beside the error itself
+    (``exc_info``, for handlers that read it). Why: to draw carets, CPython 3.11's
+    ``traceback`` parses each frame's line with ``ast.parse``, and the AST constructor
+    keeps its recursion count in one counter for all threads; a thread switch inside a
+    parse (pyper's gc callback runs Python code there) lets one thread's parse fail
+    another's with "SystemError: AST constructor recursion depth mismatch". A lock of
+    pyper's own could not help: the parse that fails is the other thread's (pytest's,
+    the program's). Without carets, pyper's formatting parses nothing.
+    """
     import logging
 
-    logging.getLogger("pyper").error(message, *args, exc_info=exc_info)
+    logger = logging.getLogger("pyper")
+    if not logger.isEnabledFor(logging.ERROR):
+        return
+    pathname, lineno, func, _ = logger.findCaller()
+    record = logger.makeRecord(logger.name, logging.ERROR, pathname, lineno, message, args,
+                               (type(exc_info), exc_info, exc_info.__traceback__), func)
+    record.exc_text = _traceback_text(exc_info)
+    logger.handle(record)
+
+
+def _traceback_text(exc: BaseException) -> str:
+    """``traceback.format_exception(exc)``, chained and grouped errors too, without the
+    carets under each line (what ``logging`` would print, but that)."""
+    import traceback
+
+    formatted = traceback.TracebackException.from_exception(exc)
+    todo, seen = [formatted], set()
+    while todo:
+        one = todo.pop()
+        if id(one) in seen:
+            continue
+        seen.add(id(one))
+        for frame in one.stack:
+            frame.colno = frame.end_colno = None  # no positions: no carets, no parse
+        todo.extend(e for e in (one.__cause__, one.__context__) if e is not None)
+        todo.extend(getattr(one, "exceptions", None) or ())
+    return "".join(formatted.format()).removesuffix("\n")
 
 
 def log(level: int, message: str, task: str | None = None, run: int | None = None) -> None:
