@@ -243,3 +243,76 @@ def test_the_run_knows_its_total_when_the_first_task_returns_a_length() -> None:
         assert sorted(listed(30)) == [2 * x for x in range(30)]
         assert sorted(generated(30)) == [2 * x for x in range(30)]
     assert [run.total for run in seen.runs] == [30, None]
+
+
+@pytest.mark.timeout(30)
+def test_nested_observing_blocks_each_record_the_runs_of_the_inner_block() -> None:
+    """Bug 19: a progress() (or observe()) block inside an observe() replaced its hook, so
+    the outer block recorded none of the runs started in the inner one."""
+    from pyper import progress
+
+    p = task(source, branch=True) | task(doubled)
+    with observe() as outer:
+        with progress(bars=False, interval=60) as bar:
+            assert sorted(p(5)) == [0, 2, 4, 6, 8]
+        assert sorted(p(3)) == [0, 2, 4]
+    assert len(bar.runs) == 1 and len(outer.runs) == 2
+    assert outer.runs[0]._run is bar.runs[0]._run
+    with progress(bars=False, interval=60) as bar:
+        with observe() as inner:
+            assert sorted(p(5)) == [0, 2, 4, 6, 8]
+    assert len(bar.runs) == 1 and len(inner.runs) == 1
+    with observe() as outer:
+        with observe() as inner:
+            with observe() as innermost:
+                assert sorted(p(5)) == [0, 2, 4, 6, 8]
+            assert sorted(p(2)) == [0, 2]
+    assert (len(outer.runs), len(inner.runs), len(innermost.runs)) == (2, 2, 1)
+
+    async def main() -> None:
+        async def apply(x: int) -> int:
+            return x
+
+        ap = task(source, branch=True) | task(apply)
+        with observe() as outer:
+            with observe() as inner:
+                assert [x async for x in ap(3)] == [0, 1, 2]
+        assert (len(outer.runs), len(inner.runs)) == (1, 1)
+
+    run_async(main())
+
+
+def cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@pytest.mark.timeout(60)
+def test_the_advice_weighs_the_cores_and_what_the_calls_spend_their_time_on() -> None:
+    """Bug 23: the summary told a user to give more workers to a CPU-bound process stage
+    already running one worker per core (with 4 on 2 cores it got slower)."""
+    n = cores()
+    computing = task(source, branch=True) | task(spin, workers=n, multiprocess=True)
+    list(computing(2 * n))  # warm the worker processes
+    with observe() as seen:
+        assert sorted(computing(40 * n)) == list(range(40 * n))
+    last_line = seen.last.summary().splitlines()[-1]
+    assert "bottleneck: spin" in last_line and "more workers" not in last_line, last_line
+    assert ("the one core" if n == 1 else f"the {n} cores") in last_line, last_line
+
+    # a thread stage whose calls compute: more threads take turns at the interpreter lock
+    with observe() as seen:
+        assert sorted((task(source, branch=True) | task(spin, workers=2))(60)) == list(range(60))
+    stage = by_name(seen.last)["spin"]
+    assert stage.cpu is not None and stage.cpu > 0.5 * seen.last.elapsed, stage  # about one core's worth
+    last_line = seen.last.summary().splitlines()[-1]
+    assert "bottleneck: spin" in last_line and "multiprocess=True" in last_line, last_line
+
+    # a stage whose calls wait, with too few workers: still told to get more
+    with observe() as seen:
+        assert sorted((task(source, branch=True) | task(slow, workers=1))(50)) == list(range(50))
+    stage = by_name(seen.last)["slow"]
+    assert stage.cpu is not None and stage.cpu < 0.2 * seen.last.elapsed, stage
+    last_line = seen.last.summary().splitlines()[-1]
+    assert "bottleneck: slow" in last_line and "give it more workers" in last_line, last_line

@@ -187,3 +187,38 @@ def test_a_rich_bar_in_a_terminal_ends_whole_with_the_skips_above_it(tmp_path: P
     assert len(skipped) >= 10 and all(
         line.startswith("pyper: task 'every_seventh_fails' skipped item ") for line in skipped), lines
     assert [int(line.split()[5]) for line in skipped] == list(range(196, 0, -7))[:len(skipped)][::-1]
+
+
+def load(rows: list[int]) -> int:
+    time.sleep(0.002)
+    return len(rows)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("bars", ["tqdm", "rich", "lines"])
+def test_a_batching_last_stage_is_counted_in_items(bars: str, capsys: pytest.CaptureFixture[str],
+                                                   caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 20: the bar counted the pipeline's outputs, so a "load in batches" ending
+    (batch=100) stopped at 10/1000 and showed lists per second."""
+    import tqdm
+
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)  # no monitor thread left behind
+    monkeypatch.setenv("COLUMNS", "200")  # rich draws into the capture at this width
+    p = task(source, branch=True) | task(slow, workers=4) | task(load, batch=100)
+    with caplog.at_level(logging.INFO, logger="pyper.progress"):
+        with progress(bars=False if bars == "lines" else bars, interval=0.05, total=1000) as seen:
+            assert sum(p(1000)) == 1000
+    if bars == "lines":
+        lines = [r.getMessage() for r in caplog.records if r.name == "pyper.progress"]
+        assert lines[-1] == "pyper: run 1: 1000/1000 items (%.0f/s), done" % (1000 / seen.last.elapsed), lines
+        assert "pyper: run 1, load: 10 out" in lines[-2], lines
+    else:
+        shown = capsys.readouterr()
+        drawn = shown.err + shown.out
+        assert "1000/1000" in drawn, drawn
+        assert " 10/1000" not in drawn.replace("100/1000", ""), drawn
+    assert seen.last.count == 1000
+    last = seen.last.stages[-1]
+    assert (last.items_in, last.items_out, last.items_in_lists) == (10, 10, 1000)
+    assert seen.last.stages[1].items_in_lists is None  # a stage that takes single items

@@ -883,3 +883,74 @@ def test_fuzz_random_pipelines_against_oracle(mode: str, leaks: Leaks) -> None:
     gc.collect()
     for trial in trials:
         assert not trial.loop_errors.contexts, f"{trial.loop_errors.describe()}; {trial.desc}"
+
+
+# --------------------------------------------------------------------------------------------
+# Late errors were logged with tracebacks formatted in worker threads, while the main thread
+# ran: CPython 3.11's traceback formatting parses each frame's line (ast.parse, for the
+# carets), and the AST constructor's recursion counter is shared by all threads, so a parse
+# in one thread could fail another thread's parse ("SystemError: AST constructor recursion
+# depth mismatch"): an INTERNALERROR in a pytest session. pyper's gc callback runs Python
+# code inside the parser's allocations, which lets threads switch there.
+
+
+def _raises_deep(n: int) -> None:
+    if n:
+        _raises_deep(n - 1)
+    raise ValueError(f"late {n}")
+
+
+@pytest.mark.timeout(60)
+def test_tracebacks_logged_from_worker_threads_never_break_a_parse_elsewhere() -> None:
+    import ast
+    import logging
+
+    from pyper._engine._run import _log_error
+
+    try:
+        _raises_deep(5)
+    except ValueError as caught:
+        error = caught
+    formatted: list[str] = []
+
+    class Format(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            formatted.append(self.format(record))
+
+    logger = logging.getLogger("pyper")
+    handler = Format()
+    logger.addHandler(handler)
+    source = "\n".join(f"x{i} = [{', '.join(map(str, range(30)))}] + f(a[1][2], b={{'k': (1, 2)}})"
+                       for i in range(40))
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def log_errors() -> None:
+        for _ in range(100):
+            _log_error("pyper: task %r raised after its pipeline had stopped", "t", exc_info=error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=log_errors) for _ in range(4)]
+        for t in threads:
+            t.start()
+        def wait_for_them() -> None:
+            for t in threads:
+                t.join()
+            done.set()
+
+        waiter = threading.Thread(target=wait_for_them)
+        waiter.start()
+        while not done.is_set():
+            try:
+                ast.parse(source)  # what pytest does in the main thread to show a failure
+            except SystemError as exc:
+                failures.append(exc)
+        waiter.join()
+    finally:
+        sys.setswitchinterval(interval)
+        logger.removeHandler(handler)
+    assert not failures, f"{len(failures)} parses failed in the main thread: {failures[0]!r}"
+    assert len(formatted) == 400
+    assert all("in _raises_deep" in text and "ValueError: late 0" in text for text in formatted), formatted[0]

@@ -3,7 +3,7 @@
     with pyper.observe() as seen:
         for item in pipeline(1000):
             ...
-    print(seen.last.summary())   # a table, and the stage to give more workers
+    print(seen.last.summary())   # a table, the bottleneck, and what would speed it up
 
 ``observe()`` records every run started in its context (the calling thread, or the
 task of an async caller; nested pipelines too). The engine keeps the counts anyway,
@@ -18,6 +18,9 @@ per batch and on the slow paths only, so observing costs nothing per item:
 - busy: the rest of the workers' time, in calls (a process or Ray stage's relays count
   their remote calls) and moving items; its share of the run's time times the stage's
   workers names the bottleneck (a stage whose workers are all busy all along);
+- cpu: for a thread stage, the CPU time of its workers' threads (each thread's CPU clock,
+  read when the snapshot is taken), which tells calls that compute from calls that wait:
+  the summary's advice weighs it, and the cores, before it says "give it more workers";
 - workers: made and still running, and the size the stage runs at (for ``workers=(lo,
   hi)``, what the sizer chose: the size it settled on, once the run is over);
 - errors (items whose call raised: skipped, handed to ``on_error``, or raised), retries
@@ -31,15 +34,18 @@ its owner updates (a stale read is one batch behind).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from time import perf_counter
 from typing import TYPE_CHECKING, NamedTuple
 
+from ._engine._executors import _executor
 from ._engine._run import observing
 
 if TYPE_CHECKING:
     from ._engine._run import Run, Stage
+    from ._spec import Task
 
 __all__ = ["Observer", "RunMetrics", "StageMetrics", "observe"]
 
@@ -63,6 +69,12 @@ class StageMetrics(NamedTuple):
     calls: int = 0  # calls made: an item's (a list's, with batch=) first attempt and each retry
     size: int = 1  # workers the stage runs now: its workers=, or what the sizer chose (lately)
     sizes: tuple[int, int] | None = None  # workers=(lo, hi), for a stage that sizes itself
+    # With batch=: the items in the lists the stage has taken (``items_in`` counts the lists);
+    # None for a stage that takes single items.
+    items_in_lists: int | None = None
+    # CPU seconds its workers' threads spent (a thread stage's, whose calls run in them),
+    # None where it is not measured (asyncio, process and Ray stages; macOS).
+    cpu: float | None = None
 
     def __str__(self) -> str:
         return (f"{self.name}: {self.items_in} in, {self.items_out} out, {self.alive}/{self.workers} "
@@ -103,10 +115,19 @@ class RunMetrics:
         return self._run.stages[0].total
 
     @property
+    def count(self) -> int:
+        """What a progress bar counts: the items the run has made (the last stage's
+        outputs) or, when the last task takes lists (``batch=``), the items in the lists
+        it has taken (not the lists, nor what its calls return for them)."""
+        last = self.stages[-1]
+        return last.items_out if last.items_in_lists is None else last.items_in_lists
+
+    @property
     def bottleneck(self) -> StageMetrics | None:
         """The stage busiest for its workers (highest busy share): the one to give more."""
-        stages = [s for s in self.stages if s.workers]
-        return max(stages, key=lambda s: s.busy_share) if stages else None
+        stages = self.stages
+        top = _busiest(stages)
+        return None if top is None else stages[top]
 
     def summary(self) -> str:
         """A table of the stages, naming the bottleneck."""
@@ -121,22 +142,66 @@ class RunMetrics:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
                  for row in rows]
-        top = self.bottleneck
+        i = _busiest(stages)
         state = "done" if self.done else "running"
-        lines.append(f"{state} after {self.elapsed:.2f}s; bottleneck: "
-                     + (f"{top.name} (busy {top.busy_share:.0%}: {_advice(top)})" if top else "none"))
+        elapsed = self.elapsed
+        if i is None:
+            said = "none"
+        else:
+            top = stages[i]
+            said = f"{top.name} (busy {top.busy_share:.0%}: {_advice(top, self._run.stages[i].task, elapsed)})"
+        lines.append(f"{state} after {elapsed:.2f}s; bottleneck: {said}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"<RunMetrics {'done' if self.done else 'running'}, {len(self._run.stages)} stages>"
 
 
-def _advice(stage: StageMetrics) -> str:
-    if stage.sizes is None:
-        return "give it more workers"
-    if stage.size < stage.sizes[1]:
-        return "it sizes itself"
-    return f"at its most workers, {stage.sizes[1]}: raise that"
+def _busiest(stages: list[StageMetrics]) -> int | None:
+    """The index of the stage busiest for its workers (None before any worker started)."""
+    started = [i for i, s in enumerate(stages) if s.workers]
+    return max(started, key=lambda i: stages[i].busy_share) if started else None
+
+
+#: A thread stage whose threads spent at least this many cores' worth of CPU over the run
+#: computes: Python code in threads takes turns at the interpreter lock, which one core's
+#: worth saturates (the other stages and the caller take their turns too).
+COMPUTES_CORES = 0.5
+
+
+def cores() -> int:
+    """The cores this process may run on (``os.process_cpu_count()`` on 3.13+)."""
+    count = getattr(os, "process_cpu_count", None)
+    if count is not None:
+        return int(count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def _advice(stage: StageMetrics, task: Task, elapsed: float) -> str:
+    """What would speed up the bottleneck, weighing the cores and what its calls spend
+    their time on: more workers help calls that wait, not calls that compute on cores
+    already busy."""
+    if stage.sizes is not None:
+        if stage.size < stage.sizes[1]:
+            return "it sizes itself"
+        return f"at its most workers, {stage.sizes[1]}: raise that"
+    n = cores()
+    the_cores = f"the {n} cores" if n > 1 else "the one core"
+    if _executor(task) == "process":  # its calls' CPU time is the children's, not measured here
+        if stage.size >= n:
+            return (f"its {stage.size} processes fill {the_cores}: more would only share them, "
+                    "unless its calls wait rather than compute")
+        return f"give it more workers (up to {n}, the cores, if its calls compute)"
+    if stage.cpu is not None and elapsed > 0:
+        used = stage.cpu / elapsed  # cores' worth of CPU its threads spent
+        if used >= n - COMPUTES_CORES:
+            return f"its calls keep {the_cores} busy: more workers would only share them"
+        if used >= COMPUTES_CORES:
+            return (f"its calls compute ({used:.1f} cores' worth of CPU) and threads take turns at "
+                    f"Python's interpreter lock: run it in processes (multiprocess=True), up to {n} workers")
+    return "give it more workers"
 
 
 def _stage(stage: Stage, up: Stage | None, now: float) -> StageMetrics:
@@ -156,6 +221,17 @@ def _stage(stage: Stage, up: Stage | None, now: float) -> StageMetrics:
     refs_out = sum(w.refs_out for w in workers)
     refs_up = sum(w.refs_out for w in list(up.workers)) if up is not None else 0
     items_in = stage.inp.taken + refs_in
+    seconds = [w.cpu_seconds() for w in workers]
+    cpu = sum(s for s in seconds if s is not None) if seconds and None not in seconds else None
+    listed = None
+    if up is not None and up.group is not None:
+        # The lists come from the run's grouping stage, one worker making lists of ``size``
+        # items in order; all are full but the one the input's end leaves, and those that
+        # ``linger=`` lets go early. So the items in the lists taken are their number times
+        # ``size``, capped by the items gathered: exact without linger= and at every run's
+        # end; with linger=, a partial list counts as full until then (at most the items
+        # gathered). No per-list bookkeeping for it.
+        listed = min(items_in * up.group.size, up.inp.taken)
     return StageMetrics(
         name=stage.task.name,
         workers=len(workers),
@@ -173,6 +249,8 @@ def _stage(stage: Stage, up: Stage | None, now: float) -> StageMetrics:
         calls=items_in + sum(w.retries for w in workers),
         size=stage.size,
         sizes=(stage.task.workers, stage.task.most) if stage.task.adaptive else None,
+        items_in_lists=listed,
+        cpu=cpu,
     )
 
 
@@ -196,9 +274,17 @@ class Observer:
 @contextmanager
 def observe() -> Iterator[Observer]:
     """Record the metrics of every run started in this block (this thread or task, and
-    the pipelines its runs call)."""
+    the pipelines its runs call), also when it is nested in another ``observe()`` or
+    ``progress()`` block: each of them records the run."""
     observer = Observer()
-    token = observing.set(observer._add)
+    outer = observing.get()  # an enclosing observe() or progress() block records these runs too
+    if outer is None:
+        watch = observer._add
+    else:
+        def watch(run: Run) -> None:
+            outer(run)
+            observer._add(run)
+    token = observing.set(watch)
     try:
         yield observer
     finally:

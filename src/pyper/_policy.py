@@ -8,11 +8,13 @@ per-item path. This module is light on imports: worker processes load it too.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import threading
 import time
 from collections.abc import Callable
+from types import FunctionType, MethodType
 from typing import Any, Generic, Literal, TypeVar
 
 from ._spec import Kind, Policy, classify, no_policy
@@ -115,62 +117,74 @@ class Abandoned:
 
 
 class Limiter:
-    """The start times a task's calls may have under its ``Rate``, handed out in order.
+    """When a task's calls may start under its ``Rate``, decided as each call starts.
 
     One per task (shared by every run of it, and every worker: the limit is the API's,
-    not one run's). ``reserve()`` takes the next slot and says how long to wait for it;
-    the caller waits as it can be woken (a thread's cancellable sleep, ``asyncio.sleep``).
-    This is GCRA (the "virtual scheduling" form of a leaky bucket): slots ``per/calls``
-    apart, up to ``burst`` early. Guarded by its lock; held for a few operations only.
+    not one run's). This is GCRA (the "virtual scheduling" form of a leaky bucket) over
+    the times calls actually start: a call may start once ``now >= tat - tolerance``, and
+    its start moves ``tat`` to ``max(tat, now) + interval``. A caller that may not start
+    yet joins the line (``reserve``), sleeps as it can be woken (a thread's cancellable
+    sleep, ``asyncio.sleep``) until its estimated turn, and asks again (``start``). No
+    slot is handed out ahead of time: after a stall (a blocked event loop, a GC pause, a
+    loaded machine) the waiters that overslept do not all start at once; the first one
+    starts and the others keep their spacing from it.
+
+    Who owns what: ``_tat`` and ``_waiting`` are guarded by ``_lock``, held for a few
+    operations only, by any thread. Invariant: ``_waiting`` counts the callers that
+    ``reserve`` put in line and that have neither started (``start``) nor left
+    (``give_back``).
     """
 
     def __init__(self, rate: Rate) -> None:
         self.interval = rate.per / rate.calls
         self.tolerance = (rate.burst - 1) * self.interval
         self._lock = threading.Lock()
-        self._next = 0.0  # theoretical start of the next call (monotonic clock)
-        self._waiting: set[float] = set()  # slots handed out whose callers still wait for them
-        self._last = -1e18  # the latest slot whose call has started
+        self._tat = 0.0  # theoretical start of the next call, from the calls started (monotonic clock)
+        self._waiting = 0  # callers in line
 
-    def reserve(self) -> tuple[float, float]:
-        """Take the next slot: (seconds to wait before the call may start, the slot)."""
+    def reserve(self) -> float | None:
+        """Ask to start a call: None if it may start now (it counts as started); else the
+        caller is in line, and should sleep this many seconds, then ask ``start()``."""
         with self._lock:
             now = time.monotonic()
-            due = max(self._next, now)
-            start = max(now, due - self.tolerance)
-            self._next = due + self.interval
-            if start > now:
-                self._waiting.add(due)
-            else:
-                self._last = max(self._last, due)
-        return start - now, due
+            if not self._waiting and now >= self._tat - self.tolerance:
+                self._tat = max(self._tat, now) + self.interval
+                return None
+            self._waiting += 1
+            # its turn if those ahead of it start on theirs (an estimate: ``start`` decides)
+            return max(0.0, self._tat + (self._waiting - 1) * self.interval - self.tolerance - now)
 
-    def started(self, due: float) -> None:
-        """The wait for slot ``due`` is over: its call starts."""
+    def start(self) -> float | None:
+        """A caller in line woke up: None if its call may start now (it leaves the line and
+        counts as started); else the seconds to sleep before asking again."""
         with self._lock:
-            self._waiting.discard(due)
-            self._last = max(self._last, due)
+            now = time.monotonic()
+            wait = self._tat - self.tolerance - now
+            if wait > 0:
+                return wait
+            self._tat = max(self._tat, now) + self.interval
+            self._waiting -= 1
+            return None
 
-    def give_back(self, due: float) -> None:
-        """The wait for slot ``due`` was cancelled (a break): its call is never made, so
-        the slots after the last one still taken are free again (the next run of the task
-        does not wait for calls that were never made)."""
+    def give_back(self) -> None:
+        """A caller in line stopped waiting (the run stopped): it leaves the line, and its
+        call, never made, counts for nothing (the next run does not wait for it)."""
         with self._lock:
-            self._waiting.discard(due)
-            latest = max(self._waiting, default=self._last)
-            self._next = min(self._next, max(latest, self._last) + self.interval)
+            self._waiting -= 1
 
     def wait_turn(self, sleep: Callable[[float], None]) -> None:
-        """Take a slot and ``sleep`` until it comes (a relay pacing a remote worker's
-        calls); a wait cut short (the run stopped) gives the slot back."""
-        seconds, slot = self.reserve()
-        if seconds > 0:
-            try:
+        """Wait, with ``sleep``, until a call may start (a relay pacing a remote worker's
+        calls); a wait cut short (the run stopped) leaves the line."""
+        seconds = self.reserve()
+        if seconds is None:
+            return
+        try:
+            while seconds is not None:
                 sleep(seconds)
-            except BaseException:
-                self.give_back(slot)
-                raise
-            self.started(slot)
+                seconds = self.start()
+        except BaseException:
+            self.give_back()
+            raise
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("a rate limiter is not sent to worker processes: the parent paces them")
@@ -222,6 +236,24 @@ def delay(backoff: float | Callable[[int], float], attempt: int) -> float:
     return ceiling * random.uniform(0.5, 1.0)
 
 
+def _makes_a_manager(setup: object) -> bool:
+    """Whether an async generator function found under ``setup``'s ``__wrapped__`` is
+    wrapped by a plain function, which ``setup`` calls: ``@asynccontextmanager`` (its
+    call returns an async context manager, not an async generator)."""
+    for _ in range(100):  # the callable itself: through partials and bound methods only
+        if isinstance(setup, functools.partial):
+            setup = setup.func
+        elif isinstance(setup, MethodType):
+            setup = setup.__func__
+        else:
+            break
+    return isinstance(setup, FunctionType) and not setup.__code__.co_flags & _CO_ASYNC_GENERATOR
+
+
+#: ``inspect.CO_ASYNC_GENERATOR`` (not importing ``inspect`` into every worker process).
+_CO_ASYNC_GENERATOR = 0x200
+
+
 def check_policy(
     name: str, kind: Kind, *, join: bool, pipeline: bool, setup: object, retries: object,
     retry_on: object, backoff: object, on_error: object, unpack: object, rate: object = None,
@@ -239,8 +271,18 @@ def check_policy(
                              "inside the nested pipeline instead")
         setup_kind, _ = classify(setup)
         if setup_kind == "agen":
-            raise TypeError(f"task {name!r}: setup must return the resource (or a context manager "
-                            "that gives it), not be an async generator")
+            if not _makes_a_manager(setup):
+                raise TypeError(f"task {name!r}: setup must return the resource (or a context manager "
+                                "that gives it), not be an async generator: decorate it with "
+                                "@contextlib.asynccontextmanager")
+            if kind == "sync":
+                raise TypeError(
+                    f"task {name!r}: setup makes an async context manager (@asynccontextmanager), "
+                    "but the task's function is synchronous and runs in a thread or process: give "
+                    "it a synchronous setup (@contextlib.contextmanager), or make the task's "
+                    "function async"
+                )
+            setup_kind = "sync"  # its call returns the manager, entered per worker: nothing to await
         setup_async = setup_kind == "coro"
         if setup_async and kind == "sync":
             raise TypeError(

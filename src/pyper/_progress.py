@@ -7,7 +7,8 @@
 Built on ``observe()``: a thread of its own reads the runs' metrics every
 ``interval`` seconds and draws them, so the pipeline's workers do nothing more per item.
 With tqdm installed (``pip install 'python-pyper[tqdm]'``), or rich (``[rich]``), each
-run has a bar: the items it made, their rate, what each stage has handed on and the
+run has a bar: the items it made (with ``batch=`` on the last task, the items in its
+lists), their rate, what each stage has handed on and the
 errors (and a total, when given); without either, or with ``bars=False``, it
 logs one INFO line per stage on the ``pyper.progress`` logger every ``interval``
 seconds (10 by default for lines). Leaving the block (normally, on a break, an error
@@ -36,12 +37,15 @@ def progress(
     ``bars``: ``"tqdm"`` or ``"rich"`` bars; ``True``: whichever of them is installed (tqdm
     first); ``None`` (the default): the same, or log lines if neither is; ``False``: log lines.
     ``interval``: seconds between updates (0.2 for bars, 10 for log lines).
-    ``total``: how many items the pipeline makes, if known: the bars show it. (Without it,
-    a first task that returns something with a length, a list or a range, gives it.)
+    ``total``: how many items the bars count toward, if known: the pipeline's outputs, or,
+    when its last task takes lists (``batch=``), the items in them (``total=1000`` for 1000
+    rows loaded 100 at a time). Without it, a first task that returns something with a
+    length, a list or a range, gives it. (The log lines show the count in a line per run,
+    when the last task batches or there is a total.)
     """
     drawer_name = _choose(bars)
     view: _View = (_Bars(total) if drawer_name == "tqdm" else _RichBars(total) if drawer_name == "rich"
-                   else _Lines())
+                   else _Lines(total))
     seconds = interval if interval is not None else (0.2 if drawer_name else 10.0)
     with observe() as seen:
         stop = threading.Event()
@@ -102,12 +106,15 @@ class _View:
 
 
 class _Lines(_View):
-    """One log line per stage of each run still going (and, at the end, of every run)."""
+    """One log line per stage of each run still going (and, at the end, of every run),
+    then one for the run's count (``RunMetrics.count``) when it counts toward a total or
+    its last task batches (its stage line counts lists)."""
 
-    def __init__(self) -> None:
+    def __init__(self, total: int | None) -> None:
         import logging  # only here: import pyper stays light
 
         self._log = logging.getLogger("pyper.progress")
+        self._total = total
         self._shown: set[int] = set()  # runs whose final lines were logged
 
     def update(self, runs: list[RunMetrics], final: bool) -> None:
@@ -122,6 +129,12 @@ class _Lines(_View):
                     number, stage.name, stage.items_out, stage.items_out / elapsed, stage.errors,
                     stage.alive, stage.workers, ", done" if done else "",
                 )
+            total = self._total if self._total is not None else run.total
+            if total is not None or run.stages[-1].items_in_lists is not None:
+                count = run.count
+                self._log.info("pyper: run %d: %s items (%.0f/s)%s", number,
+                               f"{count}/{total}" if total is not None else count, count / elapsed,
+                               ", done" if done else "")
             if final:
                 self._shown.add(id(run))
 
@@ -160,7 +173,7 @@ class _Bars(_View):
                     bar.start_t -= run.elapsed  # its rate counts from the run's start
                 if bar.total is None and run.total is not None:
                     bar.total = run.total  # known once the first task has returned
-                bar.update(max(0, stages[-1].items_out - bar.n))  # (a cancelled run drops what was queued)
+                bar.update(max(0, run.count - bar.n))  # (a cancelled run drops what was queued)
                 bar.set_postfix_str(
                     " | ".join(f"{_short(s)} {s.items_out}" for s in stages[:-1])
                     + f" | errors {sum(s.errors for s in stages)}", refresh=False)
@@ -207,12 +220,13 @@ class _RichBars(_View):
                     continue
                 stages = run.stages
                 stage_counts = " | ".join(f"{_short(s)} {s.items_out}" for s in stages[:-1])
-                rate = stages[-1].items_out / max(run.elapsed, 1e-9)
+                count = run.count
+                rate = count / max(run.elapsed, 1e-9)
                 counts = f"{stage_counts} | errors {sum(s.errors for s in stages)}"
                 total = self._total if self._total is not None else run.total
                 if r not in self._tasks:
                     self._tasks[r] = self._progress.add_task("pyper", total=total, rate=rate, stages=counts)
-                self._progress.update(self._tasks[r], completed=stages[-1].items_out, total=total, rate=rate,
+                self._progress.update(self._tasks[r], completed=count, total=total, rate=rate,
                                       stages=counts)
             self._progress.refresh()
 

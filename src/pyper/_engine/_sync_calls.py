@@ -13,14 +13,17 @@ set them. Otherwise ``run_worker`` wraps the worker's loop::
     func      = the task's function, bound arguments applied
     setup=    func(resource, ...)        the worker's own resource, made and entered here
     unpack=   func(*item) / func(**item)
-    timeout=  each attempt given up at the deadline (_timeouts: the executor's way)
+    timeout=  each attempt given up at the deadline (_timeouts: the executor's way; on
+              threads the calls run on a helper thread, which makes the resource too)
     rate=     each attempt waits for its slot of the task's rate (cancellable)
     retries=  call again on retry_on, after a backoff wait (cancellable)
     on_error= the outputs become a stream: (result,), or () for a dropped item,
               or (value,) for Emit(value); so the stage runs as a branching one
 
 and exits the resource when the loop ends, on every path. Everything here runs in the
-worker's own thread, task or process, and owns what it makes.
+worker's own thread, task or process, and owns what it makes; but for ``timeout=`` on
+threads, where the resource is made, used and exited by the helper thread that runs the
+calls (``_timeouts``).
 """
 
 from __future__ import annotations
@@ -49,8 +52,10 @@ DEBUG, INFO, WARNING = 10, 20, 30
 Log = Callable[[int, str], None]
 
 
-#: ``timed(call, stack)``: the call given up at the task's timeout (the executor's way).
-Timed = Callable[[Callable[[Any], Any], Any], Callable[[Any], Any]]
+#: ``timed(bind, stack)``: the call given up at the task's timeout (the executor's way);
+#: ``bind(stack)`` makes the call, with its resource entered on ``stack``, where it is called
+#: (awaited on asyncio: ``timed`` returns an awaitable there).
+Timed = Callable[[Callable[[Any], Any], Any], Any]
 
 
 def run_worker(
@@ -89,20 +94,13 @@ def open_call(
     """The worker's call (see the module's docstring); its resource is entered on ``stack``.
     ``timed`` applies ``timeout=`` (None where the caller applies it: a process's relay)."""
     policy = task.policy
-    func = task.func
-    if policy.setup is not None:
-        stack.callback(forget, remember(task.name))  # runs last, after the resource's exit
-        try:
-            resource = _resource(policy.setup, policy.setup_async, stack)
-        except Exception as exc:
-            add_note(exc, f"pyper: raised by the setup of task {task.name!r}")
-            raise
-        func = _with_first(func, resource)
-    if policy.unpack and args is None:
-        func = partial(_unpacked, func)
-    call = stage_call(task, args, kwargs, func)
+    bind = partial(_bound, task, args, kwargs)
     if policy.timeout is not None and timed is not None:
-        call = timed(call, stack)
+        # The executor's way: on asyncio, this task makes the call; on threads, each helper
+        # thread that runs the calls makes its own, with its own resource (_timeouts).
+        call: Callable[[Any], Any] = timed(bind, stack)
+    else:
+        call = bind(stack)
     if policy.limiter is not None:  # each attempt is a call the limit counts
         call = _paced(call, policy.limiter, wait)
     # How a log record names the input: the first task's one call takes the pipeline's arguments.
@@ -114,6 +112,27 @@ def open_call(
     return call
 
 
+def _bound(
+    task: Task, args: tuple[Any, ...] | None, kwargs: dict[str, Any], stack: ExitStack,
+) -> Callable[[Any], Any]:
+    """The task's call on one item: its function given the resource (made here, and
+    entered on ``stack``, by the thread or task that will run the calls), ``unpack=``
+    applied, and for the first task the pipeline's arguments."""
+    policy = task.policy
+    func = task.func
+    if policy.setup is not None:
+        stack.callback(forget, remember(task.name))  # runs last, after the resource's exit
+        try:
+            resource = _resource(policy.setup, policy.setup_async, stack)
+        except Exception as exc:
+            add_note(exc, f"pyper: raised by the setup of task {task.name!r}")
+            raise
+        func = _with_first(func, resource)
+    if policy.unpack and args is None:
+        func = partial(_unpacked, func)
+    return stage_call(task, args, kwargs, func)
+
+
 def _cancelled(exc: BaseException) -> bool:
     """An ``asyncio.CancelledError`` (a ``BaseException``: only ``retry_on=BaseException`` catches it)."""
     return type(exc).__name__ == "CancelledError" and not isinstance(exc, Exception)
@@ -122,18 +141,20 @@ def _cancelled(exc: BaseException) -> bool:
 def _paced(
     call: Callable[[Any], Any], limiter: Any, wait: Callable[[float], None],
 ) -> Callable[[Any], Any]:
-    """The call, started no earlier than the task's rate allows."""
-    reserve, started, give_back = limiter.reserve, limiter.started, limiter.give_back
+    """The call, started no earlier than the task's rate allows (``Limiter``: the turn is
+    decided when the call starts, so a wait that overran does not start it early)."""
+    reserve, start, give_back = limiter.reserve, limiter.start, limiter.give_back
 
     def paced(x: Any) -> Any:
-        seconds, slot = reserve()
-        if seconds > 0:
+        seconds = reserve()
+        if seconds is not None:  # in line
             try:
-                wait(seconds)
+                while seconds is not None:
+                    wait(seconds)
+                    seconds = start()
             except BaseException:
-                give_back(slot)
+                give_back()
                 raise
-            started(slot)
         return call(x)
 
     return paced

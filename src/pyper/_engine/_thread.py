@@ -25,15 +25,14 @@ def start(run: Run, stage: Stage, workers: range) -> None:
 def _job(run: Run, stage: Stage, index: int) -> None:
     run.enter()
     worker = Worker(run, stage)
+    if stage.task.policy.timeout is None:  # (with timeout=, the calls run on a helper thread)
+        worker.measure_cpu()
     error: BaseException | None = None
     try:
         if stage.task.policy.any:
             timed = None
             if stage.task.policy.timeout is not None:
-                timed = partial(
-                    timed_thread, seconds=stage.task.policy.timeout, name=stage.task.name, run=run,
-                    abandoned=stage.task.policy.abandoned,
-                )
+                timed = partial(timed_thread, run=run, task=stage.task)
             args = run.args if stage.take_args else None
             run_worker(worker, work, args, run.kwargs, run.sleep, timed)
         else:

@@ -8,6 +8,11 @@
   the task keeps ``workers`` calls running. At most ``workers`` abandoned calls of a
   task run at once (``Abandoned``): past that, a worker waits for one of them to end
   before it abandons another, so a stuck service cannot pile up threads without bound.
+  The helper owns the worker's ``setup=`` resource: it makes it, runs every call with it
+  and exits it, all in its own thread (a sqlite3 connection, among others, refuses any
+  other thread). A worker's new helper makes a new resource; an abandoned helper exits
+  its own once its late call has returned (told of the timeout, as a context manager is
+  told of any error), so no abandoned call ever sees its resource exited under it.
 - processes: the relay waits for the reply until the deadline, then kills the worker
   process and starts another (``_process``).
 
@@ -19,19 +24,28 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
+from types import TracebackType
 from typing import Any
 
+from .._errors import Cancelled
 from .._policy import Abandoned
 
 __all__ = ["timed_async", "timed_thread", "timeout_error"]
+
+#: ``bind(stack)``: the task's call on one item, its resource (if any) made and entered on
+#: ``stack`` (``_async_calls._bound``, awaited on asyncio).
+Bind = Callable[[Any], Any]
 
 
 def timeout_error(name: str, seconds: float) -> TimeoutError:
     return TimeoutError(f"task {name!r}: the call took longer than its timeout of {seconds:g} s")
 
 
-def timed_async(call: Callable[[Any], Any], stack: Any, *, seconds: float, name: str) -> Callable[[Any], Any]:
+async def timed_async(bind: Bind, stack: Any, *, seconds: float, name: str) -> Callable[[Any], Any]:
     import asyncio
+
+    call = await bind(stack)  # the worker's task makes the resource and runs every call
 
     async def timed(x: Any) -> Any:
         try:
@@ -45,54 +59,106 @@ def timed_async(call: Callable[[Any], Any], stack: Any, *, seconds: float, name:
     return timed
 
 
-class _Helper:
-    """A thread that runs one worker's calls, one at a time, in the worker's context.
+#: ``_Helper._job`` telling the helper to exit its resource and end.
+_STOP: Any = object()
 
-    State (guarded by ``_lock``): ``_job`` (the next call, set by the worker while the
-    helper waits on ``_go``), ``_state``: "idle", "running", "done" (the result is in
-    ``_outcome``, ``_done`` released) or "abandoned" (the worker stopped waiting: the
-    helper drops the result, gives back its abandoned slot and exits).
+
+class _Helper:
+    """A thread that makes one worker's call (and its ``setup=`` resource), runs the
+    calls one at a time in a copy of the worker's context, and exits the resource.
+
+    Made by the worker, which waits for the setup (``__init__`` raises its error). Then
+    the worker writes ``_job`` (``(item,)``, or ``_STOP`` with ``_exit``) and releases
+    ``_go``; the helper writes ``_outcome`` and releases ``_done``. ``_state`` (guarded by
+    ``_lock``): "running" (a call handed over), "done" (its outcome is in ``_outcome``,
+    ``_done`` released) or "abandoned" (the worker stopped waiting at the deadline: the
+    helper drops the result, exits its resource, gives back its abandoned slot and
+    ends). What ends the thread: ``stop`` (the worker is done; it waits for the exit and
+    gets its error), a failed setup, or the end of an abandoned call.
     """
 
-    def __init__(self, name: str, context: contextvars.Context, enter: Callable[[], None],
-                 abandoned: Abandoned) -> None:
+    def __init__(self, context: contextvars.Context, run: Any, task: Any, bind: Bind) -> None:
         self._lock = threading.Lock()
         self._go = threading.Lock()
         self._go.acquire()
         self._done = threading.Lock()
         self._done.acquire()
-        self._job: tuple[Callable[[Any], Any], Any] | None = None
-        self._state = "idle"
+        self._job: Any = None
+        self._exit: BaseException | None = None  # the worker's error, given to the resource's exit
+        self._state = "running"  # the setup first
         self._outcome: tuple[bool, Any] = (True, None)
-        self._abandoned = abandoned
-        self._context = context
-        self.thread = threading.Thread(target=self._main, args=(enter,), name=name, daemon=True)
+        self._context, self._run, self._task, self._bind = context, run, task, bind
+        self.thread = threading.Thread(target=self._main, name=f"pyper:{task.name}:call", daemon=True)
         self.thread.start()
+        self._done.acquire()
+        ok, error = self._outcome
+        if not ok:
+            assert isinstance(error, BaseException)
+            raise error
 
-    def _main(self, enter: Callable[[], None]) -> None:
-        self._context.run(enter)
+    def _main(self) -> None:
+        context, run, task = self._context, self._run, self._task
+        context.run(run.enter)
+        stack = ExitStack()  # the resource: entered, used and exited in this thread only
+        try:
+            call = context.run(self._bind, stack)
+        except BaseException as exc:
+            self._exit_resource(stack, exc)  # what the setup entered before it failed
+            self._outcome = (False, exc)
+            self._done.release()
+            return
+        with self._lock:
+            self._state = "done"
+        self._done.release()
+        abandoned = False
         while True:
             self._go.acquire()
-            job = self._job
-            if job is None:
-                return
-            call, x = job
-            self._job = None
-            try:
-                outcome: tuple[bool, Any] = (True, self._context.run(call, x))
-            except BaseException as exc:
-                outcome = (False, exc)
+            job, self._job = self._job, None
+            if job is _STOP:
+                break
+            # The worker handed the call over before the run stopped, but this thread may
+            # only now get to run it, after a break has returned: a stopped run starts no
+            # call. (Run.cancel sets ``cancelled`` first: a cancel that lands after this
+            # check finds the call under way, as it would in the worker's own thread.)
+            if run.cancelled:
+                outcome: tuple[bool, Any] = (False, Cancelled())
+            else:
+                try:
+                    outcome = (True, context.run(call, *job))
+                except BaseException as exc:
+                    outcome = (False, exc)
+            del job
             with self._lock:
                 if self._state == "abandoned":
-                    self._abandoned.ended()
-                    return
+                    abandoned = True
+                    self._exit = timeout_error(task.name, task.policy.timeout)
+                    break
                 self._state, self._outcome = "done", outcome
             self._done.release()
+        del call
+        error = self._exit_resource(stack, self._exit)
+        if abandoned:
+            if error is not None:
+                run.fail(error, task)  # stops the run, or is logged if it has stopped
+            task.policy.abandoned.ended()
+        else:
+            self._outcome = (error is None, error)
+            self._done.release()
 
-    def run(self, call: Callable[[Any], Any], x: Any, seconds: float) -> tuple[bool, tuple[bool, Any]]:
+    @staticmethod
+    def _exit_resource(stack: ExitStack, exc: BaseException | None) -> BaseException | None:
+        """Exit what ``stack`` holds, told of ``exc``; the error the exit raised, if another."""
+        try:
+            stack.__exit__(type(exc) if exc is not None else None, exc, exc.__traceback__ if exc else None)
+        except BaseException as teardown:
+            if teardown is not exc:
+                return teardown
+        return None
+
+    def run(self, x: Any, seconds: float) -> tuple[bool, tuple[bool, Any]]:
         """(finished, (ok, result or exception)); not finished: abandoned at the deadline."""
         with self._lock:
-            self._job, self._state = (call, x), "running"
+            self._job, self._state = (x,), "running"
         self._go.release()
         finished = self._done.acquire(timeout=seconds)
         with self._lock:
@@ -100,37 +166,48 @@ class _Helper:
                 self._done.acquire()
                 finished = True
             if finished:
-                self._state = "idle"
                 return True, self._outcome
             self._state = "abandoned"
             return False, (False, None)
 
-    def stop(self) -> None:
-        """The worker is done: the idle helper exits."""
-        self._job = None
+    def stop(self, exc: BaseException | None) -> None:
+        """The worker is done (with ``exc``, if it is raising): the idle helper exits its
+        resource and ends; what the exit raised is raised here, in the worker."""
+        self._job, self._exit = _STOP, exc
         self._go.release()
+        self._done.acquire()
+        ok, error = self._outcome
+        if not ok:
+            raise error
 
 
-def timed_thread(
-    call: Callable[[Any], Any], stack: Any, *, seconds: float, name: str, run: Any,
-    abandoned: Abandoned,
-) -> Callable[[Any], Any]:
-    """The call, run on the worker's helper thread and given up at the deadline. Each
-    helper runs in a copy of the worker's context (an abandoned one may still be in its own)."""
-    helper: list[_Helper | None] = [None]
+def timed_thread(bind: Bind, stack: Any, *, run: Any, task: Any) -> Callable[[Any], Any]:
+    """The call, run on the worker's helper thread and given up at the deadline. The
+    first helper (and its resource) is made now: a setup error raises here, as it does
+    without a timeout. Each helper runs in a copy of the worker's context (an abandoned
+    one may still be in its own)."""
+    seconds, name, abandoned = task.policy.timeout, task.name, task.policy.abandoned
+    helper: list[_Helper | None] = [_Helper(contextvars.copy_context(), run, task, bind)]
 
-    def stop() -> None:
-        if helper[0] is not None:
-            helper[0].stop()
-            helper[0] = None
+    def stop(exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        current, helper[0] = helper[0], None
+        if current is not None:
+            current.stop(exc)
+        return False
 
-    stack.callback(stop)  # the worker's last helper exits with the worker
+    stack.push(stop)  # the worker's last helper exits its resource with the worker
 
     def timed(x: Any) -> Any:
         current = helper[0]
-        if current is None:
-            current = helper[0] = _Helper(f"pyper:{name}:call", contextvars.copy_context(), run.enter, abandoned)
-        finished, (ok, value) = current.run(call, x, seconds)
+        if current is None:  # the last one was abandoned: a new helper, a new resource
+            try:
+                current = helper[0] = _Helper(contextvars.copy_context(), run, task, bind)
+            except Exception as exc:
+                # As at the worker's start, a setup error stops the run (it is not the item's
+                # error, for retries= or on_error= to handle): the run raises it, noted.
+                run.fail(exc, task)
+                raise Cancelled from None
+        finished, (ok, value) = current.run(x, seconds)
         if not finished:
             helper[0] = None
             abandoned.add(run)  # waits while too many abandoned calls still run
