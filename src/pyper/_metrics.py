@@ -40,7 +40,6 @@ from contextlib import contextmanager
 from time import perf_counter
 from typing import TYPE_CHECKING, NamedTuple
 
-from ._engine._executors import _executor
 from ._engine._run import observing
 
 if TYPE_CHECKING:
@@ -189,7 +188,7 @@ def _advice(stage: StageMetrics, task: Task, elapsed: float) -> str:
         return f"at its most workers, {stage.sizes[1]}: raise that"
     n = cores()
     the_cores = f"the {n} cores" if n > 1 else "the one core"
-    if _executor(task) == "process":  # its calls' CPU time is the children's, not measured here
+    if task.executor == "process":  # its calls' CPU time is the children's, not measured here
         if stage.size >= n:
             return (f"its {stage.size} processes fill {the_cores}: more would only share them, "
                     "unless its calls wait rather than compute")
