@@ -485,8 +485,8 @@ def test_batch_taken_as_the_run_is_cancelled_is_not_started(
     took_batch = threading.Event()
     closed = threading.Event()
 
-    def preempted_get(self: Channel, n: int) -> Any:
-        batch = original_get(self, n)
+    def preempted_get(self: Channel, n: int, held: Any = None) -> Any:
+        batch = original_get(self, n, held)
         if (
             threading.current_thread() is not threading.main_thread()
             and batch

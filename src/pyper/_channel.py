@@ -77,7 +77,7 @@ from ._errors import Broken, Cancelled
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "Held"]
 
 
 class _ThreadWaiter:
@@ -128,6 +128,25 @@ def _running_loop() -> asyncio.AbstractEventLoop:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+class Held:
+    """Where a receiver keeps the batch it works through: ``get(n, held)`` puts each batch
+    it takes there, under the channel's lock, and calling it (a hook of the run's
+    cancellation) empties that batch, so the receiver's ``for`` over it ends and no further
+    call starts. Set under the lock, a batch taken is always there by the time the
+    channel's own ``cancel`` returns (no later get succeeds): the hook, which runs after the
+    channels are cancelled, empties the last one. Written by the receiver's gets, emptied
+    by the hook (``list.clear`` is one operation: atomic under the GIL, and a list locks
+    itself per operation without it)."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self) -> None:
+        self.batch: list[Any] = []
+
+    def __call__(self) -> None:
+        self.batch.clear()
 
 
 _WAIT: Final = object()  # "cannot proceed yet": the caller parks and retries
@@ -572,7 +591,7 @@ class Channel:
                 self._abandon(waiter, False)
                 raise
 
-    def _sync_get(self, step: Any, n: int, timeout: float | None = None) -> Any:
+    def _sync_get(self, step: Any, n: int, timeout: float | None = None, held: Held | None = None) -> Any:
         lock = self._lock
         deadline = None if timeout is None else perf_counter() + timeout
         parked = 0.0  # when this receiver parked, if it did: counted once it goes on
@@ -583,6 +602,8 @@ class Channel:
                     parked = 0.0
                 result = step(n)
                 if result is not _WAIT:
+                    if held is not None and result is not None:
+                        held.batch = result if type(result) is list else result[1]
                     return result
                 # Park first, then look in outboxes and claims: a sender that
                 # appends after this look sees the waiter and flushes.
@@ -591,6 +612,8 @@ class Channel:
                 result = self._scavenge(n)
                 if result is not _WAIT:
                     self.getters.pop()
+                    if held is not None and result is not None:
+                        held.batch = result
                     if result is not None and self._sequenced:
                         result = self._number(result)
                     return result
@@ -627,7 +650,7 @@ class Channel:
                 self._abandon(waiter, False)
                 raise
 
-    async def _async_get(self, step: Any, n: int, timeout: float | None = None) -> Any:
+    async def _async_get(self, step: Any, n: int, timeout: float | None = None, held: Held | None = None) -> Any:
         lock = self._lock
         deadline = None if timeout is None else perf_counter() + timeout
         parked = 0.0
@@ -638,12 +661,16 @@ class Channel:
                     parked = 0.0
                 result = step(n)
                 if result is not _WAIT:
+                    if held is not None and result is not None:
+                        held.batch = result if type(result) is list else result[1]
                     return result
                 waiter = _AsyncWaiter(_running_loop())
                 self.getters.append(waiter)
                 result = self._scavenge(n)
                 if result is not _WAIT:
                     self.getters.pop()
+                    if held is not None and result is not None:
+                        held.batch = result
                     if result is not None and self._sequenced:
                         result = self._number(result)
                     return result
@@ -682,9 +709,10 @@ class Channel:
         """Hand over ``box``'s items as outputs of batch ``seq``; ``last`` when ``seq`` is done."""
         self._sync(self._try_flush_seq, seq, box, last)
 
-    def get(self, n: int) -> list[Any] | None:
-        """Take up to ``n`` items, blocking while there are none; ``None`` at the end."""
-        result: list[Any] | None = self._sync_get(self._try_get, n)
+    def get(self, n: int, held: Held | None = None) -> list[Any] | None:
+        """Take up to ``n`` items, blocking while there are none; ``None`` at the end.
+        ``held``: where the receiver keeps its batch in hand (see ``Held``)."""
+        result: list[Any] | None = self._sync_get(self._try_get, n, None, held)
         return result
 
     def get_now(self, n: int) -> list[Any] | None:
@@ -694,8 +722,8 @@ class Channel:
             result = self._try_get(n, retire=False)  # a retirement is for a receiver that can leave: get's
         return None if result is _WAIT else result  # type: ignore[return-value]
 
-    def get_seq(self, n: int) -> tuple[int, list[Any]] | None:
-        result: tuple[int, list[Any]] | None = self._sync_get(self._try_get_seq, n)
+    def get_seq(self, n: int, held: Held | None = None) -> tuple[int, list[Any]] | None:
+        result: tuple[int, list[Any]] | None = self._sync_get(self._try_get_seq, n, None, held)
         return result
 
     def get_within(self, n: int, seconds: float) -> list[Any] | None | object:
@@ -716,12 +744,12 @@ class Channel:
     async def aflush_seq(self, seq: int, box: list[Any], last: bool) -> None:
         await self._async(self._try_flush_seq, seq, box, last)
 
-    async def aget(self, n: int) -> list[Any] | None:
-        result: list[Any] | None = await self._async_get(self._try_get, n)
+    async def aget(self, n: int, held: Held | None = None) -> list[Any] | None:
+        result: list[Any] | None = await self._async_get(self._try_get, n, None, held)
         return result
 
-    async def aget_seq(self, n: int) -> tuple[int, list[Any]] | None:
-        result: tuple[int, list[Any]] | None = await self._async_get(self._try_get_seq, n)
+    async def aget_seq(self, n: int, held: Held | None = None) -> tuple[int, list[Any]] | None:
+        result: tuple[int, list[Any]] | None = await self._async_get(self._try_get_seq, n, None, held)
         return result
 
     # -- ends and cancellation -------------------------------------------------------

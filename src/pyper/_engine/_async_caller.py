@@ -41,9 +41,8 @@ async def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[s
                 await out.aput([await acall_inline(first, args, kwargs, run)])
                 out.close_send()
             start_all(run, run.stages[1 if inline else 0 :])
-            output, take, cursor = run.output, run.output_take, run.cursor()
-            while (batch := await output.aget(take)) is not None:
-                cursor[0] = batch
+            output, take, held = run.output, run.output_take, run.held()
+            while (batch := await output.aget(take, held)) is not None:
                 started = perf_counter()
                 for item in batch: yield item  # sync: yield from batch
                 output.pace(len(batch), perf_counter() - started)  # how fast the caller reads

@@ -237,8 +237,6 @@ class ProcessRemote(Relayed):
         fresh.note = self.worker.note
         self.child, self._target = fresh, (fresh, fresh.generation)  # a cancel now wakes the fresh one
         child.kill()
-        if self.worker.run.cancelled:
-            raise Cancelled
         from ._timeouts import timeout_error
 
         raise timeout_error(self.task.name, seconds)

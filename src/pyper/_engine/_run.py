@@ -15,21 +15,18 @@ How a run stops:
 - a receiver leaves (a join function returned early): the channel breaks and the
   senders above it stop quietly, closing their own inputs in turn.
 - error, early exit, Ctrl-C, cancelled task: ``Run.cancel()`` cancels every
-  channel (every blocked get/put wakes and raises ``Cancelled``), empties every
-  batch in progress (a worker's ``for`` over it ends, so no new call starts),
-  cancels the run's asyncio tasks and its nested runs. Sync calls already running
-  cannot be interrupted: they finish in their thread and their results are
-  dropped by the cancelled channel.
+  channel (every blocked get/put wakes and raises ``Cancelled``), then calls the hooks
+  registered with ``on_cancel``, one list: they empty every batch in progress (a
+  worker's ``for`` over it ends, so no new call starts), cancel the run's asyncio tasks
+  and its nested runs, wake relays from their remote waits (and stop their remote calls)
+  and sleeps. Sync calls already running cannot be interrupted: they finish in their
+  thread and their results are dropped by the cancelled channel.
 
 Who owns what:
-- ``_lock`` guards ``cancelled``, ``error``, ``_others``, ``_raised``, ``_stopped``,
-  ``hooks`` and ``children`` (a nested run adds itself when it starts and removes itself
-  when its caller is done).
-- ``cursors``: appended to by workers as they start, read by ``cancel``. Under the
-  GIL ``list.append`` and iteration over a list are atomic; in a free-threaded
-  build too (lists lock themselves per operation). ``cancel`` may miss a cursor
-  appended while it runs: such a worker checks ``cancelled`` after it registers
-  (``Worker.begin``), so it starts nothing either.
+- ``_lock`` guards ``cancelled``, ``error``, ``_others``, ``_raised``, ``_stopped`` and
+  ``_hooks`` (what cancel() calls after the channels: each worker's batch in hand, nested
+  runs, the run's asyncio tasks, relays' remote waits, sleeps; added and removed by whoever
+  registered them, from any thread).
 - ``tasks`` (asyncio tasks of the run) belong to the loop's thread.
 - Each ``Worker`` belongs to its thread or task; see the class.
 """
@@ -48,7 +45,7 @@ from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
-from .._channel import MAX_CAPACITY, PACE_SECONDS, Channel
+from .._channel import MAX_CAPACITY, PACE_SECONDS, Channel, Held
 from .._errors import Broken, Cancelled, add_note, attach, short_repr
 from .._spec import Task
 from . import _threads
@@ -361,9 +358,11 @@ class Run:
         self._unlogged: dict[tuple[str, str], int] = {}
         self._workers = 0  # workers that have started and not yet left
         self._deferred = False  # leave() handed the stop to another thread (see leave)
-        self.children: list[Run] = []
-        self.hooks: list[Callable[[], None]] = []  # called by cancel(); guarded by _lock
-        self.cursors: list[list[list[Any]]] = []
+        # What cancel() calls after it has cancelled the channels, in the order they came,
+        # each at least once: the batches workers hold (``Held``), nested runs, the run's
+        # asyncio tasks, relays' remote waits, sleeps. A dict: a worker's hook goes as the
+        # worker leaves, in one step however many there are. Guarded by _lock.
+        self._hooks: dict[Callable[[], None], None] = {}
         self.loop = loop
         self.args, self.kwargs = args, kwargs  # the pipeline's arguments, for the first task
         self.caller = threading.current_thread()
@@ -410,9 +409,11 @@ class Run:
             for i, task in enumerate(tasks)
         ]
 
+        if loop is not None:
+            self._hooks[self._cancel_tasks_threadsafe] = None
         self.parent = _calling_run()
         if self.parent is not None:
-            self.parent.adopt(self)
+            self.parent.on_cancel(self.cancel)  # a nested run stops with the run it belongs to
         with _live_lock:
             _live.add(self)
         watch = observing.get()
@@ -421,35 +422,28 @@ class Run:
 
     # -- lifecycle -------------------------------------------------------------
 
-    def adopt(self, child: Run) -> None:
-        with self._lock:
-            if not self.cancelled:
-                self.children.append(child)
-                return
-        child.cancel()
-
-    def cursor(self) -> list[list[Any]]:
-        """A slot where a worker keeps the batch it is working through."""
-        slot: list[list[Any]] = [[]]
-        self.cursors.append(slot)
-        return slot
+    def held(self) -> Held:
+        """Where a worker (or the caller) keeps the batch it works through: its channel's
+        gets put each batch there, and the run's cancellation empties it (see ``Held``).
+        The holder gives it back with ``off_cancel`` when it leaves."""
+        held = Held()
+        self.on_cancel(held)
+        return held
 
     def on_cancel(self, hook: Callable[[], None]) -> None:
-        """Call ``hook`` (from any thread, once) when the run is cancelled, or now if it
-        was: how a worker blocked outside the channels (on a pipe) learns of it."""
+        """Call ``hook`` (from any thread) when the run is cancelled, after its channels,
+        or now if it was: how whatever waits outside the channels learns of it (a relay's
+        remote side, a sleep, a nested run, a worker's batch in hand)."""
         with self._lock:
             if not self.cancelled:
-                self.hooks.append(hook)
+                self._hooks[hook] = None
                 return
         hook()
 
     def off_cancel(self, hook: Callable[[], None]) -> None:
-        """Forget a hook given to ``on_cancel`` (its worker is done)."""
+        """Forget a hook given to ``on_cancel`` (what it watched is done)."""
         with self._lock:
-            try:
-                self.hooks.remove(hook)
-            except ValueError:
-                pass
+            self._hooks.pop(hook, None)
 
     def sleep(self, seconds: float) -> None:
         """Wait in a thread (a retry's backoff): raises ``Cancelled`` as soon as the run is
@@ -483,36 +477,31 @@ class Run:
     def cancel(self) -> None:
         """Stop everything; safe from any thread, any number of times.
 
-        Channels are cancelled downstream first: a worker that sees its input
-        cancelled and closes its output must find the output cancelled already,
-        or its receivers would take the close for a normal end of stream. Until
-        one call has gone all the way through (``_stopped``), later calls repeat
-        the work, so a KeyboardInterrupt in the middle of one leaves nothing
-        half-cancelled.
+        One mechanism, in one order: the channels first (every blocked or later get and
+        put raises ``Cancelled``), downstream first (a worker that sees its input cancelled
+        and closes its output must find the output cancelled already, or its receivers
+        would take the close for a normal end of stream); then the hooks (``on_cancel``),
+        each once: the batches workers hold are emptied (no new call starts), nested runs
+        are cancelled, the run's asyncio tasks too (an async call in flight is
+        interrupted), relays wake from their remote waits and stop their remote calls.
+        Sync calls already running cannot be interrupted: they finish in their thread and
+        the cancelled channel drops what they return.
+
+        A hook leaves the list once it has run: a ``KeyboardInterrupt`` in the middle of a
+        cancel leaves the rest for the next call, which runs them (and cancels the
+        channels again, which costs nothing).
         """
         with self._lock:
             if self._stopped:
                 return
             self.cancelled = True
-            children = list(self.children)
-            hooks, self.hooks = self.hooks, []
+            hooks = list(self._hooks)
         for channel in reversed(self.channels):
             channel.cancel()
         for hook in hooks:
             hook()
-        for slot in self.cursors:
-            slot[0].clear()
-        for child in children:
-            child.cancel()
-        loop = self.loop
-        if loop is not None and self.tasks:
-            if _on_loop(loop):
-                self._cancel_tasks()
-            else:
-                try:
-                    loop.call_soon_threadsafe(self._cancel_tasks)
-                except RuntimeError:  # loop closed: its tasks are gone already
-                    pass
+            with self._lock:
+                self._hooks.pop(hook, None)
         with self._lock:
             self._stopped = True
 
@@ -531,6 +520,20 @@ class Run:
     def failure(self) -> BaseException:
         """What a cancelled run raises in its caller: its error, with the others attached."""
         return self.take_error() or Cancelled(_CANCELLED_FROM_OUTSIDE)
+
+    def _cancel_tasks_threadsafe(self) -> None:
+        """The run's asyncio tasks are cancelled on their loop's thread (a hook)."""
+        loop = self.loop
+        assert loop is not None
+        if not self.tasks:
+            return
+        if _on_loop(loop):
+            self._cancel_tasks()
+        else:
+            try:
+                loop.call_soon_threadsafe(self._cancel_tasks)
+            except RuntimeError:  # loop closed: its tasks are gone already
+                pass
 
     def _cancel_tasks(self) -> None:
         for task in list(self.tasks):
@@ -579,11 +582,7 @@ class Run:
         with _live_lock:
             _live.discard(self)
         if self.parent is not None:
-            with self.parent._lock:
-                try:
-                    self.parent.children.remove(self)
-                except ValueError:
-                    pass
+            self.parent.off_cancel(self.cancel)
 
     async def asettle(self) -> None:
         """Let cancelled tasks unwind, so that what they raise meanwhile is attached to
@@ -732,12 +731,13 @@ class Worker:
     """One stage worker's state, for whichever executor runs it.
 
     Owned by the worker's thread or task. Others touch it only through what it
-    registered: ``cursor`` (emptied by ``Run.cancel``), ``claim`` and ``box``
-    (read by the channels under their locks, while shown to them: see ``begin``).
+    registered: ``held`` (a hook of the run's cancellation, which empties the batch in
+    hand), ``claim`` and ``box`` (read by the channels under their locks, while shown to
+    them: see ``begin``).
     """
 
     __slots__ = (
-        "run", "stage", "ordered", "cursor", "claim", "box", "seq", "size", "idle", "shows", "shares",
+        "run", "stage", "ordered", "held", "claim", "box", "seq", "size", "idle", "shows", "shares",
         "item", "call", "born", "gone", "retries", "skips", "handled", "raised", "refs_in", "refs_out",
         "cpu_clock", "cpu", "cpu_base",
     )
@@ -747,7 +747,9 @@ class Worker:
         self.stage = stage
         task = stage.task
         self.ordered = task.ordered and task.most > 1  # input numbered, output reordered
-        self.cursor = run.cursor()
+        # The batch in hand, for a worker whose loop calls the function here (``holding``);
+        # None for a relay, whose remote calls the run's cancellation stops its own way.
+        self.held: Held | None = None
         self.claim: list[Iterator[Any] | None] = [None]  # the iterator over the batch in hand
         self.box: list[Any] = []  # outputs not yet flushed
         self.seq = 0  # sequence number of the batch in hand, when ordered
@@ -833,6 +835,12 @@ class Worker:
         if item is not NO_ITEM and not self.stage.take_args:
             self.item = short_repr(item)
 
+    def holding(self) -> Held:
+        """Where this worker's loop keeps the batch it calls the function on: given to its
+        input's gets, emptied by the run's cancellation (so the loop starts no new call)."""
+        self.held = self.run.held()
+        return self.held
+
     def begin(self, got: Any) -> Iterator[Any] | None:
         """Start on what ``get``/``get_seq`` returned: an iterator over the batch,
         or ``None`` at the end of the input."""
@@ -842,9 +850,6 @@ class Worker:
             self.seq, batch = got
         else:
             batch = got
-        self.cursor[0] = batch
-        if self.run.cancelled:  # cancel() may have emptied the previous batch instead
-            raise Cancelled
         self.size = size = len(batch)
         items: Iterator[Any] = iter(batch)
         self.claim[0] = items
@@ -869,7 +874,8 @@ class Worker:
         if exc is not None and not isinstance(exc, (Cancelled, Broken)):
             self.raised = 1
             self.run.fail(exc, self.stage.task, self.item)
-        self.cursor[0] = []
+        if self.held is not None:
+            self.run.off_cancel(self.held)
         if self.stage.task.join and exc is None:
             # A join function returned early: what it took but did not read is not its.
             self.stage.inp.give_back(self.claim)

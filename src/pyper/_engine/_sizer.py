@@ -244,7 +244,7 @@ async def arun_sizer(run: Run, grow: Callable[[Run, Stage, int], int]) -> None:
 
     sized = [_Sized(stage) for stage in adaptive_stages(run)]
     try:
-        while sized and not run.cancelled:
+        while sized:  # (the run's cancellation cancels this task: one of the run's tasks)
             await asyncio.sleep(TICK_SECONDS)
             now = perf_counter()
             sized = [s for s in sized if s.tick(run, now, grow)]

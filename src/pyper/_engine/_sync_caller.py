@@ -43,9 +43,8 @@ def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, An
                 out.put([call_inline(first, args, kwargs, run)])
                 out.close_send()
             start_all(run, run.stages[1 if inline else 0 :])
-            output, take, cursor = run.output, run.output_take, run.cursor()
-            while (batch := output.get(take)) is not None:
-                cursor[0] = batch
+            output, take, held = run.output, run.output_take, run.held()
+            while (batch := output.get(take, held)) is not None:
                 started = perf_counter()
                 yield from batch
                 output.pace(len(batch), perf_counter() - started)  # how fast the caller reads

@@ -66,10 +66,11 @@ def _map(worker: Worker) -> None:
     receivers, idle, append = stage.out.getters, worker.idle, worker.box.append
     flush = flusher(worker)
     limit = min(stage.take, stage.emit)
+    held = worker.holding()
     n = 1
     x: Any = NO_ITEM
     try:
-        while (items := worker.begin(get(n))) is not None:
+        while (items := worker.begin(get(n, held))) is not None:
             started = perf_counter()
             for x in items:
                 if idle:
@@ -129,10 +130,11 @@ def _branch(worker: Worker) -> None:
     receivers, idle = stage.out.getters, worker.idle
     flush = flusher(worker)
     early = partial(flush, False)
+    held = worker.holding()
     n = m = 1
     x: Any = NO_ITEM
     try:
-        while (items := worker.begin(get(n))) is not None:
+        while (items := worker.begin(get(n, held))) is not None:
             started = perf_counter()
             for x in items:
                 if idle:
@@ -189,10 +191,12 @@ def _join(worker: Worker) -> None:
     stage, run = worker.stage, worker.run
     inp, out, task, box = stage.inp, stage.out, stage.task, worker.box
 
+    held = worker.holding()
+
     def stream() -> Iterator[Any]:
         n = 1
         # inp.get raises Cancelled into the join function if the run stops.
-        while (items := worker.begin(inp.get(n))) is not None:
+        while (items := worker.begin(inp.get(n, held))) is not None:
             started = perf_counter()
             for x in items:
                 if worker.idle:
