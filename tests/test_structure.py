@@ -115,3 +115,29 @@ def test_version_is_the_distributions() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == "python-pyper"
     assert pyper.__version__ == project["version"]
+
+
+def test_the_options_table_is_what_task_takes_and_what_the_stubs_say() -> None:
+    """One table of per-call options (_policy.OPTIONS): task()'s keyword parameters are it
+    and the shaping options, with the table's defaults; the type stubs' options name it."""
+    import inspect
+
+    from pyper._policy import OPTIONS, no_policy, where
+    from pyper._task import SHAPE, _TaskFactory
+    from pyper._typing import _Options
+
+    params = {name: p for name, p in inspect.signature(_TaskFactory.__call__).parameters.items()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(params) == {*SHAPE, *OPTIONS}
+    for name, row in OPTIONS.items():
+        assert params[name].default == row.default, name
+    assert set(OPTIONS) - {"setup"} <= set(_Options.__annotations__)  # (setup= has overloads of its own)
+    fields = [f for row in OPTIONS.values() for f in row.fields]
+    assert sorted(fields) == sorted(no_policy._fields)  # every Policy field belongs to one option
+    # Where each option runs for a remote stage: each field on exactly one side.
+    policy = no_policy._replace(retries=2, on_error="skip", unpack=True, timeout=1.0)
+    call, relay = where(policy, timed=False)
+    assert (call.retries, call.on_error, call.unpack, call.timeout) == (2, "raise", True, None)
+    assert (relay.retries, relay.on_error, relay.unpack, relay.timeout) == (0, "skip", False, 1.0)
+    call, relay = where(policy, timed=True)
+    assert (call.retries, relay.retries) == (0, 2)

@@ -15,13 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 from types import FunctionType, MethodType
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from ._spec import Kind, Policy, classify, no_policy
 
 __all__ = [
-    "MAX_BACKOFF", "Abandoned", "Emit", "Limiter", "OnError", "Rate", "check_policy", "delay", "forget",
-    "live_resources", "remember",
+    "MAX_BACKOFF", "OPTIONS", "Abandoned", "Context", "Emit", "Limiter", "OnError", "Option", "Rate",
+    "check_policy", "delay", "forget", "live_resources", "remember", "where",
 ]
 
 _V = TypeVar("_V")
@@ -254,106 +254,187 @@ def _makes_a_manager(setup: object) -> bool:
 _CO_ASYNC_GENERATOR = 0x200
 
 
-def check_policy(
-    name: str, kind: Kind, *, join: bool, pipeline: bool, setup: object, retries: object,
-    retry_on: object, backoff: object, on_error: object, unpack: object, rate: object = None,
-    batch: object = None, linger: object = None, timeout: object = None, is_gen: bool = False,
-    workers: int = 1,
-) -> Policy:
-    """The validated options; a clear error naming the task and the fix otherwise."""
-    setup_async = False
-    if setup is not None:
-        if not callable(setup):
-            raise TypeError(f"task {name!r}: setup must be a function of no arguments that makes "
-                            f"the worker's resource, got {setup!r}")
-        if pipeline:
-            raise ValueError(f"task {name!r}: setup= applies to a function; give it to a task "
-                             "inside the nested pipeline instead")
-        setup_kind, _ = classify(setup)
-        if setup_kind == "agen":
-            if not _makes_a_manager(setup):
-                raise TypeError(f"task {name!r}: setup must return the resource (or a context manager "
-                                "that gives it), not be an async generator: decorate it with "
-                                "@contextlib.asynccontextmanager")
-            if kind == "sync":
-                raise TypeError(
-                    f"task {name!r}: setup makes an async context manager (@asynccontextmanager), "
-                    "but the task's function is synchronous and runs in a thread or process: give "
-                    "it a synchronous setup (@contextlib.contextmanager), or make the task's "
-                    "function async"
-                )
-            setup_kind = "sync"  # its call returns the manager, entered per worker: nothing to await
-        setup_async = setup_kind == "coro"
-        if setup_async and kind == "sync":
-            raise TypeError(
-                f"task {name!r}: setup is an async function, but the task's function is "
-                "synchronous and runs in a thread or process: give it a synchronous setup, "
-                "or make the task's function async"
-            )
+class Context(NamedTuple):
+    """What an option's check knows of the task besides the option's value."""
 
+    name: str
+    kind: Kind
+    join: bool
+    pipeline: bool
+    is_gen: bool
+    workers: int  # the most workers the task may run
+
+
+def _check_setup(setup: object, c: Context) -> dict[str, Any]:
+    if setup is None:
+        return {}
+    name, kind = c.name, c.kind
+    if not callable(setup):
+        raise TypeError(f"task {name!r}: setup must be a function of no arguments that makes "
+                        f"the worker's resource, got {setup!r}")
+    if c.pipeline:
+        raise ValueError(f"task {name!r}: setup= applies to a function; give it to a task "
+                         "inside the nested pipeline instead")
+    setup_kind, _ = classify(setup)
+    if setup_kind == "agen":
+        if not _makes_a_manager(setup):
+            raise TypeError(f"task {name!r}: setup must return the resource (or a context manager "
+                            "that gives it), not be an async generator: decorate it with "
+                            "@contextlib.asynccontextmanager")
+        if kind == "sync":
+            raise TypeError(
+                f"task {name!r}: setup makes an async context manager (@asynccontextmanager), "
+                "but the task's function is synchronous and runs in a thread or process: give "
+                "it a synchronous setup (@contextlib.contextmanager), or make the task's "
+                "function async"
+            )
+        setup_kind = "sync"  # its call returns the manager, entered per worker: nothing to await
+    if setup_kind == "coro" and kind == "sync":
+        raise TypeError(
+            f"task {name!r}: setup is an async function, but the task's function is "
+            "synchronous and runs in a thread or process: give it a synchronous setup, "
+            "or make the task's function async"
+        )
+    return {"setup": setup, "setup_async": setup_kind == "coro"}
+
+
+def _check_retries(retries: object, c: Context) -> dict[str, Any]:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise TypeError(f"task {name!r}: retries must be an int >= 0 (the retries after the "
+        raise TypeError(f"task {c.name!r}: retries must be an int >= 0 (the retries after the "
                         f"first attempt), got {retries!r}")
+    return {"retries": retries}
+
+
+def _check_retry_on(retry_on: object, c: Context) -> dict[str, Any]:
     if isinstance(retry_on, type):
         retry_on = (retry_on,)
     if not (isinstance(retry_on, tuple) and retry_on
             and all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on)):
-        raise TypeError(f"task {name!r}: retry_on must be an exception type or a tuple of them, "
+        raise TypeError(f"task {c.name!r}: retry_on must be an exception type or a tuple of them, "
                         f"got {retry_on!r}")
+    return {"retry_on": retry_on}
+
+
+def _check_backoff(backoff: object, c: Context) -> dict[str, Any]:
     if not callable(backoff) and (isinstance(backoff, bool) or not isinstance(backoff, (int, float))
                                   or backoff < 0):
-        raise TypeError(f"task {name!r}: backoff must be a number of seconds >= 0 (the first "
+        raise TypeError(f"task {c.name!r}: backoff must be a number of seconds >= 0 (the first "
                         f"wait, doubled at each retry) or a function of the attempt, got {backoff!r}")
+    return {"backoff": backoff}
 
+
+def _check_on_error(on_error: object, c: Context) -> dict[str, Any]:
     if not (on_error in ("raise", "skip") or callable(on_error)):
-        raise ValueError(f"task {name!r}: on_error must be 'raise', 'skip' or a function "
+        raise ValueError(f"task {c.name!r}: on_error must be 'raise', 'skip' or a function "
                          f"(item, exception), got {on_error!r}")
-    if callable(on_error) and kind == "sync" and classify(on_error)[0] != "sync":
-        raise TypeError(f"task {name!r}: on_error is an async function, but the task's function "
+    if callable(on_error) and c.kind == "sync" and classify(on_error)[0] != "sync":
+        raise TypeError(f"task {c.name!r}: on_error is an async function, but the task's function "
                         "is synchronous and runs in a thread or process: give it a synchronous "
                         "handler")
-    if not isinstance(unpack, bool):
-        raise TypeError(f"task {name!r}: unpack must be True or False, got {unpack!r}")
+    return {"on_error": on_error}
 
-    limiter = None
-    if rate is not None:
-        if isinstance(rate, (int, float)) and not isinstance(rate, bool):
-            if not rate > 0:
-                raise ValueError(f"task {name!r}: rate must be > 0 calls per second, got {rate!r}")
-            rate = Rate(rate)
-        if not isinstance(rate, Rate):
-            raise TypeError(f"task {name!r}: rate must be calls per second (a number) or "
-                            f"pyper.Rate(calls, per=seconds, burst=n), got {rate!r}")
-        if join:
-            raise ValueError(f"task {name!r}: rate= paces each item's call, and a join task makes "
-                             "one call over the whole stream: drop one of them")
-        limiter = Limiter(rate)
-    if batch is not None:
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise TypeError(f"task {name!r}: batch must be an int >= 1 (the most items per call), "
-                            f"got {batch!r}")
-        if join:
-            raise ValueError(f"task {name!r}: batch= and join=True both change what the function "
-                             "receives: a join function can gather its stream itself")
-    if linger is not None:
-        if batch is None:
-            raise ValueError(f"task {name!r}: linger= is how long a partial batch waits: give "
-                             "batch=N too")
-        if isinstance(linger, bool) or not isinstance(linger, (int, float)) or linger < 0:
-            raise TypeError(f"task {name!r}: linger must be a number of seconds >= 0, got {linger!r}")
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise TypeError(f"task {name!r}: timeout must be a number of seconds > 0, got {timeout!r}")
-        if join or is_gen or pipeline:
-            what = "a join task's one call reads the whole stream" if join else (
-                "a generator's call returns at once and its work happens as it is iterated"
-                if is_gen else "a nested pipeline streams its outputs")
-            raise ValueError(f"task {name!r}: timeout= bounds one call, but {what}: put the "
-                             "timeout inside the function instead")
-    policy = Policy(setup, setup_async, retries, retry_on, backoff, on_error, unpack, limiter,
-                    batch or 0, None if linger is None else float(linger),
-                    None if timeout is None else float(timeout),
-                    None if timeout is None else Abandoned(workers))
+
+def _check_unpack(unpack: object, c: Context) -> dict[str, Any]:
+    if not isinstance(unpack, bool):
+        raise TypeError(f"task {c.name!r}: unpack must be True or False, got {unpack!r}")
+    return {"unpack": unpack}
+
+
+def _check_rate(rate: object, c: Context) -> dict[str, Any]:
+    if rate is None:
+        return {}
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+        if not rate > 0:
+            raise ValueError(f"task {c.name!r}: rate must be > 0 calls per second, got {rate!r}")
+        rate = Rate(rate)
+    if not isinstance(rate, Rate):
+        raise TypeError(f"task {c.name!r}: rate must be calls per second (a number) or "
+                        f"pyper.Rate(calls, per=seconds, burst=n), got {rate!r}")
+    if c.join:
+        raise ValueError(f"task {c.name!r}: rate= paces each item's call, and a join task makes "
+                         "one call over the whole stream: drop one of them")
+    return {"limiter": Limiter(rate)}
+
+
+def _check_batch(batch: object, c: Context) -> dict[str, Any]:
+    if batch is None:
+        return {}
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise TypeError(f"task {c.name!r}: batch must be an int >= 1 (the most items per call), "
+                        f"got {batch!r}")
+    if c.join:
+        raise ValueError(f"task {c.name!r}: batch= and join=True both change what the function "
+                         "receives: a join function can gather its stream itself")
+    return {"batch": batch}
+
+
+def _check_linger(linger: object, c: Context) -> dict[str, Any]:
+    if linger is None:
+        return {}
+    if isinstance(linger, bool) or not isinstance(linger, (int, float)) or linger < 0:
+        raise TypeError(f"task {c.name!r}: linger must be a number of seconds >= 0, got {linger!r}")
+    return {"linger": float(linger)}
+
+
+def _check_timeout(timeout: object, c: Context) -> dict[str, Any]:
+    if timeout is None:
+        return {}
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise TypeError(f"task {c.name!r}: timeout must be a number of seconds > 0, got {timeout!r}")
+    if c.join or c.is_gen or c.pipeline:
+        what = "a join task's one call reads the whole stream" if c.join else (
+            "a generator's call returns at once and its work happens as it is iterated"
+            if c.is_gen else "a nested pipeline streams its outputs")
+        raise ValueError(f"task {c.name!r}: timeout= bounds one call, but {what}: put the "
+                         "timeout inside the function instead")
+    return {"timeout": float(timeout), "abandoned": Abandoned(c.workers)}
+
+
+class Option(NamedTuple):
+    """One per-call option of ``task()``: its default (``task()``'s signature and the type
+    stubs are held equal to it by a test), its check (its value in, the ``Policy`` fields
+    it sets out: a clear error naming the task otherwise), the ``Policy`` fields it sets, and
+    where its work runs when the calls run elsewhere (a worker process, Ray, an executor of
+    the user's): ``"call"`` beside the call, on the remote side; ``"relay"`` in the
+    caller's process, in the stage's relay; ``"run"``: the run adds a stage in front of the
+    task for it. On threads and asyncio every option runs in the worker."""
+
+    default: Any
+    check: Callable[[Any, Context], dict[str, Any]]
+    fields: tuple[str, ...]
+    runs: Literal["call", "relay", "run"]
+
+
+#: Every per-call option, by name. Adding one is a row here (and its check above), a
+#: ``Policy`` field, and what applies it (``_engine/_async_calls.open_call``, or the run);
+#: ``task()``'s signature and ``_typing._Options`` are held equal to this by a test.
+OPTIONS: dict[str, Option] = {
+    "setup": Option(None, _check_setup, ("setup", "setup_async"), "call"),
+    "retries": Option(0, _check_retries, ("retries",), "call"),
+    "retry_on": Option(Exception, _check_retry_on, ("retry_on",), "call"),
+    "backoff": Option(0.1, _check_backoff, ("backoff",), "call"),
+    "on_error": Option("raise", _check_on_error, ("on_error",), "relay"),
+    "unpack": Option(False, _check_unpack, ("unpack",), "call"),
+    "rate": Option(None, _check_rate, ("limiter",), "relay"),
+    "batch": Option(None, _check_batch, ("batch",), "run"),
+    "linger": Option(None, _check_linger, ("linger",), "run"),
+    "timeout": Option(None, _check_timeout, ("timeout", "abandoned"), "relay"),
+}
+
+
+def check_policy(
+    name: str, kind: Kind, *, join: bool, pipeline: bool, is_gen: bool = False, workers: int = 1,
+    **options: object,
+) -> Policy:
+    """The validated per-call options (each by its row of ``OPTIONS``; those not given
+    take their defaults), and the checks between them; a clear error naming the task and
+    the fix otherwise."""
+    context = Context(name, kind, join, pipeline, is_gen, workers)
+    values = {option: options.get(option, row.default) for option, row in OPTIONS.items()}
+    fields: dict[str, Any] = {}
+    for option, row in OPTIONS.items():
+        fields.update(row.check(values[option], context))
+    retries, on_error, unpack = values["retries"], values["on_error"], values["unpack"]
     if join and (retries or on_error != "raise" or unpack):
         given = [o for o, v in (("retries", retries), ("on_error", on_error != "raise"),
                                 ("unpack", unpack)) if v]
@@ -362,7 +443,24 @@ def check_policy(
             "item's call, and a join task makes one call over the whole stream: handle "
             "errors inside the join function, or drop join=True"
         )
-    if (retry_on != (Exception,) or backoff != 0.1) and not retries:
+    if (fields["retry_on"] != (Exception,) or values["backoff"] != 0.1) and not retries:
         raise ValueError(f"task {name!r}: retry_on= and backoff= shape retries: give retries=N "
                          "(the retries after the first attempt) too")
-    return policy
+    if values["linger"] is not None and values["batch"] is None:
+        raise ValueError(f"task {name!r}: linger= is how long a partial batch waits: give "
+                         "batch=N too")
+    return Policy(**fields)
+
+
+def where(policy: Policy, timed: bool) -> tuple[Policy, Policy]:
+    """(what runs beside the call, what runs in the relay) of a remote stage's options,
+    by the table's ``runs``: each side gets its options' fields, the other side's at their
+    defaults. With ``timeout=`` (``timed``) the relay calls one item at a time and runs the
+    retries around each timed call."""
+    relay = {field for option, row in OPTIONS.items()
+             if row.runs == "relay" or (timed and option in ("retries", "retry_on", "backoff"))
+             for field in row.fields}
+    defaults = no_policy._asdict()
+    call = policy._replace(**{f: defaults[f] for f in relay})
+    here = policy._replace(**{f: defaults[f] for f in defaults if f not in relay})
+    return call, here

@@ -17,7 +17,7 @@ from ._engine._registry import EXECUTORS, Row, executor_name
 from ._errors import PipelineSetupError
 from ._pickling import dumps, have_cloudpickle
 from ._pipeline import AsyncPipeline, Pipeline
-from ._policy import OnError, Rate, check_policy
+from ._policy import OPTIONS, OnError, Rate, check_policy
 from ._spec import Kind, Task, check_bool, check_int, classify, describe, no_policy
 from ._typing import (
     Executor,
@@ -54,20 +54,12 @@ def make_task(
     bind: object,
     multiprocess: object,
     daemon: object,
-    setup: object = None,
-    retries: object = 0,
-    retry_on: object = Exception,
-    backoff: object = 0.1,
-    on_error: object = "raise",
-    unpack: object = False,
-    rate: object = None,
-    batch: object = None,
-    linger: object = None,
-    timeout: object = None,
     executor: object = None,
     ray_options: object = None,
+    **per_call: object,
 ) -> Task:
-    """Validate ``task(func, ...)``'s options and classify ``func``: the task's data."""
+    """Validate ``task(func, ...)``'s options and classify ``func``: the task's data. The
+    per-call options (``per_call``) are the rows of ``_policy.OPTIONS``."""
     if not callable(func):
         raise TypeError(f"task() needs a callable (a function, method or Pipeline), got {func!r}")
     name = describe(func)
@@ -106,11 +98,7 @@ def make_task(
         args, kwargs = bind
         func = functools.partial(func, *args, **kwargs)
 
-    policy = check_policy(
-        name, kind, join=join, pipeline=pipeline, setup=setup, retries=retries,
-        retry_on=retry_on, backoff=backoff, on_error=on_error, unpack=unpack, rate=rate,
-        batch=batch, linger=linger, timeout=timeout, is_gen=is_gen, workers=most,
-    )
+    policy = check_policy(name, kind, join=join, pipeline=pipeline, is_gen=is_gen, workers=most, **per_call)
     settings = _check_settings(name, where, place, ray_options)
     if place.remote:
         if pipeline:
@@ -121,12 +109,13 @@ def make_task(
         plain = _pickling_pool(where)  # the standard library's pool pickles with pickle alone
         if place.pickles or plain:
             _check_sendable(name, where, "the function (and what bind= binds to it)", func, plain)
-            for option, value in (("setup", setup), ("backoff", backoff)):  # (on_error= runs here)
+            for option in ("setup", "backoff"):  # (the table's "call" options that are functions)
+                value = per_call.get(option)
                 if callable(value):
                     _check_sendable(name, where, f"{option}=", value, plain)
-    if not place.per_worker and (setup is not None or join):
+    if not place.per_worker and (policy.setup is not None or join):
         raise ValueError(
-            f"task {name!r}: {'setup=' if setup is not None else 'join=True'} needs workers of "
+            f"task {name!r}: {'setup=' if policy.setup is not None else 'join=True'} needs workers of "
             f"pyper's own (a resource per worker, one call over a stream), and executor="
             f"{_shown(where)} runs each batch wherever it has room: make the resource in "
             "the function (or with the executor's initializer=), or drop executor="
@@ -717,14 +706,18 @@ class _TaskFactory:
         return args, kwargs
 
 
+#: The options of ``task()`` that shape the stage (the per-call ones are ``_policy.OPTIONS``):
+#: with those, ``task()``'s keyword parameters, as a test holds them.
+SHAPE = ("workers", "concurrency", "branch", "join", "throttle", "ordered", "bind", "multiprocess",
+         "daemon", "executor", "ray_options")
+
+
 def _unknown_options(func: object, unknown: dict[str, Any]) -> TypeError:
     """The error for options ``task(...)`` does not have: names the task, each option,
     and the closest valid ones."""
     import difflib
 
-    valid = ["workers", "concurrency", "branch", "join", "throttle", "ordered", "bind",
-             "multiprocess", "daemon", "setup", "retries", "retry_on", "backoff", "on_error",
-             "unpack", "rate", "batch", "linger", "timeout", "executor", "ray_options"]
+    valid = [*SHAPE, *OPTIONS]
     where = f"task {describe(func)!r}" if callable(func) else "task()"
     parts = []
     for name in unknown:

@@ -43,11 +43,14 @@ __all__ = ["handle_failure", "open_call", "run_worker"]
 #: stopping, a worker process that died, an interrupt (even with retry_on=BaseException).
 _NEVER_RETRIED = (Cancelled, Broken, WorkerProcessDied, KeyboardInterrupt, SystemExit, GeneratorExit)
 
-#: ``logging`` levels, without importing ``logging`` into every worker process.
-DEBUG, INFO, WARNING = 10, 20, 30
+#: What the calls report as they happen (counted for the metrics, and logged at the level
+#: ``_run.EVENTS`` gives each): a failed attempt retried, a failed item skipped, a failed
+#: item handed to the on_error handler.
+RETRY, SKIP, HANDLED = "retry", "skip", "handled"
 
-#: ``log(level, message)``: a record on the ``pyper`` logger of the caller's process.
-Log = Callable[[int, str], None]
+#: ``log(event, message)``: an event of a worker's calls, for the caller's process (it
+#: counts it, and logs the message on the ``pyper`` logger).
+Log = Callable[[str, str], None]
 
 
 #: ``timed(bind, stack)``: the call given up at the task's timeout (the executor's way);
@@ -216,7 +219,7 @@ def _retrying(
                     raise
                 failures.append(exc)
                 seconds = delay(backoff, len(failures))
-                log(INFO, f"pyper: task {name!r} retries {shown(x)} in {seconds:.3g} s "
+                log(RETRY, f"pyper: task {name!r} retries {shown(x)} in {seconds:.3g} s "
                           f"(attempt {len(failures)} of {retries + 1} raised {safe_str(exc)})")
                 await wait(seconds)
 
@@ -257,10 +260,10 @@ async def handle_failure(task: Task, x: Any, exc: Exception, log: Log, shown: st
     handler, name = task.policy.on_error, task.name
     what = f"item {short_repr(x)}" if shown is None else shown
     if handler == "skip":
-        log(WARNING, f"pyper: task {name!r} skipped {what} after {safe_str(exc)}")
+        log(SKIP, f"pyper: task {name!r} skipped {what} after {safe_str(exc)}")
         return ()
     assert callable(handler)
-    log(DEBUG, f"pyper: task {name!r} handed {what} to on_error after {safe_str(exc)}")
+    log(HANDLED, f"pyper: task {name!r} handed {what} to on_error after {safe_str(exc)}")
     out = handler(x, exc)
     if hasattr(out, "__await__"):  # sync: -
         out = await out  # sync: -

@@ -119,8 +119,8 @@ class FuturesRemote(Relayed):
         except BrokenExecutor as exc:
             raise WorkerProcessDied(f"task {self.task.name!r}: a worker of its executor died while "
                                     f"running a call ({type(exc).__name__}: {exc})") from exc
-        for level, message in status[-1]:
-            self.worker.note(level, message)
+        for event, message in status[-1]:
+            self.worker.note(event, message)
         if status[0] == "error":
             error, self.worker.item = unseal(status[:-1], self.task.name, "its executor")
             raise error

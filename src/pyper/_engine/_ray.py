@@ -55,7 +55,7 @@ from ._envelope import unseal
 from ._ray_worker import STARTED, Actor, Joiner, call_batch, stream_batch_task, timed_call
 from ._relay import Relayed, remote_task
 from ._remote import Gathering, Tail, next_size
-from ._run import Run, Stage, Worker, log
+from ._run import Run, Stage, Worker, log_event
 
 __all__ = ["RayRemote", "Refs", "start"]
 
@@ -316,8 +316,8 @@ class RayRemote(Relayed):
 
     def _checked(self, status: tuple[Any, ...]) -> tuple[Any, ...]:
         """The status of a call, its log records logged; raises the call's error."""
-        for level, message in status[-1]:
-            self.worker.note(level, message)
+        for event, message in status[-1]:
+            self.worker.note(event, message)
         if status[0] == "error":
             exc, self.worker.item = unseal(status[:-1], self.name, "its Ray worker")
             raise exc
@@ -517,8 +517,8 @@ def _release(actor: Any, name: str, error: BaseException | None, stuck: bool) ->
     try:
         if not stuck:
             status = ray.get(actor.close.remote(), timeout=TEARDOWN_SECONDS)
-            for level, message in status[-1]:
-                log(level, message)
+            for event, message in status[-1]:
+                log_event(event, message)
             if status[0] == "error":
                 exc = unseal(status[:-1], name, "its Ray worker")[0]
                 if error is None or isinstance(error, Cancelled):

@@ -41,6 +41,7 @@ from functools import partial
 from time import perf_counter
 from typing import Any, Protocol
 
+from .._policy import where
 from .._spec import Task
 from ._envelope import unseal
 from ._run import Run, Stage, Worker, adapt
@@ -176,18 +177,17 @@ def start(run: Run, stage: Stage, workers: range, open_remote: Callable[[Worker,
 
 
 def remote_task(task: Task) -> tuple[Task, bool]:
-    """The task as its remote side runs it, and whether its calls are guarded there (a
-    failure comes back as a ``Failed``: ``on_error=`` runs in the relay). The relay keeps
-    ``rate=`` (it paces the requests), ``on_error=`` and ``timeout=``, and with
-    ``timeout=`` ``retries=`` too (around each timed call)."""
+    """The task as its remote side runs it (the options the table says run beside the
+    call: ``_policy.OPTIONS``), and whether its calls are guarded there (a failure comes
+    back as a ``Failed``: ``on_error=`` runs in the relay). The relay keeps ``rate=`` (it
+    paces the requests), ``on_error=`` and ``timeout=``, and with ``timeout=`` the retries
+    too (around each timed call)."""
     policy = task.policy
     if not policy.any:
         return task, False
-    if policy.timeout is not None:
-        here = policy._replace(retries=0, on_error="raise", limiter=None, timeout=None, abandoned=None)
-        return task._replace(policy=here), False
-    here = policy._replace(on_error="raise", limiter=None)
-    return task._replace(policy=here), policy.on_error != "raise"
+    timed = policy.timeout is not None
+    call, _ = where(policy, timed)
+    return task._replace(policy=call), policy.on_error != "raise" and not timed
 
 
 def _relay(open_remote: Callable[[Worker, int], Remote], run: Run, stage: Stage, index: int) -> None:
@@ -372,9 +372,8 @@ def _timed(worker: Worker, remote: Remote) -> None:
     task = worker.stage.task
     seconds = task.policy.timeout
     assert seconds is not None
-    here = task._replace(
-        func=partial(remote.call, seconds=seconds),
-        policy=task.policy._replace(setup=None, unpack=False, timeout=None, abandoned=None),
-    )
+    _, here = where(task.policy, timed=True)
+    here = here._replace(timeout=None, abandoned=None)  # (applied by remote.call)
+    relayed = task._replace(func=partial(remote.call, seconds=seconds), policy=here)
     # (args None: the remote side holds the pipeline's arguments for the first task)
-    run_worker(worker, work, None, {}, worker.run.sleep, task=here)
+    run_worker(worker, work, None, {}, worker.run.sleep, task=relayed)

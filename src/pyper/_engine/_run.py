@@ -54,7 +54,7 @@ from ._registry import row
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "log"]
+__all__ = ["EVENTS", "NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "log", "log_event"]
 
 #: No item in hand: the loop had not started its first call when it stopped.
 NO_ITEM: Any = type("NoItem", (), {"__repr__": lambda self: "NO_ITEM", "__slots__": ()})()
@@ -104,6 +104,16 @@ def _traceback_text(exc: BaseException) -> str:
         todo.extend(e for e in (one.__cause__, one.__context__) if e is not None)
         todo.extend(getattr(one, "exceptions", None) or ())
     return "".join(formatted.format()).removesuffix("\n")
+
+
+#: The events a worker's calls report (``_async_calls``), and the level each is logged at:
+#: a retry (INFO), a skipped item (WARNING), an item handed to on_error (DEBUG).
+EVENTS = {"retry": 20, "skip": 30, "handled": 10}
+
+
+def log_event(event: str, message: str) -> None:
+    """An event no worker is left to count (a worker process's teardown after its run)."""
+    log(EVENTS[event], message)
 
 
 def log(level: int, message: str, task: str | None = None, run: int | None = None) -> None:
@@ -766,8 +776,8 @@ class Worker:
         # For metrics: when the worker started and left (0: not yet); written only by it.
         self.born = perf_counter()
         self.gone = 0.0
-        # Failed attempts retried, items skipped and items handed to on_error (counted from
-        # the log records the calls make, ``tally``), and whether the worker raised.
+        # Failed attempts retried, items skipped and items handed to on_error (the events
+        # its calls report, ``note``), and whether the worker raised.
         self.retries = self.skips = self.handled = self.raised = 0
         # Between two Ray stages an item on the link is a reference to a batch's outputs
         # (``_ray.Refs``): the items it stands for beyond one, taken and handed on.
@@ -812,21 +822,17 @@ class Worker:
         except OSError:  # its thread has just ended
             return self.cpu
 
-    def note(self, level: int, message: str) -> None:
-        """A log record of this worker's calls: counted (``tally``), and logged with the
-        task's name and the run's number. Called by the worker only."""
-        self.tally(level)
-        log(level, message, self.stage.task.name, self.run.number)
-
-    def tally(self, level: int) -> None:
-        """Count a log record of this worker's calls: a retry (INFO), a skipped item
-        (WARNING) or an item handed to on_error (DEBUG)."""
-        if level >= 30:
+    def note(self, event: str, message: str) -> None:
+        """An event of this worker's calls (``_async_calls``: "retry", "skip", "handled"),
+        wherever the call ran: counted for the metrics, and logged with the task's name and
+        the run's number at the event's level. Called by the worker only."""
+        if event == "skip":
             self.skips += 1
-        elif level >= 20:
+        elif event == "retry":
             self.retries += 1
         else:
             self.handled += 1
+        log(EVENTS[event], message, self.stage.task.name, self.run.number)
 
     def failed_on(self, item: Any) -> None:
         """The loop stopped by an exception while ``item`` was the input in hand (or

@@ -39,7 +39,7 @@ __all__ = [
 #: arguments and keyword arguments for the first task, else None and None, and whether its
 #: calls are guarded: a failure gives a ``Failed``, for ``on_error=`` in the relay).
 Job = tuple[Any, "tuple[Any, ...] | None", "dict[str, Any] | None", bool]
-#: Log records made by the calls (a retry), for the relay's ``pyper`` logger: (level, message).
+#: The events the calls report (a retry), for the relay to count and log: (event, message).
 Notes = list[tuple[int, str]]
 
 

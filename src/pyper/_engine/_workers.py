@@ -36,7 +36,7 @@ from .._pickling import unpicklable_types
 from .._spec import Task
 from . import _child, _pipes, _threads
 from ._envelope import unseal
-from ._run import log
+from ._run import log_event
 
 __all__ = [
     "GRACE_SECONDS", "IDLE_MAX", "TEARDOWN_SECONDS", "Child", "Late", "close_idle", "context",
@@ -248,7 +248,7 @@ class Child:
         self.payload = payload
         self.unread = 0  # requests sent whose reply is not yet read (owned by the relay)
         self.failures = 0  # error replies read: stamped on each "map" request (see pack_map)
-        self.note: Callable[[int, str], None] | None = None  # the worker its log records go to
+        self.note: Callable[[str, str], None] | None = None  # the worker its calls' events go to
         self.received = 0  # the size of the last reply, in bytes (owned by the relay)
         self.failed_on: str | None = None  # the item of the last error reply, shortened
         self.joining = False  # a join call is under way (owned by the relay)
@@ -424,8 +424,8 @@ class Child:
         if reply[0] == "error":
             self.failures += 1
         if reply[-1]:  # log records made in the child (a retry, a skipped item)
-            for level, message in reply[-1]:
-                (self.note or log)(level, message)
+            for event, message in reply[-1]:
+                (self.note or log_event)(event, message)
         return reply
 
     def _drain(self) -> None:
