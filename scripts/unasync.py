@@ -17,13 +17,14 @@ import re
 import sys
 from pathlib import Path
 
-ENGINE = Path(__file__).resolve().parent.parent / "src" / "pyper" / "_engine"
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "pyper"
 
-#: source -> generated
+#: source -> generated, relative to the package
 FILES = {
-    "_async_loops.py": "_sync_loops.py",
-    "_async_caller.py": "_sync_caller.py",
-    "_async_calls.py": "_sync_calls.py",
+    "_engine/_async_loops.py": "_engine/_sync_loops.py",
+    "_engine/_async_caller.py": "_engine/_sync_caller.py",
+    "_engine/_async_calls.py": "_engine/_sync_calls.py",
+    "_channel/_async_wait.py": "_channel/_sync_wait.py",
 }
 
 #: whole-word replacements, applied after async/await are dropped
@@ -46,6 +47,7 @@ NAMES = {
     "_async_loops": "_sync_loops",
     "_async_caller": "_sync_caller",
     "_async_calls": "_sync_calls",
+    "_async_wait": "_sync_wait",
     "AsyncExitStack": "ExitStack",
     "__aexit__": "__exit__",
 }
@@ -83,9 +85,15 @@ def generate(source: str, name: str) -> str:
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale = []
+    sources = {src: (PACKAGE / src).read_text() for src in FILES}
+    unused = [name for name in NAMES if not any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text)
+                                                for text in sources.values())]
+    if unused:  # a substitution that no longer matches anything: the list has drifted
+        print(f"unasync: names replaced nowhere: {', '.join(unused)}: drop them from NAMES", file=sys.stderr)
+        return 1
     for src, dst in FILES.items():
-        text = generate((ENGINE / src).read_text(), src)
-        target = ENGINE / dst
+        text = generate(sources[src], Path(src).name)
+        target = PACKAGE / dst
         if target.exists() and target.read_text() == text:
             continue
         if check:

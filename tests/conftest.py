@@ -56,9 +56,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # PYPER_NO_STEAL=1: run as in a free-threaded build, where a receiver never advances a
     # sibling's claim (no GIL makes that atomic); the owner shares and gives back instead.
     if os.environ.get("PYPER_NO_STEAL"):
-        import pyper._channel
+        import pyper._channel._sharing
 
-        pyper._channel._STEAL = False  # type: ignore[misc]
+        pyper._channel._sharing.STEAL = False
     # keep hypothesis' files (example database, patches for failing examples) out of the repo
     try:
         from hypothesis.configuration import set_hypothesis_home_dir

@@ -225,9 +225,9 @@ def cheap_then_slow(x: int) -> int:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("steal", [True, False])
 def test_items_shared_between_workers_are_counted_once(steal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pyper._channel
+    import pyper._channel._sharing
 
-    monkeypatch.setattr(pyper._channel, "_STEAL", steal)  # thieves take, or owners hand back
+    monkeypatch.setattr(pyper._channel._sharing, "STEAL", steal)  # thieves take, or owners hand back
     p = task(source, branch=True) | task(cheap_then_slow, workers=4) | task(doubled, workers=3)
     with observe() as seen:
         assert sorted(p(5000)) == [2 * x for x in range(5000)]

@@ -1,0 +1,48 @@
+"""How much an edge with no throttle of the user's holds: about ``seconds`` of its
+receivers' measured work (``pace``, once per batch), at least a batch per receiver, at
+most ``ahead`` batches per receiver if set (a remote stage's input), and at most
+``MAX_CAPACITY`` items; so a slow or heavy consumer never has a large backlog. A remote
+relay that knows its batches' size from the last run widens it at once (``widen``).
+
+``pace`` reads the channel's ``_capacity`` and ``_receivers`` without its lock (a stale
+value only delays an adjustment by a batch) and writes under it, only when the capacity
+changes by more than a quarter (hysteresis). ``Pacing``'s own fields never change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._core import Channel
+
+__all__ = ["MAX_CAPACITY", "PACE_SECONDS", "Pacing"]
+
+#: An unthrottled edge holds about this long of its receivers' work.
+PACE_SECONDS = 0.1
+#: ... and at most this many items (with no throttle set by the user).
+MAX_CAPACITY = 4096
+
+
+class Pacing:
+    __slots__ = ("seconds", "ahead")
+
+    def __init__(self, seconds: float, ahead: int) -> None:
+        self.seconds = seconds  # the work the edge holds, in its receivers' seconds
+        self.ahead = ahead  # if set, at most this many batches per receiver
+
+    def pace(self, channel: Channel, n: int, seconds: float) -> None:
+        """A receiver took ``seconds`` over ``n`` items: the capacity that holds about
+        ``self.seconds`` of the receivers' work."""
+        receivers = max(channel._receivers, 1)
+        floor = receivers * n
+        target = int(self.seconds * floor / seconds) if seconds > 0 else MAX_CAPACITY
+        if self.ahead:
+            target = min(target, self.ahead * floor)
+        capacity = max(floor, min(MAX_CAPACITY, target))
+        current = channel._capacity
+        if 4 * capacity < 3 * current or 4 * capacity > 5 * current:  # hysteresis: +-25%
+            with channel._lock:
+                channel._capacity = capacity
+                if capacity > current:
+                    channel.wake_putter()
