@@ -1078,3 +1078,120 @@ def test_the_fork_server_preloads_the_worker_loop_keeping_the_programs_own_list(
     done = _run_script(_PRELOAD_PROGRAM)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['json', 'pyper._engine._child']"
+
+
+# -- Workers watched as processes ---------------------------------------------------------
+
+
+def die_leaving_a_grandchild(path: str, how: str, x: int) -> int:
+    """Start a process that outlives this one (its pid written to ``path``), then die:
+    ``fork`` forks this interpreter, ``system`` starts ``sleep`` through a shell (which
+    passes on every descriptor not marked close-on-exec)."""
+    if how == "fork":
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(20)
+            os._exit(0)
+        Path(path + ".tmp").write_text(str(pid))
+        os.rename(path + ".tmp", path)
+    else:
+        os.system(f"sleep 20 & echo $! > {path}.tmp; mv {path}.tmp {path}")
+    os._exit(3)
+
+
+def _kill_pid_in(path: Path) -> None:
+    """The test's cleanup: kill the grandchild whose pid a worker wrote to ``path``."""
+    if path.exists() and not _gone(pid := int(path.read_text())):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize(("method", "how", "pidfd"), [
+    ("fork", "fork", True), ("spawn", "fork", True), ("spawn", "system", True), ("forkserver", "system", True),
+    ("fork", "fork", False), ("spawn", "fork", False),  # as where there are no pidfds: waitpid
+])
+def test_a_worker_that_dies_leaving_a_process_behind_is_noticed_at_once(
+        method: str, how: str, pidfd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grandchild holds copies of the worker's descriptors (all of them when forked; under
+    spawn and the fork server, those marked inheritable when it execs): the relay must watch
+    the worker's process itself, not a pipe that stays open, and exec'd programs must get
+    none of the worker's pipes."""
+    import pyper
+    from pyper._engine import _workers
+
+    if not pidfd:
+        monkeypatch.setattr(_workers, "_open_pidfd", lambda pid: None)
+    path = tmp_path / "grandchild"
+    pyper.set_start_method(method)
+    try:
+        p = task(count_to, branch=True) | task(
+            die_leaving_a_grandchild, multiprocess=True, bind=task.bind(str(path), how))
+        with elapsed() as t, pytest.raises(WorkerProcessDied, match="exited with code 3"):
+            list(p(1))
+        assert t.elapsed < 3, f"the worker's death was noticed after {t.elapsed:.1f} s"
+        assert _wait_for(path.exists, 5)
+        grandchild = int(path.read_text())
+        if how == "system":  # a program it ran holds no pipe of the worker's: 0, 1, 2 only
+            fds = {int(fd) for fd in os.listdir(f"/proc/{grandchild}/fd")}
+            assert fds <= {0, 1, 2}, {fd: os.readlink(f"/proc/{grandchild}/fd/{fd}") for fd in fds}
+    finally:
+        pyper.set_start_method(None)
+        _kill_pid_in(path)
+
+
+def _wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+_REAPING_PROGRAM = (
+    "import sys, os, signal, time, multiprocessing; sys.path.insert(0, sys.argv[1])\n"
+    "from pyper import task\n"
+    "import test_process as t\n"
+    "signalled = []\n"
+    "real_kill = os.kill\n"
+    "def kill(pid, sig):\n"
+    "    signalled.append(pid)\n"
+    "    real_kill(pid, sig)\n"
+    "def reap_all(signum, frame):\n"
+    "    try:\n"
+    "        while os.waitpid(-1, os.WNOHANG)[0]:\n"
+    "            pass\n"
+    "    except ChildProcessError:\n"
+    "        pass\n"
+    "if __name__ == '__main__':\n"
+    "    if sys.argv[3:]:  # as where there are no pidfds: waitpid\n"
+    "        import pyper._engine._workers as w; w._open_pidfd = lambda pid: None\n"
+    "    os.kill = kill\n"
+    "    signal.signal(signal.SIGCHLD, signal.SIG_IGN if sys.argv[2] == 'ignore' else reap_all)\n"
+    "    p = task(t.count_to, branch=True) | task(t.pid_of, workers=2, multiprocess=True)\n"
+    "    took, pids = [], set()\n"
+    "    for _ in range(3):\n"
+    "        started = time.monotonic()\n"
+    "        out = sorted(p(4))\n"
+    "        took.append(time.monotonic() - started)\n"
+    "        assert [x for x, _ in out] == [0, 1, 2, 3], out\n"
+    "        pids |= {pid for _, pid in out}\n"
+    "    assert not multiprocessing.active_children(), multiprocessing.active_children()\n"
+    "    print(max(took), sorted(pids & set(signalled)))\n"
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("how", ["ignore", "reap", "ignore no-pidfd", "reap no-pidfd"])
+def test_a_program_that_reaps_its_children_itself_pays_nothing_and_no_reaped_pid_is_signalled(how: str) -> None:
+    """SIGCHLD ignored (the kernel reaps children at once) or a handler that reaps with
+    ``waitpid(-1)``: a worker's exit status never comes, which must cost no wait, and its
+    pid, free for another process once reaped, must never be signalled."""
+    done = _run_script(_REAPING_PROGRAM, *how.split())
+    assert done.returncode == 0, done.stderr
+    slowest, signalled = done.stdout.split(" ", 1)
+    assert float(slowest) < 0.5, f"a run of 4 trivial items took {float(slowest):.2f} s"
+    assert signalled.strip() == "[]", f"reaped workers were signalled: {signalled}"

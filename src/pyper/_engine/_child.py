@@ -139,6 +139,29 @@ def _reset_signals() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+def _not_for_programs() -> None:
+    """Started by spawn or the fork server, this process holds the descriptors
+    multiprocessing passed to it (its pipes to pyper, the sentinel's write end, the fork
+    server's and the resource tracker's pipes), marked inheritable to pass them: a program
+    it runs (``os.system``, a subprocess with ``close_fds=False``) would get them too, and
+    hold them open after this process's death. None of them is for such programs: every
+    descriptor past 0-2 is made close-on-exec (descriptors Python opens are already). A
+    process it forks still holds them all: the parent watches this process itself
+    (``_workers.Child.exited``), not its pipes."""
+    try:
+        names = os.listdir("/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+            except OSError:  # the listing's own descriptor, closed since
+                pass
+
+
 def main(
     inbox: Conn, outbox: Conn, lifeline: Conn, payload: bytes,
     method: str, inherited: list[int],
@@ -149,6 +172,8 @@ def main(
             os.close(fd)
         except OSError:
             pass
+    if method != "fork" and os.name == "posix":  # (forked: ours are os.pipe's, close-on-exec)
+        _not_for_programs()
     if method == "forkserver" and sys.platform == "linux":
         _die_with_parent()
     threading.Thread(target=_watch, args=(lifeline,), name="pyper:lifeline", daemon=True).start()
