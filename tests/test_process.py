@@ -1195,3 +1195,120 @@ def test_a_program_that_reaps_its_children_itself_pays_nothing_and_no_reaped_pid
     slowest, signalled = done.stdout.split(" ", 1)
     assert float(slowest) < 0.5, f"a run of 4 trivial items took {float(slowest):.2f} s"
     assert signalled.strip() == "[]", f"reaped workers were signalled: {signalled}"
+
+
+# -- Workers die with the program, and leave nothing running after Ctrl-C -----------------
+
+
+def print_pids_then_hold_the_gil(x: int) -> int:
+    """Print this worker's pid and its parent's, then compute for minutes in one C call
+    that never lets another thread of this process run (no lifeline thread either)."""
+    os.write(1, f"{os.getpid()} {os.getppid()}\n".encode())
+    return sum(range(10**13))
+
+
+_HOLDS_THE_GIL = (
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "import os, pyper\n"
+    "from multiprocessing import resource_tracker\n"
+    "from pyper import task\n"
+    "import test_process as t\n"
+    "if __name__ == '__main__':\n"
+    "    if sys.argv[2] != 'default':\n"
+    "        pyper.set_start_method(sys.argv[2])\n"
+    "    resource_tracker.ensure_running()  # (the fork server's; started here to print its pid)\n"
+    "    print(os.getpid(), resource_tracker._resource_tracker._pid, flush=True)\n"
+    "    list((task(t.count_to, branch=True) | task(t.print_pids_then_hold_the_gil, multiprocess=True))(1))\n"
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("method", ["default", "fork", "forkserver"])
+def test_a_worker_holding_the_gil_dies_with_a_program_killed_by_sigkill(method: str) -> None:
+    """The lifeline thread cannot run while the worker's call holds the GIL: the kernel
+    must kill it (PR_SET_PDEATHSIG). Under forkserver the fork server must go too (it
+    ends when no process holds its alive pipe: a worker must not), then the resource
+    tracker. (Not under spawn: its workers are started by relay threads, which end while
+    the workers are kept warm, and the kernel ties the signal to the thread; documented.)"""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDS_THE_GIL, here, method],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    pids: list[int] = []
+    try:
+        assert proc.stdout is not None
+        program, tracker = map(int, proc.stdout.readline().split())
+        worker, parent = map(int, proc.stdout.readline().split())
+        pids = [worker, tracker] + ([parent] if parent != program else [])
+        assert method != "forkserver" or parent != program  # the fork server's child
+        time.sleep(0.3)  # well into the C call
+        proc.kill()
+        proc.wait(10)
+        _assert_gone(pids, "the program's SIGKILL (worker, resource tracker, fork server)", timeout=5)
+    finally:
+        for pid in pids:  # whatever is left computes for minutes: not on a shared machine
+            if not _gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def run_a_program_then_wait(x: int) -> int:
+    """Start ``sleep 30`` (its pid printed), then wait in the call."""
+    import subprocess
+
+    # (not holding the program's output pipes: the test reads them to their end)
+    sleeper = subprocess.Popen(["sleep", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.write(1, f"{sleeper.pid}\n".encode())
+    time.sleep(30)
+    return x
+
+
+_RUNS_A_PROGRAM = (
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "import pyper\n"
+    "from pyper import task\n"
+    "import test_process as t\n"
+    "if __name__ == '__main__':\n"
+    "    if sys.argv[2] != 'default':\n"
+    "        pyper.set_start_method(sys.argv[2])\n"
+    "    list((task(t.count_to, branch=True) | task(t.run_a_program_then_wait, multiprocess=True))(1))\n"
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("method", ["default", "forkserver", "spawn"])
+def test_ctrl_c_reaches_the_programs_a_worker_ran(method: str) -> None:
+    """A worker leaves Ctrl-C to pyper, but a program it runs must get the default
+    disposition: a SIG_IGN would survive exec, and the program would outlive the Ctrl-C
+    that the terminal sent to the whole group."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", _RUNS_A_PROGRAM, here, method],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    sleeper = 0
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        sleeper = int(proc.stdout.readline())
+        time.sleep(0.2)  # the worker is in its call
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole group
+        assert proc.wait(10) != 0
+        _assert_gone([sleeper], "the Ctrl-C (the program the worker ran)")
+        assert proc.stderr.read().count("KeyboardInterrupt") == 1
+    finally:
+        if sleeper and not _gone(sleeper):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sleeper, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]

@@ -221,6 +221,23 @@ def _sigint_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _dies_with() -> int | None:
+    """For a worker started now by this thread: the pid whose death the kernel must kill
+    it at (Linux's parent-death signal; see ``_child._die_with``), or None for none. Linux
+    sends that signal when the *thread* that started the worker ends, not its process:
+    it is asked for only where that is the main thread, which ends only with the
+    process. pyper forks in the caller's thread while it is the process's only thread,
+    so in practice the main thread; under spawn the thread that starts a worker is a
+    relay, one of pyper's reused threads, which exits while the worker may be kept warm
+    for the next run: no signal there, as on macOS and Windows (only the lifeline, which
+    a call holding the GIL keeps from running). The fork server's workers ask for it of
+    the fork server, a process of one thread that ends when pyper's process has ended
+    (``_child._leave_the_fork_server``)."""
+    if threading.current_thread() is threading.main_thread():
+        return os.getpid()
+    return None
+
+
 def _ahead_bytes(fd: int) -> int:
     """How big a request may be to go to a child while it may be blocked sending its
     reply: half the pipe, which then always has room for it (no deadlock, whatever the
@@ -310,7 +327,7 @@ class Child:
                 ] if forked else []
                 self.process = ctx.Process(
                     target=_child.main,
-                    args=(to_child_r, from_child_w, lifeline_r, payload, method, inherited),
+                    args=(to_child_r, from_child_w, lifeline_r, payload, method, inherited, _dies_with()),
                     name=f"pyper:{task.name}[{index}]",
                     daemon=True,
                 )
