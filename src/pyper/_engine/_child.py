@@ -412,14 +412,15 @@ def _unloadable(exc: BaseException) -> RuntimeError:
 
 def _refuse(inbox: Conn, outbox: Conn, error: BaseException, notes: list[tuple[int, str]]) -> None:
     """The worker cannot serve (its function did not load, its setup raised): say why,
-    to every request."""
+    to every request but the end of the run's ``teardown``: there is no resource to exit,
+    and the error was reported already (again, it would be attached to itself)."""
     data = _error(error, NO_ITEM, notes)
     while True:
         try:
             message = pickle.loads(inbox.recv_bytes())
             if message[0] == "stop":
                 return
-            outbox.send_bytes(data)
+            outbox.send_bytes(_dumps(("out", [], True), notes) if message[0] == "teardown" else data)
         except (EOFError, OSError):
             return
 
