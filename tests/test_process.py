@@ -1312,3 +1312,35 @@ def test_ctrl_c_reaches_the_programs_a_worker_ran(method: str) -> None:
         proc.wait(10)
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
+
+
+def count_then_note_closed(path: str, x: int) -> Any:
+    """Count without end; write ``path`` when closed."""
+    try:
+        yield from itertools.count(x)
+    finally:
+        Path(path).write_text("closed")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", ["first", "middle"])
+def test_a_generator_a_break_stopped_is_closed_before_its_warm_worker_is_kept(
+        forkserver: None, where: str, tmp_path: Path) -> None:
+    """A worker of the fork server is kept warm after the run: a generator the run left
+    half read must be closed as the run ends (its ``finally`` runs then), not at the next
+    run of the worker or at the program's exit."""
+    path = tmp_path / "closed"
+    gen = task(count_then_note_closed, branch=True, multiprocess=True, throttle=1, bind=task.bind(str(path)))
+    p = gen if where == "first" else task(count_to, branch=True) | gen
+    for _ in range(2):  # and again, with the warm worker
+        got = []
+        for x in p(0) if where == "first" else p(1):
+            got.append(x)
+            if len(got) == 5:
+                # (the relay fills the link meanwhile and waits for room, with no request
+                # of its worker's unanswered: as the break finds it most often)
+                time.sleep(0.2)
+                break
+        assert got == [0, 1, 2, 3, 4]
+        assert _wait_for(path.exists, 5), "the generator was not closed as the run ended"
+        path.unlink()

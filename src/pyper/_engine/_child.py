@@ -15,6 +15,9 @@ pipes; every message is a pickled tuple:
                                                for a branching batch
                       ("feed", items)          more inputs for the join call
                       ("end",)                 its inputs are exhausted
+                      ("close",)               close the stream of a branching batch left
+                                               half read (the run is over): its finally
+                                               runs now; an empty reply, or its error
                       ("teardown",)            exit the worker's resource (setup=)
                       ("ping",)                reply at once: the worker is up
                       ("stop",)                exit
@@ -285,12 +288,13 @@ def _serve(
             if kind == "join":
                 failures += _join(call, message[1], message[2], inbox, outbox, notes)
                 continue
-            if kind == "teardown":
+            if kind in ("teardown", "close"):
                 close = getattr(stream, "close", None)
+                stream = iter(())
                 if close is not None:  # a generator stopped early: its finally still uses the resource
                     close()
-                stream = iter(())
-                stack.close()
+                if kind == "teardown":
+                    stack.close()
                 reply: tuple[Any, ...] = ("out", [], True)
             elif kind == "ping":  # the parent waits until this worker is up (timeout=)
                 reply = ("out", [], True)

@@ -166,10 +166,10 @@ def _relay(payload: bytes, ready: dict[int, Child], run: Run, stage: Stage, inde
         if child is not None and worker.item is None:  # the thread loops (timeout=) name it themselves
             worker.item = child.failed_on
     finally:
-        if child is not None and stage.task.policy.setup is not None:
+        if child is not None:
             try:
-                child.teardown()
-            except BaseException as exc:  # the resource's exit raised
+                child.end_run()  # exits its resource (setup=), or closes a stream left half read
+            except BaseException as exc:  # the resource's exit (or the stream's finally) raised
                 if error is None or isinstance(error, (Cancelled, Broken)):
                     error = exc
                 else:

@@ -268,6 +268,9 @@ class Child:
         self.received = 0  # the size of the last reply, in bytes (owned by the relay)
         self.failed_on: str | None = None  # the item of the last error reply, shortened
         self.joining = False  # a join call is under way (owned by the relay)
+        # A branching batch's stream is open in the child: sent, and not yet answered
+        # with its end (or an error). Owned by the relay; see ``end_run``.
+        self.streaming = False
         method = ctx.get_start_method()
         forked = method == "fork"
         # Fit for a warm pool: not once its resource (setup=) was exited, and never if
@@ -385,6 +388,8 @@ class Child:
 
     def send(self, message: tuple[Any, ...]) -> int:
         """Send a request; returns its size in bytes."""
+        if message[0] == "branch":
+            self.streaming = True
         return self.post(self.pack(message), message[0] == "join")
 
     def pack_map(self, items: list[Any]) -> bytes:
@@ -458,6 +463,9 @@ class Child:
         self.unread -= 1
         if reply[0] == "error":
             self.failures += 1
+            self.streaming = False  # (the child drops its stream on an error)
+        elif reply[0] == "out" and reply[2]:
+            self.streaming = False
         if reply[-1]:  # log records made in the child (a retry, a skipped item)
             for level, message in reply[-1]:
                 (self.note or log)(level, message)
@@ -630,6 +638,37 @@ class Child:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL if kill else signal.SIGTERM)
         elif not self.exited():
             (self.process.kill if kill else self.process.terminate)()
+
+    def end_run(self) -> None:
+        """The relay's run is over: exit the worker's resource (``setup=``: ``teardown``),
+        or else close a branching stream the run left half read (a break, an error
+        downstream), so that its ``finally`` runs now rather than at the worker's next
+        run or at the program's exit, the worker being kept warm. Raises what either
+        raises. A child that will not be kept is left alone: the ``stop`` that closes it
+        ends its loop, and the stream with it."""
+        if self.task.policy.setup is not None:
+            self.teardown()
+        elif self.streaming and self.keep and not self.busy and not self.exited():
+            self._close_stream()
+
+    def _close_stream(self) -> None:
+        try:
+            self.to_child.send_bytes(pickle.dumps(("close",)))
+            self.unread += 1
+            if not self.from_child.poll(TEARDOWN_SECONDS):
+                self.keep = False  # stuck in the generator's finally: closed (terminated) next
+                return
+            reply = self._read(self.from_child.recv_bytes())
+        except (EOFError, OSError):
+            self.keep = False
+            return
+        if reply[0] == "error":
+            _, exc, text, _, _ = reply
+            if exc is None:
+                exc = RuntimeError(f"task {self.task.name!r} raised as its stream was closed, "
+                                   f"in its worker process:\n{text}")
+            exc.__cause__ = RemoteTraceback(text)
+            raise exc
 
     def teardown(self) -> None:
         """Have the child exit its worker's resource (``setup=``) now, while this run can
