@@ -1344,3 +1344,43 @@ def test_a_generator_a_break_stopped_is_closed_before_its_warm_worker_is_kept(
         assert got == [0, 1, 2, 3, 4]
         assert _wait_for(path.exists, 5), "the generator was not closed as the run ended"
         path.unlink()
+
+
+# -- pyper's own threads never keep it from forking ---------------------------------------
+
+_FORKS_BESIDE_ITS_THREADS = (
+    "import os, sys, pyper\n"
+    "from pyper import task\n"
+    "def count(n):\n"
+    "    yield from range(n)\n"
+    "def parent_of(x):  # defined in a `python -c` program: a fork server cannot import it\n"
+    "    return x, os.getppid()\n"
+    "if __name__ == '__main__':\n"
+    "    p = task(count, branch=True) | task(parent_of, workers=2, multiprocess=True)\n"
+    "    runs = []\n"
+    "    if sys.argv[2] == 'progress':\n"
+    "        with pyper.progress(bars=False, interval=0.001):  # its thread draws all along\n"
+    "            for _ in range(3):\n"
+    "                runs.append(sorted(p(4)))\n"
+    "    else:\n"
+    "        for _ in range(3):\n"
+    "            for x in p(4):\n"
+    "                break  # the run's threads are still stopping as the next run starts\n"
+    "            runs.append(sorted(p(4)))\n"
+    "    for out in runs:\n"
+    "        assert [x for x, _ in out] == [0, 1, 2, 3], out\n"
+    "        assert {ppid for _, ppid in out} == {os.getpid()}, ('not forked', out)\n"
+    "    print('forked')\n"
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the default on Linux only")
+@pytest.mark.parametrize("how", ["progress", "break"])
+def test_pyper_forks_beside_its_own_threads(how: str) -> None:
+    """pyper's threads are no reason to use the fork server (which cannot import a function
+    of a `python -c` program): the progress drawer is paused over the fork, and the threads
+    of a run that ended (right after a break) are waited for."""
+    done = _run_script(_FORKS_BESIDE_ITS_THREADS, how)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "forked"

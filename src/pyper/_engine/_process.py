@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
+from contextlib import nullcontext
 from functools import partial
 from time import perf_counter
 from typing import Any
@@ -44,7 +44,7 @@ from .._spec import Task
 from . import _thread, _threads
 from ._sync_loops import flusher
 from ._run import TARGET_SECONDS, Run, Stage, Worker, adapt
-from ._workers import Child, Late, context, keep, single_threaded, take, take_warm, threaded_context
+from ._workers import Child, Late, context, keep, take, take_warm, threaded_context
 
 __all__ = ["start"]
 
@@ -115,8 +115,8 @@ def _close_all(children: dict[int, Child]) -> None:
 def _fork_children(task: Task, payload: bytes) -> dict[int, Child]:
     """Under the ``fork`` start method: the stage's children, warm ones or forked here,
     in the caller's thread, before the run starts any thread (``start_all`` prepares
-    process stages first, and pyper's parked threads are ended first). Where other
-    threads run, forking could deadlock a child: the children still missing are
+    process stages first, and pyper's own threads are set aside: ``_threads.alone``). Where
+    other threads run, forking could deadlock a child: the children still missing are
     left to the relays, which start them with forkserver (spawn where there is none)."""
     ready: dict[int, Child] = {}
     for index in range(task.workers):
@@ -125,18 +125,14 @@ def _fork_children(task: Task, payload: bytes) -> dict[int, Child]:
             break
         ready[index] = warm
     missing = range(len(ready), task.workers)
-    settle = 0.0
-    parked = _threads.idle_threads() if missing else frozenset()
-    if parked and threading.active_count() == 1 + len(parked):
-        _threads.retire_idle()
-        settle = 0.05  # the threads just ended: gone from the system's count in microseconds
-    if missing and single_threaded(settle):
-        try:
-            for index in missing:
-                ready[index] = Child(task, payload, index, context())
-        except BaseException:
-            _close_all(ready)
-            raise
+    with _threads.alone(lambda run: bool(run.ended)) if missing else nullcontext(False) as alone:
+        if alone:
+            try:
+                for index in missing:
+                    ready[index] = Child(task, payload, index, context())
+            except BaseException:
+                _close_all(ready)
+                raise
     return ready
 
 

@@ -40,6 +40,7 @@ def start_jobs(run: Run, stage: Stage, workers: range, job: Callable[[Run, Stage
         daemon=task.daemon,
         nonblocking=run.loop is not None,
         on_error=lambda exc: run.fail(exc, task),
+        owner=run,  # (a fork waits a moment for the jobs of a run that has ended: _threads.alone)
     )
 
 

@@ -36,6 +36,7 @@ from .._pickling import unpicklable_types
 from .._spec import Task
 from . import _child, _pipes, _threads
 from ._run import log
+from ._threads import single_threaded
 
 __all__ = [
     "GRACE_SECONDS", "IDLE_MAX", "TEARDOWN_SECONDS", "Child", "Late", "close_idle", "context",
@@ -143,25 +144,6 @@ def threaded_context() -> Any:
     if method == "forkserver":
         _preload_in_fork_server()
     return multiprocessing.get_context(method)
-
-
-def single_threaded(settle: float = 0.0) -> bool:
-    """Whether this process runs one thread, its threads counted by the system where it
-    says (Linux: the threads of C libraries too, which Python 3.12+ counts before it warns
-    at a fork). ``settle``: seconds to wait for threads just joined to be gone from the
-    system's count too (before 3.13, ``join`` returns just before the thread exits)."""
-    if threading.active_count() != 1:
-        return False
-    deadline = time.monotonic() + settle
-    while True:
-        try:
-            if len(os.listdir("/proc/self/task")) == 1:
-                return True
-        except OSError:  # no /proc: Python's own count
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.0005)
 
 
 def _no_fork() -> str:
