@@ -1082,6 +1082,10 @@ def test_the_fork_server_preloads_the_worker_loop_keeping_the_programs_own_list(
 
 # -- Workers watched as processes ---------------------------------------------------------
 
+#: For the programs these tests run: pyper's default start method, whatever the
+#: environment of the test run says (tests/run.sh runs this file under the fork server too).
+_DEFAULT_METHOD = {"PYPER_START_METHOD": ""}
+
 
 def die_leaving_a_grandchild(path: str, how: str, x: int) -> int:
     """Start a process that outlives this one (its pid written to ``path``), then die:
@@ -1190,7 +1194,7 @@ def test_a_program_that_reaps_its_children_itself_pays_nothing_and_no_reaped_pid
     """SIGCHLD ignored (the kernel reaps children at once) or a handler that reaps with
     ``waitpid(-1)``: a worker's exit status never comes, which must cost no wait, and its
     pid, free for another process once reaped, must never be signalled."""
-    done = _run_script(_REAPING_PROGRAM, *how.split())
+    done = _run_script(_REAPING_PROGRAM, *how.split(), env=_DEFAULT_METHOD)
     assert done.returncode == 0, done.stderr
     slowest, signalled = done.stdout.split(" ", 1)
     assert float(slowest) < 0.5, f"a run of 4 trivial items took {float(slowest):.2f} s"
@@ -1234,7 +1238,7 @@ def test_a_worker_holding_the_gil_dies_with_a_program_killed_by_sigkill(method: 
     import subprocess
 
     here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDS_THE_GIL, here, method],
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDS_THE_GIL, here, method], env={**os.environ, **_DEFAULT_METHOD},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     pids: list[int] = []
     try:
@@ -1292,7 +1296,7 @@ def test_ctrl_c_reaches_the_programs_a_worker_ran(method: str) -> None:
     import subprocess
 
     here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.Popen([sys.executable, "-c", _RUNS_A_PROGRAM, here, method],
+    proc = subprocess.Popen([sys.executable, "-c", _RUNS_A_PROGRAM, here, method], env={**os.environ, **_DEFAULT_METHOD},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     sleeper = 0
     try:
@@ -1381,6 +1385,131 @@ def test_pyper_forks_beside_its_own_threads(how: str) -> None:
     """pyper's threads are no reason to use the fork server (which cannot import a function
     of a `python -c` program): the progress drawer is paused over the fork, and the threads
     of a run that ended (right after a break) are waited for."""
-    done = _run_script(_FORKS_BESIDE_ITS_THREADS, how)
+    done = _run_script(_FORKS_BESIDE_ITS_THREADS, how, env=_DEFAULT_METHOD)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "forked"
+
+
+# -- Ctrl-C while a process stage starts --------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the default on Linux only")
+def test_ctrl_c_as_relays_start_is_a_keyboard_interrupt_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C right after the relays were started, while they take their forked workers
+    and the caller closes those no relay took: the caller gets KeyboardInterrupt, no
+    thread dies of another error, each worker is closed once (the leak fixture: none left)."""
+    from pyper._engine import _process, _run, _thread, _workers
+
+    real_start_jobs, real_close = _thread.start_jobs, _workers.Child.close
+    handed: list[int] = []
+
+    def start_jobs(run: Any, stage: Any, workers: range, job: Any) -> None:
+        if getattr(job, "func", None) is not _process._relay:  # (the thread stage's)
+            real_start_jobs(run, stage, workers, job)
+            return
+        handed.append(len(job.args[1]))  # the forked workers, for the relays to take
+        real_start_jobs(run, stage, workers, job)
+        raise KeyboardInterrupt
+
+    def slow_close(self: Any) -> None:
+        time.sleep(0.01)  # the relays take theirs meanwhile
+        real_close(self)
+
+    real_enter = _run.Run.enter
+
+    def late_enter(self: Any, *args: Any) -> None:  # relay i takes its worker after i * 5 ms
+        name = threading.current_thread().name
+        if name.startswith("pyper:square["):
+            time.sleep(0.005 * int(name[len("pyper:square["):-1]))
+        real_enter(self, *args)
+
+    died: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(f"{args.thread}: {args.exc_value!r}"))
+    monkeypatch.setattr(_process._thread, "start_jobs", start_jobs)
+    monkeypatch.setattr(_workers.Child, "close", slow_close)
+    monkeypatch.setattr(_run.Run, "enter", late_enter)
+    p = task(count_to, branch=True) | task(square, workers=8, multiprocess=True)
+    import pyper
+
+    pyper.set_start_method("fork")  # (whatever PYPER_START_METHOD says)
+    try:
+        for _ in range(3):
+            with pytest.raises(KeyboardInterrupt):
+                list(p(100))
+    finally:
+        pyper.set_start_method(None)
+    assert handed and handed[0] == 8, handed  # forked, all (else the test tests nothing)
+    assert _wait_for(lambda: not any(t.name.startswith("pyper:square") for t in threading.enumerate()), 5)
+    assert not died, died
+
+
+_SHORT_RUNS_IN_A_LOOP = (
+    "import sys, random; sys.path.insert(0, sys.argv[1])\n"
+    "from pyper import task\n"
+    "import test_process as t\n"
+    "if __name__ == '__main__':\n"
+    "    random.seed(int(sys.argv[2]))\n"
+    "    print('ready', flush=True)\n"
+    "    while True:\n"
+    "        n = random.randint(20, 70)\n"
+    "        assert sorted((task(t.count_to, branch=True) | task(t.square, workers=n, multiprocess=True))(n)) == [\n"
+    "            x * x for x in range(n)]\n"
+)
+
+
+def _group_alive(pgid: int) -> list[int]:
+    """Processes of the group ``pgid`` that have not exited (zombies aside)."""
+    alive = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive.append(int(name))
+    return alive
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc (Linux)")
+def test_ctrl_c_at_any_moment_of_short_process_runs_is_one_keyboard_interrupt() -> None:
+    """Ctrl-C at random moments of a loop of short runs of 20-70 forked workers (starts,
+    relays taking their workers, stops): the program exits with one KeyboardInterrupt and
+    no other error, no thread dies, and nothing of it is left running."""
+    import random
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    rng = random.Random()
+    deadline = time.monotonic() + 100
+    runs = 0
+    while runs < 20 and time.monotonic() < deadline:
+        seed = rng.randrange(1 << 30)
+        proc = subprocess.Popen([sys.executable, "-c", _SHORT_RUNS_IN_A_LOOP, here, str(seed)],
+                                env={**os.environ, **_DEFAULT_METHOD},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout.readline() == "ready\n"
+            time.sleep(rng.uniform(0.02, 0.5))
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole group
+            try:
+                code = proc.wait(15)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"seed {seed}: the program did not exit after Ctrl-C") from None
+            err = proc.stderr.read()
+            lines = err.strip().splitlines()
+            assert code != 0 and lines and lines[-1] == "KeyboardInterrupt", f"seed {seed}:\n{err}"
+            assert err.count("Traceback") == 1 and "Exception in thread" not in err, f"seed {seed}:\n{err}"
+            assert _wait_for(lambda: not _group_alive(proc.pid), 5), f"seed {seed}: left {_group_alive(proc.pid)}"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            proc.stdout.close()  # type: ignore[union-attr]
+            proc.stderr.close()  # type: ignore[union-attr]
+        runs += 1
+    assert runs >= 10

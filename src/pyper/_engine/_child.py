@@ -172,8 +172,8 @@ def _reset_signals() -> None:
     handler would run in the worker when pyper terminates it), and with the program's
     signal wake-up descriptor (an event loop's: a signal this process gets would wake the
     parent's loop as though the parent had got it). Back to the defaults, then let SIGINT
-    in again (``_sigint_held`` blocked it over the fork; a blocked mask would pass on to
-    the programs it starts)."""
+    in again (``_workers.sigint_held`` blocked it over the fork; a blocked mask would pass
+    on to the programs it starts)."""
     try:
         signal.set_wakeup_fd(-1)
     except (ValueError, OSError):

@@ -44,7 +44,7 @@ from .._spec import Task
 from . import _thread, _threads
 from ._sync_loops import flusher
 from ._run import TARGET_SECONDS, Run, Stage, Worker, adapt
-from ._workers import Child, Late, context, keep, take, take_warm, threaded_context
+from ._workers import Child, Late, context, keep, sigint_held, take, take_warm, threaded_context
 
 __all__ = ["start"]
 
@@ -71,7 +71,9 @@ def prepare(run: Run, stages: list[Stage]) -> None:
         return
     try:
         for stage in stages:
-            _forked[id(stage)] = _fork_children(stage.task, _payload(run, stage))
+            ready: dict[int, Child] = {}
+            _forked[id(stage)] = ready  # (first: a Ctrl-C meanwhile leaves no child unknown)
+            _fork_children(stage.task, _payload(run, stage), ready)
     except BaseException:
         unprepare(stages)
         raise
@@ -107,18 +109,22 @@ os.register_at_fork(after_in_child=_forked.clear)  # the parent's, never a forke
 
 
 def _close_all(children: dict[int, Child]) -> None:
-    for child in children.values():
+    """Close the children no relay took. Each is taken once: by its relay
+    (``ready.pop``) or here (``popitem``), both atomic, while relays may be starting."""
+    while children:
+        try:
+            _, child = children.popitem()
+        except KeyError:  # a relay took the last one meanwhile
+            return
         child.close()
-    children.clear()
 
 
-def _fork_children(task: Task, payload: bytes) -> dict[int, Child]:
+def _fork_children(task: Task, payload: bytes, ready: dict[int, Child]) -> None:
     """Under the ``fork`` start method: the stage's children, warm ones or forked here,
     in the caller's thread, before the run starts any thread (``start_all`` prepares
     process stages first, and pyper's own threads are set aside: ``_threads.alone``). Where
     other threads run, forking could deadlock a child: the children still missing are
     left to the relays, which start them with forkserver (spawn where there is none)."""
-    ready: dict[int, Child] = {}
     for index in range(task.workers):
         warm = take_warm(task, payload)
         if warm is None:
@@ -127,13 +133,9 @@ def _fork_children(task: Task, payload: bytes) -> dict[int, Child]:
     missing = range(len(ready), task.workers)
     with _threads.alone(lambda run: bool(run.ended)) if missing else nullcontext(False) as alone:
         if alone:
-            try:
+            with sigint_held():  # (one thread: Ctrl-C comes once each child is in ready)
                 for index in missing:
                     ready[index] = Child(task, payload, index, context())
-            except BaseException:
-                _close_all(ready)
-                raise
-    return ready
 
 
 def _relay(payload: bytes, ready: dict[int, Child], run: Run, stage: Stage, index: int) -> None:
@@ -143,6 +145,8 @@ def _relay(payload: bytes, ready: dict[int, Child], run: Run, stage: Stage, inde
     child: Child | None = ready.pop(index, None)  # forked before the run's threads started
     try:
         if child is None:
+            if run.cancelled:  # (Ctrl-C as the stage started: no new process for it)
+                raise Cancelled
             child = take(stage.task, payload, index)
         hook = partial(child.interrupt, child.generation)
         run.on_cancel(hook)

@@ -10,14 +10,13 @@ Who owns what:
   worker appends itself when it parks; ``spawn`` pops one and hands it a job; a
   worker whose wait timed out removes itself and exits.
 - ``_busy`` (guarded by ``_lock``): workers running a job, each with what the job
-  belongs to (its run, or None). ``spawn`` adds a worker as it hands it a job; the
-  worker removes itself, in the same hold of the lock as it parks (or exits), and
-  notifies ``_changed``.
+  belongs to (its run, or None). ``spawn`` adds a parked worker as it hands it a job,
+  a new thread adds itself as it starts; the worker removes itself, in the same hold
+  of the lock as it parks (or exits), and notifies ``_changed``.
 - ``_pausable`` (guarded by ``_lock``): pyper's threads of another kind that stop
   over a fork (the progress drawer), added and removed by their owners.
-- ``_Worker._job``: written by ``spawn`` while the worker is parked (not in
-  ``_idle`` any more, so no one else can write it), read by the worker after its
-  wake-up lock is released.
+- ``_Worker._job`` (guarded by ``_lock``): written by ``spawn`` as it takes the
+  worker out of ``_idle`` (so no one else can write it), taken by the worker.
 
 Forking (``alone``): a process that runs threads must not fork (a lock one of them
 holds stays held in the child forever; Python 3.12+ warns). pyper's own threads are
@@ -73,24 +72,22 @@ _exiting = False
 
 
 class _Worker:
-    __slots__ = ("_job", "_wake", "thread")
+    """A pyper thread: runs its first job, then parks in ``_idle`` for the next one.
 
-    def __init__(self, job: Callable[[], None], name: str, daemon: bool) -> None:
+    Ctrl-C (a KeyboardInterrupt in the thread that calls ``spawn``, between any two of
+    its steps) must never lose a worker: a job is handed over in one hold of ``_lock``
+    (taken from ``_idle``, given ``_job``, notified), and a worker that wakes or times
+    out decides under that lock: a job in hand runs, however late the notice; no job
+    and no longer in ``_idle`` (retired, the program exiting, or a hand-over cut short)
+    and it exits."""
+
+    __slots__ = ("_job", "_owner", "_wake", "thread")
+
+    def __init__(self, job: Callable[[], None], name: str, daemon: bool, owner: object = None) -> None:
         self._job: Callable[[], None] | None = job
-        self._wake = threading.Lock()
-        self._wake.acquire()
+        self._owner = owner  # what its first job belongs to (see _busy)
+        self._wake = threading.Condition(_lock)  # notified (with _lock held) when handed a job
         self.thread = threading.Thread(target=self._main, args=(daemon,), name=name, daemon=daemon)
-
-    def start(self, owner: object) -> None:
-        """Start the thread on its first job, which belongs to ``owner``."""
-        with _lock:
-            _busy[self] = owner
-        try:
-            self.thread.start()
-        except BaseException:
-            with _lock:
-                self._done()
-            raise
 
     def _done(self) -> None:  # (with _lock held)
         _busy.pop(self, None)
@@ -98,13 +95,10 @@ class _Worker:
 
     def _main(self, daemon: bool) -> None:
         idle = _idle[daemon]
-        while True:
-            job = self._job
-            if job is None:
-                with _lock:
-                    self._done()
-                return
-            self._job = None
+        with _lock:
+            _busy[self] = self._owner
+            job, self._job, self._owner = self._job, None, None
+        while job is not None:
             try:
                 job()  # jobs report their own errors; see _engine/_run.py
             except BaseException:
@@ -118,13 +112,16 @@ class _Worker:
                 if _exiting:
                     return
                 idle.append(self)
-            if not self._wake.acquire(timeout=IDLE_SECONDS):
-                with _lock:
-                    if self in idle:
+                deadline = time.monotonic() + IDLE_SECONDS
+                while self._job is None and self in idle:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
                         idle.remove(self)
-                        return
-                # spawn() took this worker just as the wait timed out: take the job.
-                self._wake.acquire()
+                        break
+                    self._wake.wait(left)
+                job, self._job = self._job, None
+                if job is None:  # timed out, retired, exiting, or a hand-over cut short
+                    self._done()
 
 
 def spawn(
@@ -142,16 +139,18 @@ def spawn(
     them to ``on_error``. Otherwise a failure to start raises here. ``owner``: what
     the jobs belong to (their run), for ``alone``.
     """
+    handed = 0
     with _lock:
         idle = _idle[daemon]
-        handed = [(idle.pop(), job, name) for job, name in jobs[: len(idle)]]
-        for worker, _, _ in handed:
+        while handed < len(jobs) and idle:
+            job, name = jobs[handed]
+            worker = idle.pop()
             _busy[worker] = owner
-    for worker, job, name in handed:
-        worker.thread.name = name
-        worker._job = job
-        worker._wake.release()
-    rest = jobs[len(handed) :]
+            worker.thread.name = name
+            worker._job = job
+            worker._wake.notify()
+            handed += 1
+    rest = jobs[handed:]
     if not rest:
         return
     if nonblocking and len(rest) > 1:
@@ -160,15 +159,15 @@ def spawn(
         def start_others_then_run() -> None:
             try:
                 for other, other_name in others:
-                    _Worker(other, other_name, daemon).start(owner)
+                    _Worker(other, other_name, daemon, owner).thread.start()
             except BaseException as exc:  # e.g. "can't start new thread"
                 on_error(exc)
             job()
 
-        _Worker(start_others_then_run, name, daemon).start(owner)
+        _Worker(start_others_then_run, name, daemon, owner).thread.start()
         return
     for job, name in rest:
-        _Worker(job, name, daemon).start(owner)
+        _Worker(job, name, daemon, owner).thread.start()
 
 
 def idle_threads() -> frozenset[threading.Thread]:
@@ -184,9 +183,8 @@ def retire_idle() -> None:
         parked = _idle[False] + _idle[True]
         for idle in _idle.values():
             idle.clear()
-    for worker in parked:
-        worker._job = None
-        worker._wake.release()
+        for worker in parked:
+            worker._wake.notify()  # no job, out of _idle: it exits
     for worker in parked:
         worker.thread.join()
 
@@ -272,10 +270,9 @@ def _at_exit() -> None:
         parked = _idle[False] + _idle[True]
         for idle in _idle.values():
             idle.clear()
+        for worker in parked:
+            worker._wake.notify()  # no job, out of _idle: it exits
         hooks = list(_exit_hooks)
-    for worker in parked:
-        worker._job = None
-        worker._wake.release()
     for hook in hooks:
         hook()
 

@@ -41,7 +41,7 @@ from ._threads import single_threaded
 __all__ = [
     "GRACE_SECONDS", "IDLE_MAX", "TEARDOWN_SECONDS", "Child", "Late", "close_idle", "context",
     "idle_fds", "idle_lock", "idle_processes", "keep", "opened", "set_start_method",
-    "single_threaded", "take", "take_warm", "threaded_context",
+    "sigint_held", "single_threaded", "take", "take_warm", "threaded_context",
 ]
 
 #: How long a child may take to exit its worker's resource (``setup=``) at the end of a run.
@@ -189,10 +189,12 @@ def _unwiden(size: int) -> None:
 
 
 @contextlib.contextmanager
-def _sigint_held() -> Iterator[None]:
-    """Hold Ctrl-C back while a child forks: until its loop starts ignoring it (Ctrl-C is
-    the parent's to handle), a forked child would raise KeyboardInterrupt and print a
-    traceback of its own. Here it arrives as soon as the fork is done."""
+def sigint_held() -> Iterator[None]:
+    """Hold Ctrl-C back while a child forks: until its loop lets it pass (Ctrl-C is the
+    parent's to handle), a forked child would raise KeyboardInterrupt and print a
+    traceback of its own. Here it arrives as soon as the block is done. (This thread's
+    signal mask only: where other threads run, one of them may take the signal. A
+    spawned child does not inherit the mask: _posixsubprocess clears it.)"""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
@@ -316,7 +318,7 @@ class Child:
                     name=f"pyper:{task.name}[{index}]",
                     daemon=True,
                 )
-                with _sigint_held() if forked else contextlib.nullcontext():
+                with sigint_held() if forked else contextlib.nullcontext():
                     self.process.start()
                     # At once: until it is reaped its pid is its own (a child of the fork
                     # server's is reaped there, in principle even before this line: a pid
@@ -332,6 +334,8 @@ class Child:
             with idle_lock:
                 opened.add(self)
         except BaseException:  # no process (out of memory, of descriptors), or Ctrl-C meanwhile
+            with idle_lock:
+                opened.discard(self)  # (a forked sibling would ask a closed process for its fds)
             process = self.process
             if process is not None and process.pid is not None:  # started: not left a zombie
                 self._signal(kill=True)
