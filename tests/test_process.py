@@ -1513,3 +1513,74 @@ def test_ctrl_c_at_any_moment_of_short_process_runs_is_one_keyboard_interrupt() 
             proc.stderr.close()  # type: ignore[union-attr]
         runs += 1
     assert runs >= 10
+
+
+# -- Scripts without `if __name__ == "__main__":` -----------------------------------------
+
+_NO_MAIN_GUARD = '''\
+import os, sys
+sys.path.insert(0, {here!r})
+from pyper import task
+
+def numbers(n):
+    yield from range(n)
+
+def double(x):
+    return 2 * x
+
+def square(x):
+    return x * x
+
+def record(x):
+    with open({log!r}, "a") as f:
+        f.write(f"{{x}}\\n")
+    return x
+
+{body}
+'''
+
+
+def _run_unguarded(tmp_path: Path, body: str, method: str) -> tuple[Any, list[str]]:
+    """Run a script file that has no `if __name__ == "__main__":`, with ``body`` at its
+    end, under the start method ``method`` (environment); its output, and the lines
+    its ``record`` wrote."""
+    import subprocess
+
+    log = tmp_path / "log"
+    script = tmp_path / "unguarded.py"
+    here = os.path.dirname(os.path.abspath(__file__))
+    script.write_text(_NO_MAIN_GUARD.format(here=here, log=str(log), body=body))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYPER_START_METHOD": method}, cwd=str(tmp_path))
+    return done, log.read_text().split() if log.exists() else []
+
+
+@pytest.mark.timeout(90)
+def test_a_script_without_the_main_guard_is_refused_under_spawn(tmp_path: Path) -> None:
+    """Under spawn a worker imports the main module first: a script without the guard
+    ran its whole pipeline again in each worker, silently (each item three times with
+    two workers). Like multiprocessing, pyper must refuse, naming the fix."""
+    body = "print(sorted((task(numbers, branch=True) | task(square, workers=2, multiprocess=True) | task(record))(4)))"
+    done, recorded = _run_unguarded(tmp_path, body, "spawn")
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "if __name__ == \"__main__\":" in done.stderr, done.stderr
+    assert "task 'square'" in done.stderr, done.stderr
+    assert len(recorded) == len(set(recorded)), f"items processed more than once: {recorded}"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the default on Linux only")
+def test_a_nested_process_stage_in_a_script_without_the_main_guard_says_why(tmp_path: Path) -> None:
+    """The original's "Nested Pipelines" example, in a script without the guard: the inner
+    pipeline runs in a worker thread of the outer one, so its process stage cannot fork
+    and uses the fork server, whose worker imports the main module, which runs the
+    pipeline again. pyper knows why it used the fork server: it must say so."""
+    body = ("inner = task(double) | task(square, multiprocess=True)\n"
+            "print(sorted((task(numbers, branch=True) | task(inner, branch=True) | task(record))(4)))")
+    done, recorded = _run_unguarded(tmp_path, body, "")
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "bootstrapping phase" not in done.stderr, done.stderr  # multiprocessing's, not ours
+    explained = [line for line in done.stderr.splitlines() if "inside a worker thread of another pipeline" in line]
+    assert explained and "task 'square'" in explained[0], done.stderr
+    assert "if __name__ == \"__main__\":" in explained[0], explained[0]
+    assert len(recorded) == len(set(recorded)), f"items processed more than once: {recorded}"

@@ -55,7 +55,7 @@ from . import _threads
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "log"]
+__all__ = ["NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "log", "refuse_in_bootstrap"]
 
 #: No item in hand: the loop had not started its first call when it stopped.
 NO_ITEM: Any = type("NoItem", (), {"__repr__": lambda self: "NO_ITEM", "__slots__": ()})()
@@ -617,6 +617,25 @@ class Run:
         if error is not None and others:
             attach(error, others)
         return error
+
+
+def refuse_in_bootstrap() -> None:
+    """Refuse a pipeline called while ``multiprocessing`` imports the main module in a
+    new process (spawn, the fork server: ``_inheriting``), as it refuses to start a
+    process there: the main module of a script without ``if __name__ == "__main__":``
+    runs its work again in every worker (each item done again, silently). The worker
+    fails to load; its parent says why (``_workers.Child``)."""
+    process = sys.modules.get("multiprocessing.process")
+    if process is None or not getattr(process.current_process(), "_inheriting", False):
+        return
+    main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
+    where = getattr(main, "__file__", None)
+    raise RuntimeError(
+        "pyper: a pipeline was called while this process, a worker started by spawn or the "
+        f"fork server, imported the main module{f' ({where})' if where else ''}: such a worker "
+        "imports it first, so a script's work would run again in every worker. Keep the "
+        'script\'s work under `if __name__ == "__main__":`'
+    )
 
 
 def _calling_run() -> Run | None:

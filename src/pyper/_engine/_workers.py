@@ -222,6 +222,22 @@ def _dies_with() -> int | None:
     return None
 
 
+def _why_not_forked(method: str) -> str | None:
+    """Why a worker is started by ``method`` (the fork server, or spawn) though the start
+    method is fork: the process runs other threads (see ``threaded_context``). None when
+    that is the start method."""
+    if method == "fork" or context().get_start_method() != "fork":
+        return None
+    from ._run import current_run
+
+    entry = current_run.get()  # (in a relay: its run; its parent, the run it is nested in)
+    if entry is not None and entry[0].parent is not None:
+        return (" rather than by forking, because this pipeline runs inside a worker thread of "
+                "another pipeline (a process that runs threads cannot be forked safely)")
+    return (" rather than by forking, because other threads ran beside the pipeline's caller "
+            "(a process that runs threads cannot be forked safely)")
+
+
 def _ahead_bytes(fd: int) -> int:
     """How big a request may be to go to a child while it may be blocked sending its
     reply: half the pipe, which then always has room for it (no deadlock, whatever the
@@ -284,6 +300,11 @@ class Child:
         self._pidfd: int | None = None
         self._reaper = method != "forkserver" and os.name == "posix"
         self._status_lost = False  # reaped by the program itself (SIGCHLD ignored, waitpid(-1))
+        self.replied = False  # a reply was read: it loaded (owned by the relay)
+        self.method = method
+        # Why the fork server (or spawn) starts it where the start method is fork: said
+        # if it fails to load (it imports the main module first, forking does not).
+        self._not_forked = _why_not_forked(method)
         # Forked: pipes of ours (nothing to pickle them for); else multiprocessing's,
         # which it passes to the new process. The same few methods either way (Conn).
         new_pipe: Callable[[], tuple[Any, Any]] = _pipes.pipe if forked else partial(ctx.Pipe, duplex=False)
@@ -447,6 +468,7 @@ class Child:
         ``failures`` count what the child sent."""
         reply: tuple[Any, ...] = pickle.loads(data)
         self.unread -= 1
+        self.replied = True
         if reply[0] == "error":
             self.failures += 1
             self.streaming = False  # (the child drops its stream on an error)
@@ -509,6 +531,17 @@ class Child:
                 how = f"was killed by signal {-code}"
         else:
             how = f"exited with code {code}"
+        if not self.replied and self.method != "fork":
+            # It died loading: before any reply, where it imports the main module first.
+            started = "the fork server" if self.method == "forkserver" else self.method
+            why = f"pyper started it with {started}{self._not_forked or ''}, and "
+            raise WorkerProcessDied(
+                f"task {self.task.name!r}: its worker process {self.process.name} (pid "
+                f"{self.process.pid}) {how} as it started, before any call: {why}such a "
+                "worker imports the main module first, which failed (its error is above): "
+                'keep a script\'s work under `if __name__ == "__main__":`'
+                + (f", or make task {self.task.name!r} not a process stage" if self._not_forked else "")
+            )
         raise WorkerProcessDied(
             f"task {self.task.name!r}: its worker process {self.process.name} (pid "
             f"{self.process.pid}) {how} while running a call"
