@@ -1584,3 +1584,16 @@ def test_a_nested_process_stage_in_a_script_without_the_main_guard_says_why(tmp_
     assert explained and "task 'square'" in explained[0], done.stderr
     assert "if __name__ == \"__main__\":" in explained[0], explained[0]
     assert len(recorded) == len(set(recorded)), f"items processed more than once: {recorded}"
+
+
+def pid_and(x: int) -> tuple[int, int]:
+    return os.getpid(), x
+
+
+@pytest.mark.timeout(30)
+def test_a_first_task_in_a_process_runs_in_a_process() -> None:
+    """A first task that is one plain call is run inline, in the caller: not one the user
+    asked to run in a process (it ran in the caller's thread, holding its GIL)."""
+    for p in (task(pid_and, multiprocess=True), task(pid_and, multiprocess=True) | task(identity)):
+        [(pid, x)] = list(p(7))
+        assert x == 7 and pid != os.getpid()

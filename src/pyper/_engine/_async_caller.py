@@ -28,8 +28,9 @@ __all__ = ["iterate"]
 async def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
     refuse_in_bootstrap()
     first = tasks[0]
-    # Inline: the first call runs here, when it is one plain call (no per-call options).
-    inline = not first.branch and first.kind != "sync" and not first.policy.any  # sync: inline = not first.branch and not first.policy.any
+    # Inline: the first call runs here, when it is one plain call (no per-call options,
+    # not in a process).
+    inline = not first.branch and first.kind != "sync" and not first.policy.any  # sync: inline = not first.branch and not first.policy.any and not first.multiprocess
     if inline and len(tasks) == 1:
         yield await acall_inline(first, args, kwargs, None)
         return
