@@ -1390,6 +1390,32 @@ def test_pyper_forks_beside_its_own_threads(how: str) -> None:
     assert done.stdout.strip() == "forked"
 
 
+@pytest.mark.timeout(30)
+def test_a_fork_waits_a_moment_for_the_threads_of_ended_runs_but_never_on_an_event_loop() -> None:
+    from pyper._engine import _threads
+
+    release, ended = threading.Event(), object()  # a job of a run that has ended, still busy
+    _threads.spawn([(release.wait, "pyper:ending")], daemon=False, nonblocking=False,
+                   on_error=lambda exc: None, owner=ended)
+    try:
+        with elapsed() as t, _threads.alone(lambda owner: owner is ended, wait=0.3) as alone:
+            assert not alone  # still busy after the wait: not a thread to fork beside
+        assert 0.25 < t.elapsed < 2
+
+        async def on_a_loop() -> float:
+            with elapsed() as t, _threads.alone(lambda owner: owner is ended, wait=0.3) as alone:
+                assert not alone
+            return t.elapsed
+
+        assert run_async(on_a_loop()) < 0.1  # an event loop's thread never stalls on it
+        threading.Timer(0.05, release.set).start()
+        with elapsed() as t, _threads.alone(lambda owner: owner is ended, wait=5):
+            pass
+        assert t.elapsed < 2  # the job ended: no longer waited for
+    finally:
+        release.set()
+
+
 # -- Ctrl-C while a process stage starts --------------------------------------------------
 
 

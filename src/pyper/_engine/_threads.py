@@ -35,6 +35,7 @@ waits for.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -214,12 +215,16 @@ def alone(ended: Callable[[Any], bool], wait: float = ENDED_JOBS_SECONDS) -> Ite
 
     pyper's own threads do not count: the jobs of owners that have ``ended`` (a run
     whose caller is done: its stages are stopping) are waited for, up to ``wait``
-    seconds; then, if pyper's threads are all that run beside this one, the parked ones
-    are ended (they hold nothing: a job started later starts a new thread) and the
-    pausable ones paused until the block is done. Any other thread (the program's, a
-    busy job of a live run, a C library's) and it yields False, having changed nothing.
+    seconds (not on an event loop's thread, which must not stall); then, if pyper's
+    threads are all that run beside this one, the parked ones are ended (they hold
+    nothing: a job started later starts a new thread) and the pausable ones paused until
+    the block is done. Any other thread (the program's, a busy job of a live run, a C
+    library's) and it yields False, having changed nothing.
     """
     me = threading.current_thread()
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        wait = 0.0
     deadline = time.monotonic() + wait
     with _lock:
         while any(owner is not None and ended(owner) for owner in _busy.values()):
