@@ -15,7 +15,7 @@ pyper never forks the process it runs in, which may run threads. Each child has
 private pipes, so terminating one corrupts nothing shared.
 
 How it stops: a relay waits on three things at once: its child's pipe, its
-child's process (a pidfd: the child died: ``WorkerProcessDied``), and a wake-up pipe
+child's process itself (it died: ``WorkerProcessDied``), and a wake-up pipe
 written by ``Run.cancel`` (a hook). On the end of its input, on an error or on
 cancellation it sends ``("stop",)``, gives the child ``GRACE_SECONDS`` to exit,
 then terminates and finally kills it, and joins it: no zombie is left. An error
