@@ -1416,6 +1416,38 @@ def test_a_fork_waits_a_moment_for_the_threads_of_ended_runs_but_never_on_an_eve
         release.set()
 
 
+def read_through_a_ctrl_c(x: int) -> int:
+    """A C call blocked in read(2) while Ctrl-C reaches the worker: what read returns (1
+    if it went on, -1 if the signal cut it short with EINTR, which C code seldom retries)."""
+    import ctypes
+
+    r, w = os.pipe()
+    main = threading.get_ident()
+
+    def later() -> None:
+        time.sleep(0.2)
+        signal.pthread_kill(main, signal.SIGINT)  # (this thread: the one in read)
+        time.sleep(0.2)
+        os.write(w, b"x")
+
+    helper = threading.Thread(target=later)
+    helper.start()
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).read(r, ctypes.create_string_buffer(1), 1))
+    finally:
+        helper.join()
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not hasattr(signal, "siginterrupt"), reason="POSIX signals")
+def test_ctrl_c_does_not_cut_short_a_system_call_in_a_worker() -> None:
+    """A worker lets Ctrl-C pass with a handler (not SIG_IGN, which programs it runs would
+    inherit); unlike SIG_IGN, a handler interrupts system calls, unless they restart."""
+    assert list((task(count_to, branch=True) | task(read_through_a_ctrl_c, multiprocess=True))(1)) == [1]
+
+
 # -- Ctrl-C while a process stage starts --------------------------------------------------
 
 

@@ -185,6 +185,8 @@ def _reset_signals() -> None:
         except (ValueError, OSError):
             pass
     signal.signal(signal.SIGINT, _let_pass)
+    if hasattr(signal, "siginterrupt"):  # a system call it interrupts restarts (SA_RESTART):
+        signal.siginterrupt(signal.SIGINT, False)  # C code sees no EINTR, as with SIG_IGN
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
