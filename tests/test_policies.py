@@ -268,6 +268,21 @@ def test_errors_in_setup_and_teardown_reach_the_caller(executor: str) -> None:
     assert "cannot close" in notes, notes
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_setup_error_is_reported_once(executor: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker whose setup raised: the caller gets that error with its note, once, and
+    nothing attached or logged besides (a process worker answered the end of the run's
+    teardown with the same error again: attached to itself, as raised while stopping)."""
+    with caplog.at_level(logging.DEBUG, logger="pyper"), pytest.raises(ConnectionError, match="no database") as info:
+        run(numbers() | on(executor, identity_with, setup=failing_setup), 3)
+    notes = getattr(info.value, "__notes__", [])
+    assert sum("setup of task 'identity_with'" in note for note in notes) == 1, notes
+    assert not [note for note in notes if "while stopping" in note], notes
+    assert getattr(info.value, "pyper_errors", []) == []
+    assert not [r.getMessage() for r in caplog.records], [r.getMessage() for r in caplog.records]
+
+
 # --------------------------------------------------------------------------------------------
 # retries=
 

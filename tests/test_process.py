@@ -1130,3 +1130,577 @@ def test_the_fork_server_preloads_the_worker_loop_keeping_the_programs_own_list(
     done = _run_script(_PRELOAD_PROGRAM)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['json', 'pyper._engine._child']"
+
+
+# -- Workers watched as processes ---------------------------------------------------------
+
+#: For the programs these tests run: pyper's default start method, whatever the
+#: environment of the test run says (tests/run.sh runs this file under the fork server too).
+_DEFAULT_METHOD = {"PYPER_START_METHOD": ""}
+
+
+def die_leaving_a_grandchild(path: str, how: str, x: int) -> int:
+    """Start a process that outlives this one (its pid written to ``path``), then die:
+    ``fork`` forks this interpreter, ``system`` starts ``sleep`` through a shell (which
+    passes on every descriptor not marked close-on-exec)."""
+    if how == "fork":
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(20)
+            os._exit(0)
+        Path(path + ".tmp").write_text(str(pid))
+        os.rename(path + ".tmp", path)
+    else:
+        os.system(f"sleep 20 & echo $! > {path}.tmp; mv {path}.tmp {path}")
+    os._exit(3)
+
+
+def _kill_pid_in(path: Path) -> None:
+    """The test's cleanup: kill the grandchild whose pid a worker wrote to ``path``."""
+    if path.exists() and not _gone(pid := int(path.read_text())):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize(("method", "how", "pidfd"), [
+    ("fork", "fork", True), ("spawn", "fork", True), ("spawn", "system", True), ("forkserver", "system", True),
+    ("fork", "fork", False), ("spawn", "fork", False),  # as where there are no pidfds: waitpid
+])
+def test_a_worker_that_dies_leaving_a_process_behind_is_noticed_at_once(
+        method: str, how: str, pidfd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grandchild holds copies of the worker's descriptors (all of them when forked; under
+    spawn and the fork server, those marked inheritable when it execs): the relay must watch
+    the worker's process itself, not a pipe that stays open, and exec'd programs must get
+    none of the worker's pipes."""
+    import pyper
+    from pyper._engine import _workers
+
+    if not pidfd:
+        monkeypatch.setattr(_workers, "_open_pidfd", lambda pid: None)
+    path = tmp_path / "grandchild"
+    pyper.set_start_method(method)
+    try:
+        p = task(count_to, branch=True) | task(
+            die_leaving_a_grandchild, multiprocess=True, bind=task.bind(str(path), how))
+        with elapsed() as t, pytest.raises(WorkerProcessDied, match="exited with code 3"):
+            list(p(1))
+        assert t.elapsed < 3, f"the worker's death was noticed after {t.elapsed:.1f} s"
+        assert _wait_for(path.exists, 5)
+        grandchild = int(path.read_text())
+        if how == "system":  # a program it ran holds no pipe of the worker's: 0, 1, 2 only
+            fds = {int(fd) for fd in os.listdir(f"/proc/{grandchild}/fd")}
+            assert fds <= {0, 1, 2}, {fd: os.readlink(f"/proc/{grandchild}/fd/{fd}") for fd in fds}
+    finally:
+        pyper.set_start_method(None)
+        _kill_pid_in(path)
+
+
+def _wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+_REAPING_PROGRAM = (
+    "import sys, os, signal, time, multiprocessing; sys.path.insert(0, sys.argv[1])\n"
+    "from pyper import task\n"
+    "import test_process as t\n"
+    "signalled = []\n"
+    "real_kill = os.kill\n"
+    "def kill(pid, sig):\n"
+    "    signalled.append(pid)\n"
+    "    real_kill(pid, sig)\n"
+    "def reap_all(signum, frame):\n"
+    "    try:\n"
+    "        while os.waitpid(-1, os.WNOHANG)[0]:\n"
+    "            pass\n"
+    "    except ChildProcessError:\n"
+    "        pass\n"
+    "if __name__ == '__main__':\n"
+    "    if sys.argv[3:]:  # as where there are no pidfds: waitpid\n"
+    "        import pyper._engine._workers as w; w._open_pidfd = lambda pid: None\n"
+    "    os.kill = kill\n"
+    "    signal.signal(signal.SIGCHLD, signal.SIG_IGN if sys.argv[2] == 'ignore' else reap_all)\n"
+    "    p = task(t.count_to, branch=True) | task(t.pid_of, workers=2, multiprocess=True)\n"
+    "    took, pids = [], set()\n"
+    "    for _ in range(3):\n"
+    "        started = time.monotonic()\n"
+    "        out = sorted(p(4))\n"
+    "        took.append(time.monotonic() - started)\n"
+    "        assert [x for x, _ in out] == [0, 1, 2, 3], out\n"
+    "        pids |= {pid for _, pid in out}\n"
+    "    assert not multiprocessing.active_children(), multiprocessing.active_children()\n"
+    "    print(max(took), sorted(pids & set(signalled)))\n"
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("how", ["ignore", "reap", "ignore no-pidfd", "reap no-pidfd"])
+def test_a_program_that_reaps_its_children_itself_pays_nothing_and_no_reaped_pid_is_signalled(how: str) -> None:
+    """SIGCHLD ignored (the kernel reaps children at once) or a handler that reaps with
+    ``waitpid(-1)``: a worker's exit status never comes, which must cost no wait, and its
+    pid, free for another process once reaped, must never be signalled."""
+    done = _run_script(_REAPING_PROGRAM, *how.split(), env=_DEFAULT_METHOD)
+    assert done.returncode == 0, done.stderr
+    slowest, signalled = done.stdout.split(" ", 1)
+    assert float(slowest) < 0.5, f"a run of 4 trivial items took {float(slowest):.2f} s"
+    assert signalled.strip() == "[]", f"reaped workers were signalled: {signalled}"
+
+
+# -- Workers die with the program, and leave nothing running after Ctrl-C -----------------
+
+
+def print_pids_then_hold_the_gil(x: int) -> int:
+    """Print this worker's pid and its parent's, then compute for minutes in one C call
+    that never lets another thread of this process run (no lifeline thread either)."""
+    os.write(1, f"{os.getpid()} {os.getppid()}\n".encode())
+    return sum(range(10**13))
+
+
+_HOLDS_THE_GIL = (
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "import os, pyper\n"
+    "from multiprocessing import resource_tracker\n"
+    "from pyper import task\n"
+    "import test_process as t\n"
+    "if __name__ == '__main__':\n"
+    "    if sys.argv[2] != 'default':\n"
+    "        pyper.set_start_method(sys.argv[2])\n"
+    "    resource_tracker.ensure_running()  # (the fork server's; started here to print its pid)\n"
+    "    print(os.getpid(), resource_tracker._resource_tracker._pid, flush=True)\n"
+    "    list((task(t.count_to, branch=True) | task(t.print_pids_then_hold_the_gil, multiprocess=True))(1))\n"
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("method", ["default", "fork", "forkserver"])
+def test_a_worker_holding_the_gil_dies_with_a_program_killed_by_sigkill(method: str) -> None:
+    """The lifeline thread cannot run while the worker's call holds the GIL: the kernel
+    must kill it (PR_SET_PDEATHSIG). Under forkserver the fork server must go too (it
+    ends when no process holds its alive pipe: a worker must not), then the resource
+    tracker. (Not under spawn: its workers are started by relay threads, which end while
+    the workers are kept warm, and the kernel ties the signal to the thread; documented.)"""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDS_THE_GIL, here, method], env={**os.environ, **_DEFAULT_METHOD},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    pids: list[int] = []
+    try:
+        assert proc.stdout is not None
+        program, tracker = map(int, proc.stdout.readline().split())
+        worker, parent = map(int, proc.stdout.readline().split())
+        pids = [worker, tracker] + ([parent] if parent != program else [])
+        assert method != "forkserver" or parent != program  # the fork server's child
+        time.sleep(0.3)  # well into the C call
+        proc.kill()
+        proc.wait(10)
+        _assert_gone(pids, "the program's SIGKILL (worker, resource tracker, fork server)", timeout=5)
+    finally:
+        for pid in pids:  # whatever is left computes for minutes: not on a shared machine
+            if not _gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def run_a_program_then_wait(x: int) -> int:
+    """Start ``sleep 30`` (its pid printed), then wait in the call."""
+    import subprocess
+
+    # (not holding the program's output pipes: the test reads them to their end)
+    sleeper = subprocess.Popen(["sleep", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.write(1, f"{sleeper.pid}\n".encode())
+    time.sleep(30)
+    return x
+
+
+_RUNS_A_PROGRAM = (
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "import pyper\n"
+    "from pyper import task\n"
+    "import test_process as t\n"
+    "if __name__ == '__main__':\n"
+    "    if sys.argv[2] != 'default':\n"
+    "        pyper.set_start_method(sys.argv[2])\n"
+    "    list((task(t.count_to, branch=True) | task(t.run_a_program_then_wait, multiprocess=True))(1))\n"
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("method", ["default", "forkserver", "spawn"])
+def test_ctrl_c_reaches_the_programs_a_worker_ran(method: str) -> None:
+    """A worker leaves Ctrl-C to pyper, but a program it runs must get the default
+    disposition: a SIG_IGN would survive exec, and the program would outlive the Ctrl-C
+    that the terminal sent to the whole group."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", _RUNS_A_PROGRAM, here, method], env={**os.environ, **_DEFAULT_METHOD},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    sleeper = 0
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        sleeper = int(proc.stdout.readline())
+        time.sleep(0.2)  # the worker is in its call
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole group
+        assert proc.wait(10) != 0
+        _assert_gone([sleeper], "the Ctrl-C (the program the worker ran)")
+        assert proc.stderr.read().count("KeyboardInterrupt") == 1
+    finally:
+        if sleeper and not _gone(sleeper):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sleeper, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def count_then_note_closed(path: str, x: int) -> Any:
+    """Count without end; write ``path`` when closed."""
+    try:
+        yield from itertools.count(x)
+    finally:
+        Path(path).write_text("closed")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", ["first", "middle"])
+def test_a_generator_a_break_stopped_is_closed_before_its_warm_worker_is_kept(
+        forkserver: None, where: str, tmp_path: Path) -> None:
+    """A worker of the fork server is kept warm after the run: a generator the run left
+    half read must be closed as the run ends (its ``finally`` runs then), not at the next
+    run of the worker or at the program's exit."""
+    path = tmp_path / "closed"
+    gen = task(count_then_note_closed, branch=True, multiprocess=True, throttle=1, bind=task.bind(str(path)))
+    p = gen if where == "first" else task(count_to, branch=True) | gen
+    for _ in range(2):  # and again, with the warm worker
+        got = []
+        for x in p(0) if where == "first" else p(1):
+            got.append(x)
+            if len(got) == 5:
+                # (the relay fills the link meanwhile and waits for room, with no request
+                # of its worker's unanswered: as the break finds it most often)
+                time.sleep(0.2)
+                break
+        assert got == [0, 1, 2, 3, 4]
+        assert _wait_for(path.exists, 5), "the generator was not closed as the run ended"
+        path.unlink()
+
+
+# -- pyper's own threads never keep it from forking ---------------------------------------
+
+_FORKS_BESIDE_ITS_THREADS = (
+    "import os, sys, pyper\n"
+    "from pyper import task\n"
+    "def count(n):\n"
+    "    yield from range(n)\n"
+    "def parent_of(x):  # defined in a `python -c` program: a fork server cannot import it\n"
+    "    return x, os.getppid()\n"
+    "if __name__ == '__main__':\n"
+    "    p = task(count, branch=True) | task(parent_of, workers=2, multiprocess=True)\n"
+    "    runs = []\n"
+    "    if sys.argv[2] == 'progress':\n"
+    "        with pyper.progress(bars=False, interval=0.001):  # its thread draws all along\n"
+    "            for _ in range(3):\n"
+    "                runs.append(sorted(p(4)))\n"
+    "    else:\n"
+    "        for _ in range(3):\n"
+    "            for x in p(4):\n"
+    "                break  # the run's threads are still stopping as the next run starts\n"
+    "            runs.append(sorted(p(4)))\n"
+    "    for out in runs:\n"
+    "        assert [x for x, _ in out] == [0, 1, 2, 3], out\n"
+    "        assert {ppid for _, ppid in out} == {os.getpid()}, ('not forked', out)\n"
+    "    print('forked')\n"
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the default on Linux only")
+@pytest.mark.parametrize("how", ["progress", "break"])
+def test_pyper_forks_beside_its_own_threads(how: str) -> None:
+    """pyper's threads are no reason to use the fork server (which cannot import a function
+    of a `python -c` program): the progress drawer is paused over the fork, and the threads
+    of a run that ended (right after a break) are waited for."""
+    done = _run_script(_FORKS_BESIDE_ITS_THREADS, how, env=_DEFAULT_METHOD)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "forked"
+
+
+@pytest.mark.timeout(30)
+def test_a_fork_waits_a_moment_for_the_threads_of_ended_runs_but_never_on_an_event_loop() -> None:
+    from pyper._engine import _threads
+
+    release, ended = threading.Event(), object()  # a job of a run that has ended, still busy
+    _threads.spawn([(release.wait, "pyper:ending")], daemon=False, nonblocking=False,
+                   on_error=lambda exc: None, owner=ended)
+    try:
+        with elapsed() as t, _threads.alone(lambda owner: owner is ended, wait=0.3) as alone:
+            assert not alone  # still busy after the wait: not a thread to fork beside
+        assert 0.25 < t.elapsed < 2
+
+        async def on_a_loop() -> float:
+            with elapsed() as t, _threads.alone(lambda owner: owner is ended, wait=0.3) as alone:
+                assert not alone
+            return t.elapsed
+
+        assert run_async(on_a_loop()) < 0.1  # an event loop's thread never stalls on it
+        threading.Timer(0.05, release.set).start()
+        with elapsed() as t, _threads.alone(lambda owner: owner is ended, wait=5):
+            pass
+        assert t.elapsed < 2  # the job ended: no longer waited for
+    finally:
+        release.set()
+
+
+def read_through_a_ctrl_c(x: int) -> int:
+    """A C call blocked in read(2) while Ctrl-C reaches the worker: what read returns (1
+    if it went on, -1 if the signal cut it short with EINTR, which C code seldom retries)."""
+    import ctypes
+
+    r, w = os.pipe()
+    main = threading.get_ident()
+
+    def later() -> None:
+        time.sleep(0.2)
+        signal.pthread_kill(main, signal.SIGINT)  # (this thread: the one in read)
+        time.sleep(0.2)
+        os.write(w, b"x")
+
+    helper = threading.Thread(target=later)
+    helper.start()
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).read(r, ctypes.create_string_buffer(1), 1))
+    finally:
+        helper.join()
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not hasattr(signal, "siginterrupt"), reason="POSIX signals")
+def test_ctrl_c_does_not_cut_short_a_system_call_in_a_worker() -> None:
+    """A worker lets Ctrl-C pass with a handler (not SIG_IGN, which programs it runs would
+    inherit); unlike SIG_IGN, a handler interrupts system calls, unless they restart."""
+    assert list((task(count_to, branch=True) | task(read_through_a_ctrl_c, multiprocess=True))(1)) == [1]
+
+
+# -- Ctrl-C while a process stage starts --------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the default on Linux only")
+def test_ctrl_c_as_relays_start_is_a_keyboard_interrupt_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C right after the relays were started, while they take their forked workers
+    and the caller closes those no relay took: the caller gets KeyboardInterrupt, no
+    thread dies of another error, each worker is closed once (the leak fixture: none left)."""
+    from pyper._engine import _relay, _run, _workers
+
+    real_start, real_close = _relay.start, _workers.Child.close
+    handed: list[int] = []
+
+    def start(run: Any, stage: Any, workers: range, open_remote: Any) -> None:
+        handed.append(len(open_remote.args[1]))  # the forked workers, for the relays to take
+        real_start(run, stage, workers, open_remote)
+        raise KeyboardInterrupt
+
+    def slow_close(self: Any) -> None:
+        time.sleep(0.01)  # the relays take theirs meanwhile
+        real_close(self)
+
+    real_enter = _run.Run.enter
+
+    def late_enter(self: Any, *args: Any) -> None:  # relay i takes its worker after i * 5 ms
+        name = threading.current_thread().name
+        if name.startswith("pyper:square["):
+            time.sleep(0.005 * int(name[len("pyper:square["):-1]))
+        real_enter(self, *args)
+
+    died: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(f"{args.thread}: {args.exc_value!r}"))
+    monkeypatch.setattr(_relay, "start", start)
+    monkeypatch.setattr(_workers.Child, "close", slow_close)
+    monkeypatch.setattr(_run.Run, "enter", late_enter)
+    p = task(count_to, branch=True) | task(square, workers=8, multiprocess=True)
+    import pyper
+
+    pyper.set_start_method("fork")  # (whatever PYPER_START_METHOD says)
+    try:
+        for _ in range(3):
+            with pytest.raises(KeyboardInterrupt):
+                list(p(100))
+    finally:
+        pyper.set_start_method(None)
+    assert handed and handed[0] == 8, handed  # forked, all (else the test tests nothing)
+    assert _wait_for(lambda: not any(t.name.startswith("pyper:square") for t in threading.enumerate()), 5)
+    assert not died, died
+
+
+_SHORT_RUNS_IN_A_LOOP = (
+    "import sys, random; sys.path.insert(0, sys.argv[1])\n"
+    "from pyper import task\n"
+    "import test_process as t\n"
+    "if __name__ == '__main__':\n"
+    "    random.seed(int(sys.argv[2]))\n"
+    "    print('ready', flush=True)\n"
+    "    while True:\n"
+    "        n = random.randint(20, 70)\n"
+    "        assert sorted((task(t.count_to, branch=True) | task(t.square, workers=n, multiprocess=True))(n)) == [\n"
+    "            x * x for x in range(n)]\n"
+)
+
+
+def _group_alive(pgid: int) -> list[int]:
+    """Processes of the group ``pgid`` that have not exited (zombies aside)."""
+    alive = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive.append(int(name))
+    return alive
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc (Linux)")
+def test_ctrl_c_at_any_moment_of_short_process_runs_is_one_keyboard_interrupt() -> None:
+    """Ctrl-C at random moments of a loop of short runs of 20-70 forked workers (starts,
+    relays taking their workers, stops): the program exits with one KeyboardInterrupt and
+    no other error, no thread dies, and nothing of it is left running."""
+    import random
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    rng = random.Random()
+    deadline = time.monotonic() + 100
+    runs = 0
+    while runs < 20 and time.monotonic() < deadline:
+        seed = rng.randrange(1 << 30)
+        proc = subprocess.Popen([sys.executable, "-c", _SHORT_RUNS_IN_A_LOOP, here, str(seed)],
+                                env={**os.environ, **_DEFAULT_METHOD},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout.readline() == "ready\n"
+            time.sleep(rng.uniform(0.02, 0.5))
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole group
+            try:
+                code = proc.wait(15)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"seed {seed}: the program did not exit after Ctrl-C") from None
+            err = proc.stderr.read()
+            lines = err.strip().splitlines()
+            assert code != 0 and lines and lines[-1] == "KeyboardInterrupt", f"seed {seed}:\n{err}"
+            assert err.count("Traceback") == 1 and "Exception in thread" not in err, f"seed {seed}:\n{err}"
+            assert _wait_for(lambda: not _group_alive(proc.pid), 5), f"seed {seed}: left {_group_alive(proc.pid)}"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            proc.stdout.close()  # type: ignore[union-attr]
+            proc.stderr.close()  # type: ignore[union-attr]
+        runs += 1
+    assert runs >= 10
+
+
+# -- Scripts without `if __name__ == "__main__":` -----------------------------------------
+
+_NO_MAIN_GUARD = '''\
+import os, sys
+sys.path.insert(0, {here!r})
+from pyper import task
+
+def numbers(n):
+    yield from range(n)
+
+def double(x):
+    return 2 * x
+
+def square(x):
+    return x * x
+
+def record(x):
+    with open({log!r}, "a") as f:
+        f.write(f"{{x}}\\n")
+    return x
+
+{body}
+'''
+
+
+def _run_unguarded(tmp_path: Path, body: str, method: str) -> tuple[Any, list[str]]:
+    """Run a script file that has no `if __name__ == "__main__":`, with ``body`` at its
+    end, under the start method ``method`` (environment); its output, and the lines
+    its ``record`` wrote."""
+    import subprocess
+
+    log = tmp_path / "log"
+    script = tmp_path / "unguarded.py"
+    here = os.path.dirname(os.path.abspath(__file__))
+    script.write_text(_NO_MAIN_GUARD.format(here=here, log=str(log), body=body))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYPER_START_METHOD": method}, cwd=str(tmp_path))
+    return done, log.read_text().split() if log.exists() else []
+
+
+@pytest.mark.timeout(90)
+def test_a_script_without_the_main_guard_is_refused_under_spawn(tmp_path: Path) -> None:
+    """Under spawn a worker imports the main module first: a script without the guard
+    ran its whole pipeline again in each worker, silently (each item three times with
+    two workers). Like multiprocessing, pyper must refuse, naming the fix."""
+    body = "print(sorted((task(numbers, branch=True) | task(square, workers=2, multiprocess=True) | task(record))(4)))"
+    done, recorded = _run_unguarded(tmp_path, body, "spawn")
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "if __name__ == \"__main__\":" in done.stderr, done.stderr
+    assert "task 'square'" in done.stderr, done.stderr
+    assert len(recorded) == len(set(recorded)), f"items processed more than once: {recorded}"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the default on Linux only")
+def test_a_nested_process_stage_in_a_script_without_the_main_guard_says_why(tmp_path: Path) -> None:
+    """The original's "Nested Pipelines" example, in a script without the guard: the inner
+    pipeline runs in a worker thread of the outer one, so its process stage cannot fork
+    and uses the fork server, whose worker imports the main module, which runs the
+    pipeline again. pyper knows why it used the fork server: it must say so."""
+    body = ("inner = task(double) | task(square, multiprocess=True)\n"
+            "print(sorted((task(numbers, branch=True) | task(inner, branch=True) | task(record))(4)))")
+    done, recorded = _run_unguarded(tmp_path, body, "")
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "bootstrapping phase" not in done.stderr, done.stderr  # multiprocessing's, not ours
+    explained = [line for line in done.stderr.splitlines() if "inside a worker thread of another pipeline" in line]
+    assert explained and "task 'square'" in explained[0], done.stderr
+    assert "if __name__ == \"__main__\":" in explained[0], explained[0]
+    assert len(recorded) == len(set(recorded)), f"items processed more than once: {recorded}"
+
+
+def pid_and(x: int) -> tuple[int, int]:
+    return os.getpid(), x
+
+
+@pytest.mark.timeout(30)
+def test_a_first_task_in_a_process_runs_in_a_process() -> None:
+    """A first task that is one plain call is run inline, in the caller: not one the user
+    asked to run in a process (it ran in the caller's thread, holding its GIL)."""
+    for p in (task(pid_and, multiprocess=True), task(pid_and, multiprocess=True) | task(identity)):
+        [(pid, x)] = list(p(7))
+        assert x == 7 and pid != os.getpid()

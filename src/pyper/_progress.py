@@ -48,15 +48,11 @@ def progress(
                    else _Lines(total))
     seconds = interval if interval is not None else (0.2 if drawer_name else 10.0)
     with observe() as seen:
-        stop = threading.Event()
-        drawer = threading.Thread(target=_draw, args=(seen, view, stop, seconds), name="pyper:progress",
-                                  daemon=True)
-        drawer.start()
+        drawer = _Drawer(seen, view, seconds)
         try:
             yield seen
         finally:
-            stop.set()
-            drawer.join()
+            drawer.close()
             try:
                 view.update(seen.runs, final=True)
             finally:
@@ -89,7 +85,54 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _draw(seen: Observer, view: _View, stop: threading.Event, seconds: float) -> None:
+class _Drawer:
+    """The thread that draws, every ``seconds``. pyper forks its worker processes only
+    while the process runs one thread: over such a fork the drawer is paused (its thread
+    ended, then started anew), rather than making pyper use the fork server
+    (``_threads.alone``), and it never holds a lock (the terminal's, logging's) at a fork.
+
+    Who owns what: the block's thread starts and closes it, a thread forking pauses and
+    resumes it; ``_lock`` guards ``thread``, ``_stop`` and ``_closed``."""
+
+    def __init__(self, seen: Observer, view: _View, seconds: float) -> None:
+        from ._engine import _threads
+
+        self._args = (seen, view, seconds)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        with self._lock:
+            self._start()
+        _threads.add_pausable(self)
+
+    def _start(self) -> None:  # (with _lock held)
+        self._stop = stop = threading.Event()
+        self.thread = threading.Thread(target=_draw, args=(*self._args, stop), name="pyper:progress", daemon=True)
+        self.thread.start()
+
+    def pause(self) -> None:
+        with self._lock:
+            thread, self.thread = self.thread, None
+            if thread is not None:
+                self._stop.set()
+                thread.join()
+
+    def resume(self) -> None:
+        with self._lock:
+            if not self._closed and self.thread is None:
+                self._start()
+
+    def close(self) -> None:
+        from ._engine import _threads
+
+        _threads.remove_pausable(self)
+        with self._lock:
+            self._closed = True
+        self.pause()
+
+
+def _draw(seen: Observer, view: _View, seconds: float, stop: threading.Event) -> None:
     while not stop.wait(seconds):
         try:
             view.update(seen.runs, final=False)

@@ -20,12 +20,13 @@ from .._errors import Cancelled
 from .._spec import Task
 from ._bridge import acall_inline
 from ._executors import running_loop, start_all
-from ._run import Run
+from ._run import Run, refuse_in_bootstrap
 
 __all__ = ["iterate"]
 
 
 async def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+    refuse_in_bootstrap()
     first = tasks[0]
     # Inline: the first call runs here, when it is one plain call (no per-call options) of
     # the caller's own executor (asyncio here; a sync caller's is threads).

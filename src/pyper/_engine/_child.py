@@ -17,6 +17,9 @@ pipes; every message is a pickled tuple:
                                                as for a branching batch, n at most
                       ("feed", items)          more inputs for the join call
                       ("end",)                 its inputs are exhausted
+                      ("close",)               close the stream of a branching batch left
+                                               half read (the run is over): its finally
+                                               runs now; an empty reply, or its error
                       ("teardown",)            exit the worker's resource (setup=)
                       ("ping",)                reply at once: the worker is up
                       ("stop",)                exit
@@ -42,10 +45,12 @@ call starts after an error.
 
 A branching batch is advanced only when the parent pulls, so a generator in a
 process runs no further ahead than the parent's room downstream allows. The
-child ignores SIGINT (the parent stops it: one KeyboardInterrupt per Ctrl-C). A
-third pipe is its lifeline: only the parent holds its write end, and a daemon
-thread of the child waits on it, so when the parent dies (even by SIGKILL) the
-child exits at once, even in the middle of a call.
+child lets SIGINT pass (the parent stops it: one KeyboardInterrupt per Ctrl-C),
+with a handler, so the programs it runs get Ctrl-C as usual. A third pipe is its
+lifeline: only the parent holds its write end, and a daemon thread of the child
+waits on it, so when the parent dies (even by SIGKILL) the child exits at once,
+even in the middle of a call. A call in C code that holds the GIL keeps that
+thread from running: on Linux the kernel kills the child then (``_die_with``).
 """
 
 from __future__ import annotations
@@ -92,27 +97,71 @@ def _watch(lifeline: Conn) -> None:
     os._exit(1)
 
 
-def _die_with_parent() -> None:
-    """Be killed when the fork server, this child's parent, dies (which it does when
-    pyper's process does): unlike the lifeline thread, this reaches a child stuck in
-    C code that holds the GIL. Not used for fork and spawn, where the parent is the
-    thread that started the child, and a thread may end before its children."""
-    import ctypes
-
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux), looked up as this module loads: in pyper's process (or
+    the fork server, which preloads this module) once, rather than in each forked
+    worker, where importing ctypes would double its start (2.5 ms against 1.5)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        import ctypes
+
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    return prctl
+
+
+_prctl = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process (SIGKILL) when its parent dies: unlike the
+    lifeline thread, that reaches a call stuck in C code that holds the GIL. Linux sends
+    it when the *thread* that started this process ends, not the process: ``parent`` is
+    given only where that thread lives as long as the process it belongs to (see
+    ``_workers.Child``). ``parent``: its pid, as this process expects it: if it differs
+    already, the parent died before the signal was asked for, and nothing would send it."""
+    if _prctl is None or _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _leave_the_fork_server() -> None:
+    """A child of the fork server holds the write end of its alive pipe, which the fork
+    server watches to exit once pyper's process has gone: a worker that outlived pyper (in
+    a long C call) would keep it, and its resource tracker, and itself (its parent-death
+    signal waits for the fork server). This process starts no process through that fork
+    server (one it would start through forkserver starts a fork server of its own):
+    let go of it."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _let_pass(signum: int, frame: object) -> None:
+    """Ctrl-C in a worker: nothing (the parent stops it)."""
 
 
 def _reset_signals() -> None:
-    """Ctrl-C is the parent's to handle: ignore it. A forked child also starts with the
-    program's own handlers, which must not run here (a SIGTERM handler would run in the
-    worker when pyper terminates it), and with the program's signal wake-up descriptor (an
-    event loop's: a signal this process gets would wake the parent's loop as though the
-    parent had got it). Back to the defaults, then let SIGINT in again (``_sigint_held``
-    blocked it over the fork; a blocked mask would pass on to the programs it starts)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Ctrl-C is the parent's to handle: let it pass, with a handler that does nothing
+    rather than SIG_IGN, which would survive exec: a program this worker runs would then
+    ignore the Ctrl-C that the terminal sends to the whole group, and outlive it. A forked
+    child also starts with the program's own handlers, which must not run here (a SIGTERM
+    handler would run in the worker when pyper terminates it), and with the program's
+    signal wake-up descriptor (an event loop's: a signal this process gets would wake the
+    parent's loop as though the parent had got it). Back to the defaults, then let SIGINT
+    in again (``_workers.sigint_held`` blocked it over the fork; a blocked mask would pass
+    on to the programs it starts)."""
     try:
         signal.set_wakeup_fd(-1)
     except (ValueError, OSError):
@@ -123,22 +172,57 @@ def _reset_signals() -> None:
                 signal.signal(sig, signal.SIG_DFL)
         except (ValueError, OSError):
             pass
+    signal.signal(signal.SIGINT, _let_pass)
+    if hasattr(signal, "siginterrupt"):  # a system call it interrupts restarts (SA_RESTART):
+        signal.siginterrupt(signal.SIGINT, False)  # C code sees no EINTR, as with SIG_IGN
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+def _not_for_programs() -> None:
+    """Started by spawn or the fork server, this process holds the descriptors
+    multiprocessing passed to it (its pipes to pyper, the sentinel's write end, the fork
+    server's and the resource tracker's pipes), marked inheritable to pass them: a program
+    it runs (``os.system``, a subprocess with ``close_fds=False``) would get them too, and
+    hold them open after this process's death. None of them is for such programs: every
+    descriptor past 0-2 is made close-on-exec (descriptors Python opens are already). A
+    process it forks still holds them all: the parent watches this process itself
+    (``_workers.Child.exited``), not its pipes."""
+    try:
+        names = os.listdir("/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+            except OSError:  # the listing's own descriptor, closed since
+                pass
+
+
 def main(
     inbox: Conn, outbox: Conn, lifeline: Conn, payload: bytes,
-    method: str, inherited: list[int],
+    method: str, inherited: list[int], parent: int | None,
 ) -> None:
+    """The worker process: ``parent`` is the pid whose death must kill it, where the
+    thread that started it lives as long as that process (see ``_die_with``)."""
+    if method == "forkserver" and os.name == "posix":
+        # In this order: the fork server cannot end before this process lets go of its
+        # alive pipe, so the parent read here is the fork server.
+        _die_with(os.getppid())
+        _leave_the_fork_server()
+    elif parent is not None:
+        _die_with(parent)
     _reset_signals()
     for fd in inherited:  # forked: the parent's ends of this child's pipes, and its siblings'
         try:
             os.close(fd)
         except OSError:
             pass
-    if method == "forkserver" and sys.platform == "linux":
-        _die_with_parent()
+    if method != "fork" and os.name == "posix":  # (forked: ours are os.pipe's, close-on-exec)
+        _not_for_programs()
     threading.Thread(target=_watch, args=(lifeline,), name="pyper:lifeline", daemon=True).start()
     try:
         job: Job = pickle.loads(payload)
@@ -182,20 +266,21 @@ def _serve(
             except (EOFError, OSError):  # the parent has gone
                 message = ("stop",)
         kind = message[0]
-        if kind in ("stop", "teardown"):
-            close = getattr(stream, "close", None)
-            if close is not None:  # a generator stopped early: its finally still uses the resource
-                close()
-            stream = iter(())
-            stopped = joining.stop() if joining is not None else None
-            joining = None
-            if kind == "stop":
-                return
+        if kind == "stop":
+            try:
+                _end(stream, joining)
+            except BaseException:  # nobody reads a reply now: the process ends
+                pass
+            return
         try:
-            if kind == "teardown":
-                if stopped is not None:
-                    raise stopped
-                stack.close()
+            if kind in ("teardown", "close"):  # the run is over ("close"), and the resource too
+                ended, left = stream, joining
+                stream, joining = iter(()), None
+                error = _end(ended, left)
+                if error is not None:
+                    raise error
+                if kind == "teardown":
+                    stack.close()
                 reply: tuple[Any, ...] = ("out", [], True)
             elif kind == "ping":  # the parent waits until this worker is up (timeout=)
                 reply = ("out", [], True)
@@ -210,7 +295,7 @@ def _serve(
                         following = pickle.loads(inbox.recv_bytes())
                     except (EOFError, OSError):
                         return
-                if message[2] >= failures and (following is None or following[0] not in ("stop", "teardown")):
+                if message[2] >= failures and (following is None or following[0] not in ("stop", "teardown", "close")):
                     # (else sent before the parent read an error, or the run stopped: skipped)
                     outputs = map_batch(call, message[1], current, guarded, _cancelled)
                 reply = ("out", outputs, True, perf_counter() - started)
@@ -256,6 +341,16 @@ def _serve(
             return
 
 
+def _end(stream: Iterator[Any], joining: Joining | None) -> BaseException | None:
+    """End what a run left under way: a generator half read is closed (its ``finally``,
+    which may still use the resource, runs now, here), a join call stopped (its thread
+    exits its resource); what that join raised, if no reply told it yet."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+    return joining.stop() if joining is not None else None
+
+
 def _send(outbox: Conn, data: bytes) -> bool:
     """Send a reply; False once the parent has gone."""
     try:
@@ -288,14 +383,15 @@ def _unloadable(exc: BaseException) -> RuntimeError:
 
 def _refuse(inbox: Conn, outbox: Conn, error: BaseException, notes: Notes) -> None:
     """The worker cannot serve (its function did not load, its setup raised): say why,
-    to every request."""
+    to every request but the end of the run's ``teardown``: there is no resource to exit,
+    and the error was reported already (again, it would be attached to itself)."""
     data = _dumps(seal(error), notes)
     while True:
         try:
             message = pickle.loads(inbox.recv_bytes())
             if message[0] == "stop":
                 return
-            outbox.send_bytes(data)
+            outbox.send_bytes(_dumps(("out", [], True), notes) if message[0] == "teardown" else data)
         except (EOFError, OSError):
             return
 

@@ -15,11 +15,13 @@ Under the ``fork`` start method a run's children are forked by ``prepare``, in t
 caller's thread, before the run has started a thread; a relay that starts one itself
 (the sizer's, a replacement) uses the fork server (spawn where there is none).
 
-How it stops: a relay waits on three things at once: its child's reply pipe, its
-child's death (``WorkerProcessDied``), and a wake-up pipe written by ``interrupt`` (the
-run's cancellation). At the end of its input, on an error or on cancellation it tears
-the child's resource down (``setup=``), and the child is kept warm or closed (asked to
-stop, given ``GRACE_SECONDS``, then terminated and killed, and joined: no zombie).
+How it stops: a relay waits on three things at once: its child's reply pipe, the child
+process itself (a pidfd where Linux has them: its death is ``WorkerProcessDied``, even
+while a process it started holds its pipes), and a wake-up pipe written by ``interrupt``
+(the run's cancellation). At the end of its input, on an error or on cancellation it
+ends the child's run (``Child.end_run``: its resource exited, or a stream a break left
+half read closed), and the child is kept warm or closed (asked to stop, given
+``GRACE_SECONDS``, then terminated and killed, and reaped: no zombie).
 
 Who owns what: a ``ProcessRemote`` and its ``Child`` belong to their relay thread; only
 the child's wake-up pipe is written from another thread (``interrupt``, under the
@@ -30,8 +32,8 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections import deque
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -41,7 +43,7 @@ from .._spec import Task
 from . import _relay, _threads
 from ._relay import Relayed, remote_task
 from ._run import TARGET_SECONDS, Run, Stage, Worker
-from ._workers import Child, Late, context, keep, single_threaded, take, take_warm, threaded_context
+from ._workers import Child, Late, context, keep, sigint_held, take, take_warm, threaded_context
 
 __all__ = ["ProcessRemote", "prepare", "start", "unprepare"]
 
@@ -68,7 +70,9 @@ def prepare(run: Run, stages: list[Stage]) -> None:
         return
     try:
         for stage in stages:
-            _forked[id(stage)] = _fork_children(stage.task, _payload(run, stage))
+            ready: dict[int, Child] = {}
+            _forked[id(stage)] = ready  # (first: a Ctrl-C meanwhile leaves no child unknown)
+            _fork_children(stage.task, _payload(run, stage), ready)
     except BaseException:
         unprepare(stages)
         raise
@@ -102,37 +106,33 @@ os.register_at_fork(after_in_child=_forked.clear)  # the parent's, never a forke
 
 
 def _close_all(children: dict[int, Child]) -> None:
-    for child in children.values():
+    """Close the children no relay took. Each is taken once: by its relay
+    (``ready.pop``) or here (``popitem``), both atomic, while relays may be starting."""
+    while children:
+        try:
+            _, child = children.popitem()
+        except KeyError:  # a relay took the last one meanwhile
+            return
         child.close()
-    children.clear()
 
 
-def _fork_children(task: Task, payload: bytes) -> dict[int, Child]:
+def _fork_children(task: Task, payload: bytes, ready: dict[int, Child]) -> None:
     """Under the ``fork`` start method: the stage's children, warm ones or forked here,
     in the caller's thread, before the run starts any thread (``start_all`` prepares
-    process stages first, and pyper's parked threads are ended first). Where other
-    threads run, forking could deadlock a child: the children still missing are
+    process stages first, and pyper's own threads are set aside: ``_threads.alone``). Where
+    other threads run, forking could deadlock a child: the children still missing are
     left to the relays, which start them with forkserver (spawn where there is none)."""
-    ready: dict[int, Child] = {}
     for index in range(task.workers):
         warm = take_warm(task, payload)
         if warm is None:
             break
         ready[index] = warm
     missing = range(len(ready), task.workers)
-    settle = 0.0
-    parked = _threads.idle_threads() if missing else frozenset()
-    if parked and threading.active_count() == 1 + len(parked):
-        _threads.retire_idle()
-        settle = 0.05  # the threads just ended: gone from the system's count in microseconds
-    if missing and single_threaded(settle):
-        try:
-            for index in missing:
-                ready[index] = Child(task, payload, index, context())
-        except BaseException:
-            _close_all(ready)
-            raise
-    return ready
+    with _threads.alone(lambda run: bool(run.ended)) if missing else nullcontext(False) as alone:
+        if alone:
+            with sigint_held():  # (one thread: Ctrl-C comes once each child is in ready)
+                for index in missing:
+                    ready[index] = Child(task, payload, index, context())
 
 
 class ProcessRemote(Relayed):
@@ -149,6 +149,8 @@ class ProcessRemote(Relayed):
         self.payload, self.index = payload, index
         child = ready.pop(index, None)  # forked before the run's threads started
         if child is None:
+            if worker.run.cancelled:  # (Ctrl-C as the stage started: no new process for it)
+                raise Cancelled
             child = take(task, payload, index)
         child.note = worker.note
         self.child = child
@@ -257,14 +259,13 @@ class ProcessRemote(Relayed):
     def finish(self, error: BaseException | None) -> BaseException | None:
         child = self.child
         try:
-            if self.task.policy.setup is not None:
-                try:
-                    child.teardown()
-                except BaseException as exc:  # the resource's exit raised
-                    if error is None or isinstance(error, (Cancelled, Broken)):
-                        error = exc
-                    elif exc is not error:
-                        attach(error, [exc])
+            try:
+                child.end_run()  # exits its resource (setup=), or closes a stream left half read
+            except BaseException as exc:  # the resource's exit (or the stream's finally) raised
+                if error is None or isinstance(error, (Cancelled, Broken)):
+                    error = exc
+                elif exc is not error:
+                    attach(error, [exc])
         finally:
             child.note = None  # this run's worker: not kept with the child
             keep(child)

@@ -54,7 +54,8 @@ from ._registry import row
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["EVENTS", "NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "log", "log_event"]
+__all__ = ["EVENTS", "NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "log", "log_event",
+           "refuse_in_bootstrap"]
 
 #: No item in hand: the loop had not started its first call when it stopped.
 NO_ITEM: Any = type("NoItem", (), {"__repr__": lambda self: "NO_ITEM", "__slots__": ()})()
@@ -476,8 +477,9 @@ class Run:
             (partial(self.context.copy().run, job, self, stage, i), f"pyper:{task.name}[{i}]")
             for i in workers
         ]
+        # (owner: a fork waits a moment for the jobs of a run that has ended: _threads.alone)
         _threads.spawn(jobs, daemon=task.daemon, nonblocking=self.loop is not None,
-                       on_error=lambda exc: self.fail(exc, task))
+                       on_error=lambda exc: self.fail(exc, task), owner=self)
 
     def enter(self, task: object = None) -> None:
         """Called by a worker (or the inline first call) in its own context: pipelines
@@ -681,6 +683,25 @@ class Run:
         if error is not None and others:
             attach(error, others)
         return error
+
+
+def refuse_in_bootstrap() -> None:
+    """Refuse a pipeline called while ``multiprocessing`` imports the main module in a
+    new process (spawn, the fork server: ``_inheriting``), as it refuses to start a
+    process there: the main module of a script without ``if __name__ == "__main__":``
+    runs its work again in every worker (each item done again, silently). The worker
+    fails to load; its parent says why (``_workers.Child``)."""
+    process = sys.modules.get("multiprocessing.process")
+    if process is None or not getattr(process.current_process(), "_inheriting", False):
+        return
+    main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
+    where = getattr(main, "__file__", None)
+    raise RuntimeError(
+        "pyper: a pipeline was called while this process, a worker started by spawn or the "
+        f"fork server, imported the main module{f' ({where})' if where else ''}: such a worker "
+        "imports it first, so a script's work would run again in every worker. Keep the "
+        'script\'s work under `if __name__ == "__main__":`'
+    )
 
 
 def _calling_run() -> Run | None:

@@ -9,9 +9,20 @@ Who owns what:
 - ``_idle`` (guarded by ``_lock``): parked workers, most recently parked last. A
   worker appends itself when it parks; ``spawn`` pops one and hands it a job; a
   worker whose wait timed out removes itself and exits.
-- ``_Worker._job``: written by ``spawn`` while the worker is parked (not in
-  ``_idle`` any more, so no one else can write it), read by the worker after its
-  wake-up lock is released.
+- ``_busy`` (guarded by ``_lock``): workers running a job, each with what the job
+  belongs to (its run, or None). ``spawn`` adds a parked worker as it hands it a job,
+  a new thread adds itself as it starts; the worker removes itself, in the same hold
+  of the lock as it parks (or exits), and notifies ``_changed``.
+- ``_pausable`` (guarded by ``_lock``): pyper's threads of another kind that stop
+  over a fork (the progress drawer), added and removed by their owners.
+- ``_Worker._job`` (guarded by ``_lock``): written by ``spawn`` as it takes the
+  worker out of ``_idle`` (so no one else can write it), taken by the worker.
+
+Forking (``alone``): a process that runs threads must not fork (a lock one of them
+holds stays held in the child forever; Python 3.12+ warns). pyper's own threads are
+no reason not to: parked workers hold nothing and are ended, the jobs of runs that
+have ended (their stages stopping: a relay closing its worker process) are waited for,
+for a moment, and pausable threads are ended and started again after the fork.
 
 Interpreter exit: non-daemon workers would be joined by ``threading._shutdown``.
 Before that join, ``_at_exit`` (registered with ``threading._register_atexit``,
@@ -24,49 +35,94 @@ waits for.
 from __future__ import annotations
 
 import os
+import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
-__all__ = ["IDLE_SECONDS", "add_exit_hook", "idle_threads", "retire_idle", "spawn"]
+__all__ = [
+    "ENDED_JOBS_SECONDS", "IDLE_SECONDS", "Pausable", "add_exit_hook", "add_pausable", "alone",
+    "idle_threads", "remove_pausable", "retire_idle", "single_threaded", "spawn",
+]
 
 IDLE_SECONDS = 0.2
+#: How long ``alone`` waits for the jobs of runs that have ended to finish.
+ENDED_JOBS_SECONDS = 1.0
+
+
+class Pausable(Protocol):
+    """One of pyper's threads that can stop for a fork and start again after it."""
+
+    @property
+    def thread(self) -> threading.Thread | None: ...  # running now, if any
+
+    def pause(self) -> None: ...  # end the thread, and wait until it has
+
+    def resume(self) -> None: ...  # start it again (unless its owner closed it meanwhile)
+
 
 _lock = threading.Lock()
+_changed = threading.Condition(_lock)  # a busy worker parked or exited
 _idle: dict[bool, list[_Worker]] = {False: [], True: []}  # by daemon flag
+_busy: dict[_Worker, object] = {}
+_pausable: list[Pausable] = []
 _exit_hooks: list[Callable[[], None]] = []
 _exiting = False
 
 
 class _Worker:
-    __slots__ = ("_job", "_wake", "thread")
+    """A pyper thread: runs its first job, then parks in ``_idle`` for the next one.
 
-    def __init__(self, job: Callable[[], None], name: str, daemon: bool) -> None:
+    Ctrl-C (a KeyboardInterrupt in the thread that calls ``spawn``, between any two of
+    its steps) must never lose a worker: a job is handed over in one hold of ``_lock``
+    (taken from ``_idle``, given ``_job``, notified), and a worker that wakes or times
+    out decides under that lock: a job in hand runs, however late the notice; no job
+    and no longer in ``_idle`` (retired, the program exiting, or a hand-over cut short)
+    and it exits."""
+
+    __slots__ = ("_job", "_owner", "_wake", "thread")
+
+    def __init__(self, job: Callable[[], None], name: str, daemon: bool, owner: object = None) -> None:
         self._job: Callable[[], None] | None = job
-        self._wake = threading.Lock()
-        self._wake.acquire()
+        self._owner = owner  # what its first job belongs to (see _busy)
+        self._wake = threading.Condition(_lock)  # notified (with _lock held) when handed a job
         self.thread = threading.Thread(target=self._main, args=(daemon,), name=name, daemon=daemon)
+
+    def _done(self) -> None:  # (with _lock held)
+        _busy.pop(self, None)
+        _changed.notify_all()
 
     def _main(self, daemon: bool) -> None:
         idle = _idle[daemon]
-        while True:
-            job = self._job
-            if job is None:
-                return
-            self._job = None
-            job()  # jobs report their own errors; see _engine/_run.py
+        with _lock:
+            _busy[self] = self._owner
+            job, self._job, self._owner = self._job, None, None
+        while job is not None:
+            try:
+                job()  # jobs report their own errors; see _engine/_run.py
+            except BaseException:
+                with _lock:
+                    self._done()
+                raise
             del job
             self.thread.name = "pyper:idle"
             with _lock:
+                self._done()
                 if _exiting:
                     return
                 idle.append(self)
-            if not self._wake.acquire(timeout=IDLE_SECONDS):
-                with _lock:
-                    if self in idle:
+                deadline = time.monotonic() + IDLE_SECONDS
+                while self._job is None and self in idle:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
                         idle.remove(self)
-                        return
-                # spawn() took this worker just as the wait timed out: take the job.
-                self._wake.acquire()
+                        break
+                    self._wake.wait(left)
+                job, self._job = self._job, None
+                if job is None:  # timed out, retired, exiting, or a hand-over cut short
+                    self._done()
 
 
 def spawn(
@@ -74,22 +130,28 @@ def spawn(
     daemon: bool,
     nonblocking: bool,
     on_error: Callable[[BaseException], None],
+    owner: object = None,
 ) -> None:
     """Run each ``(job, thread name)`` on a parked worker thread, or on a new one.
 
     Starting a thread waits until it runs. With ``nonblocking`` (on an event
     loop's thread), at most one thread is started here: the first new thread
     starts the others before it runs its own job, and reports a failure to start
-    them to ``on_error``. Otherwise a failure to start raises here.
+    them to ``on_error``. Otherwise a failure to start raises here. ``owner``: what
+    the jobs belong to (their run), for ``alone``.
     """
+    handed = 0
     with _lock:
         idle = _idle[daemon]
-        handed = [(idle.pop(), job, name) for job, name in jobs[: len(idle)]]
-    for worker, job, name in handed:
-        worker.thread.name = name
-        worker._job = job
-        worker._wake.release()
-    rest = jobs[len(handed) :]
+        while handed < len(jobs) and idle:
+            job, name = jobs[handed]
+            worker = idle.pop()
+            _busy[worker] = owner
+            worker.thread.name = name
+            worker._job = job
+            worker._wake.notify()
+            handed += 1
+    rest = jobs[handed:]
     if not rest:
         return
     if nonblocking and len(rest) > 1:
@@ -98,15 +160,15 @@ def spawn(
         def start_others_then_run() -> None:
             try:
                 for other, other_name in others:
-                    _Worker(other, other_name, daemon).thread.start()
+                    _Worker(other, other_name, daemon, owner).thread.start()
             except BaseException as exc:  # e.g. "can't start new thread"
                 on_error(exc)
             job()
 
-        _Worker(start_others_then_run, name, daemon).thread.start()
+        _Worker(start_others_then_run, name, daemon, owner).thread.start()
         return
     for job, name in rest:
-        _Worker(job, name, daemon).thread.start()
+        _Worker(job, name, daemon, owner).thread.start()
 
 
 def idle_threads() -> frozenset[threading.Thread]:
@@ -122,11 +184,83 @@ def retire_idle() -> None:
         parked = _idle[False] + _idle[True]
         for idle in _idle.values():
             idle.clear()
-    for worker in parked:
-        worker._job = None
-        worker._wake.release()
+        for worker in parked:
+            worker._wake.notify()  # no job, out of _idle: it exits
     for worker in parked:
         worker.thread.join()
+
+
+def single_threaded(settle: float = 0.0) -> bool:
+    """Whether this process runs one thread, its threads counted by the system where it
+    says (Linux: the threads of C libraries too, which Python 3.12+ counts before it warns
+    at a fork). ``settle``: seconds to wait for threads just joined to be gone from the
+    system's count too (before 3.13, ``join`` returns just before the thread exits)."""
+    if threading.active_count() != 1:
+        return False
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            if len(os.listdir("/proc/self/task")) == 1:
+                return True
+        except OSError:  # no /proc: Python's own count
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0005)
+
+
+@contextmanager
+def alone(ended: Callable[[Any], bool], wait: float = ENDED_JOBS_SECONDS) -> Iterator[bool]:
+    """For a fork in this thread: yields whether the process now runs this thread only.
+
+    pyper's own threads do not count: the jobs of owners that have ``ended`` (a run
+    whose caller is done: its stages are stopping) are waited for, up to ``wait``
+    seconds (not on an event loop's thread, which must not stall); then, if pyper's
+    threads are all that run beside this one, the parked ones are ended (they hold
+    nothing: a job started later starts a new thread) and the pausable ones paused until
+    the block is done. Any other thread (the program's, a busy job of a live run, a C
+    library's) and it yields False, having changed nothing.
+    """
+    me = threading.current_thread()
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        wait = 0.0
+    deadline = time.monotonic() + wait
+    with _lock:
+        while any(owner is not None and ended(owner) for owner in _busy.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            _changed.wait(left)
+        parked = {w.thread for idle in _idle.values() for w in idle}
+        pausable = list(_pausable)
+    ours = parked | {p.thread for p in pausable if p.thread is not None}
+    if any(t is not me and t not in ours for t in threading.enumerate()):
+        yield False
+        return
+    paused: list[Pausable] = []
+    try:
+        if parked:
+            retire_idle()
+        for p in pausable:
+            p.pause()
+            paused.append(p)
+        # (threads just joined: gone from the system's count within microseconds)
+        yield single_threaded(0.05 if ours else 0.0)
+    finally:
+        for p in paused:
+            p.resume()
+
+
+def add_pausable(thread: Pausable) -> None:
+    with _lock:
+        _pausable.append(thread)
+
+
+def remove_pausable(thread: Pausable) -> None:
+    with _lock:
+        if thread in _pausable:
+            _pausable.remove(thread)
 
 
 def add_exit_hook(hook: Callable[[], None]) -> None:
@@ -141,20 +275,22 @@ def _at_exit() -> None:
         parked = _idle[False] + _idle[True]
         for idle in _idle.values():
             idle.clear()
+        for worker in parked:
+            worker._wake.notify()  # no job, out of _idle: it exits
         hooks = list(_exit_hooks)
-    for worker in parked:
-        worker._job = None
-        worker._wake.release()
     for hook in hooks:
         hook()
 
 
 def _after_fork_in_child() -> None:
     # The parent's threads do not exist in the child; forget them.
-    global _lock
+    global _lock, _changed
     _lock = threading.Lock()
+    _changed = threading.Condition(_lock)
     for idle in _idle.values():
         idle.clear()
+    _busy.clear()
+    _pausable.clear()
 
 
 threading._register_atexit(_at_exit)  # type: ignore[attr-defined]

@@ -37,11 +37,12 @@ from .._spec import Task
 from . import _child, _pipes, _threads
 from ._envelope import unseal
 from ._run import log_event
+from ._threads import single_threaded
 
 __all__ = [
     "GRACE_SECONDS", "IDLE_MAX", "TEARDOWN_SECONDS", "Child", "Late", "close_idle", "context",
     "idle_fds", "idle_lock", "idle_processes", "keep", "opened", "set_start_method",
-    "single_threaded", "take", "take_warm", "threaded_context",
+    "sigint_held", "single_threaded", "take", "take_warm", "threaded_context",
 ]
 
 #: How long a child may take to exit its worker's resource (``setup=``) at the end of a run.
@@ -146,25 +147,6 @@ def threaded_context() -> Any:
     return multiprocessing.get_context(method)
 
 
-def single_threaded(settle: float = 0.0) -> bool:
-    """Whether this process runs one thread, its threads counted by the system where it
-    says (Linux: the threads of C libraries too, which Python 3.12+ counts before it warns
-    at a fork). ``settle``: seconds to wait for threads just joined to be gone from the
-    system's count too (before 3.13, ``join`` returns just before the thread exits)."""
-    if threading.active_count() != 1:
-        return False
-    deadline = time.monotonic() + settle
-    while True:
-        try:
-            if len(os.listdir("/proc/self/task")) == 1:
-                return True
-        except OSError:  # no /proc: Python's own count
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.0005)
-
-
 def _no_fork() -> str:
     """The start method that never forks this process: forkserver where there is one."""
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -208,10 +190,12 @@ def _unwiden(size: int) -> None:
 
 
 @contextlib.contextmanager
-def _sigint_held() -> Iterator[None]:
-    """Hold Ctrl-C back while a child forks: until its loop starts ignoring it (Ctrl-C is
-    the parent's to handle), a forked child would raise KeyboardInterrupt and print a
-    traceback of its own. Here it arrives as soon as the fork is done."""
+def sigint_held() -> Iterator[None]:
+    """Hold Ctrl-C back while a child forks: until its loop lets it pass (Ctrl-C is the
+    parent's to handle), a forked child would raise KeyboardInterrupt and print a
+    traceback of its own. Here it arrives as soon as the block is done. (This thread's
+    signal mask only: where other threads run, one of them may take the signal. A
+    spawned child does not inherit the mask: _posixsubprocess clears it.)"""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
@@ -220,6 +204,39 @@ def _sigint_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _dies_with() -> int | None:
+    """For a worker started now by this thread: the pid whose death the kernel must kill
+    it at (Linux's parent-death signal; see ``_child._die_with``), or None for none. Linux
+    sends that signal when the *thread* that started the worker ends, not its process:
+    it is asked for only where that is the main thread, which ends only with the
+    process. pyper forks in the caller's thread while it is the process's only thread,
+    so in practice the main thread; under spawn the thread that starts a worker is a
+    relay, one of pyper's reused threads, which exits while the worker may be kept warm
+    for the next run: no signal there, as on macOS and Windows (only the lifeline, which
+    a call holding the GIL keeps from running). The fork server's workers ask for it of
+    the fork server, a process of one thread that ends when pyper's process has ended
+    (``_child._leave_the_fork_server``)."""
+    if threading.current_thread() is threading.main_thread():
+        return os.getpid()
+    return None
+
+
+def _why_not_forked(method: str) -> str | None:
+    """Why a worker is started by ``method`` (the fork server, or spawn) though the start
+    method is fork: the process runs other threads (see ``threaded_context``). None when
+    that is the start method."""
+    if method == "fork" or context().get_start_method() != "fork":
+        return None
+    from ._run import current_run
+
+    entry = current_run.get()  # (in a relay: its run; its parent, the run it is nested in)
+    if entry is not None and entry[0].parent is not None:
+        return (" rather than by forking, because this pipeline runs inside a worker thread of "
+                "another pipeline (a process that runs threads cannot be forked safely)")
+    return (" rather than by forking, because other threads ran beside the pipeline's caller "
+            "(a process that runs threads cannot be forked safely)")
 
 
 def _ahead_bytes(fd: int) -> int:
@@ -253,6 +270,9 @@ class Child:
         self.failed_on: str | None = None  # the item of the last error reply, shortened
         self.joining = False  # a join call is under way (owned by the relay)
         self.pinged = False  # it answered a ping: it is up, its setup done (owned by the relay)
+        # A branching batch's stream is open in the child: sent, and not yet answered
+        # with its end (or an error). Owned by the relay; see ``end_run``.
+        self.streaming = False
         method = ctx.get_start_method()
         forked = method == "fork"
         # Fit for a warm pool: not once its resource (setup=) was exited, and never if
@@ -272,6 +292,21 @@ class Child:
         self._wide_to = self._wide_from = False  # each pipe is widened (tried) at most once
         self.process: Any = None
         self.choice = _choices  # the start method's setting it was started under
+        # How its end is learnt (see ``exited``): a pidfd where the system has them
+        # (Linux 5.3+: it refers to this one process, readable once it has exited,
+        # whatever still holds its pipes, and never to another process that gets its
+        # pid later), else waitpid. ``_reaper``: this process reaps it itself (fork and
+        # spawn, on POSIX); else multiprocessing's own poll tells (the fork server reaps
+        # its children and reports their exit over the sentinel; Windows has handles).
+        # Owned by the relay, like the rest; opened once started, closed by ``close``.
+        self._pidfd: int | None = None
+        self._reaper = method != "forkserver" and os.name == "posix"
+        self._status_lost = False  # reaped by the program itself (SIGCHLD ignored, waitpid(-1))
+        self.replied = False  # a reply was read: it loaded (owned by the relay)
+        self.method = method
+        # Why the fork server (or spawn) starts it where the start method is fork: said
+        # if it fails to load (it imports the main module first, forking does not).
+        self._not_forked = _why_not_forked(method)
         # Forked: pipes of ours (nothing to pickle them for); else multiprocessing's,
         # which it passes to the new process. The same few methods either way (Conn).
         new_pipe: Callable[[], tuple[Any, Any]] = _pipes.pipe if forked else partial(ctx.Pipe, duplex=False)
@@ -302,27 +337,36 @@ class Child:
                 ] if forked else []
                 self.process = ctx.Process(
                     target=_child.main,
-                    args=(to_child_r, from_child_w, lifeline_r, payload, method, inherited),
+                    args=(to_child_r, from_child_w, lifeline_r, payload, method, inherited, _dies_with()),
                     name=f"pyper:{task.name}[{index}]",
                     daemon=True,
                 )
-                with _sigint_held() if forked else contextlib.nullcontext():
+                with sigint_held() if forked else contextlib.nullcontext():
                     self.process.start()
+                    # At once: until it is reaped its pid is its own (a child of the fork
+                    # server's is reaped there, in principle even before this line: a pid
+                    # reused within that moment is not guarded against).
+                    self._pidfd = _open_pidfd(self.process.pid)
             self._from_fd = self.from_child.fileno()
             self.ahead_bytes = _ahead_bytes(self.to_child.fileno())
             self._poller = select.poll() if hasattr(select, "poll") else None
             if self._poller is not None:
-                for fd in (self._from_fd, self.process.sentinel, self._wake_r):
+                ended = self.process.sentinel if self._pidfd is None else self._pidfd
+                for fd in (self._from_fd, ended, self._wake_r):
                     self._poller.register(fd, select.POLLIN)
             with idle_lock:
                 opened.add(self)
         except BaseException:  # no process (out of memory, of descriptors), or Ctrl-C meanwhile
+            with idle_lock:
+                opened.discard(self)  # (a forked sibling would ask a closed process for its fds)
             process = self.process
             if process is not None and process.pid is not None:  # started: not left a zombie
-                process.kill()
-                _reap(process)
-                with contextlib.suppress(ValueError):  # (see _reap)
+                self._signal(kill=True)
+                self._join(None)
+                with contextlib.suppress(ValueError):  # (never expected: _join reaped it)
                     process.close()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
             for end in ours:
                 end.close()
             raise
@@ -353,6 +397,8 @@ class Child:
 
     def send(self, message: tuple[Any, ...]) -> int:
         """Send a request; returns its size in bytes."""
+        if message[0] == "branch":
+            self.streaming = True
         return self.post(self.pack(message), message[0] == "join")
 
     def pack_map(self, items: list[Any]) -> bytes:
@@ -421,8 +467,12 @@ class Child:
         ``failures`` count what the child sent."""
         reply: tuple[Any, ...] = pickle.loads(data)
         self.unread -= 1
+        self.replied = True
         if reply[0] == "error":
             self.failures += 1
+            self.streaming = False  # (the child drops its stream on an error)
+        elif reply[0] == "out" and reply[2]:
+            self.streaming = False
         if reply[-1]:  # log records made in the child (a retry, a skipped item)
             for event, message in reply[-1]:
                 (self.note or log_event)(event, message)
@@ -441,23 +491,38 @@ class Child:
                 return
 
     def _wait(self, timeout: float | None) -> set[int]:
-        """The descriptors among the reply pipe, the process sentinel and the wake-up pipe
-        that are ready (empty after ``timeout`` seconds). One ``poll`` object registered
-        once: ``multiprocessing.connection.wait`` builds a selector per call, ~13 us, paid
-        once per batch (3 000 batches for 100 000 trivial items)."""
+        """The descriptors among the reply pipe, the process's end (its pidfd, else the
+        sentinel) and the wake-up pipe that are ready (empty after ``timeout`` seconds).
+        One ``poll`` object registered once: ``multiprocessing.connection.wait`` builds a
+        selector per call, ~13 us, paid once per batch (3 000 batches for 100 000 trivial
+        items)."""
         if self._poller is None:  # no poll() (Windows): wait() on the same three
             from multiprocessing.connection import wait
 
-            ready = wait([self.from_child, self.process.sentinel, self._wake_r], timeout)
-            return {self._from_fd if x is self.from_child else x for x in ready}  # type: ignore[misc]
+            waited = wait([self.from_child, self.process.sentinel, self._wake_r], timeout)
+            return {self._from_fd if x is self.from_child else x for x in waited}  # type: ignore[misc]
+        if self._pidfd is None and self._reaper:
+            # No pidfd, and the sentinel is a pipe a grandchild may hold open: the system
+            # leaves no other way than asking every EXIT_POLL_SECONDS whether it exited.
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = EXIT_POLL_SECONDS if deadline is None else min(EXIT_POLL_SECONDS, deadline - time.monotonic())
+                ready = {fd for fd, _ in self._poller.poll(max(0, math.ceil(left * 1000)))}
+                if ready or (deadline is not None and time.monotonic() >= deadline):
+                    return ready
+                if self.exited():
+                    return {self.process.sentinel}
         ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
         return {fd for fd, _ in self._poller.poll(ms)}
 
     def _raise_died(self) -> None:
-        self.process.join(GRACE_SECONDS)
+        self._join(GRACE_SECONDS)
         code = self.process.exitcode
         if code is None:
             how = "closed its pipe"
+        elif self._status_lost and code == 0:
+            how = ("exited (its exit status was collected by the program itself: SIGCHLD "
+                   "ignored, or a waitpid(-1))")
         elif code < 0:
             try:
                 how = f"was killed by signal {signal.Signals(-code).name}"
@@ -465,6 +530,17 @@ class Child:
                 how = f"was killed by signal {-code}"
         else:
             how = f"exited with code {code}"
+        if not self.replied and self.method != "fork":
+            # It died loading: before any reply, where it imports the main module first.
+            started = "the fork server" if self.method == "forkserver" else self.method
+            why = f"pyper started it with {started}{self._not_forked or ''}, and "
+            raise WorkerProcessDied(
+                f"task {self.task.name!r}: its worker process {self.process.name} (pid "
+                f"{self.process.pid}) {how} as it started, before any call: {why}such a "
+                "worker imports the main module first, which failed (its error is above): "
+                'keep a script\'s work under `if __name__ == "__main__":`'
+                + (f", or make task {self.task.name!r} not a process stage" if self._not_forked else "")
+            )
         raise WorkerProcessDied(
             f"task {self.task.name!r}: its worker process {self.process.name} (pid "
             f"{self.process.pid}) {how} while running a call"
@@ -475,6 +551,7 @@ class Child:
         return [
             self.to_child.fileno(), self.from_child.fileno(), self.lifeline.fileno(),
             self._wake_r, self._wake_w, *self.process_fds(),
+            *(() if self._pidfd is None else (self._pidfd,)),
         ]
 
     def process_fds(self) -> list[int]:
@@ -496,21 +573,121 @@ class Child:
             self._closed = True
             os.close(self._wake_r)
             os.close(self._wake_w)
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
 
     def reusable_for(self, task: Task, payload: bytes) -> bool:
-        return self.func is task.func and self.payload == payload and self.process.is_alive()
+        return self.func is task.func and self.payload == payload and not self.exited()
 
     def kill(self) -> None:
         """Kill the child at once (a call past its timeout), then close it."""
-        if self.process.exitcode is None:
-            self.process.kill()
+        self._signal(kill=True)
         self.close()
+
+    def exited(self) -> bool:
+        """Whether the process has ended. The first call to learn it reaps it (unless the
+        fork server does), here rather than by multiprocessing: it waits on, or asks
+        about, the pid, where a grandchild may hold the sentinel pipe open, and a
+        program that reaps its own children (SIGCHLD ignored, ``waitpid(-1)``) leaves
+        it waiting for a status that never comes. The exit code is stored where
+        multiprocessing keeps it (0 when the program took the status: as
+        ``subprocess`` does), so that ``Process.exitcode``, ``close`` and
+        ``active_children`` agree."""
+        popen = self.process._popen
+        if popen is None or popen.returncode is not None:  # (None: closed)
+            return True
+        if not self._reaper:  # the fork server's child: its status comes over the sentinel
+            if self._pidfd is not None and not _ready(self._pidfd, 0):
+                return False  # (asked first: cheaper than multiprocessing's wait)
+            return popen.poll() is not None
+        if self._pidfd is not None and not _ready(self._pidfd, 0):
+            return False
+        code: int | None = None
+        try:
+            if self._pidfd is not None and _P_PIDFD is not None:
+                info = os.waitid(_P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+                if info is None:
+                    return False
+                code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+            else:  # (a zombie's pid is still its own; without a pidfd, the system's limit)
+                pid, status = os.waitpid(self.process.pid, os.WNOHANG)
+                if pid == 0:
+                    return False
+                code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped already: by the program, or by multiprocessing
+            pass                   # in another thread, which stores the code itself
+        if popen.returncode is None:
+            if code is None:
+                self._status_lost = True
+                code = 0
+            popen.returncode = code
+        return True
+
+    def _join(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: as long as it takes) for the process
+        to end; whether it has (it is then reaped: see ``exited``)."""
+        if self.exited():
+            return True
+        if not self._reaper:
+            self.process.join(timeout)  # the fork server's report of its exit
+            return self.exited()
+        if self._pidfd is not None:
+            _ready(self._pidfd, timeout)
+            return self.exited()
+        # No pidfd: the sentinel ends with the process, unless a grandchild holds it, so
+        # waitpid is asked too, every EXIT_POLL_SECONDS.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = EXIT_POLL_SECONDS if deadline is None else min(EXIT_POLL_SECONDS, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            select.select([self.process.sentinel], [], [], left)
+            if self.exited():
+                return True
+
+    def _signal(self, kill: bool) -> None:
+        """Terminate (SIGTERM) or kill (SIGKILL) the process unless it has ended: never
+        signal its pid once reaped (by then, possibly another process's). Through the
+        pidfd where there is one; else multiprocessing signals it only while the exit
+        code it holds, which ``exited`` stores, is None."""
+        if self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):  # it has exited
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL if kill else signal.SIGTERM)
+        elif not self.exited():
+            (self.process.kill if kill else self.process.terminate)()
+
+    def end_run(self) -> None:
+        """The relay's run is over: exit the worker's resource (``setup=``: ``teardown``),
+        or else close a branching stream the run left half read (a break, an error
+        downstream), so that its ``finally`` runs now rather than at the worker's next
+        run or at the program's exit, the worker being kept warm. Raises what either
+        raises. A child that will not be kept is left alone: the ``stop`` that closes it
+        ends its loop, and the stream with it."""
+        if self.task.policy.setup is not None:
+            self.teardown()
+        elif self.streaming and self.keep and not self.busy and not self.exited():
+            self._close_stream()
+
+    def _close_stream(self) -> None:
+        try:
+            self.to_child.send_bytes(pickle.dumps(("close",)))
+            self.unread += 1
+            if not self.from_child.poll(TEARDOWN_SECONDS):
+                self.keep = False  # stuck in the generator's finally: closed (terminated) next
+                return
+            reply = self._read(self.from_child.recv_bytes())
+        except (EOFError, OSError):
+            self.keep = False
+            return
+        if reply[0] == "error":
+            raise unseal(reply[:-1], self.task.name)[0]
 
     def teardown(self) -> None:
         """Have the child exit its worker's resource (``setup=``) now, while this run can
         still raise what that raises; it then serves no other run."""
         self.keep = False
-        if self.process.exitcode is not None:
+        if self.exited():
             return  # gone (killed at a timeout, or died): the resource went with it
         try:
             self.to_child.send_bytes(pickle.dumps(("teardown",)))
@@ -546,27 +723,28 @@ class Child:
                 pass
         except BlockingIOError:
             pass
-        return self.keep and not self.busy and self.process.is_alive()
+        return self.keep and not self.busy and not self.exited()
 
     def close(self) -> None:
         """Stop the child (ask, then terminate, then kill), join it, close every pipe."""
         process = self.process
-        if process.exitcode is None:
+        if not self.exited():
             try:
                 self.to_child.send_bytes(pickle.dumps(("stop",)))
             except (BrokenPipeError, OSError):
                 pass
-            process.join(GRACE_SECONDS)
-            if process.exitcode is None:
-                process.terminate()
-                process.join(GRACE_SECONDS)
-            if process.exitcode is None:
-                process.kill()
-        _reap(process)
+            if not self._join(GRACE_SECONDS):
+                self._signal(kill=False)
+                if not self._join(GRACE_SECONDS):
+                    self._signal(kill=True)
+        self._join(None)
         with idle_lock:
             opened.discard(self)
-        with contextlib.suppress(ValueError):  # (see _reap)
+        with contextlib.suppress(ValueError):  # (never expected: _join reaped it)
             process.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         self.to_child.close()
         self.from_child.close()
         _unwiden(self._widened)
@@ -578,21 +756,30 @@ class Child:
             os.close(self._wake_w)
 
 
-def _reap(process: Any) -> None:
-    """Join a child that is ending, until its exit code is known.
+#: Without a pidfd, how often a wait for a worker's end asks waitpid whether it exited.
+EXIT_POLL_SECONDS = 0.1
+_P_PIDFD: int | None = getattr(os, "P_PIDFD", None)  # waitid on a pidfd (Linux 5.4+)
 
-    multiprocessing's ``Popen.poll`` is not safe across threads: another thread that polls
-    the same child as it exits (``Process.start`` and ``active_children()`` poll every
-    child) may reap it, and this thread's ``join`` then returns before the exit code is
-    stored, so ``close()`` would raise ``ValueError`` and leave our pipes open (seen once
-    in CI). The code comes within microseconds; wait for it. (If the program reaped the
-    child itself, with ``os.waitpid(-1, ...)``, it never comes: after a second
-    ``close()`` raises, the callers let that go, and multiprocessing's own sentinel pipe
-    for the child stays open until the object is collected.)"""
-    process.join()
-    deadline = time.monotonic() + 1.0
-    while process.exitcode is None and time.monotonic() < deadline:
-        time.sleep(0.001)
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd for the process ``pid`` (Linux 5.3+), or None where there are none."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except ProcessLookupError:  # ended and reaped already (SIGCHLD ignored): no process left
+        return None
+    except OSError:  # the system has none (ENOSYS), or a sandbox forbids them
+        return None
+    return fd
+
+
+def _ready(fd: int, timeout: float | None) -> bool:
+    """Whether ``fd`` is readable within ``timeout`` seconds (None: waits until it is)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
 
 
 # -- warm children --------------------------------------------------------------------
