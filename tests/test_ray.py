@@ -210,6 +210,65 @@ def test_an_error_on_ray_is_the_original_with_the_remote_traceback() -> None:
     assert any("boom_on_3" in n and "3" in n for n in info.value.__notes__), info.value.__notes__
 
 
+_ELSEWHERE = """
+def triple(x):
+    return 3 * x
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_function_ray_cannot_load_says_how_to_ship_its_module(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A module this program imports from a directory the cluster's workers do not have.
+    (tmp_path / "pyper_elsewhere.py").write_text(_ELSEWHERE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        from pyper_elsewhere import triple  # type: ignore[import-not-found]
+
+        with pytest.raises(RuntimeError, match=r"task 'triple': Ray could not load its call") as info:
+            list((task(count_to, branch=True) | task(triple, executor="ray"))(3))
+        # What works: py_modules given to ray.init, which uploads a local directory; a
+        # task's runtime_env takes only URIs there (Ray rejects a local path, below).
+        message = str(info.value)
+        assert "ray.init(runtime_env={'py_modules': [" in message, message
+        assert "ray_options={'runtime_env': {'py_modules'" not in message, message
+        local = {"runtime_env": {"py_modules": [str(tmp_path)]}}
+        with pytest.raises(ValueError, match=r"only supported at the job level \(i\.e\., passed to `ray\.init`\)"):
+            list((task(count_to, branch=True) | task(triple, executor="ray", ray_options=local))(3))
+    finally:
+        sys.modules.pop("pyper_elsewhere", None)
+
+
+_SHIPS_ITS_MODULE = """
+import sys
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+import ray
+import pyper_elsewhere
+from pyper import task
+
+if __name__ == "__main__":
+    ray.init(address=sys.argv[1], log_to_driver=False,
+             runtime_env={"py_modules": [pyper_elsewhere], "env_vars": {"PYTHONPATH": sys.argv[3]}})
+    p = task(range, branch=True) | task(pyper_elsewhere.triple, executor="ray")
+    print(sorted(p(4)))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_py_modules_given_to_ray_init_ship_a_module_the_workers_lack(cluster: Cluster, tmp_path: Any) -> None:
+    # What the error above advises, in a program of its own (a new job on this cluster):
+    # the workers have no pyper_elsewhere but the copy ray.init uploads.
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "pyper_elsewhere.py").write_text(_ELSEWHERE)
+    script = tmp_path / "ships.py"
+    script.write_text(_SHIPS_ITS_MODULE)
+    src = os.path.join(os.path.dirname(__file__), "..", "src")
+    done = subprocess.run([sys.executable, str(script), cluster.address, str(code), src],
+                          capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[0, 3, 6, 9]", done.stdout
+
+
 @pytest.mark.timeout(120)
 def test_retries_and_on_error_apply_on_ray() -> None:
     p = task(count_to, branch=True) | task(boom_on_3, executor="ray", on_error="skip")

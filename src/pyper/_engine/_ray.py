@@ -492,13 +492,19 @@ def _get(name: str, ref: Any, timeout: float | None = None) -> Any:
 
 
 def _unloadable(name: str, exc: BaseException) -> RuntimeError:
+    """What to do when Ray's workers cannot load a call: ship the module at ``ray.init``.
+    (Ray uploads local modules and directories for the whole job only: a task's or an
+    actor's ``runtime_env`` takes ``py_modules`` and ``working_dir`` as URIs alone, and
+    rejects a local path with a ``ValueError``.)"""
     why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return RuntimeError(
         f"task {name!r}: Ray could not load its call on a worker ({why}). The Ray workers "
         "import the task's function (and what it refers to) by module, as pickle does: "
-        "install that module where they run, or ship it with "
-        "ray_options={'runtime_env': {'py_modules': [...]}} (a function defined in the "
-        "main script goes by value)"
+        "install that module where they run, or ship it to them with "
+        "ray.init(runtime_env={'py_modules': [the_module]}) before the first Ray stage runs "
+        "(an imported module, or its directory: Ray uploads local code only at ray.init; "
+        "ray_options={'runtime_env': ...} takes py_modules only as URIs of zip files, "
+        "such as 's3://...'). A function defined in the main script goes by value"
     )
 
 
