@@ -156,6 +156,24 @@ def test_map_on_ray_gives_every_output_in_batches() -> None:
     assert sorted(p(500)) == [x * x for x in range(500)]
 
 
+def where_am_i() -> int:
+    return os.getpid()
+
+
+def same(x: int) -> int:
+    return x
+
+
+@pytest.mark.timeout(120)
+def test_the_first_task_runs_on_ray_not_in_the_caller() -> None:
+    # The first task takes the pipeline's arguments: it runs where executor= says, like
+    # any other (it once ran inline, in this process).
+    p = task(where_am_i, executor="ray") | task(same)
+    pids = list(p())
+    assert len(pids) == 1 and pids[0] != os.getpid(), pids
+    assert task(where_am_i, executor="ray").tasks[0].executor == "ray"
+
+
 @pytest.mark.timeout(120)
 def test_work_spreads_over_both_nodes() -> None:
     # SPREAD: Ray's default packs a node first, and a node's view of the other's free CPU
