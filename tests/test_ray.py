@@ -156,6 +156,24 @@ def test_map_on_ray_gives_every_output_in_batches() -> None:
     assert sorted(p(500)) == [x * x for x in range(500)]
 
 
+def where_am_i() -> int:
+    return os.getpid()
+
+
+def same(x: int) -> int:
+    return x
+
+
+@pytest.mark.timeout(120)
+def test_the_first_task_runs_on_ray_not_in_the_caller() -> None:
+    # The first task takes the pipeline's arguments: it runs where executor= says, like
+    # any other (it once ran inline, in this process).
+    p = task(where_am_i, executor="ray") | task(same)
+    pids = list(p())
+    assert len(pids) == 1 and pids[0] != os.getpid(), pids
+    assert task(where_am_i, executor="ray").tasks[0].executor == "ray"
+
+
 @pytest.mark.timeout(120)
 def test_work_spreads_over_both_nodes() -> None:
     # SPREAD: Ray's default packs a node first, and a node's view of the other's free CPU
@@ -208,6 +226,65 @@ def test_an_error_on_ray_is_the_original_with_the_remote_traceback() -> None:
     assert isinstance(info.value.__cause__, RemoteTraceback)
     assert "boom_on_3" in info.value.__cause__.text
     assert any("boom_on_3" in n and "3" in n for n in info.value.__notes__), info.value.__notes__
+
+
+_ELSEWHERE = """
+def triple(x):
+    return 3 * x
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_function_ray_cannot_load_says_how_to_ship_its_module(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A module this program imports from a directory the cluster's workers do not have.
+    (tmp_path / "pyper_elsewhere.py").write_text(_ELSEWHERE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        from pyper_elsewhere import triple  # type: ignore[import-not-found]
+
+        with pytest.raises(RuntimeError, match=r"task 'triple': Ray could not load its call") as info:
+            list((task(count_to, branch=True) | task(triple, executor="ray"))(3))
+        # What works: py_modules given to ray.init, which uploads a local directory; a
+        # task's runtime_env takes only URIs there (Ray rejects a local path, below).
+        message = str(info.value)
+        assert "ray.init(runtime_env={'py_modules': [" in message, message
+        assert "ray_options={'runtime_env': {'py_modules'" not in message, message
+        local = {"runtime_env": {"py_modules": [str(tmp_path)]}}
+        with pytest.raises(ValueError, match=r"only supported at the job level \(i\.e\., passed to `ray\.init`\)"):
+            list((task(count_to, branch=True) | task(triple, executor="ray", ray_options=local))(3))
+    finally:
+        sys.modules.pop("pyper_elsewhere", None)
+
+
+_SHIPS_ITS_MODULE = """
+import sys
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+import ray
+import pyper_elsewhere
+from pyper import task
+
+if __name__ == "__main__":
+    ray.init(address=sys.argv[1], log_to_driver=False,
+             runtime_env={"py_modules": [pyper_elsewhere], "env_vars": {"PYTHONPATH": sys.argv[3]}})
+    p = task(range, branch=True) | task(pyper_elsewhere.triple, executor="ray")
+    print(sorted(p(4)))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_py_modules_given_to_ray_init_ship_a_module_the_workers_lack(cluster: Cluster, tmp_path: Any) -> None:
+    # What the error above advises, in a program of its own (a new job on this cluster):
+    # the workers have no pyper_elsewhere but the copy ray.init uploads.
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "pyper_elsewhere.py").write_text(_ELSEWHERE)
+    script = tmp_path / "ships.py"
+    script.write_text(_SHIPS_ITS_MODULE)
+    src = os.path.join(os.path.dirname(__file__), "..", "src")
+    done = subprocess.run([sys.executable, str(script), cluster.address, str(code), src],
+                          capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[0, 3, 6, 9]", done.stdout
 
 
 @pytest.mark.timeout(120)
@@ -533,6 +610,115 @@ def test_without_ray_init_pyper_starts_a_local_ray_that_stops_at_exit(tmp_path: 
     while _processes_of(session) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _processes_of(session), _processes_of(session)
+
+
+# Two programs that do the same work on a local Ray they start (two rounds, a pause
+# between: longer than pyper's idle threads wait), then print when it is done on the
+# system-wide monotonic clock: one that leaves ray.init to pyper, one of plain Ray.
+_PYPER_STARTS_RAY = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pyper import task
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    p = task(range, branch=True) | task(square, workers=2, executor="ray")
+    for _ in range(2):
+        assert sorted(p(10)) == [x * x for x in range(10)]
+        time.sleep(1)
+    print("done", time.monotonic(), flush=True)
+"""
+
+_PLAIN_RAY = """
+import time
+import ray
+
+@ray.remote
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    ray.init()
+    for _ in range(2):
+        assert sorted(ray.get([square.remote(x) for x in range(10)])) == [x * x for x in range(10)]
+        time.sleep(1)
+    print("done", time.monotonic(), flush=True)
+"""
+
+
+def _run_to_exit(tmp_path: Any, name: str, program: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``program`` on a local Ray of its own: how it ended, and the seconds from its
+    "done" to its exit."""
+    script = tmp_path / name
+    script.write_text(program)
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # (not this file's cluster)
+    src = os.path.join(os.path.dirname(__file__), "..", "src")
+    done = subprocess.run([sys.executable, str(script), src], capture_output=True, text=True,
+                          timeout=100, env=env)
+    exited = time.monotonic()
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, exited - float(done.stdout.split()[-1])
+
+
+@pytest.fixture(scope="module")
+def plain_ray_exit(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """Seconds from "done" to exit of the plain Ray program (its own ray.init)."""
+    return _run_to_exit(tmp_path_factory.mktemp("plain"), "plain.py", _PLAIN_RAY)[1]
+
+
+@pytest.mark.timeout(240)
+def test_pyper_starts_ray_on_the_main_thread_and_adds_nothing_to_the_exit(tmp_path: Any, plain_ray_exit: float) -> None:
+    done, exit_seconds = _run_to_exit(tmp_path, "pyper_starts_ray.py", _PYPER_STARTS_RAY)
+    # ray.init ran in the caller's thread, as the plain program's did: Ray set its
+    # SIGTERM handler and did not warn.
+    assert "not the main thread" not in done.stderr, done.stderr[-3000:]
+    # The exit is Ray's own shutdown (it waits 0.5 s for logs, then stops its processes:
+    # about 2 s here), the same in both; pyper's threads end at once, so a second more is
+    # room for a loaded machine. (Before: a local Ray pyper started from a relay thread
+    # lost its processes as that thread ended, and the exit waited ~5 s on them.)
+    assert exit_seconds <= plain_ray_exit + 1.0, (exit_seconds, plain_ray_exit)
+
+
+_RAY_FROM_OTHER_THREADS = """
+import asyncio, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from pyper import task
+
+def square(x):
+    return x * x
+
+async def collect(stream):
+    return sorted([x async for x in stream])
+
+if __name__ == "__main__":
+    expected = [x * x for x in range(10)]
+    # First use in an async run: its relays connect (the loop never waits on ray.init).
+    p = task(range, branch=True) | task(square, workers=2, executor="ray")
+    assert asyncio.run((p > collect)(10)) == expected
+    time.sleep(1)  # pyper's idle threads have ended
+    got = []
+    runner = threading.Thread(target=lambda: got.append(sorted(p(10))))
+    runner.start()
+    runner.join()
+    assert got == [expected], got
+    time.sleep(1)
+    assert sorted(p(10)) == expected
+    print("done", time.monotonic(), flush=True)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_local_ray_pyper_starts_outlives_the_threads_that_ran_its_pipelines(
+    tmp_path: Any, plain_ray_exit: float,
+) -> None:
+    # Linux ends the processes of a local Ray when the thread that started them ends (Ray
+    # sets PR_SET_PDEATHSIG, which is per thread): started from a relay, or from a thread
+    # of the program's that ends, the next run waited 60 s for a dead GCS and failed.
+    # Connected off the main thread, on pyper's keeper thread, Ray's exit is its own too.
+    done, exit_seconds = _run_to_exit(tmp_path, "threads.py", _RAY_FROM_OTHER_THREADS)
+    assert exit_seconds <= plain_ray_exit + 1.0, (exit_seconds, plain_ray_exit)
 
 
 def _processes_of(session: str) -> list[str]:

@@ -30,16 +30,21 @@ leaves. A call's error comes back as the original exception with the remote trac
 
 Ray itself: the cluster the program connected to with ``ray.init(...)`` before its
 first Ray stage ran, or else one that pyper starts with ``ray.init()`` (local, or
-``RAY_ADDRESS``) and Ray shuts down at exit. pyper never shuts a cluster down.
+``RAY_ADDRESS``) and Ray shuts down at exit. pyper never shuts a cluster down. It
+connects before the run starts a thread (``prepare``), in the caller's thread when that
+is the main thread, as a program's own ``ray.init()`` would; elsewhere on its keeper
+thread, which lives as long as the program (``ensure_ray`` says why).
 
 Who owns what: a ``RayRemote`` belongs to its relay's thread, but for what ``interrupt``
 reads (``_inflight``, ``_actor``, ``_interrupted``: under its lock); ``_Shared`` (one per
-stage and run) is filled once under its lock.
+stage and run) is filled once under its lock. Connecting is ``_connect_lock``'s, the
+keeper thread ``_Keeper``'s (below).
 """
 
 from __future__ import annotations
 
 import functools
+import queue
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -57,7 +62,7 @@ from ._relay import Relayed, remote_task
 from ._remote import Gathering, Tail, next_size
 from ._run import Run, Stage, Worker, log_event
 
-__all__ = ["RayRemote", "Refs", "start"]
+__all__ = ["RayRemote", "Refs", "prepare", "start", "unprepare"]
 
 #: What a batch's calls should take: a Ray call costs about 1-10 ms to make here (more
 #: while the cluster's CPUs are busy), so a batch of calls of 25 ms goes about eight at a
@@ -76,7 +81,11 @@ STREAM_AHEAD = 2
 #: How long an actor may take to exit its resource (``setup=``) at the end of a run.
 TEARDOWN_SECONDS = 5.0
 
+#: Guards the caches below (``_jobs``, ``_sizes``): held for a dictionary's step only, as
+#: ``start`` takes it on the caller's thread, maybe an event loop's.
 _init_lock = threading.Lock()
+#: Held while connecting to Ray (seconds, for a local Ray): one ``ray.init`` at a time.
+_connect_lock = threading.Lock()
 
 
 class Refs:
@@ -108,11 +117,77 @@ def start(run: Run, stage: Stage, workers: range) -> None:
     _relay.start(run, stage, workers, partial(RayRemote, shared))
 
 
+def prepare(run: Run, stages: list[Stage]) -> None:
+    """Before any stage starts (``start_all``): connect to Ray now, in the caller's thread,
+    unless the program has. Not in an async run: its event loop would wait seconds for a
+    local Ray to start (once per program), so there the first relay connects."""
+    if run.loop is None:
+        ensure_ray()
+
+
+def unprepare(stages: list[Stage]) -> None:
+    """Nothing to undo: the connection is the program's, kept for its next runs."""
+
+
 def ensure_ray() -> None:
-    """Connect to Ray on first use (never on an event loop's thread: a relay does it)."""
-    with _init_lock:
-        if not ray.is_initialized():
-            ray.init()  # local, or RAY_ADDRESS; Ray shuts it down at exit
+    """Connect to Ray unless the program has: ``ray.init()`` (a local Ray, or
+    ``RAY_ADDRESS``), which Ray shuts down at exit.
+
+    On the main thread, here, as the program's own call would be (Ray sets its SIGTERM
+    handler only there, and warns elsewhere). On any other thread (a relay, a thread of
+    the program's), on pyper's keeper thread (``_Keeper``), which lives as long as the
+    program: Ray makes each process of a local Ray die with the thread that started it
+    (``PR_SET_PDEATHSIG``, which Linux ties to a thread, not to the process), and a relay
+    parks for 0.2 s after its run and ends, as may a thread of the program's. Started from
+    a relay, a local Ray lost its GCS as the relay ended: a run after a pause waited 60 s
+    for it and failed, and at exit Ray's shutdown waited ~5 s on it (2 s otherwise)."""
+    if ray.is_initialized():
+        return
+    with _connect_lock:
+        if ray.is_initialized():
+            return
+        if threading.current_thread() is threading.main_thread():
+            ray.init()
+        else:
+            _Keeper.run(ray.init)
+
+
+class _Keeper:
+    """pyper's thread for what must outlive the thread that asks for it: ``ray.init`` off
+    the main thread (``ensure_ray``). Started by the first such call, it runs each call
+    handed to it, then waits for the next; never joined: a daemon, it ends with the
+    program, after Ray's exit hook has stopped the processes it started (``atexit`` runs
+    while daemon threads still exist). ``_thread`` is written under ``_connect_lock``;
+    after a fork the child's is not alive, and the next call starts one."""
+
+    _thread: threading.Thread | None = None
+    _calls: queue.SimpleQueue[tuple[Callable[[], object], list[BaseException], threading.Event]]
+
+    @classmethod
+    def run(cls, call: Callable[[], object]) -> None:
+        """Run ``call`` on the keeper thread and wait for it; raises what it raised."""
+        if cls._thread is None or not cls._thread.is_alive():
+            cls._calls = queue.SimpleQueue()
+            cls._thread = threading.Thread(target=cls._serve, args=(cls._calls,), name="pyper:ray", daemon=True)
+            cls._thread.start()
+        errors: list[BaseException] = []
+        done = threading.Event()
+        cls._calls.put((call, errors, done))
+        done.wait()
+        if errors:
+            raise errors[0]
+
+    @staticmethod
+    def _serve(calls: queue.SimpleQueue[tuple[Callable[[], object], list[BaseException], threading.Event]]) -> None:
+        while True:
+            call, errors, done = calls.get()
+            try:
+                call()
+            except BaseException as exc:  # the caller's to raise
+                errors.append(exc)
+            finally:
+                done.set()
+            del call, errors, done
 
 
 @functools.cache
@@ -492,13 +567,19 @@ def _get(name: str, ref: Any, timeout: float | None = None) -> Any:
 
 
 def _unloadable(name: str, exc: BaseException) -> RuntimeError:
+    """What to do when Ray's workers cannot load a call: ship the module at ``ray.init``.
+    (Ray uploads local modules and directories for the whole job only: a task's or an
+    actor's ``runtime_env`` takes ``py_modules`` and ``working_dir`` as URIs alone, and
+    rejects a local path with a ``ValueError``.)"""
     why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return RuntimeError(
         f"task {name!r}: Ray could not load its call on a worker ({why}). The Ray workers "
         "import the task's function (and what it refers to) by module, as pickle does: "
-        "install that module where they run, or ship it with "
-        "ray_options={'runtime_env': {'py_modules': [...]}} (a function defined in the "
-        "main script goes by value)"
+        "install that module where they run, or ship it to them with "
+        "ray.init(runtime_env={'py_modules': [the_module]}) before the first Ray stage runs "
+        "(an imported module, or its directory: Ray uploads local code only at ray.init; "
+        "ray_options={'runtime_env': ...} takes py_modules only as URIs of zip files, "
+        "such as 's3://...'). A function defined in the main script goes by value"
     )
 
 
