@@ -130,13 +130,14 @@ def ratio(ours: float | None, twin: float | None) -> str:
     return f"{ours / twin:.2f}x"
 
 
-def legend(engines: list[Engine], rates: bool = False) -> str:
-    """What the columns ours/@COMMIT mean."""
+def legend(engines: list[Engine], more_is_better: str = "") -> str:
+    """What the columns ours/@COMMIT mean; ``more_is_better`` names the rows (rates,
+    speedups) where a higher value is the better one."""
     names = ", ".join(f"{e.name} (`--vs {e.rev}`)" for e in engines)
     text = (f"Beside ours: {names}, the same cases with that revision's engine (its `src/`, "
             "from `git archive`), in the same interleaved rounds. Column ours/@COMMIT, on our "
             "rows: our median / that engine's median; for a time, at most about 1.05 holds or "
             "improves")
-    if rates:
-        text += "; for a rate or a speedup (MiB/s, x), at least about 0.95"
+    if more_is_better:
+        text += f"; for {more_is_better}, where more is better, at least about 0.95"
     return text + "."

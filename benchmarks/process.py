@@ -43,6 +43,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 VENV_PYTHON = HERE / ".venv-original" / "bin" / "python"
 SECTION = "## Process stages (benchmarks/process.py)"
+#: The rows where a higher value is the better one (the legend of --vs says so).
+MORE_IS_BETTER = "MiB/s and raw split time / ours time"
 perf = time.perf_counter
 
 
@@ -465,7 +467,7 @@ def run(args: argparse.Namespace, cases: list[Case], engines: list[Engine], roun
     for n in notes:
         print(f"note: {n}")
     if engines:
-        print(_vs.legend(engines, rates=True))
+        print(_vs.legend(engines, MORE_IS_BETTER))
     if args.markdown:
         command = " ".join(["python", "benchmarks/process.py", *map(shlex.quote, sys.argv[1:])])
         header = [
@@ -483,7 +485,7 @@ def run(args: argparse.Namespace, cases: list[Case], engines: list[Engine], roun
             "values of all rounds. Targets apply to our rows; `ref` rows are for comparison.",
         ]
         if engines:
-            header.append(f"- {_vs.legend(engines, rates=True)}")
+            header.append(f"- {_vs.legend(engines, MORE_IS_BETTER)}")
         write_markdown(args.markdown, rows, notes, header, engines)
         log(f"wrote {args.markdown}")
 

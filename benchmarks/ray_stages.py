@@ -225,7 +225,7 @@ def main() -> None:
 
     def row(case: str, who: str, values: list[float], unit: str, target: str = "", met: bool | None = None) -> None:
         status = "ref" if met is None else ("PASS" if met else "**MISS**")
-        rows.append((case, who, median_range(values), unit, target, status))
+        rows.append((case, who, median_range(values), unit, target, status, ()))
 
     row("trivial: 200 items, 4 workers (per item)", "ours (batches)", trivial_rows["ours"], "ms/item")
     row("", "hand-written ray.wait refill loop, one task per item", trivial_rows["refill"], "ms/item")
