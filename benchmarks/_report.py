@@ -52,9 +52,9 @@ Stats = tuple[float, float, float] | None
 Row = tuple[str, str, Stats, str, str, str, tuple[str, ...]]
 
 
-def status_of(values: list[float], meets: Callable[[float], bool] | None) -> str:
+def status_of(values: list[float], meets: Callable[[float], bool] | None, empty: str = "SKIP") -> str:
     if not values:
-        return "SKIP"
+        return empty
     if meets is None:
         return "ref"
     return "PASS" if meets(statistics.median(values)) else "**MISS**"
@@ -70,19 +70,20 @@ def ref_row(case: str, who: str, values: list[float], unit: str, target: str = "
 def engine_rows(case: str, who: str, values: Mapping[str, list[float]], unit: str,
                 engines: Sequence[Engine] = (), target: str = "",
                 meets: Callable[[float], bool] | None = None,
-                whos: Mapping[str, str] | None = None) -> list[Row]:
+                whos: Mapping[str, str] | None = None,
+                empty: Mapping[str, str] | None = None) -> list[Row]:
     """Our row (``values["ours"]``) and after it one per --vs engine (``values[engine.name]``),
     labelled ``engine.label(who)`` unless ``whos`` names it; our row gets the cells ours /
-    that engine (medians)."""
+    that engine (medians). A row without values shows ``empty[name]`` (default SKIP)."""
     ours = values.get("ours", [])
     med = statistics.median(ours) if ours else None
     ab = tuple(ratio(med, statistics.median(v) if (v := values.get(e.name)) else None) for e in engines)
     out: list[Row] = [(case, (whos or {}).get("ours", who), median_range(ours) if ours else None, unit,
-                       target, status_of(ours, meets), ab)]
+                       target, status_of(ours, meets, (empty or {}).get("ours", "SKIP")), ab)]
     for e in engines:
         v = values.get(e.name, [])
         out.append(("", (whos or {}).get(e.name, e.label(who)), median_range(v) if v else None, unit,
-                    target, status_of(v, meets), ()))
+                    target, status_of(v, meets, (empty or {}).get(e.name, "SKIP")), ()))
     return out
 
 
@@ -112,7 +113,8 @@ def print_rows(rows: list[Row], engines: Sequence[Engine] = ()) -> None:
     for case, who, stats, unit, target, status, ab in rows:
         med, spread = _cells(stats)
         cells = "".join(f" {c:>13}" for c in ab or ("",) * len(engines))
-        print(f"{case[:44]:44} {who:{width}} {med:>8} {unit:8} {spread:12}{cells} {target:10} {status}")
+        print(f"{case[:44]:44} {who:{width}} {med:>8} {unit if stats else '':8} {spread:12}{cells} "
+              f"{target:10} {status}")
 
 
 def write_section(path: Path, section: str, text_of_section: str) -> None:

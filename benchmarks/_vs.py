@@ -116,7 +116,7 @@ def checkouts(revs: list[str]) -> Iterator[list[Engine]]:
 _LACKS = re.compile(
     r"^(ImportError|ModuleNotFoundError)\b"
     r"|^AttributeError: .*\b(pyper|module)\b"
-    r"|^TypeError: .*(unexpected keyword argument|takes \d+ positional)")
+    r"|^TypeError: .*(unexpected keyword argument|unknown option|takes \d+ positional)")
 
 
 def lacks_api(last_line: str) -> bool:

@@ -174,12 +174,14 @@ def measure(args: argparse.Namespace, engines: list[_vs.Engine]) -> None:
     runs = [(who, name, sizes) for who in srcs for name, sizes in contenders]
     kinds = ("threads", "async")
     # [kind][engine][contender] -> one time per round
-    times = {k: {who: {name: [] for name, _ in contenders} for who in srcs} for k in kinds}
+    times: dict[str, dict[str, dict[str, list[float]]]] = {
+        k: {who: {name: [] for name, _ in contenders} for who in srcs} for k in kinds}
     ratios: dict[str, dict[str, list[float]]] = {k: {who: [] for who in srcs} for k in kinds}
     best: dict[str, dict[str, list[float]]] = {k: {who: [] for who in srcs} for k in kinds}
     best_of: dict[str, dict[str, list[str]]] = {k: {who: [] for who in srcs} for k in kinds}
     slower: dict[str, list[dict[str, float]]] = {who: [] for who in srcs}
     failed: dict[tuple[str, str], str] = {}  # (engine, case) -> why its rows show no values
+    empty: dict[str, dict[str, str]] = {}  # case -> engine -> the status of its rows: SKIP or ERROR
     notes: list[str] = []
 
     def take(who: str, case: str, spec: dict[str, Any]) -> Any:
@@ -192,7 +194,9 @@ def measure(args: argparse.Namespace, engines: list[_vs.Engine]) -> None:
         except SampleFailed as exc:
             if who == "ours":
                 raise
-            what = "lacks what the case uses" if _vs.lacks_api(exc.last_line) else "failed"
+            lacks = _vs.lacks_api(exc.last_line)
+            what = "lacks what the case uses" if lacks else "failed"
+            empty.setdefault(case, {})[who] = "SKIP" if lacks else "ERROR"
             failed[who, case] = f"{who} {what}: {exc.last_line}"
             notes.append(f"{case}: {failed[who, case]}")
             print(f"{case}: {failed[who, case]}", flush=True)
@@ -227,25 +231,28 @@ def measure(args: argparse.Namespace, engines: list[_vs.Engine]) -> None:
     rows: list[Row] = []
 
     def add(case: str, who: str, values: dict[str, list[float]], unit: str, target: str = "",
-            meets: Any = None, whos: dict[str, str] | None = None) -> None:
-        rows.extend(engine_rows(case, who, values, unit, engines, target, meets, whos))
+            meets: Any = None, whos: dict[str, str] | None = None, key: str = "") -> None:
+        rows.extend(engine_rows(case, who, values, unit, engines, target, meets, whos, empty.get(key)))
 
     def most_often(names: list[str]) -> str:
         return max(set(names), key=names.count).removeprefix("fixed ") if names else "-"
 
     for kind in kinds:
         case = f"{kind}: {ITEMS} items, stages of 10, 50, 5 ms"
-        add(case, "workers=(1, 64) everywhere", {w: times[kind][w]["sizing"] for w in srcs}, "s")
+        add(case, "workers=(1, 64) everywhere", {w: times[kind][w]["sizing"] for w in srcs}, "s", key=kind)
         label = "best fixed sizes (most often {})"
-        add("", label, best[kind], "s",
+        add("", label, best[kind], "s", key=kind,
             whos={w: (f"{w}: " if w != "ours" else "") + label.format(most_often(best_of[kind][w])) for w in srcs})
-        add("", "a guess: 16 everywhere", {w: times[kind][w]["guess"] for w in srcs}, "s")
-        add("", "sizing / best fixed (paired per round)", ratios[kind], "x", "<= 1.3 x", lambda m: m <= 1.3)
+        add("", "a guess: 16 everywhere", {w: times[kind][w]["guess"] for w in srcs}, "s", key=kind)
+        add("", "sizing / best fixed (paired per round)", ratios[kind], "x", "<= 1.3 x", lambda m: m <= 1.3,
+            key=kind)
     case = "slower calls: 2 ms, then 40 ms after 0.6 s"
-    add(case, "workers just before the slowdown", {w: [s["before"] for s in slower[w]] for w in srcs}, "workers")
-    add("", "workers it settled on after it", {w: [s["after"] for s in slower[w]] for w in srcs}, "workers")
+    add(case, "workers just before the slowdown", {w: [s["before"] for s in slower[w]] for w in srcs}, "workers",
+        key="slower")
+    add("", "workers it settled on after it", {w: [s["after"] for s in slower[w]] for w in srcs}, "workers",
+        key="slower")
     gains = {w: [s["after"] / max(1, s["before"]) for s in slower[w]] for w in srcs}
-    add("", "after / before", gains, "x", ">= 2 x", lambda m: m >= 2)
+    add("", "after / before", gains, "x", ">= 2 x", lambda m: m >= 2, key="slower")
     print_rows(rows, engines)
     for note in notes:
         print(f"note: {note}")

@@ -344,12 +344,12 @@ def table(cases: list[Case], engines: Sequence[Engine] = ()) -> tuple[list[tuple
                         medians[who] = statistics.median(ratios)
                     else:
                         shown.append((title, who, "-", "-", ">= 0.9 x", "SKIP" if o.skip else "ERROR"))
-        for r in shown:
-            if _OURS.match(r[1]):
-                ab = tuple(_vs.ratio(medians.get(r[1]), medians.get(e.label(r[1]))) for e in engines)
+        for line in shown:
+            if _OURS.match(line[1]):
+                ab = tuple(_vs.ratio(medians.get(line[1]), medians.get(e.label(line[1]))) for e in engines)
             else:
                 ab = ("",) * len(engines)
-            rows.append((*r[:4], *ab, *r[4:]))
+            rows.append((*line[:4], *ab, *line[4:]))
     return rows, notes
 
 
