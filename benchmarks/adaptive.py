@@ -3,9 +3,12 @@
     python benchmarks/adaptive.py                     # 5 interleaved rounds, about 2 minutes
     python benchmarks/adaptive.py --rounds 1          # smoke run
     python benchmarks/adaptive.py --markdown benchmarks/RESULTS.md
+    python benchmarks/adaptive.py --vs 844bca5        # and every contender with the engine of 844bca5
 
 Each sample is a fresh process (`--sample`), so no contender finds threads another one left
-parked. pyper comes from this checkout's src/. Cases (issue 10):
+parked. pyper comes from this checkout's src/; with `--vs REV` (repeatable) every contender
+runs a second time per round with the engine (`src/`) of git revision REV (`_vs.py`), in the
+same rotation, and the rows of ours show ours / ours@REV. Cases (issue 10):
 
 - three stages: 500 items through stages of 10 ms, 50 ms and 5 ms calls (sleeps: calls that
   wait, as I/O does), threads; `workers=(1, 64)` everywhere against a grid of fixed sizes
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -33,16 +37,20 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO / "src"))
+#: The engine's src/: this checkout's, or (in a --sample child) the one the runner names.
+sys.path.insert(0, os.environ.get("PYPER_BENCH_SRC", str(REPO / "src")))
 SECTION = "## Workers that size themselves (benchmarks/adaptive.py)"
 
-from _report import Row, header, median_range, print_rows, table, write_section  # noqa: E402
+import _vs  # noqa: E402
+from _report import Row, engine_rows, header, print_rows, table, write_section  # noqa: E402
 
 perf = time.perf_counter
 ITEMS = 500
 #: The fixed sizes tried per stage; their product is the grid of hand-tuned contenders.
 GRID = ((16, 64), (32, 64), (8, 64))
 GUESS = (16, 16, 16)
+#: The rows where a higher value is the better one (the legend of --vs says so).
+MORE_IS_BETTER = "after / before"
 
 
 def source(n: int) -> Any:
@@ -121,11 +129,21 @@ def slower_calls() -> dict[str, float]:
     return {"before": before, "after": seen.last.stages[1].size, "seconds": perf() - start}
 
 
-def sample(spec: dict[str, Any]) -> Any:
-    """One measurement in a fresh process (``--sample JSON``)."""
+class SampleFailed(Exception):
+    def __init__(self, last_line: str) -> None:
+        super().__init__(last_line)
+        self.last_line = last_line
+
+
+def sample(spec: dict[str, Any], src: Path) -> Any:
+    """One measurement in a fresh process (``--sample JSON``) with the engine in ``src``."""
     cmd = [sys.executable, __file__, "--sample", json.dumps(spec)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    env = {**os.environ, "PYPER_BENCH_SRC": str(src)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise SampleFailed(lines[-1] if lines else f"exit {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -133,60 +151,120 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="write the section into this file")
     parser.add_argument("--sample", help=argparse.SUPPRESS)
+    _vs.add_argument(parser)
     args = parser.parse_args()
     if args.sample:
         spec = json.loads(args.sample)
         print(json.dumps(slower_calls() if spec["case"] == "slower" else three_stages(spec["case"], spec["sizes"])))
         return
+    with contextlib.ExitStack() as stack:
+        try:
+            engines = stack.enter_context(_vs.checkouts(args.vs))
+        except ValueError as exc:
+            parser.error(str(exc))
+        measure(args, engines)
+
+
+def measure(args: argparse.Namespace, engines: list[_vs.Engine]) -> None:
     load_before = os.getloadavg()
     started = perf()
+    srcs = {"ours": REPO / "src", **{e.name: e.src for e in engines}}  # engine -> its src/
     fixed = [list(c) for c in itertools.product(*GRID)]
     contenders = [("sizing", [[1, 64]] * 3), ("guess", list(GUESS))] + [(f"fixed {c}", c) for c in fixed]
-    times: dict[str, dict[str, list[float]]] = {kind: {name: [] for name, _ in contenders} for kind in ("threads", "async")}
-    ratios: dict[str, list[float]] = {"threads": [], "async": []}
-    best_of: dict[str, list[str]] = {"threads": [], "async": []}
-    slower: list[dict[str, float]] = []
+    runs = [(who, name, sizes) for who in srcs for name, sizes in contenders]
+    kinds = ("threads", "async")
+    # [kind][engine][contender] -> one time per round
+    times: dict[str, dict[str, dict[str, list[float]]]] = {
+        k: {who: {name: [] for name, _ in contenders} for who in srcs} for k in kinds}
+    ratios: dict[str, dict[str, list[float]]] = {k: {who: [] for who in srcs} for k in kinds}
+    best: dict[str, dict[str, list[float]]] = {k: {who: [] for who in srcs} for k in kinds}
+    best_of: dict[str, dict[str, list[str]]] = {k: {who: [] for who in srcs} for k in kinds}
+    slower: dict[str, list[dict[str, float]]] = {who: [] for who in srcs}
+    failed: dict[tuple[str, str], str] = {}  # (engine, case) -> why its rows show no values
+    empty: dict[str, dict[str, str]] = {}  # case -> engine -> the status of its rows: SKIP or ERROR
+    notes: list[str] = []
+
+    def take(who: str, case: str, spec: dict[str, Any]) -> Any:
+        """A sample, or None once this engine failed on this case (a twin's failure is
+        reported, not fatal: an older engine may lack what the case uses)."""
+        if (who, case) in failed:
+            return None
+        try:
+            return sample(spec, srcs[who])
+        except SampleFailed as exc:
+            if who == "ours":
+                raise
+            lacks = _vs.lacks_api(exc.last_line)
+            what = "lacks what the case uses" if lacks else "failed"
+            empty.setdefault(case, {})[who] = "SKIP" if lacks else "ERROR"
+            failed[who, case] = f"{who} {what}: {exc.last_line}"
+            notes.append(f"{case}: {failed[who, case]}")
+            print(f"{case}: {failed[who, case]}", flush=True)
+            return None
+
     for r in range(args.rounds):
-        for kind in ("threads", "async"):
-            order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
-            this = {name: sample({"case": kind, "sizes": sizes}) for name, sizes in order}
-            for name, v in this.items():
-                times[kind][name].append(v)
-            best = min((v, name) for name, v in this.items() if name.startswith("fixed"))
-            ratios[kind].append(this["sizing"] / best[0])
-            best_of[kind].append(best[1])
-            print(f"[{r + 1}/{args.rounds}] {kind}: sizing {this['sizing']:.3f} s, best {best[1]} {best[0]:.3f} s, "
-                  f"ratio {ratios[kind][-1]:.2f}", flush=True)
-        slower.append(sample({"case": "slower"}))
-        print(f"[{r + 1}/{args.rounds}] slower calls: {slower[-1]}", flush=True)
+        for kind in kinds:
+            order = runs[r % len(runs):] + runs[: r % len(runs)]
+            this: dict[str, dict[str, float]] = {who: {} for who in srcs}
+            for who, name, sizes in order:
+                v = take(who, kind, {"case": kind, "sizes": sizes})
+                if v is not None:
+                    this[who][name] = v
+            for who, got in this.items():
+                if len(got) < len(contenders):
+                    continue  # this engine failed on this case
+                for name, v in got.items():
+                    times[kind][who][name].append(v)
+                top = min((v, name) for name, v in got.items() if name.startswith("fixed"))
+                ratios[kind][who].append(got["sizing"] / top[0])
+                best[kind][who].append(top[0])
+                best_of[kind][who].append(top[1])
+                print(f"[{r + 1}/{args.rounds}] {kind}, {who}: sizing {got['sizing']:.3f} s, best {top[1]} "
+                      f"{top[0]:.3f} s, ratio {ratios[kind][who][-1]:.2f}", flush=True)
+        for who in list(srcs)[r % len(srcs):] + list(srcs)[: r % len(srcs)]:
+            got_slower = take(who, "slower", {"case": "slower"})
+            if got_slower is not None:
+                slower[who].append(got_slower)
+                print(f"[{r + 1}/{args.rounds}] slower calls, {who}: {got_slower}", flush=True)
     took = perf() - started
 
     rows: list[Row] = []
 
-    def row(case: str, who: str, values: list[float], unit: str, target: str = "", met: bool | None = None) -> None:
-        status = "ref" if met is None else ("PASS" if met else "**MISS**")
-        rows.append((case, who, median_range(values), unit, target, status))
+    def add(case: str, who: str, values: dict[str, list[float]], unit: str, target: str = "",
+            meets: Any = None, whos: dict[str, str] | None = None, key: str = "") -> None:
+        rows.extend(engine_rows(case, who, values, unit, engines, target, meets, whos, empty.get(key)))
 
-    for kind in ("threads", "async"):
+    def most_often(names: list[str]) -> str:
+        return max(set(names), key=names.count).removeprefix("fixed ") if names else "-"
+
+    for kind in kinds:
         case = f"{kind}: {ITEMS} items, stages of 10, 50, 5 ms"
-        row(case, "workers=(1, 64) everywhere", times[kind]["sizing"], "s")
-        best_name = max(set(best_of[kind]), key=best_of[kind].count)
-        row("", f"best fixed sizes (most often {best_name.removeprefix('fixed ')})",
-            [min(times[kind][name][i] for name, _ in contenders if name.startswith("fixed"))
-             for i in range(args.rounds)], "s")
-        row("", "a guess: 16 everywhere", times[kind]["guess"], "s")
-        row("", "sizing / best fixed (paired per round)", ratios[kind], "x", "<= 1.3 x",
-            statistics.median(ratios[kind]) <= 1.3)
+        add(case, "workers=(1, 64) everywhere", {w: times[kind][w]["sizing"] for w in srcs}, "s", key=kind)
+        label = "best fixed sizes (most often {})"
+        add("", label, best[kind], "s", key=kind,
+            whos={w: (f"{w}: " if w != "ours" else "") + label.format(most_often(best_of[kind][w])) for w in srcs})
+        add("", "a guess: 16 everywhere", {w: times[kind][w]["guess"] for w in srcs}, "s", key=kind)
+        add("", "sizing / best fixed (paired per round)", ratios[kind], "x", "<= 1.3 x", lambda m: m <= 1.3,
+            key=kind)
     case = "slower calls: 2 ms, then 40 ms after 0.6 s"
-    row(case, "workers just before the slowdown", [s["before"] for s in slower], "workers")
-    row("", "workers it settled on after it", [s["after"] for s in slower], "workers")
-    gains = [s["after"] / max(1, s["before"]) for s in slower]
-    row("", "after / before", gains, "x", ">= 2 x", statistics.median(gains) >= 2)
-    print_rows(rows)
+    add(case, "workers just before the slowdown", {w: [s["before"] for s in slower[w]] for w in srcs}, "workers",
+        key="slower")
+    add("", "workers it settled on after it", {w: [s["after"] for s in slower[w]] for w in srcs}, "workers",
+        key="slower")
+    gains = {w: [s["after"] / max(1, s["before"]) for s in slower[w]] for w in srcs}
+    add("", "after / before", gains, "x", ">= 2 x", lambda m: m >= 2, key="slower")
+    print_rows(rows, engines)
+    for note in notes:
+        print(f"note: {note}")
+    if engines:
+        print(_vs.legend(engines, MORE_IS_BETTER))
     if args.markdown:
-        lines = header(SECTION, f"python benchmarks/adaptive.py --markdown {args.markdown}",
-                       "; one fresh process per sample", load_before, took, args.rounds)
-        write_section(args.markdown, SECTION, "\n".join([*lines, "", *table(rows)]) + "\n")
+        command = " ".join(["python benchmarks/adaptive.py", *(f"--vs {e.rev}" for e in engines),
+                            f"--markdown {args.markdown}"])
+        lines = header(SECTION, command, "; one fresh process per sample", load_before, took,
+                       args.rounds, engines, MORE_IS_BETTER)
+        lines += ["", *table(rows, engines)] + (["", "Notes:", "", *[f"- {n}" for n in notes]] if notes else [])
+        write_section(args.markdown, SECTION, "\n".join(lines) + "\n")
         print(f"wrote {args.markdown}")
 
 

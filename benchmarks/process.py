@@ -3,6 +3,7 @@
     python benchmarks/process.py                       # full run, 5 rounds
     python benchmarks/process.py --quick               # smoke run, small sizes, 1 round
     python benchmarks/process.py --markdown benchmarks/RESULTS.md
+    python benchmarks/process.py --vs 844bca5          # and each of ours with the engine of 844bca5
 
 Contenders: ours (from this checkout's src/), multiprocessing.Pool, ProcessPoolExecutor, and,
 from benchmarks/.venv-original (`bash benchmarks/setup_original.sh`), mpire and python-pyper
@@ -10,12 +11,16 @@ from benchmarks/.venv-original (`bash benchmarks/setup_original.sh`), mpire and 
 prints `{"values": [...]}`); a child that hangs is killed with its process group after a
 timeout and shown as HANG. Rounds are interleaved, the order rotated each round. Ours uses
 its default start method (fork on Linux, while no thread runs) unless its row says
-otherwise (``pyper.set_start_method``); every other contender uses forkserver.
+otherwise (``pyper.set_start_method``); every other contender uses forkserver. With
+`--vs REV` (repeatable), each of our rows gets a twin "ours@REV" that runs the same child
+with the engine (`src/`) of git revision REV (`_vs.py`), in the same rounds, and our rows
+show ours / ours@REV.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -26,14 +31,20 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import _vs
+from _vs import Engine
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 VENV_PYTHON = HERE / ".venv-original" / "bin" / "python"
 SECTION = "## Process stages (benchmarks/process.py)"
+#: The rows where a higher value is the better one (the legend of --vs says so).
+MORE_IS_BETTER = "MiB/s and raw split time / ours time"
 perf = time.perf_counter
 
 
@@ -65,6 +76,8 @@ class Contender:
     by_round: dict[int, list[float]] = field(default_factory=dict)
     extra: dict[str, list[float]] = field(default_factory=dict)
     notes: set[str] = field(default_factory=set)
+    engine: Engine | None = None  # a twin: ours with the engine of another revision
+    twins: list[Contender] = field(default_factory=list)  # of ours: its twins, one per --vs
 
     @property
     def values(self) -> list[float]:
@@ -178,15 +191,33 @@ def env_for(contender: Contender) -> dict[str, str]:
         env["PYPER_BENCH_IMPORT"] = "1"
     if contender.kind == "venv":
         env["PYPER_IS_ORIGINAL"] = "1"
-    else:
-        env["PYTHONPATH"] = str(REPO / "src")  # ours, first on the path
+    else:  # ours (or a twin's engine), first on the path
+        env["PYTHONPATH"] = str(contender.engine.src if contender.engine else REPO / "src")
     return env
 
 
+def add_twins(cases: list[Case], engines: list[Engine]) -> None:
+    """After each case's contenders, a twin of each of ours per engine: the same child, the
+    same target. They rotate with the others; the table shows each after its own."""
+    from run import check_ours  # the engine benchmark's runner, beside this file
+
+    for engine in engines:
+        problem = check_ours(engine.src)
+        if problem:
+            log(f"note: {engine.name}: {problem}; its rows are skipped")
+        for case in cases:
+            for c in [c for c in case.contenders if c.kind == "ours" and c.engine is None]:
+                twin = Contender(engine.label(c.label), "ours", c.args, c.timeout, c.target,
+                                 skip=problem, engine=engine)
+                c.twins.append(twin)
+                case.contenders.append(twin)
+
+
 class ChildFailed(Exception):
-    def __init__(self, status: str, text: str) -> None:
+    def __init__(self, status: str, text: str, last_line: str = "") -> None:
         super().__init__(text)
         self.status = status
+        self.last_line = last_line  # of the child's stderr
 
 
 def run_child(contender: Contender) -> dict:
@@ -205,7 +236,8 @@ def run_child(contender: Contender) -> dict:
         kill_group(proc.pid)  # whatever the child left behind
     if proc.returncode != 0:
         lines = [line for line in err.strip().splitlines() if line.strip()]
-        raise ChildFailed("ERROR", f"exit {proc.returncode}: {lines[-1] if lines else '(no stderr)'}")
+        last = lines[-1] if lines else "(no stderr)"
+        raise ChildFailed("ERROR", f"exit {proc.returncode}: {last}", last)
     try:
         return json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError) as exc:
@@ -233,6 +265,10 @@ def measure(cases: list[Case], rounds: int) -> None:
                 try:
                     out = run_child(c)
                 except ChildFailed as exc:
+                    if c.engine and not c.by_round and _vs.lacks_api(exc.last_line):
+                        c.skip = f"{c.engine.name} lacks what the case uses: {exc.last_line}"
+                        log(f"[{r + 1}/{rounds}] {case.key}: {c.label}: SKIP {c.skip}")
+                        continue
                     c.error = f"{exc.status}: {exc}"
                     log(f"[{r + 1}/{rounds}] {case.key}: {c.label}: {c.error}")
                     continue
@@ -258,53 +294,76 @@ def row(case: str, label: str, values: list[float], unit: str, target: Target | 
             target.text if target else "", status)
 
 
-def table(cases: list[Case]) -> tuple[list[tuple[str, ...]], list[str]]:
+#: Our rows (not a twin's): the label starts with "ours" (then a comma, a colon or nothing).
+_OURS = re.compile(r"ours(?![@\w])")
+
+
+def table(cases: list[Case], engines: Sequence[Engine] = ()) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Rows (case, contender, median, min-max, ours/@REV per engine, target, status); each of
+    our rows is followed by its twins'."""
     rows, notes = [], []
     for case in cases:
         title = f"{case.key}: {case.title}"
-        for c in case.contenders:
+        medians: dict[str, float] = {}  # label -> median, for the A/B columns
+        shown: list[tuple[str, ...]] = []
+        ordered = [x for c in case.contenders if c.engine is None for x in (c, *c.twins)]
+        for c in ordered:
             if c.skip or not c.values:
                 status = "SKIP" if c.skip else c.error.split(":")[0] if c.error else "ERROR"
-                rows.append((title, c.label, "-", "-", c.target.text if c.target else "", status))
+                shown.append((title, c.label, "-", "-", c.target.text if c.target else "", status))
                 notes.append(f"{case.key}: {c.label}: {c.skip or c.error}")
                 continue
             r = list(row(title, c.label, c.values, case.unit, c.target, c.kind))
+            medians[c.label] = statistics.median(c.values)
             if c.error:
                 r[5] += " (then " + c.error.split(":")[0] + ")"
                 notes.append(f"{case.key}: {c.label}: a later round: {c.error}")
-            rows.append(tuple(r))
+            shown.append(tuple(r))
             for note in sorted(c.notes):
                 notes.append(f"{case.key}: {c.label}: {note}")
             if "pulled" in c.extra:
-                rows.append((title, f"{c.label}: inputs pulled ahead of the 10 consumed",
-                             *row("", "", c.extra["pulled"], "items", None, "")[2:5], "reported"))
+                label = f"{c.label}: inputs pulled ahead of the 10 consumed"
+                medians[label] = statistics.median(c.extra["pulled"])
+                shown.append((title, label, *row("", "", c.extra["pulled"], "items", None, "")[2:5],
+                              "reported"))
         if case.key == "cpu":  # speed relative to the raw split, paired round by round
             by = {c.label: c for c in case.contenders}
             for ours, raw in (("ours, warm (second call)", "raw two-process split, pre-started (Event)"),
                               ("ours, cold", "raw split, cold (Pool.map chunksize 8 in the timer)")):
-                o, w = by.get(ours), by.get(raw)
-                if o is None or w is None:
-                    continue
-                ratios = [w.by_round[r][0] / o.by_round[r][0] for r in o.by_round if r in w.by_round]
                 warm = "warm" in ours
                 label = f"{'ours, warm' if warm else 'ours, cold'}: raw split time / ours time " \
                         f"({'pre-started' if warm else 'cold'} split, paired per round)"
-                if ratios:
-                    rows.append(row(title, label, ratios, "x", at_least(0.9, "x"), "ours"))
-                else:
-                    rows.append((title, label, "-", "-", ">= 0.9 x", "ERROR"))
+                for engine in (None, *engines):
+                    o, w = by.get(engine.label(ours) if engine else ours), by.get(raw)
+                    if o is None or w is None:
+                        continue
+                    who = engine.label(label) if engine else label
+                    ratios = [w.by_round[r][0] / o.by_round[r][0] for r in o.by_round if r in w.by_round]
+                    if ratios:
+                        shown.append(row(title, who, ratios, "x", at_least(0.9, "x"), "ours"))
+                        medians[who] = statistics.median(ratios)
+                    else:
+                        shown.append((title, who, "-", "-", ">= 0.9 x", "SKIP" if o.skip else "ERROR"))
+        for line in shown:
+            if _OURS.match(line[1]):
+                ab = tuple(_vs.ratio(medians.get(line[1]), medians.get(e.label(line[1]))) for e in engines)
+            else:
+                ab = ("",) * len(engines)
+            rows.append((*line[:4], *ab, *line[4:]))
     return rows, notes
 
 
-HEADERS = ("case", "contender", "median", "min-max", "target", "status")
+def headers(engines: Sequence[Engine]) -> tuple[str, ...]:
+    return ("case", "contender", "median", "min-max", *(e.column() for e in engines), "target", "status")
 
 
-def markdown(rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+def markdown(rows: list[tuple[str, ...]], engines: Sequence[Engine] = ()) -> str:
+    heads = headers(engines)
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     last = None
     for r in rows:
-        cells = ("" if r[0] == last else r[0], *r[1:5],
-                 f"**{r[5]}**" if r[5].startswith(("MISS", "ERROR", "HANG")) and "ours" in r[1] else r[5])
+        cells = ("" if r[0] == last else r[0], *r[1:-1],
+                 f"**{r[-1]}**" if r[-1].startswith(("MISS", "ERROR", "HANG")) and "ours" in r[1] else r[-1])
         last = r[0]
         lines.append("| " + " | ".join(s.replace("|", "\\|").replace("<", "&lt;") for s in cells) + " |")
     return "\n".join(lines)
@@ -320,9 +379,10 @@ def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def write_markdown(path: Path, rows: list[tuple[str, ...]], notes: list[str], header: list[str]) -> None:
+def write_markdown(path: Path, rows: list[tuple[str, ...]], notes: list[str], header: list[str],
+                   engines: Sequence[Engine] = ()) -> None:
     """Write the section; in an existing file, replace (or append) only this section."""
-    section = "\n".join([SECTION, "", *header, "", markdown(rows), ""]
+    section = "\n".join([SECTION, "", *header, "", markdown(rows, engines), ""]
                         + (["Notes:", "", *[f"- {n}" for n in notes], ""] if notes else []))
     old = path.read_text() if path.exists() else ""
     if SECTION in old:
@@ -354,25 +414,50 @@ def main() -> int:
                         help=f"write the table as the section {SECTION!r} of PATH (kept: the rest)")
     parser.add_argument("--case", action="append", metavar="NAME",
                         help="run only this case (trivial, cpu, payload, per call, boom, die, break); repeatable")
+    parser.add_argument("--only", metavar="SUBSTRING", action="append", default=[],
+                        help="run only the contenders whose 'case: contender' contains this "
+                             "(case-insensitive; repeatable), e.g. 'per call: ours', 'payload'")
+    _vs.add_argument(parser)
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 5)
     skip = venv_problem()
     if skip:
         log(f"note: {skip}; the mpire and 0.4.4 rows are skipped")
-    before = loadavg()
-    if os.getloadavg()[0] > 0.5:
-        log(f"warning: load average {before}: other work skews the numbers")
     cases = build(args.quick, skip)
     if args.case:
         unknown = set(args.case) - {c.key for c in cases}
         if unknown:
             parser.error(f"unknown case {sorted(unknown)}; the cases are {[c.key for c in cases]}")
         cases = [c for c in cases if c.key in args.case]
+    if args.only:
+        wanted = [w.lower() for w in args.only]
+        for case in cases:
+            case.contenders = [c for c in case.contenders
+                               if any(w in f"{case.key}: {c.label}".lower() for w in wanted)]
+        cases = [c for c in cases if c.contenders]
+        if not cases:
+            parser.error(f"--only {args.only}: no contender matches")
+    with contextlib.ExitStack() as stack:
+        try:
+            engines = stack.enter_context(_vs.checkouts(args.vs))
+        except ValueError as exc:
+            parser.error(str(exc))
+        add_twins(cases, engines)
+        run(args, cases, engines, rounds)
+    return 0
+
+
+def run(args: argparse.Namespace, cases: list[Case], engines: list[Engine], rounds: int) -> None:
+    before = loadavg()
+    if os.getloadavg()[0] > 0.5:
+        log(f"warning: load average {before}: other work skews the numbers")
     t0 = perf()
     measure(cases, rounds)
     elapsed = perf() - t0
-    rows, notes = table(cases)
-    width = [max(len(r[i]) for r in rows) for i in range(1, 6)]
+    rows, notes = table(cases, engines)
+    heads = headers(engines)
+    width = [max(len(r[i]) for r in [heads, *rows]) for i in range(1, len(heads))]
+    print("  ".join(s.ljust(w) for s, w in zip(heads[1:], width)).rstrip())
     last = None
     for r in rows:
         if r[0] != last:
@@ -381,6 +466,8 @@ def main() -> int:
         print("  " + "  ".join(s.ljust(w) for s, w in zip(r[1:], width)).rstrip())
     for n in notes:
         print(f"note: {n}")
+    if engines:
+        print(_vs.legend(engines, MORE_IS_BETTER))
     if args.markdown:
         command = " ".join(["python", "benchmarks/process.py", *map(shlex.quote, sys.argv[1:])])
         header = [
@@ -388,16 +475,19 @@ def main() -> int:
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             f"- Python: {platform.python_version()} ({sys.executable}); mpire and python-pyper 0.4.4 "
             "from benchmarks/.venv-original (Python 3.11)",
-            f"- pyper under test: {git_revision()}; machine: nproc {os.cpu_count()}, {platform.platform()}",
+            f"- pyper under test: {git_revision()}"
+            + "".join(f"; beside it {e.name}, the engine of `{e.rev}`" for e in engines)
+            + f"; machine: nproc {os.cpu_count()}, {platform.platform()}",
             f"- load average before / after: {before} / {loadavg()}; run took {elapsed:.0f} s",
             f"- rounds: {rounds}, interleaved (order rotated each round); each sample in a fresh child "
             "process; ours with its default start method (fork on Linux, while no thread runs) unless the "
             "row says otherwise, the others with forkserver; median (min-max) over all "
             "values of all rounds. Targets apply to our rows; `ref` rows are for comparison.",
         ]
-        write_markdown(args.markdown, rows, notes, header)
+        if engines:
+            header.append(f"- {_vs.legend(engines, MORE_IS_BETTER)}")
+        write_markdown(args.markdown, rows, notes, header, engines)
         log(f"wrote {args.markdown}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     python benchmarks/run.py --quick               # smoke run, smaller sizes (about 30 s)
     python benchmarks/run.py --only throughput     # cases/contenders whose name contains this
     python benchmarks/run.py --markdown benchmarks/RESULTS.md
+    python benchmarks/run.py --vs 844bca5          # and each of ours with the engine of 844bca5
 
 How it measures (see benchmarks/README.md for the cases and their targets):
 
@@ -20,11 +21,15 @@ How it measures (see benchmarks/README.md for the cases and their targets):
   time for the latency cases.
 - Nothing changes interpreter-global state (switch interval, GC): the engine's normal
   configuration is what is measured.
+- `--vs REV` (repeatable) adds a twin "ours@REV: ..." of each of our contenders: the same
+  child with the engine (`src/`) of git revision REV on PYTHONPATH (`_vs.py`), in the same
+  rounds; our rows then show ours / ours@REV.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -35,9 +40,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import _vs
+from _vs import Engine
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -97,6 +105,8 @@ class Contender:
     error: str | None = None
     values: list[float] = field(default_factory=list)
     rounds_run: int = 0
+    engine: Engine | None = None  # a twin: ours with the engine of another revision
+    twins: list[Contender] = field(default_factory=list)  # of ours: its twins, one per --vs
 
     @property
     def name(self) -> str:
@@ -108,9 +118,9 @@ class Contender:
 
 # --- environment --------------------------------------------------------------------------------
 
-def our_env() -> dict[str, str]:
+def our_env(src: Path = SRC) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -129,9 +139,9 @@ def probe(argv: list[str], env: dict[str, str]) -> tuple[bool, str]:
     return proc.returncode == 0, text.splitlines()[-1] if text else ""
 
 
-def check_ours() -> str | None:
-    """None if our pyper imports from src/, else why not."""
-    ok, text = probe([sys.executable, "-c", "import pyper; print(pyper.__file__)"], our_env())
+def check_ours(src: Path = SRC) -> str | None:
+    """None if our pyper imports from src/ (or an engine's copy of it), else why not."""
+    ok, text = probe([sys.executable, "-c", "import pyper; print(pyper.__file__)"], our_env(src))
     return None if ok else f"pyper not importable: {text}"
 
 
@@ -263,15 +273,38 @@ def build_cases(quick: bool, skip_ours: str | None, skip_original: str | None) -
     return cases
 
 
+def add_twins(cases: list[Case], engines: list[Engine], skip_ours: str | None) -> None:
+    """After each case's contenders, a twin of each of ours per engine: the same child, the
+    same target and rounds. They rotate with the others; the report shows each after its own."""
+    for engine in engines:
+        problem = check_ours(engine.src)
+        if problem:
+            log(f"note: {engine.name}: {problem}; its rows are skipped")
+        for case in cases:
+            for c in [c for c in case.contenders if c.kind == "ours" and c.engine is None]:
+                inherited = c.skip if c.skip != skip_ours else None  # e.g. an example missing
+                twin = Contender(case, engine.label(c.label), "ours", c.argv, c.timeout,
+                                 target=c.target, max_rounds=c.max_rounds,
+                                 check_output=c.check_output, skip=problem or inherited,
+                                 engine=engine)
+                c.twins.append(twin)
+                case.contenders.append(twin)
+
+
 # --- running ------------------------------------------------------------------------------------
 
 class ChildFailed(Exception):
-    pass
+    def __init__(self, text: str, last_line: str = "") -> None:
+        super().__init__(text)
+        self.last_line = last_line  # of the child's stderr
 
 
 def run_child(contender: Contender) -> list[float]:
     """Run one child in its own process group; return its values (or its wall time)."""
-    env = original_env() if contender.kind == "original" else our_env()
+    if contender.kind == "original":
+        env = original_env()
+    else:
+        env = our_env(contender.engine.src if contender.engine else SRC)
     t0 = time.perf_counter()
     proc = subprocess.Popen(contender.argv, cwd=HERE, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -287,7 +320,8 @@ def run_child(contender: Contender) -> list[float]:
         kill_group(proc.pid)  # anything the child left behind (0.4.4's process manager)
     if proc.returncode != 0:
         lines = [line for line in err.strip().splitlines() if line.strip()]
-        raise ChildFailed(f"exit {proc.returncode}: {lines[-1] if lines else '(no stderr)'}")
+        last = lines[-1] if lines else "(no stderr)"
+        raise ChildFailed(f"exit {proc.returncode}: {last}", last)
     if contender.check_output is not None:
         if contender.check_output not in out:
             raise ChildFailed(f"did not print {contender.check_output!r}: {out.strip()[-200:]!r}")
@@ -319,6 +353,10 @@ def measure(cases: list[Case], rounds: int) -> None:
                 try:
                     values = run_child(contender)
                 except ChildFailed as exc:
+                    if contender.engine and not contender.values and _vs.lacks_api(exc.last_line):
+                        contender.skip = f"{contender.engine.name} lacks what the case uses: {exc.last_line}"
+                        log(f"[{r + 1}/{rounds}] {contender.name}: SKIP {contender.skip}")
+                        continue
                     contender.error = str(exc)
                     log(f"[{r + 1}/{rounds}] {contender.name}: ERROR {exc}")
                     continue
@@ -352,53 +390,70 @@ class Row:
     ratio: str
     target: str
     status: str
+    ab: tuple[str, ...] = ()  # with --vs, on our rows: ours / ours@REV, one per engine
+
+    def cells(self) -> tuple[str, ...]:
+        """The cells after the case, in the order of headers()."""
+        return (self.contender, self.median, self.spread, self.ratio, *self.ab, self.target,
+                self.status)
 
 
-def rows(cases: list[Case]) -> tuple[list[Row], list[str]]:
+def rows(cases: list[Case], engines: Sequence[Engine] = ()) -> tuple[list[Row], list[str]]:
+    """One row per contender; with --vs, each of ours is followed by its twins."""
     out: list[Row] = []
     notes: list[str] = []
     for case in cases:
         ref = case.reference_value()
+        title = f"{case.key}: {case.title}"
+        if case.reference:
+            title += f" (ratio to the {case.reference})"
         for c in case.contenders:
-            target = c.target.text if c.target else ""
-            title = f"{case.key}: {case.title}"
-            if case.reference:
-                title += f" (ratio to the {case.reference})"
-            med = c.median()
-            if c.skip or (c.error and med is None):
-                status = "SKIP" if c.skip else "ERROR"
-                out.append(Row(title, c.label, "-", "-", "-", target, status))
-                note = f"skipped: {c.skip}" if c.skip else f"{c.name}: {c.error}"
-                if note not in notes:  # one note per skip reason
-                    notes.append(note)
-                continue
-            if med is None:
-                continue
-            ratio = med / ref if ref else None
-            if c.target is None:
-                status = "baseline" if c.kind == "baseline" else "ref"
-            else:
-                status = "PASS" if c.target.met(med, ratio) else "MISS"
-            if c.error:
-                status += " (ERROR)"
-                notes.append(f"{c.name}: failed in a later round: {c.error}")
-            spread = f"{fmt(min(c.values) * case.scale)}-{fmt(max(c.values) * case.scale)}"
-            out.append(Row(
-                title, c.label, f"{fmt(med * case.scale)} {case.unit}", spread,
-                f"{ratio:.2f}x" if ratio is not None else "-", target, status,
-            ))
+            if c.engine is not None:
+                continue  # shown after its own
+            ab = tuple(_vs.ratio(c.median(), t.median()) for t in c.twins) if c.twins else ("",) * len(engines)
+            for shown in (c, *c.twins):
+                row = one_row(case, shown, title, ref, notes)
+                if row is not None:
+                    row.ab = ab if shown is c else ("",) * len(engines)
+                    out.append(row)
     return out, notes
 
 
-HEADERS = ("case", "contender", "median", "min-max", "ratio", "target", "status")
+def one_row(case: Case, c: Contender, title: str, ref: float | None, notes: list[str]) -> Row | None:
+    target = c.target.text if c.target else ""
+    med = c.median()
+    if c.skip or (c.error and med is None):
+        status = "SKIP" if c.skip else "ERROR"
+        note = f"skipped: {c.skip}" if c.skip else f"{c.name}: {c.error}"
+        if note not in notes:  # one note per skip reason
+            notes.append(note)
+        return Row(title, c.label, "-", "-", "-", target, status)
+    if med is None:
+        return None
+    ratio = med / ref if ref else None
+    if c.target is None:
+        status = "baseline" if c.kind == "baseline" else "ref"
+    else:
+        status = "PASS" if c.target.met(med, ratio) else "MISS"
+    if c.error:
+        status += " (ERROR)"
+        notes.append(f"{c.name}: failed in a later round: {c.error}")
+    spread = f"{fmt(min(c.values) * case.scale)}-{fmt(max(c.values) * case.scale)}"
+    return Row(title, c.label, f"{fmt(med * case.scale)} {case.unit}", spread,
+               f"{ratio:.2f}x" if ratio is not None else "-", target, status)
 
 
-def text_table(table: list[Row]) -> str:
+def headers(engines: Sequence[Engine]) -> tuple[str, ...]:
+    return ("case", "contender", "median", "min-max", "ratio", *(e.column() for e in engines),
+            "target", "status")
+
+
+def text_table(table: list[Row], engines: Sequence[Engine] = ()) -> str:
     """Rows grouped under a line per case."""
-    headers = HEADERS[1:]
-    cells = [headers] + [tuple(vars(r).values())[1:] for r in table]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    heads = headers(engines)[1:]
+    cells = [heads] + [r.cells() for r in table]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(heads))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()]
     last_case = None
     for r, row in zip(table, cells[1:]):
         if r.case != last_case:
@@ -408,14 +463,15 @@ def text_table(table: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(table: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+def markdown_table(table: list[Row], engines: Sequence[Engine] = ()) -> str:
+    heads = headers(engines)
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     last_case = None
     for r in table:
         case = r.case if r.case != last_case else ""
         last_case = r.case
         status = f"**{r.status}**" if r.status.startswith("MISS") else r.status
-        cells = (case, r.contender, r.median, r.spread, r.ratio, r.target, status)
+        cells = (case, *r.cells()[:-1], status)
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("<", "&lt;") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -461,7 +517,7 @@ def original_python_version() -> str:
 
 
 def write_markdown(path: Path, table: list[Row], notes: list[str], command: str, meta: dict[str, str],
-                   load_before: str, elapsed: float) -> None:
+                   load_before: str, elapsed: float, engines: Sequence[Engine] = ()) -> None:
     m = machine()
     lines = [
         "# Benchmark results",
@@ -473,7 +529,8 @@ def write_markdown(path: Path, table: list[Row], notes: list[str], command: str,
         f"- date: {meta['date']}",
         f"- Python: {platform.python_version()} ({sys.executable}); python-pyper "
         f"{ORIGINAL_VERSION} ran on Python {meta['original_python']}",
-        f"- pyper under test: {meta['revision']}",
+        f"- pyper under test: {meta['revision']}"
+        + "".join(f"; beside it {e.name}, the engine of `{e.rev}`" for e in engines),
         f"- machine: nproc {m['nproc']}, CPU {m['cpu']}, memory {m.get('memory', '?')}, {m['os']}",
         f"- load average before / after: {load_before} / {m['load']}; run took {elapsed:.0f} s",
         f"- rounds: {meta['rounds']}, interleaved (every contender once per round, order rotated "
@@ -483,9 +540,10 @@ def write_markdown(path: Path, table: list[Row], notes: list[str], command: str,
         "repetitions after a warm-up; latency rows are cold, the first run in a fresh process, "
         "or warm, runs right after an untimed one; memory is one run per fresh process). "
         "Ratio: to the plain generator chain for throughput, to the ideal time for the latency "
-        "cases. Targets (from the issue) apply to our rows; the others are for reference.",
+        "cases. Targets (from the issue) apply to our rows; the others are for reference."
+        + (" " + _vs.legend(list(engines)) if engines else ""),
         "",
-        markdown_table(table),
+        markdown_table(table, engines),
         "",
     ]
     if notes:
@@ -506,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-original", action="store_true", help="skip python-pyper 0.4.4")
     parser.add_argument("--markdown", metavar="PATH", type=Path,
                         help="also write the results as markdown (e.g. benchmarks/RESULTS.md)")
+    _vs.add_argument(parser)
     args = parser.parse_args(argv)
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else 5)
     if rounds < 1:
@@ -528,7 +587,18 @@ def main(argv: list[str] | None = None) -> int:
                  or any(w in c.key for w in wanted)]
         if not cases:
             parser.error(f"--only {args.only}: no case or contender matches")
+    with contextlib.ExitStack() as stack:
+        try:
+            engines = stack.enter_context(_vs.checkouts(args.vs))
+        except ValueError as exc:
+            parser.error(str(exc))
+        add_twins(cases, engines, skip_ours)
+        run(args, argv, cases, engines, rounds, skip_original)
+    return 0
 
+
+def run(args: argparse.Namespace, argv: list[str] | None, cases: list[Case], engines: list[Engine],
+        rounds: int, skip_original: str | None) -> None:
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if os.getloadavg()[0] > 0.5:
         log(f"warning: load average {load_before}: other work on this machine skews the numbers")
@@ -536,14 +606,16 @@ def main(argv: list[str] | None = None) -> int:
     measure(cases, rounds)
     elapsed = time.perf_counter() - t0
 
-    table, notes = rows(cases)
-    print(text_table(table))
+    table, notes = rows(cases, engines)
+    print(text_table(table, engines))
     if notes:
         print("\nnotes:")
         for n in notes:
             print(f"  {n}")
     print(f"\n{rounds} round(s) in {elapsed:.0f} s; ratio: to the plain generator chain (throughput) "
           "or to the ideal time (latency cases)")
+    if engines:
+        print(_vs.legend(engines))
     if args.markdown:
         script = os.path.relpath(Path(__file__).resolve(), Path.cwd())
         given = sys.argv[1:] if argv is None else argv
@@ -554,9 +626,8 @@ def main(argv: list[str] | None = None) -> int:
             "original_python": original_python_version() if not skip_original else "- (skipped)",
             "rounds": str(rounds),
         }
-        write_markdown(args.markdown, table, notes, command, meta, load_before, elapsed)
+        write_markdown(args.markdown, table, notes, command, meta, load_before, elapsed, engines)
         log(f"wrote {args.markdown}")
-    return 0
 
 
 if __name__ == "__main__":
