@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import pickle
 import subprocess
 import sys
 import tomllib
@@ -141,3 +142,30 @@ def test_the_options_table_is_what_task_takes_and_what_the_stubs_say() -> None:
     assert (relay.retries, relay.on_error, relay.unpack, relay.timeout) == (0, "skip", False, 1.0)
     call, relay = where(policy, timed=True)
     assert (call.retries, relay.retries) == (0, 2)
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_process_imports_only_what_it_runs() -> None:
+    """A worker process's loop, given a plain task and one with per-call options, loads the
+    remote side (_child, _serve, _envelope, _pipes) and what the calls use, never the
+    engine's channels, runs or threads (it loaded 26 modules, the whole engine, before)."""
+    code = (
+        "import pickle, sys\n"
+        "import pyper._engine._child\n"
+        "from pyper._engine._serve import open_worker\n"
+        "from contextlib import ExitStack\n"
+        "job = pickle.loads(sys.stdin.buffer.read())\n"
+        "open_worker(job, ExitStack(), [])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pyper')))\n"
+    )
+    plain = {"pyper", "pyper._engine", "pyper._engine._child", "pyper._engine._envelope", "pyper._engine._pipes",
+             "pyper._engine._serve", "pyper._pickling", "pyper._spec"}
+    from pyper import task
+
+    for options, extra in (({}, set()), ({"retries": 2, "unpack": True},
+                                          {"pyper._engine._sync_calls", "pyper._errors", "pyper._policy"})):
+        t = task(abs, **options).tasks[0]  # type: ignore[call-overload]
+        job = pickle.dumps((t._replace(policy=t.policy._replace(limiter=None, abandoned=None)), None, None, False))
+        done = subprocess.run([sys.executable, "-c", code], input=job, capture_output=True, timeout=20)
+        assert done.returncode == 0, done.stderr.decode()
+        assert set(ast.literal_eval(done.stdout.decode())) == plain | extra

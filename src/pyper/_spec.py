@@ -13,7 +13,7 @@ import sys
 from types import BuiltinFunctionType, FunctionType, MethodType
 from typing import Any, Callable, Literal, NamedTuple
 
-__all__ = ["Kind", "Policy", "Task", "no_policy", "check_bool", "check_int", "classify", "describe"]
+__all__ = ["Kind", "Policy", "Task", "no_policy", "check_bool", "check_int", "classify", "describe", "stage_call"]
 
 Kind = Literal["sync", "coro", "agen"]
 
@@ -175,3 +175,32 @@ def check_bool(name: str, option: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"task {name!r}: {option} must be True or False, got {value!r}")
     return value
+
+
+def stage_call(
+    task: Task, args: tuple[Any, ...] | None, kwargs: dict[str, Any],
+    func: Callable[..., Any] | None = None,
+) -> Callable[[Any], Any]:
+    """What a worker calls per item (``args`` given: the first task, called once with them):
+    ``func``, by default the task's function.
+
+    For an async stage the result is always awaitable: an async generator function's
+    call is wrapped, so the worker loops await every call.
+    """
+    if func is None:
+        func = task.func
+    if args is not None:
+        if task.kind == "agen":
+
+            async def first_agen(_: Any) -> Any:
+                return func(*args, **kwargs)
+
+            return first_agen
+        return lambda _: func(*args, **kwargs)
+    if task.kind == "agen":
+
+        async def agen(x: Any) -> Any:
+            return func(x)
+
+        return agen
+    return func

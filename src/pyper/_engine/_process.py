@@ -30,7 +30,6 @@ child's lock).
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import deque
 from contextlib import nullcontext
@@ -40,7 +39,7 @@ from typing import Any
 from .._errors import Broken, Cancelled, attach
 from .._pickling import dumps
 from .._spec import Task
-from . import _relay, _threads
+from . import _relay, _state, _threads
 from ._relay import Relayed, remote_task
 from ._run import TARGET_SECONDS, Run, Stage, Worker
 from ._workers import Child, Late, context, keep, sigint_held, take, take_warm, threaded_context
@@ -102,7 +101,7 @@ def _payload(run: Run, stage: Stage) -> bytes:
 #: Children forked by ``prepare`` for a stage about to start, by ``id(stage)``; only
 #: the caller's thread touches it, between ``prepare`` and ``start`` of one run.
 _forked: dict[int, dict[int, Child]] = {}
-os.register_at_fork(after_in_child=_forked.clear)  # the parent's, never a forked child's
+_state.on_fork(_forked.clear)  # the parent's, never a forked child's
 
 
 def _close_all(children: dict[int, Child]) -> None:

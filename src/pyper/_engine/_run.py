@@ -34,9 +34,6 @@ Who owns what:
 from __future__ import annotations
 
 import contextvars
-import gc
-import itertools
-import os
 import sys
 import threading
 from _thread import start_new_thread
@@ -47,8 +44,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .._channel import MAX_CAPACITY, PACE_SECONDS, Channel, Held
 from .._errors import Broken, Cancelled, add_note, attach, short_repr
-from .._spec import Task
-from . import _threads
+from .._spec import Task, stage_call
+from . import _state, _threads
 from ._registry import row
 
 if TYPE_CHECKING:
@@ -125,8 +122,6 @@ def log(level: int, message: str, task: str | None = None, run: int | None = Non
     logging.getLogger("pyper").log(level, message, extra={"pyper_task": task, "pyper_run": run})
 
 
-#: Numbers for runs, in the order they start in this process (``Run.number``).
-_run_numbers = itertools.count(1)
 
 
 #: Items an edge holds at first when the user set no throttle, per receiving worker; then
@@ -158,9 +153,6 @@ current_run: contextvars.ContextVar[tuple[Run, int, object] | None] = contextvar
     "pyper_run", default=None
 )
 
-_live_lock = threading.Lock()
-_live: set[Run] = set()  # runs whose caller has not finished (guarded by _live_lock)
-
 #: While ``pyper.observe()`` is active in a context: called with each run made there.
 observing: contextvars.ContextVar[Callable[[Run], None] | None] = contextvars.ContextVar(
     "pyper_observing", default=None)
@@ -172,8 +164,8 @@ def _cancel_abandoned_runs() -> None:
     A run iterated by a live non-daemon thread other than the main thread goes on:
     Python waits for that thread, and its code must see the run to its end.
     """
-    with _live_lock:
-        runs = list(_live)
+    with _state.lock:
+        runs = list(_state.live)
     main = threading.main_thread()
     for run in runs:
         caller = run.caller
@@ -181,47 +173,16 @@ def _cancel_abandoned_runs() -> None:
             run.cancel()
 
 
-_threads.add_exit_hook(_cancel_abandoned_runs)
-
-#: Runs with late errors counted but not yet summed up (a worker of theirs is still busy);
-#: summed up when their last worker leaves, or at interpreter exit. Guarded by _live_lock.
-_unsummed: set[Run] = set()
-
-
 def _sum_up_late_errors() -> None:
-    with _live_lock:
-        runs = list(_unsummed)
-        _unsummed.clear()
+    with _state.lock:
+        runs = list(_state.unsummed)
+        _state.unsummed.clear()
     for run in runs:
         run.sum_up_late_errors()
 
 
-_threads.add_exit_hook(_sum_up_late_errors)
-
-# Threads inside a garbage collection. A generator dropped in a reference cycle is
-# closed by the collector in whatever thread triggered it, which may hold any lock of
-# the engine at that moment; its run must then be stopped from another thread.
-_collecting: set[int] = set()  # set.add/discard are atomic (GIL, or the set's own lock)
-
-
-def _on_gc(phase: str, info: dict[str, Any]) -> None:
-    if phase == "start":
-        _collecting.add(threading.get_ident())
-    else:
-        _collecting.discard(threading.get_ident())
-
-
-gc.callbacks.append(_on_gc)
-
-
-def _forget_runs_in_child() -> None:
-    # A forked child (the fork start method, or the user's own os.fork) inherits the
-    # parent's live runs: they are the parent's to stop, never the child's (cancelling
-    # them at the child's exit would wake the parent's workers through shared pipes).
-    _live.clear()
-
-
-os.register_at_fork(after_in_child=_forget_runs_in_child)
+_state.on_exit(_cancel_abandoned_runs)
+_state.on_exit(_sum_up_late_errors)
 
 
 class Stage:
@@ -282,35 +243,6 @@ def _to_processes(down: Task | None) -> bool:
 def _ordered(task: Task) -> bool:
     """Whether the task's outputs go through a reorder buffer (one worker keeps order anyway)."""
     return task.ordered and task.most > 1
-
-
-def stage_call(
-    task: Task, args: tuple[Any, ...] | None, kwargs: dict[str, Any],
-    func: Callable[..., Any] | None = None,
-) -> Callable[[Any], Any]:
-    """What a worker calls per item (``args`` given: the first task, called once with them):
-    ``func``, by default the task's function.
-
-    For an async stage the result is always awaitable: an async generator function's
-    call is wrapped, so the worker loops await every call.
-    """
-    if func is None:
-        func = task.func
-    if args is not None:
-        if task.kind == "agen":
-
-            async def first_agen(_: Any) -> Any:
-                return func(*args, **kwargs)
-
-            return first_agen
-        return lambda _: func(*args, **kwargs)
-    if task.kind == "agen":
-
-        async def agen(x: Any) -> Any:
-            return func(x)
-
-        return agen
-    return func
 
 
 class Grouping:
@@ -381,7 +313,7 @@ class Run:
         self.context = contextvars.copy_context()
         self.started = perf_counter()
         self.ended = 0.0  # set once the caller is done with the run (0: not yet)
-        self.number = next(_run_numbers)  # names the run on log records
+        self.number = next(_state.numbers)  # names the run on log records
 
         tasks = _with_groups(tasks, loop is not None)
         n = len(tasks)
@@ -425,8 +357,8 @@ class Run:
         self.parent = _calling_run()
         if self.parent is not None:
             self.parent.on_cancel(self.cancel)  # a nested run stops with the run it belongs to
-        with _live_lock:
-            _live.add(self)
+        with _state.lock:
+            _state.live.add(self)
         watch = observing.get()
         if watch is not None:
             watch(self)
@@ -560,7 +492,7 @@ class Run:
         allocated): the stop then runs on a thread of its own, which waits for
         those locks instead of deadlocking on them.
         """
-        if threading.get_ident() in _collecting:
+        if threading.get_ident() in _state.collecting:
             self._deferred = True
             start_new_thread(self._leave_and_finish, ())
             return
@@ -591,8 +523,8 @@ class Run:
             self.ended = perf_counter()
         if not self._stopped:  # a stale False only repeats cancel's quick check
             self.cancel()
-        with _live_lock:
-            _live.discard(self)
+        with _state.lock:
+            _state.live.discard(self)
         if self.parent is not None:
             self.parent.off_cancel(self.cancel)
 
@@ -643,8 +575,8 @@ class Run:
                 key = (task.name, type(exc).__name__)
                 self._unlogged[key] = self._unlogged.get(key, 0) + 1
         if count > LATE_LOGGED:
-            with _live_lock:  # never taken while holding a run's lock: no lock-order cycle
-                _unsummed.add(self)
+            with _state.lock:  # never taken while holding a run's lock: no lock-order cycle
+                _state.unsummed.add(self)
             return
         more = (" (later ones are counted, and summed up once the run's calls are done)"
                 if count == LATE_LOGGED else "")
@@ -668,8 +600,8 @@ class Run:
             if not self._unlogged:
                 return
             unlogged, self._unlogged = self._unlogged, {}
-        with _live_lock:
-            _unsummed.discard(self)
+        with _state.lock:
+            _state.unsummed.discard(self)
         parts = ", ".join(f"{n} {kind} in task {name!r}" for (name, kind), n in sorted(unlogged.items()))
         total = sum(unlogged.values())
         log(40, f"pyper: {total} more error{'s' if total > 1 else ''} raised after the pipeline "

@@ -35,9 +35,7 @@ from typing import Any
 
 from .._errors import Broken, Cancelled, WorkerProcessDied, add_note, attach, safe_str, short_repr
 from .._policy import Emit, delay, forget, remember
-from .._spec import Task
-from ._bridge import iter_result
-from ._run import stage_call
+from .._spec import Task, stage_call
 
 __all__ = ["handle_failure", "open_call", "run_worker"]
 
@@ -274,6 +272,8 @@ def _guarded(
 
     def handled(x: Any, exc: Exception) -> tuple[Any, ...]:
         return handle_failure(task, x, exc, log, shown(x))
+
+    from ._bridge import iter_result  # (a worker process runs no guarded call: not loaded there)
 
     def stream(x: Any, result: Any) -> Iterator[Any]:
         items = iter_result(task, result, run)

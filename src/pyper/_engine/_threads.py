@@ -25,11 +25,10 @@ have ended (their stages stopping: a relay closing its worker process) are waite
 for a moment, and pausable threads are ended and started again after the fork.
 
 Interpreter exit: non-daemon workers would be joined by ``threading._shutdown``.
-Before that join, ``_at_exit`` (registered with ``threading._register_atexit``,
-the hook ``concurrent.futures`` uses) wakes every parked worker to exit at once and
-calls the exit hooks of live runs, which cancel them; busy workers finish the
-call in flight and then exit. Daemon tasks get daemon threads, which exit never
-waits for.
+Before that join, ``_at_exit`` (the first of pyper's exit actions, ``_state``) wakes
+every parked worker to exit at once; the next ones cancel the live runs nobody will
+finish; busy workers finish the call in flight and then exit. Daemon tasks get daemon
+threads, which exit never waits for.
 """
 
 from __future__ import annotations
@@ -42,8 +41,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from . import _state
+
 __all__ = [
-    "ENDED_JOBS_SECONDS", "IDLE_SECONDS", "Pausable", "add_exit_hook", "add_pausable", "alone",
+    "ENDED_JOBS_SECONDS", "IDLE_SECONDS", "Pausable", "add_pausable", "alone",
     "idle_threads", "remove_pausable", "retire_idle", "single_threaded", "spawn",
 ]
 
@@ -68,7 +69,6 @@ _changed = threading.Condition(_lock)  # a busy worker parked or exited
 _idle: dict[bool, list[_Worker]] = {False: [], True: []}  # by daemon flag
 _busy: dict[_Worker, object] = {}
 _pausable: list[Pausable] = []
-_exit_hooks: list[Callable[[], None]] = []
 _exiting = False
 
 
@@ -263,12 +263,8 @@ def remove_pausable(thread: Pausable) -> None:
             _pausable.remove(thread)
 
 
-def add_exit_hook(hook: Callable[[], None]) -> None:
-    with _lock:
-        _exit_hooks.append(hook)
-
-
 def _at_exit() -> None:
+    """Parked workers exit at once (the first of pyper's exit actions: ``_state``)."""
     global _exiting
     with _lock:
         _exiting = True
@@ -277,9 +273,6 @@ def _at_exit() -> None:
             idle.clear()
         for worker in parked:
             worker._wake.notify()  # no job, out of _idle: it exits
-        hooks = list(_exit_hooks)
-    for hook in hooks:
-        hook()
 
 
 def _after_fork_in_child() -> None:
@@ -293,5 +286,5 @@ def _after_fork_in_child() -> None:
     _pausable.clear()
 
 
-threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_state.on_exit(_at_exit)
+_state.on_fork(_after_fork_in_child)

@@ -29,7 +29,6 @@ from types import TracebackType
 from typing import Any
 
 from .._errors import Cancelled
-from .._policy import Abandoned
 
 __all__ = ["timed_async", "timed_thread", "timeout_error"]
 

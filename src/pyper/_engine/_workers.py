@@ -34,7 +34,7 @@ from typing import Any
 from .._errors import Cancelled, WorkerProcessDied
 from .._pickling import unpicklable_types
 from .._spec import Task
-from . import _child, _pipes, _threads
+from . import _child, _pipes, _state
 from ._envelope import unseal
 from ._run import log_event
 from ._threads import single_threaded
@@ -861,5 +861,5 @@ def _after_fork_in_child() -> None:
     _exiting = True  # this process keeps no warm children of its own
 
 
-_threads.add_exit_hook(close_idle)
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_state.on_exit(close_idle)
+_state.on_fork(_after_fork_in_child)
