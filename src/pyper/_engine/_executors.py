@@ -1,56 +1,51 @@
-"""Which executor runs a stage (the one place it is chosen), and what an executor is.
+"""Starting a run's stages on their executors, and what an executor is.
 
-An executor is one module that runs a stage's workers somewhere: ``_thread``
-(sync functions, on pyper's reused threads), ``_async`` (async functions, as
-tasks on the caller's event loop), ``_process`` (sync functions with
-``multiprocess=True``, in worker processes) and ``_ray`` (sync functions with
-``executor="ray"``, on a Ray cluster). The protocol is one function::
+Where a task's calls run is one field, ``Task.executor``, set by ``task()``; its row in
+the table of executors (``_registry.EXECUTORS``) is all the rest of pyper knows of it.
+An executor is one module in this package, named by its row::
+
+    _thread    sync functions on pyper's reused threads (``_threads``)
+    _async     async functions, as tasks on the caller's event loop
+    _process   worker processes of the stage's own (``multiprocess=True``)
+    _ray       a Ray cluster (``executor="ray"``)
+    _futures   any ``concurrent.futures.Executor`` of the user's (``executor=pool``)
+
+The protocol is one function, and optionally two more::
 
     def start(run: Run, stage: Stage, workers: range) -> None
+    def prepare(run: Run, stages: list[Stage]) -> None       # optional: before any stage starts
+    def unprepare(stages: list[Stage]) -> None               # what a failed start left
 
-What the run gives it: ``stage.task`` (the validated options), ``stage.call`` (what
-to call per item: bound arguments applied; for an async stage always awaitable),
-``stage.inp``/``stage.out`` (the channels: ``get``/``aget`` a batch of at most
-``stage.take`` items, ``None`` at the end; ``put``/``flush`` outputs, at most
-``stage.emit`` at once), and ``run.context`` (the caller's ``contextvars``, to copy
-per worker).
-
-What it must do: start the workers numbered ``workers`` and return at once (it may
-be called on an event loop's thread: it never waits for a worker). The run starts
+``start`` starts the workers numbered ``workers`` and returns at once (it may be called
+on an event loop's thread: it never waits for a worker). The run starts
 ``range(stage.task.workers)``; with ``workers=(lo, hi)`` the sizer (``_sizer``) calls it
-again for the workers it adds, each with one more end opened on both channels. Each worker
-makes a ``Worker(run, stage)``, calls ``run.enter(...)`` in a context of its own,
-runs the shared loops (``_async_loops.work``, or its generated sync twin), and
-ends with ``worker.leave(error)``, on every path, exactly once.
+again for the workers it adds (``grow``), each with one more end opened on both channels.
 
-How it learns of cancellation: every blocked or later channel operation raises
-``Cancelled``, and ``Run.cancel`` empties the batch a worker is working through,
-so a local worker starts no new call; an executor whose workers are tasks
-registers them in ``run.tasks`` and they are cancelled too; one that waits
-elsewhere (on a pipe) registers a hook with ``run.on_cancel`` to be woken.
+A local executor (threads, asyncio) runs the engine's loops in each worker: it makes a
+``Worker(run, stage)``, calls ``run.enter()`` in a copy of the caller's context, runs
+``_async_loops.work`` (or its generated sync twin) with the task's per-call options
+around the call (``_async_calls.run_worker``), and ends with ``worker.leave(error)``, on
+every path, exactly once.
 
-How it reports an error: ``worker.leave(exc)`` records it (``Run.fail``), notes
-the task on it and cancels the run; ``Cancelled`` and ``Broken`` are the run
-stopping, not errors.
+A remote executor (processes, Ray, an executor of the user's) runs the shared relay
+(``_relay.start``): one relay thread per worker moves whole batches between the channels
+and the remote side; the executor supplies only a ``Remote`` per worker (its transport:
+send a batch, read its outputs, stream a branching batch's, step a join call, make one
+timed call, interrupt, finish) and the remote side runs ``_serve``. Its row says it is
+remote (``Row.remote``): the run then paces the link in front of it for the relays.
 
-What it gets for free: the metrics (``pyper.observe``). A ``Worker`` keeps its own
-lifetime and the channels count the items taken and the time workers spend parked,
-so an executor adds nothing for them, but one thing: a remote executor hands the log
-records its remote calls made (a retry, a skipped item) to ``worker.note``, which
-counts them and logs them with the task's name and the run.
+How every executor learns of cancellation: ``Run.cancel`` cancels the channels (every
+blocked or later get and put raises ``Cancelled``) and then calls the hooks registered
+with ``Run.on_cancel``: a local worker's batch in hand is emptied (no new call starts),
+the run's asyncio tasks are cancelled, a relay's ``Remote.interrupt`` wakes it from its
+remote wait and stops the remote call. How it reports an error: ``worker.leave(exc)``
+records it (``Run.fail``), notes the task on it and cancels the run; ``Cancelled`` and
+``Broken`` are the run stopping, not errors. What it gets for free: the metrics
+(``pyper.observe``): the channels count items and waits, a ``Worker`` its lifetime, and
+``worker.note`` the events the calls report (a retry, a skip), wherever they ran.
 
-An executor whose workers live elsewhere (another process, another machine)
-fits the same protocol: its ``start`` runs one local relay per worker, a
-``Worker`` like any other that moves whole batches between the channels and the
-remote side (``_process`` does so over pipes, ``_child`` is the remote loop;
-``_ray`` as Ray calls, ``_ray_worker`` is the remote side); cancellation reaches
-the remote side as a message (``ray.cancel`` for Ray), sent by the relay when its
-channel raises ``Cancelled`` or its ``on_cancel`` hook wakes it (or it sees
-``run.cancelled`` while it polls).
-
-A Dask distributed executor would be one more such module: relays submitting
-batches with ``client.submit`` (actors with ``setup=``), waiting on the futures,
-``future.cancel()`` on cancellation, ``client.scatter`` for data between stages.
+A new executor is its module, plus its remote side if any, plus one row in
+``_registry.EXECUTORS``: no other file learns its name. (``_futures`` was added so.)
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Data flow, for ``task(a) | task(b, workers=2) | task(c)`` consumed by a caller::
     args -> [a] -> edge 0 -> [b] [b] -> edge 1 -> [c] -> edge 2 -> caller
 
 Each ``[x]`` is a stage worker started by the stage's executor (``_executors``);
-workers talk only through the channels (``_channel.py``). The first task reads a
+workers talk only through the channels (``pyper._channel``). The first task reads a
 one-item input channel holding the call's arguments, unless the caller runs it
 inline (called once, nothing to overlap it with).
 
