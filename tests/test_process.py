@@ -413,9 +413,14 @@ def test_join_generator_in_a_process_streams_its_outputs_lazily() -> None:
     assert got == [0, 1, 3, 6, 10]
 
 
-def test_join_in_processes_takes_one_worker() -> None:
-    with pytest.raises(PipelineSetupError, match="join=True with multiprocess=True .* workers must be 1"):
-        task(total, join=True, workers=2, multiprocess=True)
+@pytest.mark.timeout(30)
+def test_join_in_several_processes_splits_the_stream_between_them() -> None:
+    """As on threads: each worker's join call reads its share of the stream (it was refused:
+    the old process relay ran one join call for the stage)."""
+    p = task(count_to, branch=True) | task(total, join=True, workers=3, multiprocess=True)
+    totals = list(p(3000))
+    assert len(totals) == 3 and sum(t for t, _ in totals) == sum(range(3000))
+    assert len({pid for _, pid in totals}) == 3 and os.getpid() not in {pid for _, pid in totals}
 
 
 @pytest.mark.timeout(30)

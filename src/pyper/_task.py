@@ -120,12 +120,6 @@ def make_task(
             f"{_shown(where)} runs each batch wherever it has room: make the resource in "
             "the function (or with the executor's initializer=), or drop executor="
         )
-    if join and workers > 1 and where == "process":
-        raise PipelineSetupError(
-            f"task {name!r}: join=True with multiprocess=True runs one join call in one "
-            f"worker process, so workers must be 1 (got {workers}); to split the stream "
-            "over several processes, give a task without join=True more workers"
-        )
     if most > workers and join:
         raise ValueError(
             f"task {name!r}: join=True takes a fixed number of workers (each one's call sees its "
