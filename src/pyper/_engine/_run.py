@@ -828,9 +828,8 @@ class Worker:
 
     def failed_on(self, item: Any) -> None:
         """The loop stopped by an exception while ``item`` was the input in hand (or
-        ``NO_ITEM``): named in the error's note. The first task's one input is the
-        pipeline's arguments, not an item, so it is not named."""
-        if item is not NO_ITEM and not self.stage.take_args:
+        ``NO_ITEM``): named in the error's note (but for the first task: see ``leave``)."""
+        if item is not NO_ITEM:
             self.item = short_repr(item)
 
     def begin(self, got: Any) -> Iterator[Any] | None:
@@ -868,7 +867,10 @@ class Worker:
                                "was stopped as cancelled while its run was not")
         if exc is not None and not isinstance(exc, (Cancelled, Broken)):
             self.raised = 1
-            self.run.fail(exc, self.stage.task, self.item)
+            # The first task's one input is the pipeline's arguments, not an item: never
+            # named, whichever executor reported the item (a remote side sees the source's
+            # placeholder item, which is None).
+            self.run.fail(exc, self.stage.task, None if self.stage.take_args else self.item)
         self.cursor[0] = []
         if self.stage.task.join and exc is None:
             # A join function returned early: what it took but did not read is not its.
