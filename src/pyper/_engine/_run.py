@@ -588,10 +588,12 @@ class Run:
     async def asettle(self) -> None:
         """Let cancelled tasks unwind, so that what they raise meanwhile is attached to
         the error the caller raises, and no task outlives the run."""
-        import asyncio  # loaded: this is an async run
-
         unfinished = [t for t in self.tasks if not t.done()]
-        if unfinished:
+        # Loaded (this is an async run), but gone late in interpreter shutdown: a run whose
+        # loop was never closed has its generator finalized after sys.modules was emptied,
+        # where an import would fail ("sys.meta_path is None") and nothing can be awaited.
+        asyncio = sys.modules.get("asyncio")
+        if unfinished and asyncio is not None:
             await asyncio.wait(unfinished, timeout=SETTLE_SECONDS)
 
     def settle(self) -> None:
