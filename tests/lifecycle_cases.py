@@ -22,11 +22,14 @@ caller acts, one of them is blocked until the test releases it, so that "promptl
   the stage started at most one step past the stop, the one it was handed just before (on
   an executor of the user's, where a started call runs whole, at most one call);
 - every generator the stage started has its finally run, in the worker that ran it (the
-  executors that can: threads, asyncio, processes). On processes a worker blocked in a call
-  is terminated instead (documented: after 0.2 s), so it is the one exception; on an
-  executor of the user's a call runs whole (its generator's outputs come back at once):
-  every call made all its steps, then ran its finally; Ray cancels its calls with
-  ``force=True``, killing the worker, so no finally runs there;
+  executors that can: threads, asyncio, processes), promptly but for the blocked call
+  (which on threads closes once released, on asyncio is cancelled); so does the source in
+  front of a middle stage. On processes a worker blocked in a call is terminated instead
+  (documented: after 0.2 s), so it is the one exception; on an executor of the user's a
+  call runs whole (its generator's outputs come back at once): every call made all its
+  steps, then ran its finally; Ray cancels its calls with ``force=True``, killing the
+  worker, so no finally runs there;
+- pyper's threads of the run end or park promptly, but those blocked in a call;
 - no thread, process, task or descriptor is left (the leak fixture; async callers check
   that their loop runs no task of the pipeline).
 """
@@ -45,13 +48,15 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
 import pytest
-from conftest import await_until, run_async, wait_no_other_tasks, wait_until
+import lifecycle_stages
+from conftest import await_until, engine_idle_threads, run_async, wait_no_other_tasks, wait_until
 from lifecycle_stages import (
     FUTURES_FIRST_STEPS,
     FUTURES_STEPS,
     LONG_S,
     N,
     Boom,
+    Plan,
     build,
     executor_of,
     flagged,
@@ -275,7 +280,7 @@ ASYNC: dict[str, Callable[[Any, str, int], Coroutine[Any, Any, Stopped]]] = {
 def check_stopped(kind: str, position: str, path: str, spot: str, stopped: Stopped) -> None:
     assert stopped.took < PROMPT_S, f"the caller had control back {stopped.took:.3f} s after it acted"
     if path != "error":
-        assert len(stopped.out) == takes(kind, position, path), stopped.out
+        assert len(stopped.out) == takes(kind, position, path) == len(set(stopped.out)), stopped.out
         return
     # the stage's own error, and nothing of the stage's before it
     assert stopped.out == [], stopped.out
@@ -289,7 +294,8 @@ def check_stopped(kind: str, position: str, path: str, spot: str, stopped: Stopp
         assert f"pyper: raised in task {name!r}" in notes, notes
     else:
         assert f"pyper: raised in task {name!r} on item {int(raised.call)!r}" in notes, notes
-    if kind in LOCAL:
+    if kind in LOCAL:  # the very object raised, through the stage
+        assert any(error is one for one in lifecycle_stages.raised), (error, lifecycle_stages.raised)
         assert name in [f.name for f in traceback.extract_tb(error.__traceback__)]
     else:
         assert isinstance(error.__cause__, RemoteTraceback), repr(error.__cause__)
@@ -307,15 +313,24 @@ def check_no_call_after(kind: str, spot: str, stopped: Stopped, when: str) -> No
     assert all(n <= 1 for n in per_worker.values()), f"{when}: {len(late)} calls started after the stop: {late[:6]}"
 
 
-def check_finally(kind: str, position: str, path: str, spot: str) -> None:
-    """Every call the stage started ran its finally block, in the worker that ran it."""
+def check_finally(kind: str, position: str, spot: str, released: bool) -> None:
+    """Every call the stage started ran its finally block, in the worker that ran it:
+    before the blocked call is ``released``, every other one (and on asyncio the blocked
+    one too: it is cancelled); after, the blocked one too (but on processes: terminated)."""
+    every = events(spot)
+    if position == "middle":  # the source in front of the stage too, in its thread
+        (source,) = [e for e in every if e.what == "source"]
+        assert wait_until(lambda: any(e.what == "source-finally" for e in events(spot)), PROMPT_S), every
+        (final,) = [e for e in events(spot) if e.what == "source-finally"]
+        assert final.worker == source.worker, (source, final)
     if kind == "ray":  # cancelled with force=True: the worker is killed, no finally runs
         return
-    every = events(spot)
     calls = {e.call for e in every if e.what == "step" and e.step == "0"}
     assert calls, "the stage never started"
     blocked = {e.call for e in every if e.what == "block"}
-    expected = calls - blocked if kind == "process" else calls
+    if kind == "asyncio":  # an async call is cancelled where it waits
+        assert {e.call for e in every if e.what == "cancelled"} == blocked, every
+    expected = calls - blocked if kind == "process" or not (released or kind == "asyncio") else calls
 
     def finals() -> dict[str, Event]:
         return {e.call: e for e in events(spot) if e.what == "finally"}
@@ -336,6 +351,24 @@ def check_finally(kind: str, position: str, path: str, spot: str) -> None:
             assert len(steps) == total, f"call {call} made {len(steps)} of its {total} steps"
 
 
+def blocked_threads(kind: str, plan: Plan, hold: threading.Event | None, caller: str) -> int:
+    """How many of pyper's threads stay in a call until the test releases it: a blocked call
+    of the stage on threads, and a blocked sync consumer stage."""
+    blocks = any(act is not None and act.what == "block" for act in (plan.claimer, plan.others))
+    return int(kind == "thread" and blocks) + int(hold is not None and caller == "sync")
+
+
+def check_threads_stop(allowed: int) -> None:
+    """pyper's threads of the run (its workers, relays, sources) end or park for reuse within
+    PROMPT_S of the stop, but ``allowed`` blocked in a call (Python cannot stop a thread)."""
+
+    def busy() -> list[threading.Thread]:
+        idle = engine_idle_threads()
+        return [t for t in threading.enumerate() if t.name.startswith("pyper:") and t not in idle]
+
+    assert wait_until(lambda: len(busy()) <= allowed, PROMPT_S), f"still busy: {[t.name for t in busy()]}"
+
+
 # --------------------------------------------------------------------------------------------
 # One case
 
@@ -344,6 +377,7 @@ def run_case(kind: str, position: str, path: str, caller: str, spot: str) -> Non
     """Run the case: ``fan`` on ``kind`` at ``position``, stopped by ``path``, iterated by a
     ``caller`` ("sync" or "async"); assert what the module docstring says."""
     plan, take = plan_for(kind, position, path), takes(kind, position, path)
+    lifecycle_stages.raised.clear()
     # the first task's error is raised while the consumer stage's call is blocked (but on
     # an executor of the user's, where no output comes out before the error)
     hold = threading.Event() if path == "error" and position == "first" and not is_futures(kind) else None
@@ -366,10 +400,12 @@ def run_case(kind: str, position: str, path: str, caller: str, spot: str) -> Non
                 time.sleep(SETTLE_S)
                 check_no_call_after(kind, spot, stopped, "before the release")
             check_stopped(kind, position, path, spot, stopped)
+            check_finally(kind, position, spot, released=False)
+            check_threads_stop(blocked_threads(kind, plan, hold, caller))
             make_flag(spot, "release")
             if hold is not None:
                 hold.set()
-            check_finally(kind, position, path, spot)
+            check_finally(kind, position, spot, released=True)
             time.sleep(SETTLE_S)
             check_no_call_after(kind, spot, stopped, "after the release")
     finally:
@@ -388,7 +424,8 @@ def run_case(kind: str, position: str, path: str, caller: str, spot: str) -> Non
 EXIT_S = 2.0
 
 #: The program of the Ctrl-C and exit cases: ``program.py TESTS KIND POSITION HOW SPOT``.
-#: It builds the case's pipeline (a pool of the user's made by it, as a user would), takes
+#: It builds the case's pipeline (a pool of the user's made by it, as a user would: in a
+#: ``with`` block, or for the exit cases never shut down), takes
 #: N outputs (printing "item" for each), then:
 #: - "sigint": goes on iterating (a first task on a pool of the user's has made all its
 #:   outputs by then: the loop's body waits instead) until Ctrl-C, and prints "KI <time>"
@@ -417,7 +454,11 @@ def consume_sync(p):
         if count == N:
             took_n.set()
             if how == "sigint" and is_futures(kind) and position == "first":
-                time.sleep(LONG_S)
+                # (short sleeps: a signal that comes just before a sleep starts is seen only
+                # once it ends)
+                deadline = time.monotonic() + LONG_S
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
 
 
 async def consume_async(p):
@@ -434,19 +475,24 @@ def report_children():
     print("children", *child_pids(), flush=True)
 
 
-def pools_of_the_program():
-    # As executor_of, but a pool of the user's is never shut down by the program:
+@contextlib.contextmanager
+def options_of_the_program():
+    # As executor_of, but a pool of the user's is the program's own: shut down (waiting for
+    # its calls) as the program leaves its `with` block, or, on the exit cases, never: then
     # interpreter exit does it (concurrent.futures' exit hook).
     if not is_futures(kind):
-        return executor_of(kind, spot)
+        with executor_of(kind, spot) as options:
+            yield options
+        return
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
     global pool
     pool = ThreadPoolExecutor(2) if kind == "futures-thread" else ProcessPoolExecutor(2)
-    return contextlib.nullcontext({"executor": pool})
+    with pool if how == "sigint" else contextlib.nullcontext():
+        yield {"executor": pool}
 
 
 def main():
-    with (executor_of(kind, spot) if how == "sigint" else pools_of_the_program()) as options:
+    with options_of_the_program() as options:
         p = build(kind, position, spot, plan_for(kind, position, how), options, is_async)
         if how == "sigint":
             threading.Thread(target=lambda: (took_n.wait(), report_children()), daemon=True).start()
@@ -532,9 +578,9 @@ def _end(proc: subprocess.Popen[str]) -> None:
 
 def run_sigint(kind: str, position: str, spot: str) -> None:
     """A real Ctrl-C (SIGINT to the program's process group, as a terminal sends it) while
-    a sync pipeline (asyncio.run, for an async stage) runs: the program prints the
-    KeyboardInterrupt promptly, exits with it once the call in flight is released, and no
-    process where the stage ran is left."""
+    a sync pipeline (asyncio.run, for an async stage) runs: the program gets the
+    KeyboardInterrupt promptly, exits with it (once a call blocked in one of its threads is
+    released: not before), and no process where the stage ran is left."""
     proc = _start_program(kind, position, "sigint", spot)
     try:
         lines: list[str] = []
@@ -543,7 +589,14 @@ def run_sigint(kind: str, position: str, spot: str) -> None:
         os.killpg(proc.pid, signal.SIGINT)
         interrupted = float(_read_until(proc, "KI", lines).split()[1])
         assert interrupted - sent < PROMPT_S, f"KeyboardInterrupt {interrupted - sent:.3f} s after SIGINT"
-        make_flag(spot, "release")  # the program exits once the call in flight returns
+        if kind == "thread" or (kind == "futures-thread" and position == "middle"):
+            # a call blocked in a thread of the program (pyper's, or the pool's, which the
+            # program's `with` waits for): the program exits once it returns (a process
+            # pool's workers get the Ctrl-C too, and do not ignore it: their call ends)
+            time.sleep(SETTLE_S)
+            assert proc.poll() is None, "the program exited while a call was in flight in its thread"
+            make_flag(spot, "release")
+        # (elsewhere nothing holds it: a worker process is terminated, an async call cancelled)
         released = time.monotonic()
         code = proc.wait(EXIT_S + LONG_S)
         exited = time.monotonic()

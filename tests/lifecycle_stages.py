@@ -46,6 +46,11 @@ class Boom(Exception):
     """What the stage under test raises."""
 
 
+#: Every Boom the stage raised in this process (where it runs in the test's own process, its
+#: caller must get that very object).
+raised: list[Boom] = []
+
+
 class Act(NamedTuple):
     """What a call does at step ``step``: "block" (until released), "raise" (Boom), or
     "raise_once_blocked" (Boom, once something is blocked: see ``blocked``)."""
@@ -120,7 +125,9 @@ def fan(spot: str, plan: Plan, x: int) -> Iterator[tuple[int, int]]:
                     if act.what == "raise_once_blocked":
                         _wait_for(spot, "blocked")
                     record(spot, "raise", x, k)
-                    raise Boom(f"boom in call {x} at step {k}")
+                    error = Boom(f"boom in call {x} at step {k}")
+                    raised.append(error)
+                    raise error
             time.sleep(plan.step_s)
             yield (x, k)
             k += 1
@@ -157,7 +164,9 @@ async def afan(spot: str, plan: Plan, x: int) -> AsyncIterator[tuple[int, int]]:
                             and time.monotonic() < deadline:
                         await asyncio.sleep(POLL_S)
                     record(spot, "raise", x, k, me)
-                    raise Boom(f"boom in call {x} at step {k}")
+                    error = Boom(f"boom in call {x} at step {k}")
+                    raised.append(error)
+                    raise error
             await asyncio.sleep(plan.step_s)
             yield (x, k)
             k += 1
@@ -165,12 +174,17 @@ async def afan(spot: str, plan: Plan, x: int) -> AsyncIterator[tuple[int, int]]:
         record(spot, "finally", x, "-", id(asyncio.current_task()))
 
 
-def numbers(start: int) -> Iterator[int]:
-    """The source in front of a middle stage: start, start + 1, ... (endless)."""
-    i = start
-    while True:
-        yield i
-        i += 1
+def numbers(spot: str, start: int) -> Iterator[int]:
+    """The source in front of a middle stage: start, start + 1, ... (endless), recording
+    where it started and its finally block."""
+    record(spot, "source")
+    try:
+        i = start
+        while True:
+            yield i
+            i += 1
+    finally:
+        record(spot, "source-finally")
 
 
 def child_pids(pid: int | None = None) -> list[int]:
@@ -319,6 +333,6 @@ def build(
     workers = (4 if kind == "futures-thread" else 2) if position == "middle" else 1
     stage = task(func, workers=workers, bind=task.bind(spot, plan), **options)
     sink: Any = holding_sink(spot, hold, is_async) if hold is not None else apass_on if is_async else pass_on
-    p = stage | task(sink) if position == "first" else task(numbers) | stage | task(sink)
+    p = stage | task(sink) if position == "first" else task(numbers, bind=task.bind(spot)) | stage | task(sink)
     assert isinstance(p, AsyncPipeline) is is_async
     return p

@@ -59,17 +59,15 @@ def test_ctrl_c_in_a_program(kind: str, position: str, tmp_path: Path) -> None:
 #: shuts down first, refuses the relay's next batch, and the run fails with that instead of
 #: being cancelled. (Importing concurrent.futures before pyper hides it.)
 POOL_AT_EXIT = (
-    "pyper imported before concurrent.futures: at exit the pool's exit hook runs before "
-    "pyper's, the pool refuses the relay's next batch ('cannot schedule new futures after "
-    "shutdown') and the run fails with it instead of being cancelled. Iterated by a daemon "
-    "thread, the thread dies with RuntimeError \"task 'fan': its executor refused the "
-    "call ...; was it shut down while the pipeline ran?\"; partly iterated by the main "
-    "thread, the generator finalized at teardown logs it, and logging's import fails: "
-    "'Exception ignored in: <generator object iterate> ... ImportError: sys.meta_path is "
-    "None'. Reproduce: from pyper import task; from concurrent.futures import "
-    "ThreadPoolExecutor; pool = ThreadPoolExecutor(2); p = task(numbers) | task(gen, "
-    "workers=2, executor=pool) | task(f); threading.Thread(target=lambda: list(p()), "
-    "daemon=True).start(); time.sleep(0.2)  # end of script"
+    "bug: pyper imported before concurrent.futures, the pool's exit hook runs before "
+    "pyper's and refuses the relay's next batch: the run fails instead of being cancelled "
+    "(a daemon caller dies with \"RuntimeError: task 'fan': its executor refused the call "
+    "(cannot schedule new futures after shutdown)\"; a main-thread generator finalized at "
+    "teardown logs it: \"Exception ignored ... ImportError: sys.meta_path is None\"). "
+    "Reproduce: from pyper import task; from concurrent.futures import ThreadPoolExecutor; "
+    "pool = ThreadPoolExecutor(2); p = task(numbers) | task(gen, workers=2, executor=pool) "
+    "| task(f); threading.Thread(target=lambda: list(p()), daemon=True).start(); "
+    "time.sleep(0.2)  # and the script ends"
 )
 
 
