@@ -37,6 +37,8 @@ STEP_S = 0.005
 FUTURES_STEP_S = 0.01
 #: The longest a blocked call waits for its release.
 LONG_S = 10.0
+#: A stalled step (a call in flight that ends by itself: at interpreter exit).
+STALL_S = 0.5
 #: How often a blocked call looks for its release (a file: the only signal that reaches a
 #: thread, an event loop, a worker process and a Ray worker alike).
 POLL_S = 0.01
@@ -52,8 +54,9 @@ raised: list[Boom] = []
 
 
 class Act(NamedTuple):
-    """What a call does at step ``step``: "block" (until released), "raise" (Boom), or
-    "raise_once_blocked" (Boom, once something is blocked: see ``blocked``)."""
+    """What a call does at step ``step``: "block" (until released), "stall" (STALL_S more),
+    "raise" (Boom), or "raise_once_blocked" (Boom, once something is blocked: see
+    ``blocked``)."""
 
     what: str
     step: int
@@ -121,6 +124,8 @@ def fan(spot: str, plan: Plan, x: int) -> Iterator[tuple[int, int]]:
                     make_flag(spot, "blocked")
                     _wait_for(spot, "release")
                     record(spot, "released", x, k)
+                elif act.what == "stall":
+                    time.sleep(STALL_S)
                 else:
                     if act.what == "raise_once_blocked":
                         _wait_for(spot, "blocked")
@@ -158,6 +163,8 @@ async def afan(spot: str, plan: Plan, x: int) -> AsyncIterator[tuple[int, int]]:
                         record(spot, "cancelled", x, k, me)
                         raise
                     record(spot, "released", x, k, me)
+                elif act.what == "stall":
+                    await asyncio.sleep(STALL_S)
                 else:
                     deadline = time.monotonic() + LONG_S
                     while act.what == "raise_once_blocked" and not flagged(spot, "blocked") \
@@ -269,9 +276,12 @@ def plan_for(kind: str, position: str, path: str) -> Plan:
     executor of the user's, FUTURES_STEPS outputs each), or raise at their first step for
     "error"."""
     error = path == "error"
-    if path.startswith("exit"):  # the stage runs on: nothing blocks interpreter exit
+    if path.startswith("exit"):
+        # The stage runs on; in the middle its first call stalls (STALL_S), so that a call is
+        # in flight as the program ends (which it waits for on threads: documented).
         steps = (FUTURES_FIRST_STEPS if position == "first" else FUTURES_STEPS) if is_futures(kind) else None
-        return Plan(steps, step_s=FUTURES_STEP_S if is_futures(kind) else STEP_S)
+        stall = Act("stall", 0) if position == "middle" else None
+        return Plan(steps, stall, None, FUTURES_STEP_S if is_futures(kind) else STEP_S)
     if position == "first":
         if is_futures(kind):
             act = Act("raise", N) if error else Act("block", 0) if path == "cancel" else None

@@ -52,22 +52,23 @@ def test_ctrl_c_in_a_program(kind: str, position: str, tmp_path: Path) -> None:
     run_sigint(kind, position, str(tmp_path))
 
 
-#: Interpreter exit with a middle stage on a pool of the user's (a known bug, reported):
-#: threading's exit hooks run in reverse order of registration, pyper's (registered when
+#: Interpreter exit with a middle stage on a pool of the user's (a bug, reported):
+#: threading's exit hooks run in reverse order of registration; pyper's (registered when
 #: pyper is imported) cancels the abandoned runs, concurrent.futures' (registered when its
-#: pool module is imported) shuts the pools down. Here pyper is imported first, so the pool
-#: shuts down first, refuses the relay's next batch, and the run fails with that instead of
-#: being cancelled. (Importing concurrent.futures before pyper hides it.)
+#: pool module is imported) shuts the pools down and waits for their calls. The program
+#: imports pyper first, so the pool shuts down first and, while it waits for the call in
+#: flight (the stalled one), refuses the relay's next batch: the run fails with that
+#: instead of being cancelled. (Importing concurrent.futures before pyper, all four pass.)
 POOL_AT_EXIT = (
     "bug: pyper imported before concurrent.futures, the pool's exit hook runs before "
     "pyper's and refuses the relay's next batch: the run fails instead of being cancelled "
     "(a daemon caller dies with \"RuntimeError: task 'fan': its executor refused the call "
-    "(cannot schedule new futures after shutdown)\"; a main-thread generator finalized at "
-    "teardown logs it: \"Exception ignored ... ImportError: sys.meta_path is None\"). "
-    "Reproduce: from pyper import task; from concurrent.futures import ThreadPoolExecutor; "
-    "pool = ThreadPoolExecutor(2); p = task(numbers) | task(gen, workers=2, executor=pool) "
-    "| task(f); threading.Thread(target=lambda: list(p()), daemon=True).start(); "
-    "time.sleep(0.2)  # and the script ends"
+    "(cannot schedule new futures after [interpreter] shutdown)\"; a main-thread generator "
+    "finalized at teardown logs it: \"Exception ignored ... ImportError: sys.meta_path is "
+    "None\"). Reproduce: from pyper import task; from concurrent.futures import "
+    "ThreadPoolExecutor; pool = ThreadPoolExecutor(2); p = task(numbers) | task(work, "
+    "workers=2, executor=pool) | task(f)  # work(0) sleeps 0.5 s, the others 0.03; "
+    "threading.Thread(target=lambda: list(p()), daemon=True).start(); time.sleep(0.2)  # end"
 )
 
 
