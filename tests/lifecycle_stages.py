@@ -338,7 +338,12 @@ def build(
 ) -> Any:
     """The pipeline of a case: ``fan | sink`` (first) or ``numbers | fan | sink`` (middle),
     ``fan`` on ``kind`` (two workers in the middle), the sink async for an async caller (an
-    AsyncPipeline) and holding its first item when ``hold`` is given."""
+    AsyncPipeline) and holding its first item when ``hold`` is given.
+
+    In the middle on a ThreadPoolExecutor of two threads, four workers: two batches wait in
+    the pool's queue, which a stop must cancel (``Future.cancel``). Not on a
+    ProcessPoolExecutor: it moves up to ``max_workers + 1`` calls into its call queue at
+    once, marked running, which no ``cancel`` stops (they run after the stop)."""
     func: Any = afan if kind == "asyncio" else fan
     workers = (4 if kind == "futures-thread" else 2) if position == "middle" else 1
     stage = task(func, workers=workers, bind=task.bind(spot, plan), **options)
