@@ -10,7 +10,14 @@ Most tests run over three kinds of pipeline:
 
 Interleavings are reached with events, not sleeps: "blocked" sync calls wait on an event that the
 test sets at the end (``release`` fixture), "blocked" async calls sleep for a long time and must be
-cancelled.  Timing bounds are generous (0.5 s where the issue promises 50 ms)."""
+cancelled.  Timing bounds are generous (0.5 s where the issue promises 50 ms).
+
+The lifecycle matrix (``test_lifecycle_matrix.py``) runs every way of stopping a run (an error in a
+task, break, close()/aclose(), Ctrl-C in the consumer's loop and as a real SIGINT, cancellation,
+interpreter exit) over every executor, with the task first or in the middle; this file keeps what
+it does not: errors elsewhere (the last task, the loop body, a consumer function), error
+reporting (notes, logging, base exceptions), other ways out (an exception in the loop body, throw,
+garbage collection, loop shutdown, asyncio.timeout), joins, nested runs, threads and overlap."""
 
 from __future__ import annotations
 
@@ -488,20 +495,17 @@ def test_error_after_raise_goes_to_logging(
 # Early exit
 
 
-EXITS = ["break", "close", "exception"]
-
-
 class StopHere(Exception):
     pass
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.parametrize("how", EXITS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_early_exit_stops_promptly(kind: str, how: str, release: threading.Event, leaks: Leaks) -> None:
-    """Infinite producer, throttled stages filled up, one call blocked in flight: leaving the loop
-    (break / close() or aclose() / an exception in the body) stops the run within 0.5 s, and the
-    producer generator is closed in its own thread."""
+def test_exception_in_loop_body_stops_promptly(kind: str, release: threading.Event, leaks: Leaks) -> None:
+    """Infinite producer, throttled stages filled up, one call blocked in flight: an exception
+    raised in the loop's body stops the run within 0.5 s, and the producer generator is
+    closed in its own thread. (A break, close()/aclose(), Ctrl-C in the body and a
+    cancellation are in the lifecycle matrix, test_lifecycle_matrix.py, over every executor.)"""
     rec = Rec(release, n_blocked=1)
     producer = infinite_producer(kind, rec)
     middle = stage_fn(kind, rec, "middle_stage", block=lambda x: x == 2)
@@ -512,69 +516,30 @@ def test_early_exit_stops_promptly(kind: str, how: str, release: threading.Event
     loop_thread: list[threading.Thread] = []
 
     if kind == "sync":
-        gen = p()
         try:
-            if how == "break":
-                del gen
-                for x in p():  # the generator is only referenced by the loop
-                    out.append(x)
-                    if len(out) == 5:
-                        time.sleep(0.1)  # let the throttled stages fill up
-                        t_exit = time.monotonic()
-                        break
-            elif how == "close":
-                for x in gen:
-                    out.append(x)
-                    if len(out) == 5:
-                        time.sleep(0.1)
-                        t_exit = time.monotonic()
-                        gen.close()
-                        break
-            else:
-                del gen
-                try:
-                    for x in p():
-                        out.append(x)
-                        if len(out) == 5:
-                            time.sleep(0.1)
-                            t_exit = time.monotonic()
-                            raise StopHere
-                except StopHere:
-                    pass
-            t_done = time.monotonic()
-        finally:
-            gen = None
+            for x in p():
+                out.append(x)
+                if len(out) == 5:
+                    time.sleep(0.1)  # let the throttled stages fill up
+                    t_exit = time.monotonic()
+                    raise StopHere
+        except StopHere:
+            pass
+        t_done = time.monotonic()
     else:
 
         async def aconsume() -> None:
             nonlocal t_exit, t_done
             loop_thread.append(threading.current_thread())
-            if how == "break":
-                async for x in p():  # abandoned: finalized through the loop's asyncgen hooks
+            try:
+                async for x in p():
                     out.append(x)
                     if len(out) == 5:
                         await asyncio.sleep(0.1)
                         t_exit = time.monotonic()
-                        break
-            elif how == "close":
-                agen = p()
-                async for x in agen:
-                    out.append(x)
-                    if len(out) == 5:
-                        await asyncio.sleep(0.1)
-                        t_exit = time.monotonic()
-                        break
-                await agen.aclose()  # no BaseExceptionGroup, no GeneratorExit leaking out
-            else:
-                try:
-                    async for x in p():
-                        out.append(x)
-                        if len(out) == 5:
-                            await asyncio.sleep(0.1)
-                            t_exit = time.monotonic()
-                            raise StopHere
-                except StopHere:
-                    pass
+                        raise StopHere
+            except StopHere:
+                pass
             t_done = time.monotonic()
             assert await await_until(lambda: bool(rec.finally_threads), PROMPT_S), "producer not closed"
             await wait_no_other_tasks(PROMPT_S)
@@ -600,73 +565,6 @@ def test_early_exit_stops_promptly(kind: str, how: str, release: threading.Event
     assert not (left := leaks.wait_quiet(2)), describe(left)
     late = rec.starts_after(t_exit + PROMPT_S)
     assert late == [], f"calls started after the early exit: {late[:5]}"
-
-
-@pytest.mark.timeout(10)
-@pytest.mark.parametrize("kind", KINDS)
-def test_generator_tasks_closed_in_their_own_thread(kind: str, leaks: Leaks) -> None:
-    """Middle-stage generators (one per item, each infinite) are closed when the run stops, each
-    in the thread that ran it, so their finally blocks run."""
-    lock = threading.Lock()
-    steps: dict[int, list[threading.Thread]] = {}
-    finals: dict[int, threading.Thread] = {}
-
-    def produce() -> Any:
-        yield from range(1000)
-
-    def fan_forever(x: int) -> Any:
-        try:
-            k = 0
-            while True:
-                with lock:
-                    steps.setdefault(x, []).append(threading.current_thread())
-                yield (x, k)
-                k += 1
-        finally:
-            finals[x] = threading.current_thread()
-
-    async def afan_forever(x: int) -> Any:
-        try:
-            k = 0
-            while True:
-                steps.setdefault(x, []).append(threading.current_thread())
-                yield (x, k)
-                k += 1
-        finally:
-            finals[x] = threading.current_thread()
-
-    fan = afan_forever if kind == "async_tasks" else fan_forever
-    p = finish(kind, task(produce) | task(fan, workers=2, throttle=3))
-    out: list[Any] = []
-    loop_threads: list[threading.Thread] = []
-
-    if kind == "sync":
-        for item in p():
-            out.append(item)
-            if len(out) == 20:
-                break
-    else:
-
-        async def aconsume() -> None:
-            loop_threads.append(threading.current_thread())
-            async with contextlib.aclosing(p()) as agen:
-                async for item in agen:
-                    out.append(item)
-                    if len(out) == 20:
-                        break
-            await wait_no_other_tasks(PROMPT_S)
-
-        run_async(aconsume())
-
-    assert len(out) == 20 and len(set(out)) == 20
-    assert all(isinstance(x, int) and isinstance(k, int) for x, k in out)
-    # every generator that was started got closed, in the thread that ran its last step
-    assert wait_until(lambda: set(finals) == set(steps), PROMPT_S), (set(steps), set(finals))
-    for x, threads in steps.items():
-        assert finals[x] is threads[-1], (x, finals[x].name, threads[-1].name)
-        if loop_threads and kind == "async_threads":
-            assert finals[x] is not loop_threads[0]
-    assert not (left := leaks.wait_quiet(PROMPT_S)), describe(left)
 
 
 @pytest.mark.timeout(10)
@@ -705,9 +603,13 @@ def test_async_generator_abandoned_without_aclose(kind: str, end: str, release: 
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.parametrize("where", ["in_anext", "in_body"])
 @pytest.mark.parametrize("kind", ["async_threads", "async_tasks"])
-def test_cancelling_consumer_task_cancels_pipeline(kind: str, where: str, release: threading.Event, leaks: Leaks) -> None:
+def test_cancelling_consumer_task_in_its_loop_body_cancels_pipeline(
+    kind: str, release: threading.Event, leaks: Leaks
+) -> None:
+    """The consumer task is cancelled while it awaits in its loop's body, not in the
+    pipeline (cancelled while it waits for the next output: the lifecycle matrix,
+    test_lifecycle_matrix.py, over every executor)."""
     rec = Rec(release, n_blocked=0)
     p = finish(
         kind,
@@ -726,12 +628,11 @@ def test_cancelling_consumer_task_cancels_pipeline(kind: str, where: str, releas
                 out.append(x)
                 if len(out) == 3:
                     got3.set()
-                    if where == "in_body":
-                        await asyncio.sleep(LONG_S)
+                    await asyncio.sleep(LONG_S)
 
         t = asyncio.create_task(consumer())
         await got3.wait()
-        await asyncio.sleep(0.05)  # in_anext: the consumer now waits for the blocked stage
+        await asyncio.sleep(0.05)  # the blocked stage's calls have started
         t_cancel = time.monotonic()
         t.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -1651,7 +1552,8 @@ except KeyboardInterrupt:
 @pytest.mark.timeout(15)
 @pytest.mark.parametrize(
     "mode",
-    ["blocked_in_next", "in_loop_body", "in_function", "async_blocked_in_next", "async_in_loop_body"],
+    # (blocked in next() on a sync pipeline: the lifecycle matrix, test_lifecycle_matrix.py)
+    ["in_loop_body", "in_function", "async_blocked_in_next", "async_in_loop_body"],
 )
 def test_ctrl_c_raises_keyboard_interrupt_and_exits(mode: str, tmp_path: Path) -> None:
     script = tmp_path / "ctrl_c.py"

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import ray  # the point of this file: fails loudly if missing
 from conftest import Leaks, acollect, elapsed, run_async
+from lifecycle_cases import PATHS, run_case
+from lifecycle_stages import POSITIONS
 from ray.cluster_utils import Cluster
 
 from pyper import task
@@ -900,3 +902,27 @@ def test_short_runs_whose_batches_the_tail_cuts_win_back_the_size() -> None:
         assert sorted(p(16)) == list(range(16))
         sizes.append(pyper_ray._remembered(p.tasks[1])[0])
     assert max(sizes) > 7, sizes
+
+
+# --------------------------------------------------------------------------------------------
+# The lifecycle matrix (test_lifecycle_matrix.py) on Ray: the cases of lifecycle_cases.py, with
+# the stage under test on the cluster. (Ray cancels the calls of a stopped run with
+# force=True, killing their worker: no generator's finally runs there, and the cases check
+# none; cluster_clean checks that the cluster has its CPUs back: no call goes on.)
+
+
+def _ray_lifecycle_cases() -> list[tuple[str, str, str]]:
+    cases = []
+    for position in POSITIONS:
+        for path in PATHS:
+            # a sync caller for every path but cancel (a nested run cancelled by its enclosing
+            # run's error), an async one for every path
+            for caller in (["async"] if path == "cancel" else ["sync", "async"]):
+                cases.append((position, path, caller))
+    return cases
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("position", "path", "caller"), _ray_lifecycle_cases())
+def test_lifecycle_on_ray(position: str, path: str, caller: str, tmp_path: Any) -> None:
+    run_case("ray", position, path, caller, str(tmp_path))

@@ -33,7 +33,7 @@ from functools import partial
 from typing import Any
 
 from .._errors import Cancelled, WorkerProcessDied
-from . import _relay
+from . import _relay, _state
 from ._envelope import unseal
 from ._relay import Relayed, remote_task
 from ._remote import next_size
@@ -49,6 +49,7 @@ TARGET_SECONDS = 0.02
 
 
 def start(run: Run, stage: Stage, workers: range) -> None:
+    _state.exit_first()  # (at exit: the runs nobody finishes cancelled before the executor stops)
     here, guarded = remote_task(stage.task)
     # (the executor itself stays here: the remote side only calls the function)
     job: Job = (here._replace(executor="thread"), run.args if stage.take_args else None,

@@ -531,10 +531,12 @@ class Run:
     async def asettle(self) -> None:
         """Let cancelled tasks unwind, so that what they raise meanwhile is attached to
         the error the caller raises, and no task outlives the run."""
-        import asyncio  # loaded: this is an async run
-
         unfinished = [t for t in self.tasks if not t.done()]
-        if unfinished:
+        # Loaded (this is an async run), but gone late in interpreter shutdown: a run whose
+        # loop was never closed has its generator finalized after sys.modules was emptied,
+        # where an import would fail ("sys.meta_path is None") and nothing can be awaited.
+        asyncio = sys.modules.get("asyncio")
+        if unfinished and asyncio is not None:
             await asyncio.wait(unfinished, timeout=SETTLE_SECONDS)
 
     def settle(self) -> None:
@@ -789,9 +791,8 @@ class Worker:
 
     def failed_on(self, item: Any) -> None:
         """The loop stopped by an exception while ``item`` was the input in hand (or
-        ``NO_ITEM``): named in the error's note. The first task's one input is the
-        pipeline's arguments, not an item, so it is not named."""
-        if item is not NO_ITEM and not self.stage.take_args:
+        ``NO_ITEM``): named in the error's note (but for the first task: see ``leave``)."""
+        if item is not NO_ITEM:
             self.item = short_repr(item)
 
     def holding(self) -> Held:
@@ -832,7 +833,10 @@ class Worker:
                                "was stopped as cancelled while its run was not")
         if exc is not None and not isinstance(exc, (Cancelled, Broken)):
             self.raised = 1
-            self.run.fail(exc, self.stage.task, self.item)
+            # The first task's one input is the pipeline's arguments, not an item: never
+            # named, whichever executor reported the item (a remote side sees the source's
+            # placeholder item, which is None).
+            self.run.fail(exc, self.stage.task, None if self.stage.take_args else self.item)
         if self.held is not None:
             self.run.off_cancel(self.held)
         if self.stage.task.join and exc is None:

@@ -45,7 +45,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["collecting", "live", "lock", "numbers", "on_exit", "on_fork", "unsummed"]
+__all__ = ["collecting", "exit_first", "live", "lock", "numbers", "on_exit", "on_fork", "unsummed"]
 
 #: Guards ``live`` and ``unsummed``. Never taken while a run's own lock is held by the
 #: same thread the other way round (a run takes its lock, lets go, then this): no cycle.
@@ -95,9 +95,32 @@ def _after_fork_in_child() -> None:
         reset()
 
 
+_exited = [False]  # the exit actions ran (they run once, however often the hook is called)
+_first = [False]  # the hook was registered again, to run before the hooks registered until then
+
+
 def _at_interpreter_exit() -> None:
+    if _exited[0]:
+        return
+    _exited[0] = True
     for action in list(_at_exit):
         action()
+
+
+def exit_first() -> None:
+    """Have pyper's exit hook run before the exit hooks registered so far: threading runs
+    them last registered first, and an executor of the user's registered one as its module
+    was imported (``concurrent.futures``' stops taking calls there). A stage on such an
+    executor calls this as it starts, once per program is enough: at exit pyper then
+    cancels the runs nobody will finish while the executor still takes (and cancels)
+    calls, instead of its relays failing as the executor refuses their next batch."""
+    if _first[0]:
+        return
+    _first[0] = True
+    try:
+        threading._register_atexit(_at_interpreter_exit)  # type: ignore[attr-defined]
+    except RuntimeError:  # exit has begun: the hook runs as it is
+        pass
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
