@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ._waiters import WAIT
 
 if TYPE_CHECKING:
-    from ._core import Channel
+    from ._inside import Inside
 
 __all__ = ["Reorder"]
 
@@ -30,7 +30,7 @@ class Reorder:
 
     __slots__ = ("_channel", "_boxes", "_next", "_held", "_size", "_reserve")
 
-    def __init__(self, channel: Channel, reserve: int) -> None:
+    def __init__(self, channel: Inside, reserve: int) -> None:
         self._channel = channel
         self._boxes: dict[int, list[Any]] = {}  # a sequence's outbox, while shown
         self._next = 0  # the oldest sequence not yet fully released

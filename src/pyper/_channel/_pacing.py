@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._core import Channel
+    from ._inside import Inside
 
 __all__ = ["MAX_CAPACITY", "PACE_SECONDS", "Pacing"]
 
@@ -31,7 +31,7 @@ class Pacing:
         self.seconds = seconds  # the work the edge holds, in its receivers' seconds
         self.ahead = ahead  # if set, at most this many batches per receiver
 
-    def pace(self, channel: Channel, n: int, seconds: float) -> None:
+    def pace(self, channel: Inside, n: int, seconds: float) -> None:
         """A receiver took ``seconds`` over ``n`` items: the capacity that holds about
         ``self.seconds`` of the receivers' work."""
         receivers = max(channel._receivers, 1)

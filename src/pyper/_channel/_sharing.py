@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ._waiters import WAIT
 
 if TYPE_CHECKING:
-    from ._core import Channel
+    from ._inside import Inside
 
 __all__ = ["STEAL", "Sharing"]
 
@@ -53,7 +53,7 @@ class Sharing:
 
     __slots__ = ("_channel", "_outboxes", "_claims")
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Inside) -> None:
         self._channel = channel
         # Senders' outboxes that may hold outputs between flushes, by id (shown at the start
         # of a batch that can leave outputs behind a later call, hidden by its last flush).

@@ -1,0 +1,30 @@
+"""What the parts beside the channel (``_sharing``, ``_order``, ``_pacing``) see of it: its
+lock and the fields it guards, and the few steps they take with it held. ``_core.Channel``
+is the one implementation; typing the parts against this, not against ``Channel``, keeps
+them below it (``_core`` imports them, they never import ``_core``)."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Protocol
+
+__all__ = ["Inside"]
+
+
+class Inside(Protocol):
+    _lock: threading.Lock
+    _batches: deque[list[Any]]  # visible to receivers, FIFO
+    _size: int  # items in _batches plus those held in a reorder buffer
+    _capacity: int
+    _receivers: int  # open receive ends
+    getters: deque[Any]  # parked receivers
+    taken: int  # items receivers took (metrics)
+
+    def check(self) -> None: ...  # raise Cancelled or Broken if the channel is either
+
+    def stopped(self) -> bool: ...  # cancelled, or nobody reads
+
+    def wake_getter(self) -> None: ...
+
+    def wake_putter(self) -> None: ...
