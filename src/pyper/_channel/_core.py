@@ -49,8 +49,10 @@ from typing import Any
 from .._errors import Broken, Cancelled
 from . import _async_wait, _sync_wait
 from ._order import Reorder
-from ._pacing import MAX_CAPACITY, Pacing
+from . import _pacing
+from ._pacing import MAX_CAPACITY
 from ._retiring import Retiring
+from . import _sharing
 from ._sharing import Sharing
 from ._waiters import STOPPED, WAIT, AsyncWaiter, ThreadWaiter
 
@@ -79,7 +81,7 @@ class Held:
 class Channel:
     __slots__ = (
         "_lock", "_batches", "_size", "_capacity", "_senders", "_receivers", "_cancelled",
-        "getters", "_putters", "_sharing", "_order", "_sequenced", "_next_get_seq", "_pacing",
+        "getters", "_putters", "_sharing", "_order", "_sequenced", "_next_get_seq", "_pace", "_ahead",
         "_retiring", "taken", "get_waited", "put_waited",
     )
 
@@ -105,14 +107,16 @@ class Channel:
         # without the lock (see the module's docstring).
         self.getters: deque[ThreadWaiter | AsyncWaiter | Any] = deque()
         self._putters: deque[ThreadWaiter | AsyncWaiter] = deque()
-        self._sharing = Sharing(self)
+        self._sharing: Sharing | None = None  # made as a batch is first shown or shared
         # Senders flush per sequence number (an ordered stage): released in order.
         self._order = Reorder(self, min(batch, capacity)) if reordered else None
         self._sequenced = sequenced  # receivers use get_seq: their batches are numbered
         self._next_get_seq = 0  # sequence number of the next batch taken
         # Capacity follows the receivers' pace on an edge with no throttle of the user's
-        # (not a reordered one: its buffer's room is the capacity).
-        self._pacing = Pacing(pace, ahead) if pace is not None and not reordered else None
+        # (not a reordered one: its buffer's room is the capacity): about ``_pace`` seconds
+        # of their work (0: not paced), at most ``_ahead`` batches per receiver if set.
+        self._pace = pace if pace is not None and not reordered else 0.0
+        self._ahead = ahead
         self._retiring: Retiring | None = None  # made by the first retire()
         # Counters for metrics (pyper.observe), counted per batch: items the receivers took
         # (from the batches or a sender's outbox: not what one took from a sibling's claim,
@@ -152,6 +156,8 @@ class Channel:
         (``_sharing``; for a reordered channel, ``seq`` is its batch: ``_order``)."""
         with self._lock:
             if seq is None:
+                if self._sharing is None:
+                    self._sharing = Sharing(self)
                 self._sharing.show(box)
             else:
                 assert self._order is not None
@@ -162,21 +168,23 @@ class Channel:
         sibling may take half of what it has not started (``_sharing``)."""
         if not self._sequenced:
             with self._lock:
+                if self._sharing is None:
+                    self._sharing = Sharing(self)
                 self._sharing.share(slot)
 
     def wake_idle(self, claimed: Any) -> None:
         """A receiver about to start its next item sees a sibling parked: it hands back
         half of the items left in ``claimed`` (``_sharing``)."""
-        self._sharing.wake_idle(claimed)
+        _sharing.wake_idle(self, claimed)
 
     def give_back(self, slot: list[Any]) -> None:
         """A receiver leaving early returns the items it took but did not start."""
-        self._sharing.give_back(slot)
+        _sharing.give_back(self, slot)
 
     def pace(self, n: int, seconds: float) -> None:
         """A receiver took ``seconds`` over ``n`` items (``_pacing``): once per batch."""
-        if self._pacing is not None:
-            self._pacing.pace(self, n, seconds)
+        if self._pace:
+            _pacing.pace(self, n, seconds)
 
     def widen(self, capacity: int) -> None:
         """Hold at least ``capacity`` items from now on (``_pacing``)."""
@@ -220,8 +228,9 @@ class Channel:
     def _wake_all(self) -> None:
         while self.getters:
             self.getters.popleft().wake()
-        self.wake_putters()
-        if self.stopped():
+        while self._putters:
+            self._putters.popleft().wake()
+        if self._cancelled or self._receivers == 0:
             self.getters.append(STOPPED)
 
     def stopped(self) -> bool:
@@ -273,7 +282,7 @@ class Channel:
             result = self.admit(box[:k])
             if result is None:
                 del box[:k]  # the worker may have appended more meanwhile: keep those
-        if last and result is None:
+        if last and result is None and self._sharing is not None:
             self._sharing.hide(box)
         return result
 
@@ -316,13 +325,17 @@ class Channel:
         """Nothing is in the channel for a receiver about to park: ready outputs from the
         senders' outboxes (the oldest sequence's, when reordered), or else a share of a
         sibling's claim; ``None`` at the end of the stream; ``WAIT`` else."""
-        taken = self._order.scavenge(n) if self._order is not None else self._sharing.outputs(n)
+        sharing = self._sharing
+        if self._order is not None:
+            taken = self._order.scavenge(n)
+        else:
+            taken = sharing.outputs(n) if sharing is not None else []
         if taken:
             self.taken += len(taken)
             # A sender parked in flush may be waiting for room for what was just taken.
             self.wake_putters()
         else:
-            stolen = self._sharing.steal(n)
+            stolen = sharing.steal(n) if sharing is not None else []
             if stolen is WAIT:
                 return WAIT
             assert isinstance(stolen, list)
@@ -411,7 +424,7 @@ class Channel:
             if self._receivers == 0:
                 self._drop()
                 self._wake_all()
-            elif not self._sharing.steals:
+            elif not _sharing.STEAL:
                 while self.getters:
                     self.getters.popleft().wake()
 
@@ -438,6 +451,7 @@ class Channel:
     def _drop(self) -> None:
         self._batches.clear()
         self._size = 0
-        self._sharing.drop()
+        if self._sharing is not None:
+            self._sharing.drop()
         if self._order is not None:
             self._order.drop()

@@ -6,7 +6,8 @@ relay that knows its batches' size from the last run widens it at once (``widen`
 
 ``pace`` reads the channel's ``_capacity`` and ``_receivers`` without its lock (a stale
 value only delays an adjustment by a batch) and writes under it, only when the capacity
-changes by more than a quarter (hysteresis). ``Pacing``'s own fields never change.
+changes by more than a quarter (hysteresis). The channel's ``_pace`` and ``_ahead`` never
+change.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._inside import Inside
 
-__all__ = ["MAX_CAPACITY", "PACE_SECONDS", "Pacing"]
+__all__ = ["MAX_CAPACITY", "PACE_SECONDS", "pace"]
 
 #: An unthrottled edge holds about this long of its receivers' work.
 PACE_SECONDS = 0.1
@@ -24,25 +25,19 @@ PACE_SECONDS = 0.1
 MAX_CAPACITY = 4096
 
 
-class Pacing:
-    __slots__ = ("seconds", "ahead")
-
-    def __init__(self, seconds: float, ahead: int) -> None:
-        self.seconds = seconds  # the work the edge holds, in its receivers' seconds
-        self.ahead = ahead  # if set, at most this many batches per receiver
-
-    def pace(self, channel: Inside, n: int, seconds: float) -> None:
-        """A receiver took ``seconds`` over ``n`` items: the capacity that holds about
-        ``self.seconds`` of the receivers' work."""
-        receivers = max(channel._receivers, 1)
-        floor = receivers * n
-        target = int(self.seconds * floor / seconds) if seconds > 0 else MAX_CAPACITY
-        if self.ahead:
-            target = min(target, self.ahead * floor)
-        capacity = max(floor, min(MAX_CAPACITY, target))
-        current = channel._capacity
-        if 4 * capacity < 3 * current or 4 * capacity > 5 * current:  # hysteresis: +-25%
-            with channel._lock:
-                channel._capacity = capacity
-                if capacity > current:
-                    channel.wake_putter()
+def pace(channel: Inside, n: int, seconds: float) -> None:
+    """A receiver took ``seconds`` over ``n`` items: the capacity that holds about the
+    channel's ``_pace`` seconds of the receivers' work (at most ``_ahead`` batches per
+    receiver, if set)."""
+    receivers = max(channel._receivers, 1)
+    floor = receivers * n
+    target = int(channel._pace * floor / seconds) if seconds > 0 else MAX_CAPACITY
+    if channel._ahead:
+        target = min(target, channel._ahead * floor)
+    capacity = max(floor, min(MAX_CAPACITY, target))
+    current = channel._capacity
+    if 4 * capacity < 3 * current or 4 * capacity > 5 * current:  # hysteresis: +-25%
+        with channel._lock:
+            channel._capacity = capacity
+            if capacity > current:
+                channel.wake_putter()

@@ -25,7 +25,9 @@ Lock-free accesses, and why they are safe with or without the GIL:
   shared between threads (an item could be taken twice), so there stealing is off
   (``STEAL``) and only the owner shares, and gives back what it leaves.
 Everything else here (``_outboxes``, ``_claims``) is guarded by the channel's lock: every
-method but ``wake_idle`` and ``give_back`` (which take it) is called with it held.
+method is called with it held (``wake_idle`` and ``give_back``, which need no state of
+their own, take it). A channel makes its ``Sharing`` as a batch is first shown or shared
+to it: a run of one-item batches makes none.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from ._waiters import WAIT
 if TYPE_CHECKING:
     from ._inside import Inside
 
-__all__ = ["STEAL", "Sharing"]
+__all__ = ["STEAL", "Sharing", "give_back", "wake_idle"]
 
 #: Whether receivers may advance a sibling's claim: only where a GIL makes a list
 #: iterator's ``next()`` atomic (the tests turn it off to run as a free-threaded build would).
@@ -60,10 +62,6 @@ class Sharing:
         self._outboxes: dict[int, list[Any]] = {}
         # Receivers' claims on multi-item batches, by id (pruned when exhausted).
         self._claims: dict[int, list[Iterator[Any] | None]] = {}
-
-    @property
-    def steals(self) -> bool:
-        return STEAL
 
     def show(self, box: list[Any]) -> None:
         self._outboxes[id(box)] = box
@@ -108,38 +106,38 @@ class Sharing:
             return WAIT
         return list(islice(richest, min(n, (most + 1) // 2)))
 
-    def wake_idle(self, claimed: Iterator[Any]) -> None:
-        """A receiver about to start its next item sees a sibling parked: it hands back
-        half of the items left in ``claimed`` (its own iterator) and wakes the sibling."""
-        left = length_hint(claimed)
-        if left:
-            channel = self._channel
-            with channel._lock:
-                if channel.getters and not channel.stopped():
-                    shared = list(islice(claimed, (left + 1) // 2))
-                    if shared:
-                        channel._batches.appendleft(shared)
-                        channel._size += len(shared)
-                        channel.taken -= len(shared)  # counted again when a sibling takes them
-                    channel.wake_getter()
-
-    def give_back(self, slot: list[Iterator[Any] | None]) -> None:
-        """A receiver leaving early returns the items it took but did not start.
-
-        The claim leaves its slot and its items enter the channel in one step under the
-        lock: a sibling looking for work sees them in one place or the other, never in
-        neither (it would take the end of the stream for real, and the items be lost)."""
-        channel = self._channel
-        with channel._lock:
-            claimed, slot[0] = slot[0], None
-            items = list(claimed) if claimed is not None else []
-            if items and not channel.stopped() and channel._receivers > 1:
-                channel._batches.appendleft(items)
-                channel._size += len(items)
-                channel.taken -= len(items)  # counted again when a sibling takes them
-                channel.wake_getter()
-
     def drop(self) -> None:
         """The channel dropped its items (cancelled, or nobody reads): so are the outboxes'."""
         for box in self._outboxes.values():
             box.clear()
+
+
+def wake_idle(channel: Inside, claimed: Iterator[Any]) -> None:
+    """A receiver about to start its next item sees a sibling parked: it hands back
+    half of the items left in ``claimed`` (its own iterator) and wakes the sibling."""
+    left = length_hint(claimed)
+    if left:
+        with channel._lock:
+            if channel.getters and not channel.stopped():
+                shared = list(islice(claimed, (left + 1) // 2))
+                if shared:
+                    channel._batches.appendleft(shared)
+                    channel._size += len(shared)
+                    channel.taken -= len(shared)  # counted again when a sibling takes them
+                channel.wake_getter()
+
+
+def give_back(channel: Inside, slot: list[Iterator[Any] | None]) -> None:
+    """A receiver leaving early returns the items it took but did not start.
+
+    The claim leaves its slot and its items enter the channel in one step under the
+    lock: a sibling looking for work sees them in one place or the other, never in
+    neither (it would take the end of the stream for real, and the items be lost)."""
+    with channel._lock:
+        claimed, slot[0] = slot[0], None
+        items = list(claimed) if claimed is not None else []
+        if items and not channel.stopped() and channel._receivers > 1:
+            channel._batches.appendleft(items)
+            channel._size += len(items)
+            channel.taken -= len(items)  # counted again when a sibling takes them
+            channel.wake_getter()

@@ -56,7 +56,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import _thread  # noqa: F401  (sync runs need it: loaded with pyper, not in the first run)
-from ._registry import EXECUTORS, executor_name, row
 from ._run import Run, Stage
 
 if TYPE_CHECKING:
@@ -69,13 +68,17 @@ def start_all(run: Run, stages: list[Stage]) -> None:
     """Start the stages' workers. An executor module with a ``prepare(run, stages)`` gets
     its stages first, before any stage has started a thread (process stages fork their
     workers there), and an ``unprepare(stages)`` for what a failed start left."""
-    prepared: list[tuple[Any, list[Stage]]] = []
-    for name in dict.fromkeys(executor_name(stage.task.executor) for stage in stages):
-        module = _module(EXECUTORS[name].module)
-        if hasattr(module, "prepare"):
-            mine = [stage for stage in stages if executor_name(stage.task.executor) == name]
+    by_module: dict[Any, list[Stage]] = {}
+    for stage in stages:
+        by_module.setdefault(_module(stage), []).append(stage)
+    prepared = [(module, mine) for module, mine in by_module.items() if hasattr(module, "prepare")]
+    for i, (module, mine) in enumerate(prepared):
+        try:
             module.prepare(run, mine)
-            prepared.append((module, mine))
+        except BaseException:
+            for done, theirs in prepared[:i]:
+                done.unprepare(theirs)
+            raise
     try:
         for stage in stages:
             stage.started = stage.task.workers
@@ -89,7 +92,7 @@ def start_all(run: Run, stages: list[Stage]) -> None:
 
 def start(run: Run, stage: Stage, workers: range) -> None:
     """Start the stage's workers numbered ``workers`` on the executor of its task."""
-    _module(row(stage.task).module).start(run, stage, workers)
+    _module(stage).start(run, stage, workers)
 
 
 def grow(run: Run, stage: Stage, count: int) -> int:
@@ -125,11 +128,19 @@ def _start_sizer(run: Run) -> None:
                        nonblocking=False, on_error=lambda exc: run.fail(exc, run.stages[-1].task))
 
 
-def _module(name: str) -> Any:
-    """An executor's module, imported the first time a stage runs there (asyncio only for
-    async runs, multiprocessing only for process stages, ray only for Ray stages)."""
-    module = sys.modules.get(f"{__package__}.{name}")
-    return module if module is not None else importlib.import_module(f".{name}", __package__)
+#: The executors' modules, by their row's module name: imported the first time a stage runs
+#: there (asyncio only for async runs, multiprocessing only for process stages, ray only for
+#: Ray stages). A dict lookup per stage; written under the import lock's protection (a race
+#: writes the same module twice).
+_modules: dict[str, Any] = {}
+
+
+def _module(stage: Stage) -> Any:
+    name = stage.row.module
+    module = _modules.get(name)
+    if module is None:
+        module = _modules[name] = importlib.import_module(f".{name}", __package__)
+    return module
 
 
 def running_loop() -> asyncio.AbstractEventLoop:

@@ -188,12 +188,13 @@ _state.on_exit(_sum_up_late_errors)
 class Stage:
     """One task in one run: its function, its two channels and its batch sizes."""
 
-    __slots__ = ("task", "call", "inp", "out", "take", "emit", "take_args", "branch", "group", "workers",
+    __slots__ = ("task", "row", "call", "inp", "out", "take", "emit", "take_args", "branch", "group", "workers",
                  "total", "started", "size")
 
     def __init__(self, task: Task, call: Callable[[Any], Any], inp: Channel, out: Channel,
                  take: int, emit: int, take_args: bool = False) -> None:
         self.task = task
+        self.row = row(task)  # where its calls run (the table of executors), read once
         self.call = call  # one item in; for the first task, applies the call's arguments
         self.inp = inp
         self.out = out
@@ -216,8 +217,9 @@ class Stage:
         self.size = task.workers
 
 
-def _edge(up: Task, down: Task | None) -> tuple[int, int]:
-    """(capacity, largest batch) of the channel after ``up``, to ``down`` (None: the caller).
+def _edge(up: Task, down: Task | None, remote: bool) -> tuple[int, int]:
+    """(capacity, largest batch) of the channel after ``up``, to ``down`` (None: the caller;
+    ``remote``: ``down`` runs on a remote executor, whose relays pace the link).
 
     With ``throttle=T`` the outputs of ``up`` in flight are at most
     ``capacity + (up.workers + down.workers) * batch <= T + up.workers + down.workers``.
@@ -227,17 +229,12 @@ def _edge(up: Task, down: Task | None) -> tuple[int, int]:
     """
     down_workers = down.workers if down is not None else 1
     if up.throttle == 0:
-        if _to_processes(down):
+        if remote:
             return down_workers, MAX_BATCH  # one item for each worker at first, then as they pace
         return min(MAX_CAPACITY, INITIAL_CAPACITY * down_workers), MAX_BATCH
     ends = up.most + (down.most if down is not None else 1)
     batch = max(1, min(MAX_BATCH, up.throttle // (1024 * ends)))
     return up.throttle + ends * (1 - batch), batch
-
-
-def _to_processes(down: Task | None) -> bool:
-    """The edge feeds a remote executor's relays (processes, Ray), which pace it."""
-    return down is not None and row(down).remote
 
 
 def _ordered(task: Task) -> bool:
@@ -306,6 +303,13 @@ class Run:
         # asyncio tasks, relays' remote waits, sleeps. A dict: a worker's hook goes as the
         # worker leaves, in one step however many there are. Guarded by _lock.
         self._hooks: dict[Callable[[], None], None] = {}
+        # Where each worker whose loop calls the function here, and the caller, keeps its
+        # batch in hand (``held``): emptied by one hook of the cancellation. Appended to by
+        # each as it starts (one ``list.append``, atomic under the GIL and in a free-threaded
+        # build), never removed (one per worker). One appended after the hook ran never
+        # holds a batch: the channels were cancelled first, so its first get raises.
+        self.helds: list[Held] = []
+        self._hooks[self._empty_held] = None
         self.loop = loop
         self.args, self.kwargs = args, kwargs  # the pipeline's arguments, for the first task
         self.caller = threading.current_thread()
@@ -320,7 +324,9 @@ class Run:
         # Edge i carries task i's outputs to task i + 1 (or, after the last task, to the caller).
         receivers = [t.workers for t in tasks[1:]] + [1]
         downs: list[Task | None] = [*tasks[1:], None]
-        limits = [_edge(task, down) for task, down in zip(tasks, downs)]
+        # Whether each link feeds a remote executor's relays, which pace it (by the next task's row).
+        remote = [row(t).remote for t in tasks[1:]] + [False]
+        limits = [_edge(task, down, remote[i]) for i, (task, down) in enumerate(zip(tasks, downs))]
         self.channels = [
             Channel(
                 capacity,
@@ -330,7 +336,7 @@ class Run:
                 sequenced=i + 1 < n and _ordered(tasks[i + 1]),
                 batch=batch,
                 pace=None if task.throttle else PACE_SECONDS,
-                ahead=PROCESS_AHEAD if _to_processes(downs[i]) else 0,
+                ahead=PROCESS_AHEAD if remote[i] else 0,
             )
             for i, (task, (capacity, batch)) in enumerate(zip(tasks, limits))
         ]
@@ -360,6 +366,7 @@ class Run:
         with _state.lock:
             _state.live.add(self)
         watch = observing.get()
+        self.observed = watch is not None  # (the workers then measure what the metrics need)
         if watch is not None:
             watch(self)
 
@@ -367,11 +374,17 @@ class Run:
 
     def held(self) -> Held:
         """Where a worker (or the caller) keeps the batch it works through: its channel's
-        gets put each batch there, and the run's cancellation empties it (see ``Held``).
-        The holder gives it back with ``off_cancel`` when it leaves."""
+        gets put each batch there, and the run's cancellation empties it (one hook for
+        all of them, ``_empty_held``; see ``Held``)."""
         held = Held()
-        self.on_cancel(held)
+        self.helds.append(held)  # (one list.append: atomic, see ``helds``)
         return held
+
+    def _empty_held(self) -> None:
+        """A hook of the run's cancellation: every batch in hand is emptied, so no loop
+        starts a new call on it."""
+        for held in list(self.helds):
+            held()
 
     def on_cancel(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` (from any thread) when the run is cancelled, after its channels,
@@ -696,13 +709,13 @@ class Worker:
     """One stage worker's state, for whichever executor runs it.
 
     Owned by the worker's thread or task. Others touch it only through what it
-    registered: ``held`` (a hook of the run's cancellation, which empties the batch in
-    hand), ``claim`` and ``box`` (read by the channels under their locks, while shown to
+    registered: its batch in hand (``holding``: emptied by the run's cancellation),
+    ``claim`` and ``box`` (read by the channels under their locks, while shown to
     them: see ``begin``).
     """
 
     __slots__ = (
-        "run", "stage", "ordered", "held", "claim", "box", "seq", "size", "idle", "shows", "shares",
+        "run", "stage", "ordered", "claim", "box", "seq", "size", "idle", "shows", "shares",
         "item", "call", "born", "gone", "retries", "skips", "handled", "raised", "refs_in", "refs_out",
         "cpu_clock", "cpu", "cpu_base",
     )
@@ -712,9 +725,6 @@ class Worker:
         self.stage = stage
         task = stage.task
         self.ordered = task.ordered and task.most > 1  # input numbered, output reordered
-        # The batch in hand, for a worker whose loop calls the function here (``holding``);
-        # None for a relay, whose remote calls the run's cancellation stops its own way.
-        self.held: Held | None = None
         self.claim: list[Iterator[Any] | None] = [None]  # the iterator over the batch in hand
         self.box: list[Any] = []  # outputs not yet flushed
         self.seq = 0  # sequence number of the batch in hand, when ordered
@@ -797,9 +807,9 @@ class Worker:
 
     def holding(self) -> Held:
         """Where this worker's loop keeps the batch it calls the function on: given to its
-        input's gets, emptied by the run's cancellation (so the loop starts no new call)."""
-        self.held = self.run.held()
-        return self.held
+        input's gets, emptied by the run's cancellation (so the loop starts no new call). A
+        relay has none: the run's cancellation stops its remote calls its own way."""
+        return self.run.held()
 
     def begin(self, got: Any) -> Iterator[Any] | None:
         """Start on what ``get``/``get_seq`` returned: an iterator over the batch,
@@ -837,8 +847,6 @@ class Worker:
             # named, whichever executor reported the item (a remote side sees the source's
             # placeholder item, which is None).
             self.run.fail(exc, self.stage.task, None if self.stage.take_args else self.item)
-        if self.held is not None:
-            self.run.off_cancel(self.held)
         if self.stage.task.join and exc is None:
             # A join function returned early: what it took but did not read is not its.
             self.stage.inp.give_back(self.claim)

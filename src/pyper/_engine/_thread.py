@@ -26,7 +26,8 @@ def _job(run: Run, stage: Stage, index: int) -> None:
     run.enter()
     worker = Worker(run, stage)
     if stage.task.policy.timeout is None:  # (with timeout=, the calls run on a helper thread)
-        worker.measure_cpu()
+        if run.observed:  # (observe()'s advice weighs it; unobserved runs pay nothing)
+            worker.measure_cpu()
     error: BaseException | None = None
     try:
         if stage.task.policy.any:

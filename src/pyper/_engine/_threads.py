@@ -77,18 +77,23 @@ class _Worker:
 
     Ctrl-C (a KeyboardInterrupt in the thread that calls ``spawn``, between any two of
     its steps) must never lose a worker: a job is handed over in one hold of ``_lock``
-    (taken from ``_idle``, given ``_job``, notified), and a worker that wakes or times
-    out decides under that lock: a job in hand runs, however late the notice; no job
-    and no longer in ``_idle`` (retired, the program exiting, or a hand-over cut short)
-    and it exits."""
+    (taken from ``_idle``, given ``_job``, woken), and a worker that wakes or times out
+    decides under that lock: a job in hand runs, however late the wake-up; no job and no
+    longer in ``_idle`` (retired, the program exiting, or a hand-over cut short) and it
+    exits. ``_wake`` is a plain lock, held while the worker is parked and released to wake
+    it (a ``Condition`` costs a new lock per wait)."""
 
     __slots__ = ("_job", "_owner", "_wake", "thread")
 
     def __init__(self, job: Callable[[], None], name: str, daemon: bool, owner: object = None) -> None:
         self._job: Callable[[], None] | None = job
         self._owner = owner  # what its first job belongs to (see _busy)
-        self._wake = threading.Condition(_lock)  # notified (with _lock held) when handed a job
+        self._wake = threading.Lock()  # released (with _lock held) to wake the parked worker
+        self._wake.acquire()
         self.thread = threading.Thread(target=self._main, args=(daemon,), name=name, daemon=daemon)
+
+    def wake(self) -> None:  # (with _lock held, once per parking: the worker left _idle)
+        self._wake.release()
 
     def _done(self) -> None:  # (with _lock held)
         _busy.pop(self, None)
@@ -113,16 +118,16 @@ class _Worker:
                 if _exiting:
                     return
                 idle.append(self)
-                deadline = time.monotonic() + IDLE_SECONDS
-                while self._job is None and self in idle:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        idle.remove(self)
-                        break
-                    self._wake.wait(left)
-                job, self._job = self._job, None
-                if job is None:  # timed out, retired, exiting, or a hand-over cut short
-                    self._done()
+            woken = self._wake.acquire(timeout=IDLE_SECONDS)
+            with _lock:
+                if not woken and self in idle:  # timed out: nobody woke it, and nobody will
+                    idle.remove(self)
+                    return
+                if not woken:  # taken out of _idle (a job, or told to exit) as it timed out:
+                    self._wake.acquire()  # its wake-up is on the way, given under _lock
+                job, self._job = self._job, None  # (spawn marked it busy, with its owner)
+                if job is None:  # retired, exiting, or a hand-over cut short
+                    return
 
 
 def spawn(
@@ -149,7 +154,7 @@ def spawn(
             _busy[worker] = owner
             worker.thread.name = name
             worker._job = job
-            worker._wake.notify()
+            worker.wake()
             handed += 1
     rest = jobs[handed:]
     if not rest:
@@ -185,7 +190,7 @@ def retire_idle() -> None:
         for idle in _idle.values():
             idle.clear()
         for worker in parked:
-            worker._wake.notify()  # no job, out of _idle: it exits
+            worker.wake()  # no job, out of _idle: it exits
     for worker in parked:
         worker.thread.join()
 
@@ -272,7 +277,7 @@ def _at_exit() -> None:
         for idle in _idle.values():
             idle.clear()
         for worker in parked:
-            worker._wake.notify()  # no job, out of _idle: it exits
+            worker.wake()  # no job, out of _idle: it exits
 
 
 def _after_fork_in_child() -> None:
