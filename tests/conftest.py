@@ -80,7 +80,10 @@ def engine_idle_threads() -> frozenset[threading.Thread]:
         from pyper._engine._threads import idle_threads
     except ImportError:  # engine not built yet: then every new thread must exit
         return frozenset()
-    return idle_threads()
+    idle = idle_threads()
+    workers = sys.modules.get("pyper._engine._workers")  # the starter of spawned workers lives
+    starter = workers.starter_thread() if workers is not None else None  # as long as the program
+    return idle | {starter} if starter is not None else idle
 
 
 def live_resources() -> list[str]:

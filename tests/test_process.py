@@ -1285,13 +1285,14 @@ _HOLDS_THE_GIL = (
 
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-@pytest.mark.parametrize("method", ["default", "fork", "forkserver"])
+@pytest.mark.parametrize("method", ["default", "fork", "forkserver", "spawn"])
 def test_a_worker_holding_the_gil_dies_with_a_program_killed_by_sigkill(method: str) -> None:
     """The lifeline thread cannot run while the worker's call holds the GIL: the kernel
     must kill it (PR_SET_PDEATHSIG). Under forkserver the fork server must go too (it
     ends when no process holds its alive pipe: a worker must not), then the resource
-    tracker. (Not under spawn: its workers are started by relay threads, which end while
-    the workers are kept warm, and the kernel ties the signal to the thread; documented.)"""
+    tracker. Under spawn the workers are started by the starter thread, which lives as
+    long as the program (the kernel ties the signal to the starting thread: a relay, which
+    ends while its worker is kept warm, would not do)."""
     import subprocess
 
     here = os.path.dirname(os.path.abspath(__file__))

@@ -34,13 +34,13 @@ from typing import Any
 from .._errors import Cancelled, WorkerProcessDied
 from .._pickling import unpicklable_types
 from .._spec import Task
-from . import _child, _pipes, _state
+from . import _child, _pipes, _state, _threads
 from ._envelope import unseal
 from ._run import log_event
 from ._threads import single_threaded
 
 __all__ = [
-    "GRACE_SECONDS", "IDLE_MAX", "TEARDOWN_SECONDS", "Child", "Late", "close_idle", "context",
+    "GRACE_SECONDS", "IDLE_MAX", "TEARDOWN_SECONDS", "Child", "Late", "close_idle", "context", "starter_thread",
     "idle_fds", "idle_lock", "idle_processes", "keep", "opened", "set_start_method",
     "sigint_held", "single_threaded", "take", "take_warm", "threaded_context",
 ]
@@ -206,21 +206,101 @@ def sigint_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _dies_with() -> int | None:
-    """For a worker started now by this thread: the pid whose death the kernel must kill
-    it at (Linux's parent-death signal; see ``_child._die_with``), or None for none. Linux
+def _dies_with(method: str) -> int | None:
+    """For a worker started now by ``method``: the pid whose death the kernel must kill it
+    at (Linux's parent-death signal; see ``_child._die_with``), or None for none. Linux
     sends that signal when the *thread* that started the worker ends, not its process:
-    it is asked for only where that is the main thread, which ends only with the
-    process. pyper forks in the caller's thread while it is the process's only thread,
-    so in practice the main thread; under spawn the thread that starts a worker is a
-    relay, one of pyper's reused threads, which exits while the worker may be kept warm
-    for the next run: no signal there, as on macOS and Windows (only the lifeline, which
-    a call holding the GIL keeps from running). The fork server's workers ask for it of
-    the fork server, a process of one thread that ends when pyper's process has ended
-    (``_child._leave_the_fork_server``)."""
+    it is asked for only where that thread ends only with the process. pyper forks in the
+    caller's thread while it is the process's only thread, so in practice the main thread
+    (a fork from another thread asks for none: that thread may end first); spawned
+    workers are started by the starter (``_Starter``), a thread that lives as long as the
+    program. The fork server's workers ask for it of the fork server, a process of one
+    thread that ends when pyper's process has ended (``_child._leave_the_fork_server``).
+    Elsewhere (macOS, Windows) there is none: only the lifeline, which a call holding the
+    GIL keeps from running."""
+    if method == "spawn" and _Starter.used():
+        return os.getpid()
     if threading.current_thread() is threading.main_thread():
         return os.getpid()
     return None
+
+
+class _Starter:
+    """The thread that starts spawned workers (Linux): it lives as long as the program, so
+    the parent-death signal the kernel ties to the starting thread fires only when the
+    program dies (a relay, which would start them itself, ends while its worker is kept
+    warm). Started on first use, a daemon; it waits on its queue, holding nothing, and
+    stops for a fork (a ``_threads`` pausable: a fork needs the process to run one
+    thread), to be started again on the next use.
+
+    ``_lock`` guards ``_thread`` and ``_queue``; the thread owns what it runs."""
+
+    _lock = threading.Lock()
+    _thread: threading.Thread | None = None
+    _queue: Any = None
+
+    @staticmethod
+    def used() -> bool:
+        return sys.platform.startswith("linux")
+
+    @classmethod
+    def start(cls, process: Any) -> None:
+        """``process.start()``, on the starter thread; what it raised is raised here."""
+        import queue
+
+        done = threading.Event()
+        failed: list[BaseException] = []
+        with cls._lock:
+            if cls._thread is None:
+                cls._queue = queue.SimpleQueue()
+                cls._thread = threading.Thread(target=cls._main, args=(cls._queue,), name="pyper:starter",
+                                               daemon=True)
+                cls._thread.start()
+                _threads.add_pausable(_STARTER)
+            cls._queue.put((process, done, failed))
+        done.wait()
+        if failed:
+            raise failed[0]
+
+    @staticmethod
+    def _main(requests: Any) -> None:
+        while True:
+            request = requests.get()
+            if request is None:
+                return
+            process, done, failed = request
+            try:
+                process.start()
+            except BaseException as exc:
+                failed.append(exc)
+            finally:
+                done.set()
+
+    # -- a pausable of _threads (a fork: no thread but the forking one may run) ---------
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return _Starter._thread
+
+    def pause(self) -> None:
+        with _Starter._lock:
+            thread, _Starter._thread = _Starter._thread, None
+            if thread is not None:
+                _Starter._queue.put(None)
+        if thread is not None:
+            thread.join()
+        _threads.remove_pausable(self)
+
+    def resume(self) -> None:
+        pass  # (started again on the next use)
+
+
+_STARTER = _Starter()
+
+
+def starter_thread() -> threading.Thread | None:
+    """The starter's thread, if it runs (it lives as long as the program)."""
+    return _Starter._thread
 
 
 def _why_not_forked(method: str) -> str | None:
@@ -337,12 +417,15 @@ class Child:
                 ] if forked else []
                 self.process = ctx.Process(
                     target=_child.main,
-                    args=(to_child_r, from_child_w, lifeline_r, payload, method, inherited, _dies_with()),
+                    args=(to_child_r, from_child_w, lifeline_r, payload, method, inherited, _dies_with(method)),
                     name=f"pyper:{task.name}[{index}]",
                     daemon=True,
                 )
                 with sigint_held() if forked else contextlib.nullcontext():
-                    self.process.start()
+                    if method == "spawn" and _Starter.used():
+                        _Starter.start(self.process)  # (by a thread that lives as long as the program)
+                    else:
+                        self.process.start()
                     # At once: until it is reaped its pid is its own (a child of the fork
                     # server's is reaped there, in principle even before this line: a pid
                     # reused within that moment is not guarded against).
@@ -859,6 +942,8 @@ def _after_fork_in_child() -> None:
     _idle.clear()
     opened.clear()
     _exiting = True  # this process keeps no warm children of its own
+    _Starter._lock = threading.Lock()  # (the parent's starter thread is not here)
+    _Starter._thread = _Starter._queue = None
 
 
 _state.on_exit(close_idle)
