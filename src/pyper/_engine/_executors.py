@@ -70,8 +70,10 @@ def start_all(run: Run, stages: list[Stage]) -> None:
     workers there), and an ``unprepare(stages)`` for what a failed start left."""
     by_module: dict[Any, list[Stage]] = {}
     for stage in stages:
-        by_module.setdefault(_module(stage), []).append(stage)
-    prepared = [(module, mine) for module, mine in by_module.items() if hasattr(module, "prepare")]
+        module = _module(stage)
+        if module in _prepares:  # (most have none: looked up once per module, not per run)
+            by_module.setdefault(module, []).append(stage)
+    prepared = list(by_module.items())
     for i, (module, mine) in enumerate(prepared):
         try:
             module.prepare(run, mine)
@@ -135,11 +137,18 @@ def _start_sizer(run: Run) -> None:
 _modules: dict[str, Any] = {}
 
 
+#: The executors' modules that have a ``prepare`` (filled with ``_modules``).
+_prepares: set[Any] = set()
+
+
 def _module(stage: Stage) -> Any:
     name = stage.row.module
     module = _modules.get(name)
     if module is None:
-        module = _modules[name] = importlib.import_module(f".{name}", __package__)
+        module = importlib.import_module(f".{name}", __package__)
+        if hasattr(module, "prepare"):
+            _prepares.add(module)
+        _modules[name] = module
     return module
 
 
