@@ -1,6 +1,6 @@
-"""Failing tests for the review of the engine's redesign (844bca5..): each one shows a bug,
-marked ``xfail(strict=True)`` with the bug in one sentence, so the suite stays green
-until it is fixed (then the mark must go: strict makes the fixed test fail as XPASS).
+"""Bugs a review of the engine's redesign (844bca5..) found: each test failed before its
+fix (it was ``xfail(strict=True)`` until then), and the comment above it says the bug in
+one sentence. To be folded into the files of the behaviours they test.
 
 Functions that run in worker processes live at module level (picklable by reference).
 """
@@ -37,9 +37,8 @@ def _stay(resource: Any, x: Any) -> Any:
     return x
 
 
+# Found by review (fixed): Run.cancel never cancels the first task's source channel, so a first-task worker that reaches its first get after the run stopped still calls the function
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="Run.cancel never cancels the first task's source channel, so a "
-                   "first-task worker that reaches its first get after the run stopped still calls the function")
 def test_first_task_is_not_called_after_its_run_failed() -> None:
     proceed = threading.Event()
     called = threading.Event()
@@ -77,9 +76,8 @@ def _failing_setup_after_take() -> None:
     raise Boom("setup")
 
 
+# Found by review (fixed): a process first task's relay that gets its worker after the run failed takes the (never cancelled) source item and sends the call to its worker process
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="a process first task's relay that gets its worker after the run "
-                   "failed takes the (never cancelled) source item and sends the call to its worker process")
 def test_first_process_task_is_not_called_after_its_run_failed(tmp_path: Path, monkeypatch: Any) -> None:
     from pyper._engine import _process
 
@@ -137,10 +135,8 @@ def _mark_item(item: _SlowToPickle) -> Iterator[int]:
     yield 1
 
 
+# Found by review (fixed): ProcessRemote.interrupt only wakes the relay when no request is unread, and nothing stops the relay from then posting the batch it holds, so the call  starts in the worker after the run stopped
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="ProcessRemote.interrupt only wakes the relay when no request is "
-                   "unread, and nothing stops the relay from then posting the batch it holds, so the call "
-                   "starts in the worker after the run stopped")
 def test_relay_sends_no_batch_after_its_run_failed(tmp_path: Path) -> None:
     _packing.clear()
     _proceed.clear()
@@ -177,11 +173,9 @@ def _filter_slowly(path: str, x: int) -> tuple[()]:
     return ()
 
 
+# Found by review (fixed): a worker process's branching batch (_serve.fan_out) ignores the cancel the relay sends on the lifeline (_child._cancelled), so it calls the function for every item left in the batch until the worker is terminated
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("multiprocess", [False, pytest.param(True, marks=pytest.mark.xfail(
-    strict=True, reason="a worker process's branching batch (_serve.fan_out) ignores the cancel the relay "
-    "sends on the lifeline (_child._cancelled), so it calls the function for every item left in the batch "
-    "until the worker is terminated"))])
+@pytest.mark.parametrize("multiprocess", [False, True])
 def test_branching_batch_starts_no_call_after_its_run_failed(multiprocess: bool, tmp_path: Path) -> None:
     path = str(tmp_path / "log")
     p = task(_fast_then_wait_for_slow_calls, branch=True, bind=task.bind(path)) | task(
@@ -212,11 +206,9 @@ def _sum_until_negative(xs: Any) -> int:
     return total
 
 
+# Found by review (fixed): a join relay feeds its worker process whole batches, and the items fed but not read by a join function that returns early are dropped (on threads Worker.leave gives them back to the siblings)
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("multiprocess", [False, pytest.param(True, marks=pytest.mark.xfail(
-    strict=True, reason="a join relay feeds its worker process whole batches, and the items fed but not read "
-    "by a join function that returns early are dropped (on threads Worker.leave gives them back to the "
-    "siblings)"))])
+@pytest.mark.parametrize("multiprocess", [False, True])
 def test_join_returning_early_on_several_workers_loses_no_item(multiprocess: bool) -> None:
     p = task(_with_a_stop_sign, branch=True) | task(_sum_until_negative, join=True, workers=2,
                                                      multiprocess=multiprocess)
@@ -234,10 +226,9 @@ def _exit_at_3(xs: Any) -> int:
     return 0
 
 
+# Found by review (fixed): _serve.Joining._run catches only Exception, so a SystemExit (any BaseException) ends its thread and the join is reported done, without output and without error
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("multiprocess", [False, pytest.param(True, marks=pytest.mark.xfail(
-    strict=True, reason="_serve.Joining._run catches only Exception, so a SystemExit (any BaseException) ends "
-    "its thread and the join is reported done, without output and without error"))])
+@pytest.mark.parametrize("multiprocess", [False, True])
 def test_join_reports_system_exit(multiprocess: bool) -> None:
     p = task(range, branch=True) | task(_exit_at_3, join=True, multiprocess=multiprocess)
     with pytest.raises(SystemExit):
@@ -258,10 +249,9 @@ def _endless(path: str, xs: Any) -> Iterator[int]:
             yield i
 
 
+# Found by review (fixed): _serve.Joining's thread appends a branching join's outputs to an unbounded list, however slowly the relay pulls them (throttle= and the channels' room are not felt there)
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("multiprocess", [False, pytest.param(True, marks=pytest.mark.xfail(
-    strict=True, reason="_serve.Joining's thread appends a branching join's outputs to an unbounded list, "
-    "however slowly the relay pulls them (throttle= and the channels' room are not felt there)"))])
+@pytest.mark.parametrize("multiprocess", [False, True])
 def test_branching_join_runs_no_further_ahead_than_the_room_downstream(multiprocess: bool, tmp_path: Path) -> None:
     path = tmp_path / "made"
     path.write_text("0")
@@ -293,10 +283,8 @@ def _line_of(func: Any, text: str) -> int:
     raise AssertionError(f"{text!r} not found in {func.__name__}")
 
 
+# Found by review (fixed): a worker that spawn took out of _idle but did not wake (Ctrl-C between the two) times out and then waits forever for that wake-up holding  _threads._lock, which deadlocks every later spawn
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="a worker that spawn took out of _idle but did not wake (Ctrl-C "
-                   "between the two) times out and then waits forever for that wake-up holding "
-                   "_threads._lock, which deadlocks every later spawn")
 def test_ctrl_c_in_spawn_loses_no_worker() -> None:
     from pyper._engine import _threads
 
@@ -345,10 +333,8 @@ def test_ctrl_c_in_spawn_loses_no_worker() -> None:
 # -- 8. two waits for an abandoned-call slot share one cancellation hook ------------------------
 
 
+# Found by review (fixed): Run's hooks are a dict keyed by the hook, so the workers of a task waiting in Abandoned.add register one hook (its bound _wake) and the first to leave  removes it: the run's cancellation no longer wakes the others
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="Run's hooks are a dict keyed by the hook, so the workers of a task "
-                   "waiting in Abandoned.add register one hook (its bound _wake) and the first to leave "
-                   "removes it: the run's cancellation no longer wakes the others")
 def test_wait_for_an_abandoned_call_slot_is_woken_by_the_runs_cancellation() -> None:
     release = {i: threading.Event() for i in range(4)}
     fail_now = threading.Event()
@@ -399,10 +385,8 @@ def _slow_0_and_1(x: int) -> int:
     return x
 
 
+# Found by review (fixed): FuturesRemote keeps the done callback of a future abandoned at its timeout, which sets the one _woken event when that call ends and so times out the next  call long before its deadline
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="FuturesRemote keeps the done callback of a future abandoned at its "
-                   "timeout, which sets the one _woken event when that call ends and so times out the next "
-                   "call long before its deadline")
 def test_an_abandoned_call_does_not_time_out_the_next_one() -> None:
     failed: list[tuple[int, str]] = []
 
@@ -425,10 +409,8 @@ def _stall_on_0(x: int) -> int:
     return x
 
 
+# Found by review (fixed): on an executor of the user's, timeout= counts the time a call waits in the executor's queue, so the items queued behind one stuck call time out without ever  running (Ray's timed calls count from their start: STARTED)
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="on an executor of the user's, timeout= counts the time a call waits in "
-                   "the executor's queue, so the items queued behind one stuck call time out without ever "
-                   "running (Ray's timed calls count from their start: STARTED)")
 def test_timeout_on_a_busy_executor_counts_only_the_call() -> None:
     _stall.clear()
     failed: list[tuple[int, str]] = []
@@ -455,10 +437,8 @@ def _die_on_3(x: int) -> int:
     return x
 
 
+# Found by review (fixed): FuturesRemote._submit wraps every RuntimeError of submit, and BrokenProcessPool is one, as 'refused the call (was it shut down?)' instead of  WorkerProcessDied
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="FuturesRemote._submit wraps every RuntimeError of submit, and "
-                   "BrokenProcessPool is one, as 'refused the call (was it shut down?)' instead of "
-                   "WorkerProcessDied")
 def test_a_broken_process_pool_is_worker_process_died() -> None:
     from concurrent.futures.process import BrokenProcessPool
 
@@ -481,11 +461,9 @@ def _raise_two_args(x: int) -> int:
     raise _TwoArgs(1, 2)
 
 
+# Found by review (fixed): a call on a ThreadPoolExecutor shares the caller's process, yet its error is pickled into an envelope and rebuilt, so one that does not round-trip (a two-argument __init__) reaches the caller and on_error as a RuntimeError
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("where", ["thread", pytest.param("thread pool", marks=pytest.mark.xfail(
-    strict=True, reason="a call on a ThreadPoolExecutor shares the caller's process, yet its error is pickled "
-    "into an envelope and rebuilt, so one that does not round-trip (a two-argument __init__) reaches the "
-    "caller and on_error as a RuntimeError"))])
+@pytest.mark.parametrize("where", ["thread", "thread pool"])
 def test_an_error_on_a_thread_pool_is_the_original_exception(where: str) -> None:
     with cf.ThreadPoolExecutor(2) as pool:
         p = task(range, branch=True) | task(_raise_two_args, **({"executor": pool} if where != "thread" else {}))
@@ -510,10 +488,9 @@ def _bad_handler(item: Any, exc: Exception) -> None:
     raise _HandlerBoom(f"handler {item}")
 
 
+# Found by review (fixed): _relay._kept runs the handler without setting worker.item, so an error it raises is noted without its item, as the thread loops note it
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("where", ["thread", pytest.param("process", marks=pytest.mark.xfail(
-    strict=True, reason="_relay._kept runs the handler without setting worker.item, so an error it raises "
-    "is noted without its item, as the thread loops note it"))])
+@pytest.mark.parametrize("where", ["thread", "process"])
 def test_an_error_of_the_on_error_handler_names_its_item(where: str) -> None:
     p = task(range, branch=True) | task(_fail_on_3, on_error=_bad_handler, multiprocess=where == "process")
     with pytest.raises(_HandlerBoom) as info:
@@ -524,10 +501,8 @@ def test_an_error_of_the_on_error_handler_names_its_item(where: str) -> None:
 # -- 14. retry_on= goes to the worker processes unchecked ---------------------------------------
 
 
+# Found by review (fixed): task() checks that setup= and backoff= pickle for a process stage but not retry_on=, which goes there too: a local exception class fails at run time, blamed  on the pipeline's arguments
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="task() checks that setup= and backoff= pickle for a process stage but "
-                   "not retry_on=, which goes there too: a local exception class fails at run time, blamed "
-                   "on the pipeline's arguments")
 def test_an_unpicklable_retry_on_is_refused_at_task_time() -> None:
     class Local(Exception):
         pass

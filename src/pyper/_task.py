@@ -109,10 +109,9 @@ def make_task(
         plain = _pickling_pool(where)  # the standard library's pool pickles with pickle alone
         if place.pickles or plain:
             _check_sendable(name, where, "the function (and what bind= binds to it)", func, plain)
-            for option in ("setup", "backoff"):  # (the table's "call" options that are functions)
-                value = per_call.get(option)
-                if callable(value):
-                    _check_sendable(name, where, f"{option}=", value, plain)
+            for option, option_row in OPTIONS.items():  # what runs beside the call goes there too
+                if option_row.runs == "call" and per_call.get(option, option_row.default) != option_row.default:
+                    _check_sendable(name, where, f"{option}=", per_call[option], plain)
     if not place.per_worker and (policy.setup is not None or join):
         raise ValueError(
             f"task {name!r}: {'setup=' if policy.setup is not None else 'join=True'} needs workers of "

@@ -276,11 +276,13 @@ def _serve(
             if kind in ("teardown", "close"):  # the run is over ("close"), and the resource too
                 ended, left = stream, joining
                 stream, joining = iter(()), None
-                error = _end(ended, left)
+                try:
+                    error = _end(ended, left)
+                finally:
+                    if kind == "teardown":
+                        stack.close()  # (even if the stream's finally raised: then that is told)
                 if error is not None:
                     raise error
-                if kind == "teardown":
-                    stack.close()
                 reply: tuple[Any, ...] = ("out", [], True)
             elif kind == "ping":  # the parent waits until this worker is up (timeout=)
                 reply = ("out", [], True)
@@ -315,14 +317,16 @@ def _serve(
                     continue
                 if step[0] == "done":
                     joining = None
-                reply = ("need", step[1]) if step[0] == "need" else ("out", step[1], step[0] == "done")
+                    reply = ("out", step[1], True, step[2])  # (what it was fed and did not read)
+                else:
+                    reply = ("need", step[1]) if step[0] == "need" else ("out", step[1], False)
             else:
                 assert call is not None
                 if kind == "branch":
                     close = getattr(stream, "close", None)
                     if close is not None:  # a stream a stopped run left half read
                         close()
-                    stream, n = stream_batch(call, message[1], current, guarded), message[2]
+                    stream, n = stream_batch(call, message[1], current, guarded, _cancelled), message[2]
                 else:
                     n = message[1]
                 chunk = list(islice(stream, n))

@@ -25,21 +25,28 @@ __all__ = ["NO_ITEM", "Envelope", "seal", "unseal"]
 #: No item in hand: the error was not raised by a call on an item (a setup, a teardown).
 NO_ITEM: Any = type("NoItem", (), {"__repr__": lambda self: "NO_ITEM", "__slots__": ()})()
 
-#: ("error", pickled exception or None, type name, message, traceback, item's short repr or None)
-Envelope = tuple[str, "bytes | None", str, str, str, "str | None"]
+#: ("error", pickled exception (the exception itself, opened in this process) or None, type
+#: name, message, traceback, item's short repr or None)
+Envelope = tuple[str, "bytes | BaseException | None", str, str, str, "str | None"]
 
 
-def seal(exc: BaseException, item: Any = NO_ITEM) -> Envelope:
-    """The envelope of ``exc``, raised by the call on ``item`` (``NO_ITEM``: none)."""
+def seal(exc: BaseException, item: Any = NO_ITEM, here: bool = False) -> Envelope:
+    """The envelope of ``exc``, raised by the call on ``item`` (``NO_ITEM``: none);
+    ``here``: it is opened in this process (a thread pool of the user's), so it carries the
+    exception object itself, never a copy."""
     import traceback  # only once a call fails: not part of every worker's start
 
     from .._errors import safe_str, short_repr
 
     text = "".join(traceback.format_exception(exc))
-    try:
-        blob: bytes | None = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
-    except Exception:  # its type, message and traceback still go
-        blob = None
+    blob: bytes | BaseException | None
+    if here:
+        blob = exc
+    else:
+        try:
+            blob = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # its type, message and traceback still go
+            blob = None
     name = type(exc).__qualname__
     message = safe_str(exc).removeprefix(type(exc).__name__).removeprefix(": ")
     return ("error", blob, name, message, text, None if item is NO_ITEM else short_repr(item))
@@ -54,7 +61,9 @@ def unseal(envelope: tuple[Any, ...], task: str, where: str = "its worker proces
     _, blob, name, message, text, item = envelope
     exc: BaseException | None = None
     why = "it could not be pickled there"
-    if blob is not None:
+    if isinstance(blob, BaseException):  # sealed in this process: the object itself
+        exc = blob
+    elif blob is not None:
         try:
             exc = pickle.loads(blob)
         except Exception as failure:

@@ -21,12 +21,14 @@ executor and its result is dropped. ``timeout=`` stops waiting at the deadline t
 way. A worker of the executor that dies (``BrokenExecutor``) is ``WorkerProcessDied``.
 
 Who owns what: a ``FuturesRemote`` belongs to its relay's thread; ``interrupt`` (another
-thread) reads ``_future`` and sets ``_interrupted`` under ``_lock``, and wakes the relay
-through ``_woken`` (an event set by the future's done callback, or by ``interrupt``).
+thread) reads ``_current`` (the future in flight and its event) and sets ``_interrupted``
+under ``_lock``, and wakes the relay through the future's own event (set by its done
+callback, or by ``interrupt``). A request is never submitted once ``_interrupted`` is set.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import BrokenExecutor, CancelledError, Future
 from functools import partial
@@ -53,13 +55,14 @@ def start(run: Run, stage: Stage, workers: range) -> None:
     here, guarded = remote_task(stage.task)
     # (the executor itself stays here: the remote side only calls the function)
     job: Job = (here._replace(executor="thread"), run.args if stage.take_args else None,
-                run.kwargs if stage.take_args else None, guarded)
+                run.kwargs if stage.take_args else None, guarded, os.getpid())
     _relay.start(run, stage, workers, partial(FuturesRemote, job))
 
 
 class FuturesRemote(Relayed):
     """A relay's side of a stage on the user's executor (``_relay.Remote``): each request
-    a future."""
+    a future, waited for on an event of its own (set by its done callback, or by
+    ``interrupt``): a future given up at its timeout, which ends later, wakes nobody."""
 
     def __init__(self, job: Job, worker: Worker, index: int) -> None:
         super().__init__(worker)
@@ -67,43 +70,48 @@ class FuturesRemote(Relayed):
         self.task = worker.stage.task
         self.executor = self.task.executor
         self._lock = threading.Lock()
-        self._future: Future[Any] | None = None
+        self._current: tuple[Future[Any], threading.Event] | None = None  # the future in flight
         self._interrupted = False
-        self._woken = threading.Event()
 
     def interrupt(self) -> None:
         with self._lock:
             self._interrupted = True
-            future = self._future
-        if future is not None:
-            future.cancel()
-        self._woken.set()
+            current = self._current
+        if current is not None:
+            future, woken = current
+            future.cancel()  # (one not started never runs)
+            woken.set()
 
-    def _submit(self, function: Any, *args: Any) -> Future[Any]:
+    def _submit(self, function: Any, *args: Any) -> tuple[Future[Any], threading.Event]:
+        with self._lock:
+            if self._interrupted:  # the run was cancelled: nothing more goes to the executor
+                raise Cancelled
         try:
             future: Future[Any] = self.executor.submit(function, *args)
+        except BrokenExecutor as exc:  # (a RuntimeError too: first)
+            raise WorkerProcessDied(f"task {self.task.name!r}: a worker of its executor died "
+                                    f"({type(exc).__name__}: {exc})") from exc
         except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
             raise RuntimeError(f"task {self.task.name!r}: its executor refused the call ({exc}); "
                                "was it shut down while the pipeline ran?") from exc
-        self._woken.clear()
+        woken = threading.Event()
+        future.add_done_callback(lambda _: woken.set())  # (holds the event only)
         with self._lock:
-            self._future = future
+            self._current = (future, woken)
             interrupted = self._interrupted
         if interrupted:
             future.cancel()
             raise Cancelled
-        future.add_done_callback(self._wake)
-        return future
+        return future, woken
 
-    def _wake(self, future: Future[Any]) -> None:
-        self._woken.set()
-
-    def _result(self, future: Future[Any], timeout: float | None = None) -> Any:
-        """The future's result, its error raised as the original exception; ``TimeoutError``
-        past ``timeout`` (the future cancelled, if it had not started)."""
-        self._woken.wait(timeout)
+    def _result(self, handle: tuple[Future[Any], threading.Event], timeout: float | None = None) -> Any:
+        """The future's outputs and its calls' seconds, its error raised as the original
+        exception; ``TimeoutError`` past ``timeout`` (the future cancelled, if it had not
+        started)."""
+        future, woken = handle
+        woken.wait(timeout)
         with self._lock:
-            self._future = None
+            self._current = None
             interrupted = self._interrupted
         if not future.done():
             future.cancel()  # (a call running now finishes in the executor: dropped)
@@ -127,10 +135,10 @@ class FuturesRemote(Relayed):
             raise error
         return outputs, status[2]
 
-    def post(self, request: list[Any]) -> Future[Any]:
+    def post(self, request: list[Any]) -> tuple[Future[Any], threading.Event]:
         return self._submit(call_batch, self.job, request)
 
-    def reply(self, handle: Future[Any]) -> tuple[list[Any], float]:
+    def reply(self, handle: tuple[Future[Any], threading.Event]) -> tuple[list[Any], float]:
         result: tuple[list[Any], float] = self._result(handle)
         return result
 
@@ -145,9 +153,19 @@ class FuturesRemote(Relayed):
         raise AssertionError("join=True is refused at task() time for an executor of the user's")
 
     def call(self, x: Any, seconds: float) -> Any:
-        future = self._submit(call_whole if self.task.branch else call_batch, self.job, [x])
+        """One item, given up ``seconds`` after its call started, as far as the executor
+        tells (``Future.cancel`` succeeds only on a call that never started): one that only
+        waited behind other calls in the executor is submitted again, not timed out."""
+        function = call_whole if self.task.branch else call_batch
+        while True:
+            handle = self._submit(function, self.job, [x])
+            future, woken = handle
+            if woken.wait(seconds) or not future.cancel():
+                break
+            with self._lock:
+                self._current = None
         try:
-            outputs, _ = self._result(future, seconds)
+            outputs, _ = self._result(handle, 0 if not future.done() else None)
         except TimeoutError:
             from ._timeouts import timeout_error
 
@@ -156,19 +174,19 @@ class FuturesRemote(Relayed):
 
     def finish(self, error: BaseException | None) -> BaseException | None:
         with self._lock:
-            future, self._future = self._future, None
-        if future is not None:  # the run stopped while it was in flight: never waited for
-            future.cancel()
+            current, self._current = self._current, None
+        if current is not None:  # the run stopped while it was in flight: never waited for
+            current[0].cancel()
         return error
 
 
 class _Whole:
     """A branching batch's outputs, all in one chunk."""
 
-    def __init__(self, remote: FuturesRemote, future: Future[Any]) -> None:
-        self.remote, self.future = remote, future
+    def __init__(self, remote: FuturesRemote, handle: tuple[Future[Any], threading.Event]) -> None:
+        self.remote, self.handle = remote, handle
         self.seconds = 0.0
 
     def next(self, m: int) -> tuple[list[Any], bool]:
-        outputs, self.seconds = self.remote._result(self.future)
+        outputs, self.seconds = self.remote._result(self.handle)
         return outputs, True

@@ -30,6 +30,7 @@ child's lock).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import deque
 from contextlib import nullcontext
@@ -90,11 +91,13 @@ def _payload(run: Run, stage: Stage) -> bytes:
     first = stage is run.stages[0]
     here, guarded = remote_task(stage.task)
     try:
-        return dumps((here, run.args if first else None, run.kwargs if first else None, guarded))
-    except Exception as exc:  # the function was checked at task(...): the call's arguments
+        return dumps((here, run.args if first else None, run.kwargs if first else None, guarded, os.getpid()))
+    except Exception as exc:
+        # The function and its options were checked at task(...): the call's arguments, then.
+        what = "the pipeline's arguments" if first else "the task"
         raise TypeError(
-            f"task {stage.task.name!r} runs in a process (multiprocess=True), but the pipeline's "
-            f"arguments cannot be pickled to send them there ({type(exc).__name__}: {exc})"
+            f"task {stage.task.name!r} runs in a process (multiprocess=True), but {what} cannot be "
+            f"pickled to send there ({type(exc).__name__}: {exc})"
         ) from exc
 
 
@@ -295,7 +298,7 @@ class _Session:
         self.remote = remote
         self.started = False
 
-    def step(self, items: list[Any], end: bool, m: int) -> tuple[str, list[Any]]:
+    def step(self, items: list[Any], end: bool, m: int) -> tuple[str, list[Any], list[Any]]:
         child = self.remote.child
         if not self.started:
             self.started = True
@@ -308,5 +311,7 @@ class _Session:
             child.send(("pull", m))
         reply = self.remote.receive()
         if reply[0] == "need":
-            return "need", reply[1]
-        return ("done" if reply[2] else "out"), reply[1]
+            return "need", reply[1], []
+        if reply[2]:
+            return "done", reply[1], reply[3]
+        return "out", reply[1], []

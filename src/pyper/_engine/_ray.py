@@ -44,6 +44,7 @@ keeper thread ``_Keeper``'s (below).
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -212,7 +213,7 @@ class _Shared:
                 ensure_ray()
                 if self.stage.take_args:  # the first task: the run's arguments go with it
                     here, guarded = remote_task(self.stage.task)
-                    self._job = ray.put((here, self.run.args, self.run.kwargs, guarded))
+                    self._job = ray.put((here, self.run.args, self.run.kwargs, guarded, os.getpid()))
                 else:
                     self._job = _kept_job(self.stage)
             return self._job
@@ -234,7 +235,7 @@ def _kept_job(stage: Stage) -> Any:
         if kept is not None and kept[0] is task and kept[1] == session:
             return kept[2]
     here, guarded = remote_task(task)
-    ref = ray.put((here, None, None, guarded))
+    ref = ray.put((here, None, None, guarded, os.getpid()))
     with _init_lock:
         _jobs.pop(id(task), None)
         _jobs[id(task)] = (task, session, ref)
@@ -287,7 +288,11 @@ class RayRemote(Relayed):
             actor = _remote(Actor).options(max_restarts=retries, max_task_retries=retries,
                                            **self.options).remote(self.job)
             self._set_actor(actor)
-            method = actor.stream.options(**self.streamed) if task.branch else actor.batch.options(num_returns=returns)
+            try:
+                method = actor.stream.options(**self.streamed) if task.branch else actor.batch.options(num_returns=returns)
+            except BaseException:  # (no relay will finish this remote side: its actor goes now)
+                ray.kill(actor)
+                raise
             self._submit = lambda items, upstream: method.remote(items, *upstream)
         else:
             if task.branch:
@@ -499,15 +504,15 @@ class _RaySession:
     def __init__(self, remote: RayRemote) -> None:
         self.remote = remote
 
-    def step(self, items: list[Any], end: bool, m: int) -> tuple[str, list[Any]]:
+    def step(self, items: list[Any], end: bool, m: int) -> tuple[str, list[Any], list[Any]]:
         remote = self.remote
         ref = remote._start(remote._actor.step.remote(items, end, m))
         try:
-            status, kind, outputs = remote._get(ref)
+            status, kind, outputs, left = remote._get(ref)
         finally:
             remote._done()
         remote._checked(status)
-        return kind, outputs
+        return kind, outputs, left
 
 
 #: The batch size each task's relays reached, and the seconds per item its calls took, by

@@ -104,17 +104,18 @@ class Joiner:
     def ready(self) -> bool:
         return True
 
-    def step(self, items: list[Any], end: bool, most: int) -> tuple[Status, str, list[Any]]:
+    def step(self, items: list[Any], end: bool, most: int) -> tuple[Status, str, list[Any], list[Any]]:
         """Feed ``items`` (``end``: the input is over), then wait until the call wants more
-        input, has ``most`` outputs, or is done: (status, "need" | "out" | "done", outputs)."""
+        input, has ``most`` outputs, or is done: (status, "need" | "out" | "done", outputs,
+        what it was fed and did not read)."""
         started = time.perf_counter()
         step = self._joining.step(items, end, most)
         if step[0] == "error":
             kept, self._notes[:] = self._notes[:], []
-            return (*step, kept), "done", []
-        kind, outputs = step[0], step[1]
-        assert isinstance(outputs, list)
-        return ok_status(len(outputs), time.perf_counter() - started, self._notes), kind, outputs
+            return (*step, kept), "done", [], []
+        kind, outputs, left = step[0], step[1], step[2]
+        assert isinstance(outputs, list) and isinstance(left, list)
+        return ok_status(len(outputs), time.perf_counter() - started, self._notes), kind, outputs, left
 
     def close(self) -> Status:
         """Stop the call if it is still reading (the run stopped); its thread exits the

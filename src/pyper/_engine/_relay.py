@@ -65,9 +65,10 @@ class Chunks(Protocol):
 class Session(Protocol):
     """A join call on the remote side."""
 
-    def step(self, items: list[Any], end: bool, m: int) -> tuple[str, list[Any]]:
-        """Feed ``items`` (``end``: the input is over); ("need" | "out" | "done", outputs),
-        asking for up to ``m`` outputs at once."""
+    def step(self, items: list[Any], end: bool, m: int) -> tuple[str, list[Any], list[Any]]:
+        """Feed ``items`` (``end``: the input is over); ("need" | "out" | "done", outputs,
+        with "done" what the call was fed and did not read), asking for up to ``m``
+        outputs at once (the call waits for the next step past them)."""
 
 
 class Remote(Protocol):
@@ -237,7 +238,9 @@ def _kept(worker: Worker) -> Callable[[list[Any]], list[Any]] | None:
             exc, _ = unseal(output.envelope, task.name)
             assert isinstance(exc, Exception)  # only an Exception is sealed as a Failed
             item = None if first else output.item
+            worker.failed_on(output.item)  # (named if the handler raises)
             result.extend(handle_failure(task, item, exc, worker.note, "its call" if first else None))
+            worker.item = None
         return result
 
     return kept
@@ -337,10 +340,12 @@ def _join(worker: Worker, remote: Remote) -> None:
     n = m = 1
     batch: list[Any] = []
     started = 0.0
-    kind, outputs = session.step([], False, m)
+    kind, outputs, left = session.step([], False, m)
     while True:
         box.extend(outputs)
         if kind == "done":
+            if left:  # it returned early: what it did not read goes back to its siblings
+                worker.claim[0] = iter(left)  # (Worker.leave gives the claim back)
             break
         if kind == "need":
             if box:
@@ -352,16 +357,16 @@ def _join(worker: Worker, remote: Remote) -> None:
             items = worker.begin(inp.get(n))
             if items is None:
                 batch = []
-                kind, outputs = session.step([], True, m)
+                kind, outputs, left = session.step([], True, m)
             else:
                 batch = list(items)
                 started = perf_counter()
-                kind, outputs = session.step(batch, False, m)
+                kind, outputs, left = session.step(batch, False, m)
         else:
             chunk_started = perf_counter()
             out.flush(box, False)
             m = remote.cap(adapt(m, len(outputs), perf_counter() - chunk_started, stage.emit), len(outputs) or 1)
-            kind, outputs = session.step([], False, m)
+            kind, outputs, left = session.step([], False, m)
     out.flush(box, True)
 
 

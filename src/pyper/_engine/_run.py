@@ -300,16 +300,17 @@ class Run:
         self._deferred = False  # leave() handed the stop to another thread (see leave)
         # What cancel() calls after it has cancelled the channels, in the order they came,
         # each at least once: the batches workers hold (``Held``), nested runs, the run's
-        # asyncio tasks, relays' remote waits, sleeps. A dict: a worker's hook goes as the
-        # worker leaves, in one step however many there are. Guarded by _lock.
-        self._hooks: dict[Callable[[], None], None] = {}
+        # asyncio tasks, relays' remote waits, sleeps. A dict: a hook goes as what it
+        # watched ends, in one step however many there are; equal hooks are counted
+        # (several workers may wait on one object's bound method). Guarded by _lock.
+        self._hooks: dict[Callable[[], None], int] = {}  # each with how many registered it
         # Where each worker whose loop calls the function here, and the caller, keeps its
         # batch in hand (``held``): emptied by one hook of the cancellation. Appended to by
         # each as it starts (one ``list.append``, atomic under the GIL and in a free-threaded
         # build), never removed (one per worker). One appended after the hook ran never
         # holds a batch: the channels were cancelled first, so its first get raises.
         self.helds: list[Held] = []
-        self._hooks[self._empty_held] = None
+        self._hooks[self._empty_held] = 1
         self.loop = loop
         self.args, self.kwargs = args, kwargs  # the pipeline's arguments, for the first task
         self.caller = threading.current_thread()
@@ -342,7 +343,8 @@ class Run:
         ]
         self.output = self.channels[-1]
         self.output_take = limits[-1][1]  # the caller's batches count against a throttle too
-        source = Channel(1, 1, 1)  # the call's arguments, as the first task's one input
+        # The call's arguments, as the first task's one input: cancelled with the others.
+        self.source = source = Channel(1, 1, 1)
         source.put([None])
         source.close_send()
         self.stages = [
@@ -359,7 +361,7 @@ class Run:
         ]
 
         if loop is not None:
-            self._hooks[self._cancel_tasks_threadsafe] = None
+            self._hooks[self._cancel_tasks_threadsafe] = 1
         self.parent = _calling_run()
         if self.parent is not None:
             self.parent.on_cancel(self.cancel)  # a nested run stops with the run it belongs to
@@ -389,17 +391,22 @@ class Run:
     def on_cancel(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` (from any thread) when the run is cancelled, after its channels,
         or now if it was: how whatever waits outside the channels learns of it (a relay's
-        remote side, a sleep, a nested run, a worker's batch in hand)."""
+        remote side, a sleep, a nested run). Hooks that are equal (several workers waiting
+        on one object's bound method) are counted: each ``off_cancel`` takes one back."""
         with self._lock:
             if not self.cancelled:
-                self._hooks[hook] = None
+                self._hooks[hook] = self._hooks.get(hook, 0) + 1
                 return
         hook()
 
     def off_cancel(self, hook: Callable[[], None]) -> None:
-        """Forget a hook given to ``on_cancel`` (what it watched is done)."""
+        """Take back a hook given to ``on_cancel`` (what it watched is done)."""
         with self._lock:
-            self._hooks.pop(hook, None)
+            count = self._hooks.get(hook, 0)
+            if count > 1:
+                self._hooks[hook] = count - 1
+            else:
+                self._hooks.pop(hook, None)
 
     def sleep(self, seconds: float) -> None:
         """Wait in a thread (a retry's backoff): raises ``Cancelled`` as soon as the run is
@@ -455,6 +462,7 @@ class Run:
             hooks = list(self._hooks)
         for channel in reversed(self.channels):
             channel.cancel()
+        self.source.cancel()  # (the first task's input: upstream of them all)
         for hook in hooks:
             hook()
             with self._lock:

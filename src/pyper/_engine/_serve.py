@@ -20,6 +20,7 @@ some): a worker process imports this at its start.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -36,9 +37,11 @@ __all__ = [
 ]
 
 #: What a remote worker is given once: (the task as it runs there, the pipeline's
-#: arguments and keyword arguments for the first task, else None and None, and whether its
-#: calls are guarded: a failure gives a ``Failed``, for ``on_error=`` in the relay).
-Job = tuple[Any, "tuple[Any, ...] | None", "dict[str, Any] | None", bool]
+#: arguments and keyword arguments for the first task, else None and None, whether its
+#: calls are guarded: a failure gives a ``Failed``, for ``on_error=`` in the relay, and the
+#: pid of the relay's process: a worker in that same process, a thread pool's, gives back
+#: exceptions themselves, not copies).
+Job = tuple[Any, "tuple[Any, ...] | None", "dict[str, Any] | None", bool, int]
 #: The events the calls report (a retry), for the relay to count and log: (event, message).
 Notes = list[tuple[int, str]]
 
@@ -59,7 +62,7 @@ class Failed:
 def open_worker(job: Job, stack: ExitStack, notes: Notes, sleep: Callable[[float], None] = time.sleep) -> Callable[[Any], Any]:
     """The worker's call: the task's function with its remote options; its resource, if
     any, entered on ``stack``. ``sleep``: a retry's backoff wait."""
-    task, args, kwargs, _ = job
+    task, args, kwargs = job[0], job[1], job[2]
     if task.policy.any:
         from ._sync_calls import open_call
 
@@ -76,7 +79,7 @@ _NEVER = (False,)
 
 def map_batch(
     call: Callable[[Any], Any], items: list[Any], current: list[Any], guarded: bool,
-    stopped: list[bool] | tuple[bool] = _NEVER,
+    stopped: list[bool] | tuple[bool] = _NEVER, here: bool = False,
 ) -> list[Any]:
     """The outputs of the calls on ``items``, in order; ``current[0]`` is the item in hand
     (named if its call raises). ``guarded`` (``on_error=``): a call that raises gives a
@@ -98,15 +101,21 @@ def map_batch(
         try:
             append(call(x))
         except Exception as exc:
-            append(Failed(x, seal(exc, x)))
+            append(Failed(x, seal(exc, x, here)))
     return outputs
 
 
-def fan_out(call: Callable[[Any], Any], items: list[Any], current: list[Any], guarded: bool = False) -> Iterator[Any]:
+def fan_out(
+    call: Callable[[Any], Any], items: list[Any], current: list[Any], guarded: bool = False,
+    stopped: list[bool] | tuple[bool] = _NEVER, here: bool = False,
+) -> Iterator[Any]:
     """The fanned-out results of the calls on ``items``; ``current[0]`` is the item in
     hand. ``guarded``: a call (or its iteration) that raises gives a ``Failed`` after
-    the outputs it made, and the next item goes on."""
+    the outputs it made, and the next item goes on. No further call starts once
+    ``stopped[0]`` is set (a worker process's run was cancelled)."""
     for x in items:
+        if stopped[0]:
+            return
         current[0] = x
         if not guarded:
             yield from _outputs(call(x))
@@ -114,7 +123,7 @@ def fan_out(call: Callable[[Any], Any], items: list[Any], current: list[Any], gu
         try:
             yield from _outputs(call(x))
         except Exception as exc:
-            yield Failed(x, seal(exc, x))
+            yield Failed(x, seal(exc, x, here))
 
 
 def _outputs(result: Any) -> Iterator[Any]:
@@ -143,10 +152,10 @@ CHUNK_SECONDS = 0.005
 Status = tuple[Any, ...]
 
 
-def error_status(exc: BaseException, item: Any, notes: Notes) -> Status:
+def error_status(exc: BaseException, item: Any, notes: Notes, here: bool = False) -> Status:
     """The status of a request whose call raised ``exc``: its envelope, and the log records."""
     kept, notes[:] = notes[:], []
-    return (*seal(exc, item), kept)
+    return (*seal(exc, item, here), kept)
 
 
 def ok_status(count: int, seconds: float, notes: Notes) -> Status:
@@ -157,15 +166,16 @@ def ok_status(count: int, seconds: float, notes: Notes) -> Status:
 
 def run_batch(
     call: Callable[[Any], Any], items: list[Any], upstream: tuple[list[Any], ...], notes: Notes, guarded: bool,
+    here: bool = False,
 ) -> tuple[Status, list[Any] | None]:
     """A batch's outputs, all at once: (status, outputs)."""
     inputs = [*items, *chain.from_iterable(upstream)] if upstream else items
     current: list[Any] = [NO_ITEM]
     started = time.perf_counter()
     try:
-        outputs = map_batch(call, inputs, current, guarded)
+        outputs = map_batch(call, inputs, current, guarded, here=here)
     except Exception as exc:
-        return error_status(exc, current[0], notes), None
+        return error_status(exc, current[0], notes, here), None
     return ok_status(len(outputs), time.perf_counter() - started, notes), outputs
 
 
@@ -195,20 +205,23 @@ def stream_outputs(
 def call_batch(job: Job, items: list[Any], *upstream: list[Any]) -> tuple[Status, list[Any] | None]:
     """One batch, with no state kept between batches: (status, outputs). A Ray task
     (``num_returns=2``, or 1: the pair as one object), or a future's call."""
-    return _once(job, lambda call, notes: run_batch(call, items, upstream, notes, job[3]))
+    here = job[4] == os.getpid()  # (a thread pool's worker: the relay's own process)
+    return _once(job, lambda call, notes: run_batch(call, items, upstream, notes, job[3], here))
 
 
 def call_whole(job: Job, items: list[Any]) -> tuple[Status, list[Any] | None]:
     """A branching batch, its outputs all at once (a transport that cannot stream them:
     futures): (status, outputs)."""
 
+    here = job[4] == os.getpid()
+
     def whole(call: Callable[[Any], Any], notes: Notes) -> tuple[Status, list[Any] | None]:
         current: list[Any] = [NO_ITEM]
         started = time.perf_counter()
         try:
-            outputs = list(fan_out(call, items, current, job[3]))
+            outputs = list(fan_out(call, items, current, job[3], here=here))
         except Exception as exc:
-            return error_status(exc, current[0], notes), None
+            return error_status(exc, current[0], notes, here), None
         return ok_status(len(outputs), time.perf_counter() - started, notes), outputs
 
     return _once(job, whole)
@@ -224,7 +237,7 @@ def _once(
         try:
             call = open_worker(job, stack, notes)
         except Exception as exc:
-            return error_status(exc, NO_ITEM, notes), None
+            return error_status(exc, NO_ITEM, notes, job[4] == os.getpid()), None
         return body(call, notes)
 
 
@@ -247,11 +260,12 @@ class Joining:
         self._job = job
         self._notes = notes
         self._cond = threading.Condition()
-        self._inputs: deque[Any] = deque()
+        self._inputs: deque[Any] = deque()  # fed, not yet read by the call
         self._ended = False  # the relay said the input is over
         self._stopped = False  # the run stopped: the next read raises _Stopped
         self._waiting = False  # the call waits for input
         self._outputs: list[Any] = []
+        self._most = 1  # the most outputs held before the call waits (the last step's)
         self._done = False
         self._error: BaseException | None = None
         self._told = False  # the error went back with a step already
@@ -278,15 +292,24 @@ class Joining:
                 call = open_worker(self._job, stack, self._notes)
                 result = call(self._stream())
                 outputs = _outputs(result) if self._job[0].branch else iter([result])
-                for output in outputs:
-                    with self._cond:
-                        if self._stopped:
-                            break
-                        self._outputs.append(output)
-                        self._cond.notify_all()
+                try:
+                    for output in outputs:
+                        with self._cond:
+                            # No further ahead than the room downstream: the relay asks
+                            # for the next outputs once it has handed these on.
+                            while len(self._outputs) >= self._most and not self._stopped:
+                                self._cond.wait()
+                            if self._stopped:
+                                break
+                            self._outputs.append(output)
+                            self._cond.notify_all()
+                finally:
+                    close = getattr(outputs, "close", None)
+                    if close is not None:  # its finally runs now, before its resource is exited
+                        close()
         except _Stopped:
             pass
-        except Exception as exc:
+        except BaseException as exc:  # (SystemExit too: told, never lost)
             with self._cond:
                 self._error = exc
         finally:
@@ -294,14 +317,16 @@ class Joining:
                 self._done = True
                 self._cond.notify_all()
 
-    def step(self, items: list[Any], end: bool, most: int) -> tuple[str, list[Any]] | Envelope:
+    def step(self, items: list[Any], end: bool, most: int) -> tuple[str, list[Any], list[Any]] | Envelope:
         """Feed ``items`` (``end``: the input is over), then wait until the call wants more
         input, has ``most`` outputs, or is done (its resource exited): ("need" | "out" |
-        "done", outputs), or the envelope of its error (or its resource's)."""
+        "done", outputs, what it was fed and did not read: a call that returned early
+        leaves those for its siblings), or the envelope of its error (or its resource's)."""
         with self._cond:
             self._inputs.extend(items)
             self._ended = self._ended or end
             self._waiting = False
+            self._most = most
             self._cond.notify_all()
             if self._thread is None and not self._done:
                 self._thread = threading.Thread(target=self._run, name="pyper:join", daemon=True)
@@ -309,10 +334,15 @@ class Joining:
             while not (self._done or len(self._outputs) >= most or (self._waiting and not self._inputs)):
                 self._cond.wait()
             outputs, self._outputs = self._outputs, []
+            self._cond.notify_all()  # (the call may wait for room)
             if self._done and self._error is not None:
                 self._told = True
                 return seal(self._error)
-            return ("done" if self._done else "out" if len(outputs) >= most else "need"), outputs
+            left: list[Any] = []
+            if self._done:
+                left = list(self._inputs)
+                self._inputs.clear()
+            return ("done" if self._done else "out" if len(outputs) >= most else "need"), outputs, left
 
     def stop(self, seconds: float = 5.0) -> BaseException | None:
         """Stop the call if it is still reading (the run stopped), and wait (bounded) for

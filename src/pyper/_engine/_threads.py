@@ -118,16 +118,25 @@ class _Worker:
                 if _exiting:
                     return
                 idle.append(self)
+            job = self._park(idle)
+
+    def _park(self, idle: list[_Worker]) -> Callable[[], None] | None:
+        """Wait in ``idle`` for a job, up to ``IDLE_SECONDS``: the job, or None to exit.
+        Never blocks with ``_lock`` held: a hand-over that a Ctrl-C cut short (taken out
+        of ``_idle``, not woken) is found at the timeout, and a wake-up that comes late (of
+        a hand-over the worker already took at its timeout) is a spurious one, ignored."""
+        while True:
             woken = self._wake.acquire(timeout=IDLE_SECONDS)
             with _lock:
-                if not woken and self in idle:  # timed out: nobody woke it, and nobody will
+                if self in idle:  # still parked: nobody took it
+                    if woken:
+                        continue  # a late wake-up of an earlier hand-over
                     idle.remove(self)
-                    return
-                if not woken:  # taken out of _idle (a job, or told to exit) as it timed out:
-                    self._wake.acquire()  # its wake-up is on the way, given under _lock
-                job, self._job = self._job, None  # (spawn marked it busy, with its owner)
+                    return None  # timed out
+                job, self._job = self._job, None  # taken out of _idle: a job, or told to exit
                 if job is None:  # retired, exiting, or a hand-over cut short
-                    return
+                    self._done()  # (spawn may have marked it busy)
+                return job
 
 
 def spawn(

@@ -362,12 +362,15 @@ class Child:
         # open and serve the next run with the state of the last. The fork server's
         # children start clean.
         self.keep = not forked
-        # Guards _closed and generation: interrupt() (any thread) never writes to the wake-up
-        # pipe once close() has closed it (its number may by then be another pipe's), nor
-        # for a run the child no longer serves (generation: one per run it is taken for).
+        # Guards _closed, generation, _interrupted and unread's increments: interrupt() (any
+        # thread) never writes to the wake-up pipe once close() has closed it (its number may
+        # by then be another pipe's), nor for a run the child no longer serves (generation:
+        # one per run it is taken for); and a request either is counted before interrupt()
+        # looks (the child is told to start no further call) or is refused (post).
         self._lock = threading.Lock()
         self._closed = False
         self.generation = 0
+        self._interrupted = -1  # the generation (run) interrupt() stopped: post refuses it
         self._widened = 0  # bytes of this child's pipes widened past the default (PIPE_BUDGET)
         self._wide_to = self._wide_from = False  # each pipe is widened (tried) at most once
         self.process: Any = None
@@ -465,6 +468,7 @@ class Child:
         kept warm) or misses one that just got a request (it finishes that batch)."""
         with self._lock:
             if not self._closed and generation == self.generation:
+                self._interrupted = generation  # (post sends nothing more for this run)
                 os.write(self._wake_w, b"x")
                 if self.unread > 0:
                     self.keep = False
@@ -507,11 +511,14 @@ class Child:
             self._wide_to = True
             self._widened += _widen(self.to_child.fileno())
             self.ahead_bytes = _ahead_bytes(self.to_child.fileno())
+        with self._lock:  # (interrupt reads unread under it: a request counted here is told)
+            if self._interrupted == self.generation:
+                raise Cancelled  # the run was cancelled: no request goes after that
+            self.unread += 1
         try:
             self.to_child.send_bytes(data)
         except (BrokenPipeError, OSError):
             self._raise_died()
-        self.unread += 1
         if join:
             self.joining = True
         return len(data)
