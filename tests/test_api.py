@@ -122,17 +122,6 @@ def test_concurrency_below_one_is_value_error() -> None:
         task(my_mapper_fn, concurrency=0)
 
 
-def test_throttle_negative_is_value_error() -> None:
-    with pytest.raises(ValueError, match="my_mapper_fn"):
-        task(my_mapper_fn, throttle=-1)
-
-
-@pytest.mark.parametrize("bad", [1.5, "3", None])
-def test_throttle_not_int_is_type_error(bad: Any) -> None:
-    with pytest.raises(TypeError, match="my_mapper_fn"):
-        task(my_mapper_fn, throttle=bad)
-
-
 @pytest.mark.parametrize("bad", [42, "not callable", [my_mapper_fn]])
 def test_non_callable_is_type_error(bad: Any) -> None:
     with pytest.raises(TypeError) as ei:
@@ -208,11 +197,6 @@ def test_async_daemon_is_value_error(fn: Any) -> None:
 def test_sync_daemon_is_accepted_and_runs() -> None:
     p = task(count_up_gen) | task(my_mapper_fn, daemon=True, workers=2)
     assert sorted(collect(p, 5)) == [1, 2, 3, 4, 5]
-
-
-def test_ordered_with_join_is_value_error() -> None:
-    with pytest.raises(ValueError, match="my_mapper_fn"):
-        task(my_mapper_fn, ordered=True, join=True)
 
 
 # --------------------------------------------------------------------------------------------
