@@ -19,8 +19,8 @@ VENV=".venv-$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 PYPER_START_METHOD=forkserver "$VENV/bin/python" -m pytest -q -k process \
     tests/test_process.py tests/test_policies.py tests/test_metrics.py tests/test_adaptive.py \
     tests/test_bounds.py tests/test_lifecycle_matrix.py
-PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_bounds.py tests/test_regressions.py
-PYPER_NO_STEAL=1 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_bounds.py tests/test_regressions.py
+PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_bounds.py tests/test_lifecycle.py
+PYPER_NO_STEAL=1 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_bounds.py tests/test_lifecycle.py
 "$VENV/bin/python" -m mypy
 PYTHON="$VENV/bin/python" sh scripts/run_original_tests.sh
 # Last, the optional cloudpickle extra: lambdas and closures in process stages.

@@ -24,21 +24,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import pyper
 from conftest import (
     Leaks,
     acollect,
@@ -46,13 +50,16 @@ from conftest import (
     collect,
     describe,
     elapsed,
+    other_tasks,
     run_async,
     wait_no_other_tasks,
     wait_until,
 )
 from pyper import AsyncPipeline, task
+from pyper._channel import Channel
 
 KINDS = ["sync", "async_threads", "async_tasks"]
+SYNC_ASYNC = ["sync", "async"]
 ROOT = Path(__file__).resolve().parents[1]
 
 #: how long a "blocked" call would last if nobody released / cancelled it
@@ -489,6 +496,192 @@ def test_error_after_raise_goes_to_logging(
     assert wait_until(lambda: any(_record_mentions(r, late) for r in caplog.records), 1.0), [
         r.getMessage() for r in caplog.records
     ]
+
+
+# First review: A cancelled run looked like a normal end: the error was lost and a join
+# committed a partial result.  Run.cancel cancelled channels upstream first; between two
+# channels, the workers of the next stage saw their input cancelled and closed their outputs,
+# which downstream took for a normal end of stream.
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", SYNC_ASYNC)
+def test_error_not_lost_when_cancel_is_preempted_between_channels(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Simulates the thread running Run.cancel being preempted after each channel it cancels
+    # (the unpatched race is test_error_not_lost_unpatched_race below).
+    original_cancel = Channel.cancel
+
+    def preempted_cancel(self: Channel) -> None:
+        original_cancel(self)
+        time.sleep(0.02)
+
+    monkeypatch.setattr(Channel, "cancel", preempted_cancel)
+    err = Boom(50)
+    committed: list[int] = []
+
+    def src() -> Any:
+        yield from range(100)
+
+    async def asrc() -> Any:
+        for i in range(100):
+            yield i
+
+    def check(x: int) -> int:
+        if x == 50:
+            time.sleep(0.05)  # let items 0..49 reach the join first
+            raise err
+        return x
+
+    def total(items: Any) -> int:  # a join committing a result
+        result = sum(items)
+        committed.append(result)
+        return result
+
+    p = (
+        task(asrc if kind == "async" else src)
+        | task(check)
+        | task(lambda x: x, workers=2)
+        | task(total, join=True)
+    )
+    with pytest.raises(Boom) as info:
+        collect(p)
+    assert info.value is err
+    assert committed == []  # the join saw the cancellation, not an end of stream
+
+
+@pytest.mark.timeout(10)
+def test_error_not_lost_unpatched_race() -> None:
+    # lost_error.py: the same bug without any patching, about 1 run in 125 on the old engine.
+    # Probabilistic: ~1000 runs (2 s) make the old bug show with probability > 0.999.
+    def run_once(n: int = 200, bad: int = 54) -> None:
+        err = Boom(bad)
+
+        async def asrc(n: int) -> Any:
+            for i in range(n):
+                yield i
+
+        def filt(x: int) -> Any:
+            if x == bad:
+                raise err
+            if x % 3:
+                yield x
+
+        p = task(asrc) | task(filt, workers=3, throttle=3) | task(lambda x: x * 2 + 1, workers=5)
+
+        async def main() -> list[int]:
+            return await acollect(p(n))
+
+        try:
+            out = asyncio.run(main())
+        except Boom as e:
+            assert e is err
+        else:
+            pytest.fail(f"the error was lost: the pipeline ended normally with {len(out)} outputs")
+
+    deadline = time.monotonic() + 2.0
+    runs = 0
+    while runs < 100 or (time.monotonic() < deadline and runs < 1500):
+        run_once()
+        runs += 1
+
+
+# First review (fixed in the same commit): async, a CancelledError raised by the task's own code
+# is an error, not a cancellation (the caller got pyper's "cancelled from outside" instead of
+# it).
+
+
+@pytest.mark.timeout(10)
+def test_cancelled_error_raised_by_an_async_task_is_raised_as_itself() -> None:
+    err = asyncio.CancelledError("raised by the task's own code")
+
+    async def src() -> Any:
+        for i in range(10):
+            yield i
+
+    async def f(x: int) -> int:
+        if x == 3:
+            raise err
+        return x
+
+    async def main() -> None:
+        with pytest.raises(asyncio.CancelledError) as info:
+            await acollect((task(src) | task(f, workers=2))())
+        assert info.value is err
+        await wait_no_other_tasks()
+
+    run_async(main())
+
+
+# Late errors were logged with tracebacks formatted in worker threads, while the main thread
+# ran: CPython 3.11's traceback formatting parses each frame's line (ast.parse, for the
+# carets), and the AST constructor's recursion counter is shared by all threads, so a parse
+# in one thread could fail another thread's parse ("SystemError: AST constructor recursion
+# depth mismatch"): an INTERNALERROR in a pytest session. pyper's gc callback runs Python
+# code inside the parser's allocations, which lets threads switch there.
+
+
+def _raises_deep(n: int) -> None:
+    if n:
+        _raises_deep(n - 1)
+    raise ValueError(f"late {n}")
+
+
+@pytest.mark.timeout(60)
+def test_tracebacks_logged_from_worker_threads_never_break_a_parse_elsewhere() -> None:
+    import ast
+    import logging
+
+    from pyper._engine._run import _log_error
+
+    try:
+        _raises_deep(5)
+    except ValueError as caught:
+        error = caught
+    formatted: list[str] = []
+
+    class Format(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            formatted.append(self.format(record))
+
+    logger = logging.getLogger("pyper")
+    handler = Format()
+    logger.addHandler(handler)
+    source = "\n".join(f"x{i} = [{', '.join(map(str, range(30)))}] + f(a[1][2], b={{'k': (1, 2)}})"
+                       for i in range(40))
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def log_errors() -> None:
+        for _ in range(100):
+            _log_error("pyper: task %r raised after its pipeline had stopped", "t", exc_info=error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=log_errors) for _ in range(4)]
+        for t in threads:
+            t.start()
+        def wait_for_them() -> None:
+            for t in threads:
+                t.join()
+            done.set()
+
+        waiter = threading.Thread(target=wait_for_them)
+        waiter.start()
+        while not done.is_set():
+            try:
+                ast.parse(source)  # what pytest does in the main thread to show a failure
+            except SystemError as exc:
+                failures.append(exc)
+        waiter.join()
+    finally:
+        sys.setswitchinterval(interval)
+        logger.removeHandler(handler)
+    assert not failures, f"{len(failures)} parses failed in the main thread: {failures[0]!r}"
+    assert len(formatted) == 400
+    assert all("in _raises_deep" in text and "ValueError: late 0" in text for text in formatted), formatted[0]
 
 
 # ============================================================================================
@@ -1221,6 +1414,101 @@ def test_pipeline_reusable_right_after_early_exit(kind: str, release: threading.
         assert sorted(p(50)) == list(range(50))
 
 
+# First review: After an error downstream, a fast thread-run generator kept being advanced:
+# pour() only noticed the cancelled channel when it flushed, and its batch had grown to ~1024
+# items.
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_generator_stops_at_its_next_item_after_an_error_downstream(
+    kind: str, leaks: Leaks
+) -> None:
+    err = Boom(3001)
+    late_steps: list[float] = []
+    stop = threading.Event()  # set at the end so that a runaway producer stops too
+
+    def producer() -> Any:
+        yield from range(3000)  # cheap phase: the engine's batches grow to their largest
+        for i in range(3000, 100_000):  # slow phase
+            if stop.is_set():
+                return
+            time.sleep(0.005)
+            late_steps.append(time.monotonic())
+            yield i
+
+    def check(x: int) -> int:
+        if x == 3001:
+            raise err
+        return x
+
+    p = task(producer) | task(check)
+    if kind == "async":
+        p = p | task(_async_passthrough)  # the same thread stages, in an AsyncPipeline
+    try:
+        with pytest.raises(Boom) as info:
+            collect(p)
+        raised_at = time.monotonic()
+        assert info.value is err
+        # The producer thread stops (goes idle) promptly instead of running on for seconds.
+        left = leaks.wait_quiet(2.0)
+        assert not left, f"still busy 2 s after the error: {left}"
+        started_after = sum(t > raised_at for t in late_steps)
+        assert started_after <= 1, f"{started_after} producer steps after the caller got the error"
+    finally:
+        stop.set()
+
+
+# First review: A worker's get() returned a batch, then Run.cancel() ran before the worker
+# stored it in its cursor: cancel emptied the old batch, and the worker called the user's
+# function on every item of the new one after the run was cancelled.
+
+
+@pytest.mark.timeout(10)
+def test_batch_taken_as_the_run_is_cancelled_is_not_started(
+    monkeypatch: pytest.MonkeyPatch, leaks: Leaks
+) -> None:
+    # Simulates the worker thread being preempted right after get() returns its second batch,
+    # until the caller has closed the generator (a thread can be preempted there at any time).
+    original_get = Channel.get
+    took_batch = threading.Event()
+    closed = threading.Event()
+
+    def preempted_get(self: Channel, n: int, held: Any = None) -> Any:
+        batch = original_get(self, n, held)
+        if (
+            threading.current_thread() is not threading.main_thread()
+            and batch
+            and isinstance(batch[0], int)
+            and batch[0] > 0  # the stage's second batch (its first one is [0])
+            and not took_batch.is_set()
+        ):
+            took_batch.set()
+            closed.wait(5)
+        return batch
+
+    monkeypatch.setattr(Channel, "get", preempted_get)
+    calls_after_close: list[int] = []
+
+    def slow(x: int) -> int:
+        if closed.is_set():
+            calls_after_close.append(x)
+        return x
+
+    def src() -> Any:
+        yield from range(100_000)
+
+    gen = (task(src) | task(slow))()
+    try:
+        assert next(gen) == 0
+        assert took_batch.wait(5)
+        gen.close()
+    finally:
+        closed.set()
+    assert not leaks.wait_quiet(1.0)
+    assert calls_after_close == []
+
+
 # ============================================================================================
 # join: cancelled iterators raise; partial reads do not hang
 
@@ -1380,6 +1668,68 @@ def test_join_returning_early_does_not_hang(kind: str, workers: int, leaks: Leak
     assert not (left := leaks.wait_quiet(PROMPT_S)), describe(left)
 
 
+# First review: A join task that returned early ended the stream normally, but the run was never
+# cancelled: the stages above it stayed busy (sync: parked in a channel until the producer
+# emitted again; async: the caller waited a whole second for them, then left them pending).
+
+
+@pytest.mark.timeout(10)
+def test_join_returning_early_stops_upstream_sync(leaks: Leaks) -> None:
+    gate = threading.Event()  # a slow producer: blocked until the test releases it
+    steps: list[int] = []
+    producer: list[threading.Thread] = []
+
+    def src() -> Any:
+        producer.append(threading.current_thread())
+        for i in itertools.count():
+            steps.append(i)
+            if i > 3:
+                gate.wait(LONG_S)
+            yield i
+
+    def first_two(items: Any) -> list[int]:  # join: reads two items and returns early
+        return [next(items), next(items)]
+
+    p = task(src) | task(lambda x: x, workers=2) | task(first_two, join=True)
+    try:
+        # Two workers in the middle: the join sees two of the first items, in either order.
+        [firsts] = list(p())
+        assert len(set(firsts)) == 2 and set(firsts) <= {0, 1, 2, 3, 4}, firsts
+        # Only the producer, in its (uninterruptible) call, may still be busy.
+        assert wait_until(lambda: set(leaks.busy_threads()) <= set(producer), 2.0), (
+            f"busy after the pipeline returned: {leaks.busy_threads()}"
+        )
+    finally:
+        gate.set()
+    # Once its call returns, the producer is not advanced again (at most one more step).
+    assert not leaks.wait_quiet(2.0)
+    assert max(steps) <= 5, f"producer kept running after the pipeline returned: {max(steps)} steps"
+
+
+@pytest.mark.timeout(10)
+def test_join_returning_early_stops_upstream_async() -> None:
+    async def src() -> Any:
+        for i in itertools.count():
+            if i > 3:
+                await asyncio.sleep(LONG_S)  # a slow producer
+            yield i
+
+    async def first_two(items: Any) -> list[int]:
+        return [await items.__anext__(), await items.__anext__()]
+
+    async def main() -> float:
+        p = task(src) | task(_async_passthrough, workers=2) | task(first_two, join=True)
+        started = time.monotonic()
+        assert await acollect(p()) == [[0, 1]]
+        took = time.monotonic() - started
+        assert not await other_tasks(), "upstream tasks still pending after the pipeline returned"
+        return took
+
+    took = run_async(main())
+    # The old engine waited its whole settle time (1 s) for tasks it had not cancelled.
+    assert took < 0.9
+
+
 # ============================================================================================
 # Nested pipelines are part of the outer run
 
@@ -1437,6 +1787,49 @@ def test_nested_pipeline_cancelled_with_outer(kind: str, leaks: Leaks) -> None:
     # every inner generator whose outputs we saw was closed (the inner runs were cancelled)
     assert wait_until(lambda: set(finals) >= {x // 1000 for x in out}, PROMPT_S), finals
     assert not (left := leaks.wait_quiet(PROMPT_S)), describe(left)
+
+
+# First review: A nested pipeline used as a task: every call made an inner run that the outer
+# run adopted and never forgot, so a long outer stream grew memory without bound.  (Fixed before
+# the review commit, in "A nested run leaves its parent when done".)
+
+
+@pytest.mark.timeout(15)
+def test_nested_pipeline_runs_are_not_kept_by_the_outer_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pyper._engine import _run
+
+    # Records every Run weakly, to count those still alive; the engine is otherwise untouched.
+    runs: weakref.WeakSet[Any] = weakref.WeakSet()
+    original_init = _run.Run.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        runs.add(self)
+
+    monkeypatch.setattr(_run.Run, "__init__", init)
+    inner = task(lambda x: x + 1) | task(lambda x: x * 2)
+    gate = threading.Event()
+
+    def src() -> Any:
+        yield from range(1000)
+        gate.wait(LONG_S)  # the outer run is still streaming, its nested runs all done
+        yield from range(1000, 2000)
+
+    def settled() -> bool:
+        gc.collect()
+        return len(runs) <= 3  # the outer run, and a nested one at most (in its teardown)
+
+    gen = (task(src) | task(inner, branch=True) | task(lambda x: x))()
+    try:
+        out = [next(gen) for _ in range(1000)]
+        ok = wait_until(settled, 3.0)
+        assert ok, f"{len(runs)} runs alive after 1000 items went through a nested pipeline"
+    finally:
+        gate.set()
+    out += list(gen)
+    assert out == [(x + 1) * 2 for x in range(2000)]
 
 
 # ============================================================================================
@@ -1668,6 +2061,64 @@ def test_daemon_task_does_not_delay_exit(daemon: bool, tmp_path: Path) -> None:
     else:
         assert "slow call finished" in lines  # the program exits once in-flight calls return
         assert t_exit - t_exiting > 0.8
+
+
+# First review: A KeyboardInterrupt landing inside Run.cancel (a second Ctrl-C) left the run
+# marked cancelled with its channels not cancelled: every later cancel, the interpreter-exit
+# hook included, returned at once, and the interpreter hung at exit joining parked workers.
+
+KI_IN_CANCEL_CHILD = textwrap.dedent(
+    """
+    import itertools, time
+    from pyper import task
+    from pyper._channel import Channel
+
+    # Simulates a second Ctrl-C delivered inside Run.cancel: the first Channel.cancel raises.
+    original = Channel.cancel
+    state = {"armed": True}
+    def cancel(self):
+        if state["armed"]:
+            state["armed"] = False
+            raise KeyboardInterrupt
+        original(self)
+    Channel.cancel = cancel
+
+    def src():
+        yield from itertools.count()
+
+    gen = (task(src) | task(lambda x: x, workers=2, throttle=1))()
+    next(gen)
+    time.sleep(0.2)  # the stages park on their full channels
+    try:
+        gen.close()  # the consumer leaves: Run.cancel() runs, and the Ctrl-C hits it
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt handled", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(20)
+def test_keyboard_interrupt_inside_cancel_does_not_hang_interpreter_exit() -> None:
+    env = dict(os.environ)
+    # the child imports the same pyper as this test run
+    src_dir = os.path.dirname(os.path.dirname(os.path.abspath(pyper.__file__)))
+    env["PYTHONPATH"] = src_dir + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("PYTHONWARNINGS", None)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", KI_IN_CANCEL_CHILD],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=8,
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(
+            f"the child interpreter hung at exit (parked worker threads); stdout: {e.stdout!r}"
+        )
+    assert proc.stdout.strip() == "KeyboardInterrupt handled", proc.stderr
+    assert proc.returncode == 0, proc.stderr
 
 
 # ============================================================================================
