@@ -368,6 +368,32 @@ def fifty_async(n: int, reps: int) -> list[float]:
     return asyncio.run(main_())
 
 
+@latency
+def stages_sync(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(produce) | task(sleep_10ms) | task(sleep_10ms) | task(sleep_10ms)
+    return [_time_once(lambda: sum(p(n)), sum(range(n)))[0] for _ in range(reps)]
+
+
+@latency
+def stages_async(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(aproduce) | task(asleep_10ms) | task(asleep_10ms) | task(asleep_10ms)
+
+    async def main_() -> list[float]:
+        values = []
+        for _ in range(reps):
+            t0 = perf()
+            total = sum([x async for x in p(n)])
+            values.append(perf() - t0)
+            check("run", total, sum(range(n)))
+        return values
+
+    return asyncio.run(main_())
+
+
 @contender
 def fifty_threads(n: int, reps: int) -> list[float]:
     """Hand-written: 50 threads per stage, unbounded queues, one sentinel per worker."""

@@ -246,6 +246,16 @@ def build_cases(quick: bool, skip_ours: str | None, skip_original: str | None) -
         add(c, f"{ORIGINAL_VERSION}: {label}, cold", "original", [*orig, child, "0", "1"], 30)
     cases.append(c)
 
+    # Three stages at once (tests/test_lifecycle.py counts their overlap; the time is here):
+    # 100 items through three 10 ms stages of one worker each, to the last output.
+    c = Case("three stages", "100 items through three 10 ms stages, workers=1: last output", "ms", 1e3,
+             reference="ideal 1.02 s", ideal=1.02)
+    for child, label in (("stages_sync", "sync (time.sleep)"), ("stages_async", "async (asyncio.sleep)")):
+        add(c, f"ours: {label}, cold", "ours", [*ours, child, "100", "1"], 60, target=ratio_at_most(1.15))
+        add(c, f"ours: {label}, warm", "ours", [*ours, f"{child}_warm", "100", "2"], 60,
+            target=ratio_at_most(1.15))
+    cases.append(c)
+
     c = Case("50 workers", "200 items through two 50 ms stages, 50 workers each", "ms", 1e3,
              reference="ideal 250 ms", ideal=0.250)
     add(c, "hand-written threads + queue.Queue, cold", "reference", [*ours, "fifty_threads", "200", "1"], 60)

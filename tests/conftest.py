@@ -394,3 +394,58 @@ class InFlight:
     def consume(self) -> None:
         with self.lock:
             self.consumed += 1
+
+
+# --------------------------------------------------------------------------------------------
+# The same function, sync or async (the semantics and bounds tests build pipelines of
+# them; "mixed" alternates by position)
+
+
+def make_map(fn: Callable[[Any], Any], asyncy: bool) -> Callable[[Any], Any]:
+    if asyncy:
+
+        async def amap(x: Any) -> Any:
+            await asyncio.sleep(0)
+            return fn(x)
+
+        return amap
+
+    def smap(x: Any) -> Any:
+        return fn(x)
+
+    return smap
+
+
+def make_branch(fn: Callable[[Any], list[Any]], asyncy: bool) -> Callable[[Any], Any]:
+    if asyncy:
+
+        async def agen(x: Any) -> Any:
+            for y in fn(x):
+                await asyncio.sleep(0)
+                yield y
+
+        return agen
+
+    def sgen(x: Any) -> Any:
+        yield from fn(x)
+
+    return sgen
+
+
+def make_source(asyncy: bool) -> Callable[[int], Any]:
+    if asyncy:
+
+        async def asource(n: int) -> Any:
+            for i in range(n):
+                yield i
+
+        return asource
+
+    def source(n: int) -> Any:
+        yield from range(n)
+
+    return source
+
+
+def is_async(mode: str, position: int) -> bool:
+    return mode == "async" or (mode == "mixed" and position % 2 == 1)

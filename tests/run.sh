@@ -18,9 +18,9 @@ VENV=".venv-$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 # Process stages again with the fork server (the default forks on Linux while no thread runs).
 PYPER_START_METHOD=forkserver "$VENV/bin/python" -m pytest -q -k process \
     tests/test_process.py tests/test_policies.py tests/test_metrics.py tests/test_adaptive.py \
-    tests/test_lifecycle_matrix.py
-PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_regressions.py
-PYPER_NO_STEAL=1 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_regressions.py
+    tests/test_bounds.py tests/test_lifecycle_matrix.py
+PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_bounds.py tests/test_lifecycle.py
+PYPER_NO_STEAL=1 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_bounds.py tests/test_lifecycle.py
 "$VENV/bin/python" -m mypy
 PYTHON="$VENV/bin/python" sh scripts/run_original_tests.sh
 # Last, the optional cloudpickle extra: lambdas and closures in process stages.

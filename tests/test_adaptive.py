@@ -171,16 +171,19 @@ def test_idle_workers_retire_down_to_the_lower_bound() -> None:
 
     def bursty(n: int) -> Any:
         yield from range(n)
-        for i in range(n, n + 15):
+        for i in range(n, n + 25):
             time.sleep(0.1)
             yield i
 
     p = task(bursty) | task(nap, workers=(2, 32))
     with observe() as seen:
-        assert sorted(p(64)) == list(range(64 + 15))
+        assert sorted(p(64)) == list(range(64 + 25))
     naps = stage("nap", seen.last.stages)
     assert naps.workers >= 16, seen.last.summary()  # it grew for the burst
-    assert 2 <= naps.size <= 6, seen.last.summary()  # and went back down
+    # and went back down: one or two workers serve an item every 0.1 s; a stage that never
+    # retires keeps the 16-32 it grew to. (With 1.5 s of trickle and at most 6, a loaded
+    # machine, where the sizer had to grow again and so waited longer to retire, left 7.)
+    assert 2 <= naps.size <= 8, seen.last.summary()
 
 
 @pytest.mark.timeout(30)

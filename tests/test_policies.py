@@ -1,5 +1,7 @@
-"""Per-call options on every executor: setup=, retries= (retry_on=, backoff=), on_error=,
-unpack=, and the item named in errors (issue 8).
+"""Per-call options on every executor, a section per option: setup=, retries= (retry_on=,
+backoff=), on_error=, unpack=, the item named in errors, validation at task() time, rate=,
+batch= (linger=), timeout= and gather(). Each section holds the option's tests, the bugs found
+in it by review among them ("Issue 8 review: ...", and "Call bug N" from the call-bugs branch).
 
 Each behaviour runs on threads, asyncio tasks and worker processes. The functions are at
 module level so that worker processes can import them; what a process does is seen
@@ -283,6 +285,190 @@ def test_a_setup_error_is_reported_once(executor: str, caplog: pytest.LogCapture
     assert not [r.getMessage() for r in caplog.records], [r.getMessage() for r in caplog.records]
 
 
+class FileResource:
+    """A resource whose entry and exit are files, so that a worker process shows them."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self.open = False
+
+    def __enter__(self) -> FileResource:
+        self.open = True
+        (self.directory / f"enter-{os.getpid()}-{id(self)}").touch()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.open = False
+        (self.directory / f"exit-{os.getpid()}-{id(self)}").touch()
+
+
+def one_second(resource: FileResource, x: int) -> int:
+    time.sleep(1.0)
+    return x
+
+
+def endless_with(resource: FileResource, x: int) -> Any:
+    try:
+        while True:
+            yield x
+    finally:
+        (resource.directory / f"finally-open={resource.open}").touch()
+
+
+def _marks(directory: Path, prefix: str) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(prefix))
+
+
+def partial_resource(directory: Path) -> Any:
+    import functools
+
+    return functools.partial(FileResource, str(directory))
+
+
+def fail_after_zero(resource: FileResource, x: int) -> int:
+    if x > 0:
+        raise ValueError(x)
+    return x
+
+
+# Issue 8 review: a process worker's setup= resource was not exited after a break while the worker
+# was in a call (now its reply is waited for, then the resource is exited).
+@pytest.mark.timeout(30)
+def test_a_process_resource_is_exited_after_a_break_during_a_call(tmp_path: Path) -> None:
+    p = numbers() | task(one_second, workers=2, multiprocess=True, setup=partial_resource(tmp_path))
+    for _ in p(10):
+        break
+    deadline = time.monotonic() + 10
+    while len(_marks(tmp_path, "exit")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_marks(tmp_path, "enter")) == 2 and len(_marks(tmp_path, "exit")) == 2
+
+
+# Issue 8 review: a half-read generator in a process was not closed before its resource was exited.
+@pytest.mark.timeout(30)
+def test_a_process_generator_stopped_early_still_sees_its_resource(tmp_path: Path) -> None:
+    p = numbers() | task(endless_with, multiprocess=True, setup=partial_resource(tmp_path))
+    for _ in p(1):
+        break
+    deadline = time.monotonic() + 10
+    while not _marks(tmp_path, "exit") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _marks(tmp_path, "finally") == ["finally-open=True"]
+
+
+# A worker process waiting out a retry's backoff exited its resource only after 5 s when the run
+# stopped (then not at all): the teardown request now goes first.
+@pytest.mark.timeout(30)
+def test_a_process_resource_is_exited_when_the_run_stops_during_a_backoff(tmp_path: Path) -> None:
+    p = numbers() | task(fail_after_zero, workers=2, multiprocess=True, retries=5, backoff=30,
+                         setup=partial_resource(tmp_path))
+    outputs = p(10)
+    assert next(outputs) == 0
+    time.sleep(0.3)  # the other calls fail and wait 15-30 s to retry
+    with elapsed() as t:
+        outputs.close()
+    assert t.elapsed < 1
+    deadline = time.monotonic() + 5
+    while len(_marks(tmp_path, "exit")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_marks(tmp_path, "enter")) == 2 and len(_marks(tmp_path, "exit")) == 2
+
+
+class Opened:
+    """What the decorated setups below entered and exited."""
+
+    entered = 0
+    exited: list[str] = []  # how each exit went: "ok" or the exception's type
+
+
+@contextlib.asynccontextmanager
+async def async_connection() -> AsyncIterator[str]:
+    await asyncio.sleep(0)
+    Opened.entered += 1
+    try:
+        yield "conn"
+    except BaseException as exc:
+        Opened.exited.append(type(exc).__name__)
+        raise
+    else:
+        Opened.exited.append("ok")
+
+
+@contextlib.contextmanager
+def sync_connection() -> Iterator[str]:
+    Opened.entered += 1
+    try:
+        yield "conn"
+    except BaseException as exc:
+        Opened.exited.append(type(exc).__name__)
+        raise
+    else:
+        Opened.exited.append("ok")
+
+
+async def ause_connection(conn: str, x: int) -> int:
+    assert conn == "conn"
+    await asyncio.sleep(0.001)
+    if x == 7:
+        raise ValueError("seven")
+    return x
+
+
+def use_connection(conn: str, x: int) -> int:
+    assert conn == "conn"
+    if x == 7:
+        raise ValueError("seven")
+    return x
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["done", "error", "break"])
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_decorated_context_managers_are_setups(kind: str, how: str) -> None:
+    """Call bug 13: @asynccontextmanager (an async task's usual resource) was refused at task()
+    time as "an async generator"; @contextmanager works for both kinds of task."""
+    Opened.entered, Opened.exited = 0, []
+    if kind == "async":
+        p = numbers() | task(ause_connection, workers=3, setup=async_connection)
+    else:
+        p = numbers() | task(use_connection, workers=3, setup=sync_connection)
+    n = 100 if how == "error" else 7  # item 7 raises
+    if how == "done":
+        assert sorted(run(p, n)) == list(range(n))
+    elif how == "error":
+        with pytest.raises(ValueError, match="seven"):
+            run(p, n)
+    elif kind == "async":
+        async def first() -> None:
+            async for _ in p(n):
+                break
+
+        run_async(first())
+    else:
+        for _ in p(n):
+            break
+    # entered once per worker, each exited once (told of the error, if any)
+    assert wait_until(lambda: len(Opened.exited) == Opened.entered, 5)
+    assert 1 <= Opened.entered <= 3, Opened.entered  # a worker starting after a stop may make none
+    if how == "done":
+        assert Opened.entered == 3 and Opened.exited == ["ok"] * 3
+    elif how == "error":
+        assert "ValueError" in Opened.exited, Opened.exited
+
+
+def test_an_async_context_manager_setup_for_a_sync_task_is_refused() -> None:
+    with pytest.raises(TypeError, match="async context manager"):
+        task(use_connection, setup=async_connection)
+    with pytest.raises(TypeError, match="async context manager"):
+        task(use_connection, setup=async_connection, multiprocess=True)
+
+    async def agen() -> AsyncIterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError, match="not be an async generator"):
+        task(ause_connection, setup=agen)
+
+
 # --------------------------------------------------------------------------------------------
 # retries=
 
@@ -411,6 +597,29 @@ def test_a_generator_is_retried_only_until_it_first_yields(executor: str, tmp_pa
     assert attempts(str(after)) == {0: 1}  # never called again: its output is not duplicated
 
 
+# Issue 8 review: a cancellation, KeyboardInterrupt, SystemExit or a dead worker must never be retried,
+# even with retry_on=BaseException.
+@pytest.mark.timeout(30)
+def test_retry_on_base_exception_never_retries_a_cancellation() -> None:
+    async def forever(x: int) -> int:
+        await asyncio.sleep(30)
+        return x
+
+    async def main() -> float:
+        p = numbers() | task(forever, workers=2, retries=5, retry_on=BaseException, backoff=0)
+        agen = p(4).__aiter__()
+        pending = asyncio.ensure_future(agen.__anext__())
+        await asyncio.sleep(0.1)
+        pending.cancel()
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        await agen.aclose()
+        return time.monotonic() - started
+
+    assert run_async(main()) < 0.5
+
+
 # --------------------------------------------------------------------------------------------
 # on_error=
 
@@ -504,6 +713,36 @@ def test_retries_then_on_error(executor: str, tmp_path: Path) -> None:
     p = numbers() | on(executor, flaky, retries=1, backoff=0, on_error="skip", bind=task.bind(str(tmp_path)))
     assert sorted(run(p, 7)) == [x * 10 for x in range(7) if x % 3]
     assert attempts(str(tmp_path)) == {x: 2 if x % 3 == 0 else 1 for x in range(7)}
+
+
+def returns_an_async_iterable(x: int) -> Any:
+    async def gen() -> Any:
+        yield x
+        yield x * 10
+
+    return gen()
+
+
+# Issue 8 review: on_error= on a sync task whose branching call returns an async iterable, in an
+# async pipeline.
+@pytest.mark.timeout(30)
+def test_on_error_on_a_sync_task_that_returns_an_async_iterable() -> None:
+    async def source(n: int) -> Any:
+        for i in range(n):
+            yield i
+
+    p = task(source) | task(returns_an_async_iterable, branch=True, on_error="skip")
+    assert sorted(run(p, 3)) == [0, 0, 1, 2, 10, 20]
+
+
+async def async_handler(x: int, exc: Exception) -> None:
+    return None
+
+
+# Issue 8 review: an async on_error handler for a sync task is refused at task() time.
+def test_an_async_handler_for_a_sync_task_is_refused() -> None:
+    with pytest.raises(TypeError, match="on_error is an async function"):
+        task(fail_on_big, on_error=async_handler)
 
 
 # --------------------------------------------------------------------------------------------
@@ -679,6 +918,80 @@ def Rate_per_minute(calls: int) -> Any:
     return Rate(calls, per=60)
 
 
+# Issue 8 review: a rate= wait broken off by a break kept its slot, so the next run waited for
+# calls that were never made.
+@pytest.mark.timeout(30)
+def test_a_broken_off_rate_wait_gives_its_slot_back() -> None:
+    p = numbers() | task(started_at, workers=10, rate=2)
+    for _ in p(50):
+        break  # nine workers were waiting for slots up to 4.5 s away
+    time.sleep(0.2)  # their waits end (and give the slots back) within milliseconds
+    with elapsed() as t:
+        for _ in p(50):
+            break
+    assert t.elapsed < 1.0, t.elapsed
+
+
+@pytest.mark.timeout(30)
+def test_a_stalled_event_loop_does_not_let_a_burst_of_rated_calls_through() -> None:
+    """Call bug 21: slots were handed out in advance, so one stall of the event loop (a GC pause,
+    a loaded machine) let every slot that fell due meanwhile start at once on waking:
+    more than ``rate`` calls in one second. Here call 3 blocks the loop for 0.5 s while
+    nine workers wait for their slots."""
+    starts: list[float] = []
+
+    async def call(x: int) -> int:
+        starts.append(time.monotonic())
+        if x == 3:
+            time.sleep(0.5)  # blocks the event loop: every waiting worker's sleep runs out
+        return x
+
+    p = numbers() | task(call, workers=10, rate=10)
+    assert sorted(run(p, 25)) == list(range(25))
+    starts.sort()
+    gaps = [round(b - a, 3) for a, b in zip(starts, starts[1:])]
+    assert _windows_ok(starts, 10, 1.0, 1), gaps
+    assert min(gaps) > 0.05, gaps  # never two at once (burst=1), stall or not
+
+
+def test_the_limiter_decides_each_turn_when_the_call_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Call bug 21, on a fake clock: callers that overslept their turn (a stall) start one at a
+    time, ``interval`` apart, or ``burst`` at once; one that leaves the line frees its turn."""
+    import pyper._policy
+    from pyper import Rate
+
+    clock = [100.0]
+
+    class FakeTime:
+        @staticmethod
+        def monotonic() -> float:
+            return clock[0]
+
+    monkeypatch.setattr(pyper._policy, "time", FakeTime)
+    limiter = pyper._policy.Limiter(Rate(10))  # one call every 0.1 s
+    assert limiter.reserve() is None  # the first starts at once
+    waits = [limiter.reserve() for _ in range(5)]
+    assert waits == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])  # their turns, if all goes well
+    clock[0] += 2.0  # a stall: every turn has passed
+    woken = [limiter.start() for _ in range(5)]
+    assert woken[0] is None and woken[1:] == pytest.approx([0.1] * 4)  # one starts, the rest wait
+    clock[0] += 0.1
+    assert limiter.start() is None and limiter.start() == pytest.approx(0.1)
+    limiter.give_back()  # one leaves the line (its run stopped): two waiters left
+    limiter.give_back()
+    limiter.give_back()
+    clock[0] += 10.0  # a quiet spell: a newcomer starts at once
+    assert limiter.reserve() is None and limiter.reserve() == pytest.approx(0.1)
+
+    bursty = pyper._policy.Limiter(Rate(10, burst=3))
+    assert [bursty.reserve() for _ in range(3)] == [None] * 3  # the burst, at once
+    assert bursty.reserve() == pytest.approx(0.1)
+    assert [bursty.reserve() for _ in range(2)] == pytest.approx([0.2, 0.3])
+    clock[0] += 5.0  # the three waiters oversleep: at most the burst starts at once
+    assert [bursty.start() for _ in range(3)] == [None, None, None]
+    assert bursty.reserve() == pytest.approx(0.1)
+
+
 # --------------------------------------------------------------------------------------------
 # batch= and linger=
 
@@ -728,6 +1041,28 @@ def test_batch_on_the_first_task_is_refused_when_called() -> None:
 
     with pytest.raises(PipelineSetupError, match="batch="):
         list(task(rows_of, batch=3)([1]))
+
+
+def counting_source(counter: list[int], n: int) -> Any:
+    for i in range(n):
+        counter[0] += 1
+        yield i
+
+
+def slow_rows(rows: list[int]) -> int:
+    time.sleep(0.2)
+    return len(rows)
+
+
+# Issue 8 review: batch= lost the throttle of the task above it (the lists in flight held more
+# items than the throttle lets out).
+@pytest.mark.timeout(30)
+def test_batch_keeps_the_throttle_of_the_task_above() -> None:
+    produced = [0]
+    p = task(counting_source, bind=task.bind(produced), branch=True, throttle=10) | task(slow_rows, batch=10)
+    for _ in p(10_000):
+        break
+    assert produced[0] <= 80, produced[0]  # a few lists of 10, not 64 lists
 
 
 # --------------------------------------------------------------------------------------------
@@ -822,6 +1157,168 @@ def test_abandoned_calls_are_bounded_by_workers() -> None:
     assert t.elapsed >= 0.5  # the bound made workers wait for abandoned calls to end
 
 
+def exit_on_3(x: int) -> int:
+    if x == 3:
+        os._exit(1)
+    return x
+
+
+# Issue 8 review: with timeout= in processes, a worker that died was an item's error for on_error
+# to skip, instead of stopping the run.
+@pytest.mark.timeout(30)
+def test_a_dead_worker_stops_the_run_even_with_timeout_and_on_error() -> None:
+    from pyper import WorkerProcessDied
+
+    p = numbers() | task(exit_on_3, multiprocess=True, timeout=5, on_error="skip")
+    with pytest.raises(WorkerProcessDied):
+        run(p, 6)
+
+
+def lazy_range(x: int) -> Any:
+    return (i for i in range(x))
+
+
+# Issue 8 review: with timeout= in processes, a branching function's lazy iterable came back cut
+# short; it comes back whole.
+@pytest.mark.timeout(30)
+def test_a_process_branch_with_timeout_returns_lazy_iterables_whole() -> None:
+    p = numbers() | task(lazy_range, multiprocess=True, branch=True, timeout=5)
+    assert run(p, 4) == [0, 0, 1, 0, 1, 2]
+
+
+@pytest.mark.timeout(120)
+def test_no_timed_thread_call_starts_after_the_consumer_broke_out() -> None:
+    """Call bug 4: with timeout= on threads the helper thread started its call without looking
+    at the run, so a call could start after the caller's ``break`` had returned."""
+    import threading
+
+    lock = threading.Lock()
+    started = [0]
+
+    def counted(x: int) -> int:
+        with lock:
+            started[0] += 1
+        return x
+
+    # (What no engine can close: a thread preempted between taking an item and entering the
+    # function, while another thread cancels. Under the usual 5 ms switch interval that
+    # window is a few bytecodes wide; the bug's was a thread hand-over, late in most runs.)
+    p = numbers() | task(counted, workers=4, timeout=5)
+    late_runs = []
+    for attempt in range(100):
+        for _ in p(10_000):
+            break
+        with lock:
+            at_break = started[0]
+        time.sleep(0.02)  # settle: a call the helper was about to start would have started
+        with lock:
+            late = started[0] - at_break
+            started[0] = 0
+        if late:
+            late_runs.append((attempt, late))
+    assert not late_runs, f"calls started after the break returned, (run, calls): {late_runs}"
+
+
+@pytest.mark.timeout(60)
+def test_a_sqlite_connection_made_by_setup_works_with_timeout_on_threads(tmp_path: Path) -> None:
+    """Call bug 5: with timeout= on threads the calls ran on a helper thread while the resource
+    was made in the worker's: sqlite3 refuses a connection used from another thread."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def connect() -> Any:
+        conn = sqlite3.connect(str(tmp_path / "db.sqlite"), timeout=30)
+        try:
+            yield conn
+        finally:
+            conn.close()  # sqlite3 checks this thread too
+
+    def query(conn: sqlite3.Connection, x: int) -> int:
+        value: int = conn.execute("select ? * 2", (x,)).fetchone()[0]
+        return value
+
+    # (a Connection is a context manager too: pyper enters it; on 3.13 its exit does not close
+    # it, which contextlib.closing does)
+    for setup in (connect, lambda: contextlib.closing(sqlite3.connect(":memory:"))):
+        p = numbers() | task(query, workers=3, timeout=5, setup=setup)
+        assert sorted(run(p, 50)) == [2 * x for x in range(50)]
+
+
+@pytest.mark.timeout(60)
+def test_a_resource_of_an_abandoned_call_is_exited_in_its_thread_once_the_call_returns() -> None:
+    """Call bug 5: each resource is made, used and exited in one thread; the one an abandoned
+    call uses is exited after that call returns, and a new one serves the next calls."""
+    import threading
+
+    release = threading.Event()
+    events: list[tuple[str, int, int]] = []  # (what, resource number, thread ident)
+    lock = threading.Lock()
+    numbers_made = iter(range(1000))
+
+    class Tracked:
+        def __enter__(self) -> Tracked:
+            self.number = next(numbers_made)
+            with lock:
+                events.append(("enter", self.number, threading.get_ident()))
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            with lock:
+                events.append(("exit", self.number, threading.get_ident()))
+
+    def use(resource: Tracked, x: int) -> int:
+        with lock:
+            events.append(("use", resource.number, threading.get_ident()))
+        if x == 0:
+            assert release.wait(20)  # abandoned at the timeout; returns once released
+        return x
+
+    p = numbers() | task(use, timeout=0.1, on_error="skip", setup=Tracked)
+    assert run(p, 5) == [1, 2, 3, 4]
+    with lock:
+        first_exited = any(what == "exit" and number == 0 for what, number, _ in events)
+    assert not first_exited, events  # its call is still running
+    release.set()
+    assert wait_until(lambda: sum(what == "exit" for what, _, _ in events) == 2, 5), events
+    threads: dict[int, set[int]] = {}
+    for _, number, ident in events:
+        threads.setdefault(number, set()).add(ident)
+    assert sorted(threads) == [0, 1] and all(len(idents) == 1 for idents in threads.values()), events
+    # (the leak fixture checks that no resource is left live and the helper threads ended)
+
+
+@pytest.mark.timeout(30)
+def test_errors_in_setup_and_teardown_reach_the_caller_with_timeout_on_threads() -> None:
+    """Call bug 5's helper threads make and exit the resources: their errors still stop the run."""
+    with pytest.raises(ConnectionError, match="no database") as info:
+        run(numbers() | task(identity_with, setup=failing_setup, timeout=5), 3)
+    assert any("setup of task" in note for note in info.value.__notes__), info.value.__notes__
+    with pytest.raises(OSError, match="cannot close"):
+        run(numbers() | task(identity_with, setup=BadExit, timeout=5), 3)
+    with pytest.raises(ValueError, match="three") as raised:
+        run(numbers() | task(fail_on_3, setup=BadExit, timeout=5), 10)
+    assert "cannot close" in " ".join(raised.value.__notes__), raised.value.__notes__
+
+    # a new helper's setup (after a timeout) that fails stops the run, as at the start
+    made = [0]
+
+    def second_fails() -> Any:
+        made[0] += 1
+        if made[0] > 1:
+            raise ConnectionError("no second connection")
+        return None
+
+    def stuck_on_0(resource: Any, x: int) -> int:
+        if x == 0:
+            time.sleep(0.5)
+        return x
+
+    with pytest.raises(ConnectionError, match="no second connection") as info:
+        run(numbers() | task(stuck_on_0, setup=second_fails, timeout=0.05, on_error="skip", retries=3,
+                             backoff=0), 5)
+    assert any("setup of task" in note for note in info.value.__notes__), info.value.__notes__
+
+
 # --------------------------------------------------------------------------------------------
 # gather(): several functions on the same item, at once
 
@@ -905,147 +1402,7 @@ def test_gather_refuses_mixed_or_generator_functions() -> None:
         gather()
 
 
-# --------------------------------------------------------------------------------------------
-# Regressions found by review (issue 8)
-
-
-class FileResource:
-    """A resource whose entry and exit are files, so that a worker process shows them."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = Path(directory)
-        self.open = False
-
-    def __enter__(self) -> FileResource:
-        self.open = True
-        (self.directory / f"enter-{os.getpid()}-{id(self)}").touch()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.open = False
-        (self.directory / f"exit-{os.getpid()}-{id(self)}").touch()
-
-
-def one_second(resource: FileResource, x: int) -> int:
-    time.sleep(1.0)
-    return x
-
-
-def endless_with(resource: FileResource, x: int) -> Any:
-    try:
-        while True:
-            yield x
-    finally:
-        (resource.directory / f"finally-open={resource.open}").touch()
-
-
-def _marks(directory: Path, prefix: str) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith(prefix))
-
-
-@pytest.mark.timeout(30)
-def test_a_process_resource_is_exited_after_a_break_during_a_call(tmp_path: Path) -> None:
-    p = numbers() | task(one_second, workers=2, multiprocess=True, setup=partial_resource(tmp_path))
-    for _ in p(10):
-        break
-    deadline = time.monotonic() + 10
-    while len(_marks(tmp_path, "exit")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(_marks(tmp_path, "enter")) == 2 and len(_marks(tmp_path, "exit")) == 2
-
-
-@pytest.mark.timeout(30)
-def test_a_process_generator_stopped_early_still_sees_its_resource(tmp_path: Path) -> None:
-    p = numbers() | task(endless_with, multiprocess=True, setup=partial_resource(tmp_path))
-    for _ in p(1):
-        break
-    deadline = time.monotonic() + 10
-    while not _marks(tmp_path, "exit") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _marks(tmp_path, "finally") == ["finally-open=True"]
-
-
-def partial_resource(directory: Path) -> Any:
-    import functools
-
-    return functools.partial(FileResource, str(directory))
-
-
-def exit_on_3(x: int) -> int:
-    if x == 3:
-        os._exit(1)
-    return x
-
-
-@pytest.mark.timeout(30)
-def test_a_dead_worker_stops_the_run_even_with_timeout_and_on_error() -> None:
-    from pyper import WorkerProcessDied
-
-    p = numbers() | task(exit_on_3, multiprocess=True, timeout=5, on_error="skip")
-    with pytest.raises(WorkerProcessDied):
-        run(p, 6)
-
-
-def lazy_range(x: int) -> Any:
-    return (i for i in range(x))
-
-
-@pytest.mark.timeout(30)
-def test_a_process_branch_with_timeout_returns_lazy_iterables_whole() -> None:
-    p = numbers() | task(lazy_range, multiprocess=True, branch=True, timeout=5)
-    assert run(p, 4) == [0, 0, 1, 0, 1, 2]
-
-
-@pytest.mark.timeout(30)
-def test_a_broken_off_rate_wait_gives_its_slot_back() -> None:
-    p = numbers() | task(started_at, workers=10, rate=2)
-    for _ in p(50):
-        break  # nine workers were waiting for slots up to 4.5 s away
-    time.sleep(0.2)  # their waits end (and give the slots back) within milliseconds
-    with elapsed() as t:
-        for _ in p(50):
-            break
-    assert t.elapsed < 1.0, t.elapsed
-
-
-def counting_source(counter: list[int], n: int) -> Any:
-    for i in range(n):
-        counter[0] += 1
-        yield i
-
-
-def slow_rows(rows: list[int]) -> int:
-    time.sleep(0.2)
-    return len(rows)
-
-
-@pytest.mark.timeout(30)
-def test_batch_keeps_the_throttle_of_the_task_above() -> None:
-    produced = [0]
-    p = task(counting_source, bind=task.bind(produced), branch=True, throttle=10) | task(slow_rows, batch=10)
-    for _ in p(10_000):
-        break
-    assert produced[0] <= 80, produced[0]  # a few lists of 10, not 64 lists
-
-
-def returns_an_async_iterable(x: int) -> Any:
-    async def gen() -> Any:
-        yield x
-        yield x * 10
-
-    return gen()
-
-
-@pytest.mark.timeout(30)
-def test_on_error_on_a_sync_task_that_returns_an_async_iterable() -> None:
-    async def source(n: int) -> Any:
-        for i in range(n):
-            yield i
-
-    p = task(source) | task(returns_an_async_iterable, branch=True, on_error="skip")
-    assert sorted(run(p, 3)) == [0, 0, 1, 2, 10, 20]
-
-
+# Issue 8 review: gather()'s other calls ran outside the worker's context.
 @pytest.mark.timeout(30)
 def test_gather_calls_see_the_callers_context() -> None:
     import contextvars
@@ -1062,348 +1419,3 @@ def test_gather_calls_see_the_callers_context() -> None:
 
     var.set("caller")
     assert run(numbers() | task(gather(first, second)), 2) == [("caller", "caller")] * 2
-
-
-async def async_handler(x: int, exc: Exception) -> None:
-    return None
-
-
-def test_an_async_handler_for_a_sync_task_is_refused() -> None:
-    with pytest.raises(TypeError, match="on_error is an async function"):
-        task(fail_on_big, on_error=async_handler)
-
-
-@pytest.mark.timeout(30)
-def test_retry_on_base_exception_never_retries_a_cancellation() -> None:
-    async def forever(x: int) -> int:
-        await asyncio.sleep(30)
-        return x
-
-    async def main() -> float:
-        p = numbers() | task(forever, workers=2, retries=5, retry_on=BaseException, backoff=0)
-        agen = p(4).__aiter__()
-        pending = asyncio.ensure_future(agen.__anext__())
-        await asyncio.sleep(0.1)
-        pending.cancel()
-        started = time.monotonic()
-        with pytest.raises(asyncio.CancelledError):
-            await pending
-        await agen.aclose()
-        return time.monotonic() - started
-
-    assert run_async(main()) < 0.5
-
-
-def fail_after_zero(resource: FileResource, x: int) -> int:
-    if x > 0:
-        raise ValueError(x)
-    return x
-
-
-@pytest.mark.timeout(30)
-def test_a_process_resource_is_exited_when_the_run_stops_during_a_backoff(tmp_path: Path) -> None:
-    p = numbers() | task(fail_after_zero, workers=2, multiprocess=True, retries=5, backoff=30,
-                         setup=partial_resource(tmp_path))
-    outputs = p(10)
-    assert next(outputs) == 0
-    time.sleep(0.3)  # the other calls fail and wait 15-30 s to retry
-    with elapsed() as t:
-        outputs.close()
-    assert t.elapsed < 1
-    deadline = time.monotonic() + 5
-    while len(_marks(tmp_path, "exit")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(_marks(tmp_path, "enter")) == 2 and len(_marks(tmp_path, "exit")) == 2
-
-
-# --------------------------------------------------------------------------------------------
-# Bugs in the per-call options (call-bugs branch)
-
-
-@pytest.mark.timeout(120)
-def test_no_timed_thread_call_starts_after_the_consumer_broke_out() -> None:
-    """Bug 4: with timeout= on threads the helper thread started its call without looking
-    at the run, so a call could start after the caller's ``break`` had returned."""
-    import threading
-
-    lock = threading.Lock()
-    started = [0]
-
-    def counted(x: int) -> int:
-        with lock:
-            started[0] += 1
-        return x
-
-    # (What no engine can close: a thread preempted between taking an item and entering the
-    # function, while another thread cancels. Under the usual 5 ms switch interval that
-    # window is a few bytecodes wide; the bug's was a thread hand-over, late in most runs.)
-    p = numbers() | task(counted, workers=4, timeout=5)
-    late_runs = []
-    for attempt in range(100):
-        for _ in p(10_000):
-            break
-        with lock:
-            at_break = started[0]
-        time.sleep(0.02)  # settle: a call the helper was about to start would have started
-        with lock:
-            late = started[0] - at_break
-            started[0] = 0
-        if late:
-            late_runs.append((attempt, late))
-    assert not late_runs, f"calls started after the break returned, (run, calls): {late_runs}"
-
-
-@pytest.mark.timeout(60)
-def test_a_sqlite_connection_made_by_setup_works_with_timeout_on_threads(tmp_path: Path) -> None:
-    """Bug 5: with timeout= on threads the calls ran on a helper thread while the resource
-    was made in the worker's: sqlite3 refuses a connection used from another thread."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def connect() -> Any:
-        conn = sqlite3.connect(str(tmp_path / "db.sqlite"), timeout=30)
-        try:
-            yield conn
-        finally:
-            conn.close()  # sqlite3 checks this thread too
-
-    def query(conn: sqlite3.Connection, x: int) -> int:
-        value: int = conn.execute("select ? * 2", (x,)).fetchone()[0]
-        return value
-
-    # (a Connection is a context manager too: pyper enters it; on 3.13 its exit does not close
-    # it, which contextlib.closing does)
-    for setup in (connect, lambda: contextlib.closing(sqlite3.connect(":memory:"))):
-        p = numbers() | task(query, workers=3, timeout=5, setup=setup)
-        assert sorted(run(p, 50)) == [2 * x for x in range(50)]
-
-
-@pytest.mark.timeout(60)
-def test_a_resource_of_an_abandoned_call_is_exited_in_its_thread_once_the_call_returns() -> None:
-    """Bug 5: each resource is made, used and exited in one thread; the one an abandoned
-    call uses is exited after that call returns, and a new one serves the next calls."""
-    import threading
-
-    release = threading.Event()
-    events: list[tuple[str, int, int]] = []  # (what, resource number, thread ident)
-    lock = threading.Lock()
-    numbers_made = iter(range(1000))
-
-    class Tracked:
-        def __enter__(self) -> Tracked:
-            self.number = next(numbers_made)
-            with lock:
-                events.append(("enter", self.number, threading.get_ident()))
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            with lock:
-                events.append(("exit", self.number, threading.get_ident()))
-
-    def use(resource: Tracked, x: int) -> int:
-        with lock:
-            events.append(("use", resource.number, threading.get_ident()))
-        if x == 0:
-            assert release.wait(20)  # abandoned at the timeout; returns once released
-        return x
-
-    p = numbers() | task(use, timeout=0.1, on_error="skip", setup=Tracked)
-    assert run(p, 5) == [1, 2, 3, 4]
-    with lock:
-        first_exited = any(what == "exit" and number == 0 for what, number, _ in events)
-    assert not first_exited, events  # its call is still running
-    release.set()
-    assert wait_until(lambda: sum(what == "exit" for what, _, _ in events) == 2, 5), events
-    threads: dict[int, set[int]] = {}
-    for _, number, ident in events:
-        threads.setdefault(number, set()).add(ident)
-    assert sorted(threads) == [0, 1] and all(len(idents) == 1 for idents in threads.values()), events
-    # (the leak fixture checks that no resource is left live and the helper threads ended)
-
-
-
-@pytest.mark.timeout(30)
-def test_errors_in_setup_and_teardown_reach_the_caller_with_timeout_on_threads() -> None:
-    """Bug 5's helper threads make and exit the resources: their errors still stop the run."""
-    with pytest.raises(ConnectionError, match="no database") as info:
-        run(numbers() | task(identity_with, setup=failing_setup, timeout=5), 3)
-    assert any("setup of task" in note for note in info.value.__notes__), info.value.__notes__
-    with pytest.raises(OSError, match="cannot close"):
-        run(numbers() | task(identity_with, setup=BadExit, timeout=5), 3)
-    with pytest.raises(ValueError, match="three") as raised:
-        run(numbers() | task(fail_on_3, setup=BadExit, timeout=5), 10)
-    assert "cannot close" in " ".join(raised.value.__notes__), raised.value.__notes__
-
-    # a new helper's setup (after a timeout) that fails stops the run, as at the start
-    made = [0]
-
-    def second_fails() -> Any:
-        made[0] += 1
-        if made[0] > 1:
-            raise ConnectionError("no second connection")
-        return None
-
-    def stuck_on_0(resource: Any, x: int) -> int:
-        if x == 0:
-            time.sleep(0.5)
-        return x
-
-    with pytest.raises(ConnectionError, match="no second connection") as info:
-        run(numbers() | task(stuck_on_0, setup=second_fails, timeout=0.05, on_error="skip", retries=3,
-                             backoff=0), 5)
-    assert any("setup of task" in note for note in info.value.__notes__), info.value.__notes__
-
-
-class Opened:
-    """What the decorated setups below entered and exited."""
-
-    entered = 0
-    exited: list[str] = []  # how each exit went: "ok" or the exception's type
-
-
-@contextlib.asynccontextmanager
-async def async_connection() -> AsyncIterator[str]:
-    await asyncio.sleep(0)
-    Opened.entered += 1
-    try:
-        yield "conn"
-    except BaseException as exc:
-        Opened.exited.append(type(exc).__name__)
-        raise
-    else:
-        Opened.exited.append("ok")
-
-
-@contextlib.contextmanager
-def sync_connection() -> Iterator[str]:
-    Opened.entered += 1
-    try:
-        yield "conn"
-    except BaseException as exc:
-        Opened.exited.append(type(exc).__name__)
-        raise
-    else:
-        Opened.exited.append("ok")
-
-
-async def ause_connection(conn: str, x: int) -> int:
-    assert conn == "conn"
-    await asyncio.sleep(0.001)
-    if x == 7:
-        raise ValueError("seven")
-    return x
-
-
-def use_connection(conn: str, x: int) -> int:
-    assert conn == "conn"
-    if x == 7:
-        raise ValueError("seven")
-    return x
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("how", ["done", "error", "break"])
-@pytest.mark.parametrize("kind", ["async", "sync"])
-def test_decorated_context_managers_are_setups(kind: str, how: str) -> None:
-    """Bug 13: @asynccontextmanager (an async task's usual resource) was refused at task()
-    time as "an async generator"; @contextmanager works for both kinds of task."""
-    Opened.entered, Opened.exited = 0, []
-    if kind == "async":
-        p = numbers() | task(ause_connection, workers=3, setup=async_connection)
-    else:
-        p = numbers() | task(use_connection, workers=3, setup=sync_connection)
-    n = 100 if how == "error" else 7  # item 7 raises
-    if how == "done":
-        assert sorted(run(p, n)) == list(range(n))
-    elif how == "error":
-        with pytest.raises(ValueError, match="seven"):
-            run(p, n)
-    elif kind == "async":
-        async def first() -> None:
-            async for _ in p(n):
-                break
-
-        run_async(first())
-    else:
-        for _ in p(n):
-            break
-    # entered once per worker, each exited once (told of the error, if any)
-    assert wait_until(lambda: len(Opened.exited) == Opened.entered, 5)
-    assert 1 <= Opened.entered <= 3, Opened.entered  # a worker starting after a stop may make none
-    if how == "done":
-        assert Opened.entered == 3 and Opened.exited == ["ok"] * 3
-    elif how == "error":
-        assert "ValueError" in Opened.exited, Opened.exited
-
-
-def test_an_async_context_manager_setup_for_a_sync_task_is_refused() -> None:
-    with pytest.raises(TypeError, match="async context manager"):
-        task(use_connection, setup=async_connection)
-    with pytest.raises(TypeError, match="async context manager"):
-        task(use_connection, setup=async_connection, multiprocess=True)
-
-    async def agen() -> AsyncIterator[int]:
-        yield 1
-
-    with pytest.raises(TypeError, match="not be an async generator"):
-        task(ause_connection, setup=agen)
-
-
-@pytest.mark.timeout(30)
-def test_a_stalled_event_loop_does_not_let_a_burst_of_rated_calls_through() -> None:
-    """Bug 21: slots were handed out in advance, so one stall of the event loop (a GC pause,
-    a loaded machine) let every slot that fell due meanwhile start at once on waking:
-    more than ``rate`` calls in one second. Here call 3 blocks the loop for 0.5 s while
-    nine workers wait for their slots."""
-    starts: list[float] = []
-
-    async def call(x: int) -> int:
-        starts.append(time.monotonic())
-        if x == 3:
-            time.sleep(0.5)  # blocks the event loop: every waiting worker's sleep runs out
-        return x
-
-    p = numbers() | task(call, workers=10, rate=10)
-    assert sorted(run(p, 25)) == list(range(25))
-    starts.sort()
-    gaps = [round(b - a, 3) for a, b in zip(starts, starts[1:])]
-    assert _windows_ok(starts, 10, 1.0, 1), gaps
-    assert min(gaps) > 0.05, gaps  # never two at once (burst=1), stall or not
-
-
-def test_the_limiter_decides_each_turn_when_the_call_starts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bug 21, on a fake clock: callers that overslept their turn (a stall) start one at a
-    time, ``interval`` apart, or ``burst`` at once; one that leaves the line frees its turn."""
-    import pyper._policy
-    from pyper import Rate
-
-    clock = [100.0]
-
-    class FakeTime:
-        @staticmethod
-        def monotonic() -> float:
-            return clock[0]
-
-    monkeypatch.setattr(pyper._policy, "time", FakeTime)
-    limiter = pyper._policy.Limiter(Rate(10))  # one call every 0.1 s
-    assert limiter.reserve() is None  # the first starts at once
-    waits = [limiter.reserve() for _ in range(5)]
-    assert waits == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])  # their turns, if all goes well
-    clock[0] += 2.0  # a stall: every turn has passed
-    woken = [limiter.start() for _ in range(5)]
-    assert woken[0] is None and woken[1:] == pytest.approx([0.1] * 4)  # one starts, the rest wait
-    clock[0] += 0.1
-    assert limiter.start() is None and limiter.start() == pytest.approx(0.1)
-    limiter.give_back()  # one leaves the line (its run stopped): two waiters left
-    limiter.give_back()
-    limiter.give_back()
-    clock[0] += 10.0  # a quiet spell: a newcomer starts at once
-    assert limiter.reserve() is None and limiter.reserve() == pytest.approx(0.1)
-
-    bursty = pyper._policy.Limiter(Rate(10, burst=3))
-    assert [bursty.reserve() for _ in range(3)] == [None] * 3  # the burst, at once
-    assert bursty.reserve() == pytest.approx(0.1)
-    assert [bursty.reserve() for _ in range(2)] == pytest.approx([0.2, 0.3])
-    clock[0] += 5.0  # the three waiters oversleep: at most the burst starts at once
-    assert [bursty.start() for _ in range(3)] == [None, None, None]
-    assert bursty.reserve() == pytest.approx(0.1)

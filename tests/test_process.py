@@ -178,57 +178,6 @@ def test_generators_in_processes_fan_out_first_task_included() -> None:
         assert sorted(p(5)) == sorted((x, k) for x in range(5) for k in range(x))
 
 
-def logged_forever(path: str) -> Any:
-    """Count up without end, adding a byte to ``path`` per output it makes."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        for i in itertools.count():
-            os.write(fd, b"x")
-            yield i
-    finally:
-        os.close(fd)
-
-
-def logged_thousand(x: int, path: str) -> Any:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        for i in range(1000):
-            os.write(fd, b"x")
-            yield x * 1000 + i
-    finally:
-        os.close(fd)
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("where", ["first", "middle"])
-def test_a_generator_in_a_process_streams_no_further_ahead_than_its_throttle(where: str, tmp_path: Path) -> None:
-    throttle, workers = 5, 2
-    path = str(tmp_path / "made")
-    if where == "first":
-        workers = 1
-        p = task(logged_forever, multiprocess=True, throttle=throttle)
-        run = p(path)
-    else:
-        p = task(count_to, branch=True) | task(
-            logged_thousand, workers=workers, multiprocess=True, throttle=throttle, bind=task.bind(path=path)
-        )
-        run = p(100)
-    got: list[int] = []
-    peak = 0
-    for x in run:  # a slow consumer: the generators wait for it
-        got.append(x)
-        time.sleep(0.002)
-        peak = max(peak, os.path.getsize(path) - len(got))
-        if len(got) == 200:
-            break
-    if where == "first":
-        assert got == list(range(200))
-    else:
-        assert len(got) == len(set(got)) == 200 and {x // 1000 for x in got} <= {0, 1}
-    bound = throttle + workers + 1  # as on threads: the link, one in each worker's hand, the caller's
-    assert peak <= bound, f"{peak} outputs made ahead of the consumer, bound {bound}"
-
-
 @pytest.mark.timeout(30)
 def test_bind_and_ordered_in_processes() -> None:
     p = task(count_to, branch=True) | task(

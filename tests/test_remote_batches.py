@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from conftest import elapsed
+from conftest import elapsed, wait_until
 from pyper._channel import Channel
 from pyper._engine._remote import Gathering, Tail
 
@@ -54,7 +54,9 @@ def two_relays(channel: Channel, tail: Tail, seconds: float, feed: Callable[[], 
     relays = [threading.Thread(target=relay, args=(i,)) for i in (0, 1)]
     for r in relays:
         r.start()
-    time.sleep(0.05)  # both parked for input
+    # Both have asked for input (waited for, not slept for: while a sibling is still starting,
+    # a relay takes only its share of what has come, as it should).
+    assert wait_until(lambda: not tail.elsewhere(channel), 5)
     feed()
     for r in relays:
         r.join()
@@ -66,7 +68,11 @@ def test_idle_relays_gathering_at_once_share_what_comes() -> None:
     """A short run: both relays gather at its start; each gets about half, not one all."""
     channel = Channel(capacity=64, senders=1, receivers=2)
     producers: list[threading.Thread] = []
-    got = two_relays(channel, Tail(0.0), 1.0, lambda: producers.append(produce(channel, 16)))
+    # Items 20 ms apart: each comes while both relays wait for it. (1 ms apart, on a loaded
+    # machine a relay woke after the next item was queued and took its share of what was
+    # there, as it should, ending its batch: 3 to 9 of the 16 in the two first batches. One
+    # relay taking all, the bug, still gives 16 and 0.)
+    got = two_relays(channel, Tail(0.0), 1.0, lambda: producers.append(produce(channel, 16, every=0.02)))
     producers[0].join()
     assert sorted(got[0] + got[1]) == list(range(16))
     assert 5 <= len(got[0]) <= 11, got  # in turn, give or take what a thread's wake-up costs
@@ -106,10 +112,12 @@ def test_a_burst_that_comes_while_a_relay_gathers_is_shared_out(parked: bool) ->
     channel.put([0])
     first = threading.Thread(target=relay, args=(0,))
     first.start()
-    time.sleep(0.02)  # it holds item 0 and waits for more
+    assert wait_until(lambda: channel.queued == 0, 5)  # it holds item 0 and waits for more
+    time.sleep(0.02)  # (in its wait for more, as a rule; if not, it finds the burst queued)
     second = threading.Thread(target=relay, args=(1,))
     if parked:
         second.start()
+        assert wait_until(lambda: not tail.elsewhere(channel), 5)  # it has asked for input
         time.sleep(0.02)
     channel.put(list(range(1, 17)))
     first.join()

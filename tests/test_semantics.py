@@ -1,4 +1,6 @@
-"""Outputs in full against a plain-Python oracle: map, branch, join, throttle, ordered.
+"""Outputs in full against a plain-Python oracle: map, branch, join, and random pipelines that
+mix them with throttles and ordered stages (``throttle=`` and ``ordered=`` on their own:
+``test_bounds.py``).
 
 Parametrised over sync / async / mixed functions and 1 / 4 workers.  With one worker on every
 stage, or ``ordered=True`` on every multi-worker stage, order must equal the oracle's exactly;
@@ -8,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
+import gc
+import random
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -21,62 +25,34 @@ try:  # hypothesis is optional: without it the property test is skipped
 except ImportError:  # pragma: no cover
     st = None
 
-from conftest import InFlight, acollect, collect, run_async, time_limit
+from conftest import (
+    InFlight,
+    Leaks,
+    LoopErrors,
+    acollect,
+    collect,
+    is_async,
+    make_branch,
+    make_map,
+    make_source,
+    run_async,
+    time_limit,
+    wait_no_other_tasks,
+)
 from pyper import AsyncPipeline, task
 
 pytestmark = pytest.mark.timeout(20)
 
 MODES = ["sync", "async", "mixed"]
+SYNC_ASYNC = ["sync", "async"]
 
 
-def make_map(fn: Callable[[Any], Any], asyncy: bool) -> Callable[[Any], Any]:
-    if asyncy:
-
-        async def amap(x: Any) -> Any:
-            await asyncio.sleep(0)
-            return fn(x)
-
-        return amap
-
-    def smap(x: Any) -> Any:
-        return fn(x)
-
-    return smap
+class Boom(Exception):
+    pass
 
 
-def make_branch(fn: Callable[[Any], list[Any]], asyncy: bool) -> Callable[[Any], Any]:
-    if asyncy:
-
-        async def agen(x: Any) -> Any:
-            for y in fn(x):
-                await asyncio.sleep(0)
-                yield y
-
-        return agen
-
-    def sgen(x: Any) -> Any:
-        yield from fn(x)
-
-    return sgen
-
-
-def make_source(asyncy: bool) -> Callable[[int], Any]:
-    if asyncy:
-
-        async def asource(n: int) -> Any:
-            for i in range(n):
-                yield i
-
-        return asource
-
-    def source(n: int) -> Any:
-        yield from range(n)
-
-    return source
-
-
-def is_async(mode: str, position: int) -> bool:
-    return mode == "async" or (mode == "mixed" and position % 2 == 1)
+async def _aident(x: Any) -> Any:
+    return x
 
 
 def inc(x: int) -> int:
@@ -321,270 +297,65 @@ def test_sync_join_in_async_pipeline_gets_plain_iterator_on_a_thread() -> None:
     assert seen["thread"] != seen["loop_thread"]
 
 
-# --------------------------------------------------------------------------------------------
-# throttle
+# First review: Join workers split one stream: a worker returning early dropped the items it had
+# taken into its batch but not read, instead of leaving them to its sibling.
 
 
-@pytest.mark.parametrize("mode", ["sync", "async", "mixed"])
-@pytest.mark.parametrize("throttle, w_up, w_down", [(1, 1, 1), (1, 3, 2), (5, 2, 1), (3, 1, 3)])
-def test_throttle_bounds_outputs_in_flight(mode: str, throttle: int, w_up: int, w_down: int) -> None:
-    fl = InFlight()
-    up_async = mode == "async"
-    down_async = mode in ("async", "mixed")
+def _joins_one_returning_early(early_after: int) -> tuple[Any, Any]:
+    """Sync and async join functions: the first worker to read ``early_after`` items returns
+    at once; every other worker reads to the end."""
+    lock = threading.Lock()
+    state = {"early": False}
 
-    def up_sync(x: int) -> int:
-        fl.produce()
-        return x
+    def first() -> bool:
+        with lock:
+            is_first, state["early"] = not state["early"], True
+            return is_first
 
-    async def up_async_fn(x: int) -> int:
-        fl.produce()
-        return x
-
-    def down_sync(x: int) -> int:
-        fl.consume()
-        time.sleep(0.001)
-        return x
-
-    async def down_async_fn(x: int) -> int:
-        fl.consume()
-        await asyncio.sleep(0.001)
-        return x
-
-    n = 150
-    p = (
-        task(make_source(False))
-        | task(up_async_fn if up_async else up_sync, workers=w_up, throttle=throttle)
-        | task(down_async_fn if down_async else down_sync, workers=w_down)
-    )
-    assert sorted(collect(p, n)) == list(range(n))
-    assert fl.produced == fl.consumed == n
-    assert fl.peak <= throttle + w_up + w_down, (fl.peak, throttle, w_up, w_down)
-
-
-@pytest.mark.parametrize("asyncy", [False, True], ids=["sync", "async"])
-@pytest.mark.parametrize("throttle, w_down", [(1, 1), (2, 3)])
-def test_throttle_bounds_generator_producer(asyncy: bool, throttle: int, w_down: int) -> None:
-    fl = InFlight()
-    n = 120
-
-    def source(n: int) -> Any:
-        for i in range(n):
-            fl.produce()
-            yield i
-
-    async def asource(n: int) -> Any:
-        for i in range(n):
-            fl.produce()
-            yield i
-
-    def down(x: int) -> int:
-        fl.consume()
-        time.sleep(0.001)
-        return x
-
-    p = task(asource if asyncy else source, throttle=throttle) | task(down, workers=w_down)
-    assert sorted(collect(p, n)) == list(range(n))
-    assert fl.peak <= throttle + 1 + w_down, fl.peak
-
-
-@pytest.mark.parametrize("asyncy", [False, True], ids=["sync", "async"])
-def test_throttle_bounds_last_task_against_consumer(asyncy: bool) -> None:
-    """The caller's loop is the downstream of the last task (one 'worker')."""
-    fl = InFlight()
-    throttle, w_up = 2, 3
-
-    def up(x: int) -> int:
-        fl.produce()
-        return x
-
-    async def aup(x: int) -> int:
-        fl.produce()
-        return x
-
-    p = task(make_source(False)) | task(aup if asyncy else up, workers=w_up, throttle=throttle)
-    out: list[int] = []
-
-    async def aconsume() -> None:
-        async for x in p(100):
-            fl.consume()
-            out.append(x)
-            await asyncio.sleep(0.001)
-
-    if asyncy:
-        run_async(aconsume())
-    else:
-        for x in p(100):
-            fl.consume()
-            out.append(x)
-            time.sleep(0.001)
-    assert sorted(out) == list(range(100))
-    assert fl.peak <= throttle + w_up + 1, fl.peak
-
-
-@pytest.mark.timeout(10)
-def test_unthrottled_infinite_producer_is_still_bounded() -> None:
-    """throttle=0 sets no user bound, but the documented internal bound keeps a fast infinite
-    producer from running away while the consumer is stalled."""
-    fl = InFlight()
-
-    def forever() -> Any:
-        i = 0
-        while True:
-            fl.produce()
-            yield i
-            i += 1
-
-    out = []
-    gen = (task(forever) | task(inc))()
-    try:
-        for x in gen:
-            fl.consume()
-            out.append(x)
-            if len(out) == 10:
-                time.sleep(0.5)  # stall: the producer must stop at some bound
-            if len(out) == 20:
+    def j(items: Any) -> list[int]:
+        seen = []
+        for x in items:
+            seen.append(x)
+            if len(seen) == early_after and first():
                 break
-    finally:
-        gen.close()
-    assert out == list(range(1, 21))
-    assert fl.produced - fl.consumed <= 300_000, fl.produced
+        return seen
 
+    async def aj(items: Any) -> list[int]:
+        seen = []
+        async for x in items:
+            seen.append(x)
+            if len(seen) == early_after and first():
+                break
+        return seen
 
-# --------------------------------------------------------------------------------------------
-# ordered=True
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("workers", [2, 4, 8])
-def test_ordered_output_in_input_order(mode: str, workers: int) -> None:
-    def delay_s(x: int) -> float:
-        return ((x * 7919) % 7) * 0.001
-
-    def slow_inc_sync(x: int) -> int:
-        time.sleep(delay_s(x))
-        return x + 1
-
-    async def slow_inc_async(x: int) -> int:
-        await asyncio.sleep(delay_s(x))
-        return x + 1
-
-    n = 120
-    p = (
-        task(make_source(is_async(mode, 0)))
-        | task(slow_inc_async if is_async(mode, 1) else slow_inc_sync, workers=workers, ordered=True)
-        | task(make_map(dbl, is_async(mode, 2)))
-    )
-    assert collect(p, n) == [2 * (i + 1) for i in range(n)]
-
-
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_ordered_branch_outputs_stay_together(mode: str) -> None:
-    def slow_fan_sync(x: int) -> Any:
-        for k in range(x % 4):
-            time.sleep(((x + k) % 3) * 0.001)
-            yield (x, k)
-
-    async def slow_fan_async(x: int) -> Any:
-        for k in range(x % 4):
-            await asyncio.sleep(((x + k) % 3) * 0.001)
-            yield (x, k)
-
-    n = 60
-    fn = slow_fan_async if mode == "async" else slow_fan_sync
-    p = task(make_source(False)) | task(fn, workers=4, ordered=True)
-    assert collect(p, n) == [(x, k) for x in range(n) for k in range(x % 4)]
-
-
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_ordered_branch_true_lists_stay_together(mode: str) -> None:
-    n = 80
-    p = task(make_source(False)) | task(make_map(fan, mode == "async"), workers=4, ordered=True, branch=True)
-    assert collect(p, n) == [y for x in range(n) for y in fan(x)]
+    return j, aj
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_ordered_streams_first_output_before_last_input_finishes(mode: str) -> None:
-    """The last input's call blocks until the consumer has received the first output: an engine
-    that waits for all before emitting would deadlock here (caught by the wait's timeout)."""
-    first_out = threading.Event()
-    waited_ok: list[bool] = []
-    n = 6
+@pytest.mark.parametrize("kind", SYNC_ASYNC)
+def test_join_worker_returning_early_drops_no_item(kind: str) -> None:
+    n, early_after = 2000, 300
 
-    def work_sync(x: int) -> int:
-        if x == n - 1:
-            waited_ok.append(first_out.wait(3))
-        return x
+    def src() -> Any:
+        yield from range(n)
 
-    async def work_async(x: int) -> int:
-        if x == n - 1:
-            deadline = time.monotonic() + 3
-            while not first_out.is_set() and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
-            waited_ok.append(first_out.is_set())
-        return x
-
-    fn = work_async if mode == "async" else work_sync
-    p = task(make_source(False)) | task(fn, workers=3, ordered=True)
-    out: list[int] = []
-
-    async def aconsume() -> None:
-        async for x in p(n):
-            out.append(x)
-            first_out.set()
-
-    if mode == "async":
-        run_async(aconsume())
-    else:
-        for x in p(n):
-            out.append(x)
-            first_out.set()
-    assert out == list(range(n))
-    assert waited_ok == [True]
-
-
-@pytest.mark.timeout(10)
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_ordered_with_slow_oldest_and_tight_throttle_no_deadlock(mode: str) -> None:
-    fl = InFlight()
-
-    def work_sync(x: int) -> int:
-        if x % 10 == 0:
-            time.sleep(0.02)
-        fl.produce()
-        return x
-
-    async def work_async(x: int) -> int:
-        if x % 10 == 0:
-            await asyncio.sleep(0.02)
-        fl.produce()
-        return x
-
-    def down(x: int) -> int:
-        fl.consume()
-        return x
-
-    fn = work_async if mode == "async" else work_sync
-    p = task(make_source(False)) | task(fn, workers=4, throttle=1, ordered=True) | task(down)
-    assert collect(p, 50) == list(range(50))
-    assert fl.peak <= 1 + 4 + 1, fl.peak
-
-
-def test_ordered_with_infinite_producer_and_break() -> None:
-    def forever() -> Any:
-        i = 0
-        while True:
+    async def asrc() -> Any:
+        for i in range(n):
             yield i
-            i += 1
 
-    gen = (task(forever) | task(inc, workers=4, ordered=True) | task(dbl, ordered=True))()
-    out = []
-    for x in gen:
-        out.append(x)
-        if len(out) == 500:
-            break
-    del gen
-    assert out == [2 * (i + 1) for i in range(500)]
+    for _ in range(5):
+        j, aj = _joins_one_returning_early(early_after)
+        if kind == "sync":
+            p = task(src) | task(lambda x: x) | task(j, join=True, workers=2)
+        else:
+            p = task(asrc) | task(_aident) | task(aj, join=True, workers=2)
+        parts = collect(p)
+        assert len(parts) == 2
+        assert early_after in map(len, parts)
+        got = sorted(x for part in parts for x in part)
+        missing = sorted(set(range(n)) - set(got))
+        assert not missing, f"{len(missing)} items reached no join worker: {missing[:10]}..."
+        assert got == list(range(n))  # each item exactly once
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,6 +397,241 @@ def check_shape(inputs: list[int], stages: list[tuple[str, bool, int, int, bool]
     with time_limit(3):
         out = collect(p)
     check(out, expected, exact)
+
+
+# --------------------------------------------------------------------------------------------
+# Fuzz: random small pipelines (map / branch / join / filter stages; sync, async or mixed; 1-5
+# workers; throttles; ordered; an error anywhere, or a break) against a plain-Python oracle.
+# Checks the outputs (exactly when order is promised), that the original error object is
+# raised, the throttle bound on every throttled stage, and that nothing is left running.
+
+FUZZ_TRIALS = 200  # per mode
+
+
+def _oracle(kind: str, x: int) -> list[int]:
+    if kind == "map":
+        return [x * 2 + 1]
+    if kind == "branch":
+        return [x * 3, x * 3 + 1]
+    if kind == "join":
+        return [x]
+    assert kind == "filt"
+    return [x] if x % 3 else []
+
+
+class _Trial:
+    """One random pipeline, its oracle and its checks (from the reviewer's fuzz.py)."""
+
+    def __init__(self, seed: int, mode: str) -> None:
+        rng = random.Random(seed)
+        self.jitter = random.Random(seed)  # sleeps inside the tasks (interleaving varies anyway)
+        self.specs = []
+        for _ in range(rng.randint(1, 4)):
+            kind = rng.choice(["map", "map", "branch", "join", "filt"])
+            asyncy = {"sync": False, "async": True, "mixed": rng.random() < 0.5}[mode]
+            workers = rng.randint(1, 5)
+            throttle = rng.choice([0, 0, 1, 2, 3, 5])
+            ordered = kind != "join" and rng.random() < 0.4
+            self.specs.append((kind, asyncy, workers, throttle, ordered))
+        self.n = n = rng.choice([0, 1, 5, 30, 100])
+        self.src_async = mode == "async" or (mode == "mixed" and rng.random() < 0.5)
+        self.sleeps = rng.random() < 0.3
+        self.flights = [InFlight() for _ in range(len(self.specs) + 1)]
+        expected = list(range(n))
+        inputs = []
+        for kind, *_ in self.specs:
+            inputs.append(expected)
+            expected = [y for x in expected for y in _oracle(kind, x)]
+        self.expected = expected
+        self.err: tuple[int, int, Boom] | None = None
+        if rng.random() < 0.25 and n:
+            where = rng.randint(0, len(self.specs))  # 0: the source
+            if where == 0:
+                self.err = (0, rng.randrange(n), Boom("source"))
+            elif inputs[where - 1]:
+                self.err = (where, rng.choice(inputs[where - 1]), Boom(f"stage {where}"))
+        self.brk: int | None = None
+        if self.err is None and rng.random() < 0.25 and expected:
+            self.brk = rng.randrange(len(expected))
+        self.exact = all(w == 1 or o for (_, _, w, _, o) in self.specs)
+        self.loop_errors = LoopErrors()
+        self.desc = {
+            "seed": seed, "mode": mode, "specs": self.specs, "n": n,
+            "src_async": self.src_async, "err": self.err and self.err[:2], "brk": self.brk,
+        }  # fmt: skip
+
+    def maybe_raise(self, idx: int, x: int) -> None:
+        if self.err is not None and self.err[0] == idx and self.err[1] == x:
+            raise self.err[2]
+
+    def pause(self) -> None:
+        if self.sleeps and self.jitter.random() < 0.3:
+            time.sleep(self.jitter.random() * 0.001)
+
+    async def apause(self) -> None:
+        if self.sleeps and self.jitter.random() < 0.3:
+            await asyncio.sleep(self.jitter.random() * 0.001)
+        else:
+            await asyncio.sleep(0)
+
+    def stage(self, idx: int) -> Any:
+        kind, asyncy, workers, throttle, ordered = self.specs[idx - 1]
+        mine, up = self.flights[idx], self.flights[idx - 1]
+        if kind == "map":
+            if asyncy:
+
+                async def amap(x: int) -> int:
+                    up.consume()
+                    await self.apause()
+                    self.maybe_raise(idx, x)
+                    mine.produce()
+                    return x * 2 + 1
+
+                return task(amap, workers=workers, throttle=throttle, ordered=ordered)
+
+            def smap(x: int) -> int:
+                up.consume()
+                self.pause()
+                self.maybe_raise(idx, x)
+                mine.produce()
+                return x * 2 + 1
+
+            return task(smap, workers=workers, throttle=throttle, ordered=ordered)
+        if kind in ("branch", "filt"):
+            if asyncy:
+
+                async def abranch(x: int) -> Any:
+                    up.consume()
+                    self.maybe_raise(idx, x)
+                    for y in _oracle(kind, x):
+                        await self.apause()
+                        mine.produce()
+                        yield y
+
+                return task(abranch, workers=workers, throttle=throttle, ordered=ordered)
+
+            def sbranch(x: int) -> Any:
+                up.consume()
+                self.maybe_raise(idx, x)
+                for y in _oracle(kind, x):
+                    self.pause()
+                    mine.produce()
+                    yield y
+
+            return task(sbranch, workers=workers, throttle=throttle, ordered=ordered)
+        if asyncy:
+
+            async def ajoin(items: Any) -> Any:
+                async for x in items:
+                    up.consume()
+                    await self.apause()
+                    self.maybe_raise(idx, x)
+                    mine.produce()
+                    yield x
+
+            return task(ajoin, workers=workers, throttle=throttle, join=True)
+
+        def sjoin(items: Any) -> Any:
+            for x in items:
+                up.consume()
+                self.pause()
+                self.maybe_raise(idx, x)
+                mine.produce()
+                yield x
+
+        return task(sjoin, workers=workers, throttle=throttle, join=True)
+
+    def pipeline(self) -> Any:
+        def src(n: int) -> Any:
+            for i in range(n):
+                self.maybe_raise(0, i)
+                self.flights[0].produce()
+                yield i
+
+        async def asrc(n: int) -> Any:
+            for i in range(n):
+                self.maybe_raise(0, i)
+                self.flights[0].produce()
+                yield i
+
+        p = task(asrc if self.src_async else src)
+        for idx in range(1, len(self.specs) + 1):
+            p = p | self.stage(idx)
+        return p
+
+    def run(self, leaks: Leaks) -> None:
+        p = self.pipeline()
+        out: list[int] = []
+        raised: BaseException | None = None
+        try:
+            with time_limit(5):
+                if isinstance(p, AsyncPipeline):
+                    asyncio.run(self._consume_async(p, out))
+                else:
+                    gen = p(self.n)
+                    for x in gen:
+                        if self.brk is not None and len(out) == self.brk:
+                            break
+                        self.flights[-1].consume()
+                        out.append(x)
+                    gen.close()
+        except Boom as e:
+            raised = e
+        self.check(out, raised)
+        left = leaks.wait_quiet(1.0)
+        assert not left, f"left running: {left}; {self.desc}"
+
+    async def _consume_async(self, p: Any, out: list[int]) -> None:
+        # as conftest.run_async, but the test collects garbage once, at its end (see below)
+        asyncio.get_running_loop().set_exception_handler(self.loop_errors)
+        gen = p(self.n)
+        try:
+            async for x in gen:
+                if self.brk is not None and len(out) == self.brk:
+                    break
+                self.flights[-1].consume()
+                out.append(x)
+        finally:
+            await gen.aclose()
+        await wait_no_other_tasks(1.0)
+
+    def check(self, out: list[int], raised: BaseException | None) -> None:
+        desc, expected = self.desc, self.expected
+        if self.err is not None:
+            assert raised is self.err[2], f"raised {raised!r}, not the task's error; {desc}"
+            return
+        assert raised is None, f"unexpected {raised!r}; {desc}"
+        if self.brk is not None:
+            if self.exact:
+                assert out == expected[: self.brk], desc
+            else:
+                assert len(out) == self.brk and set(out) <= set(expected), desc
+            return
+        if self.exact:
+            assert out == expected, desc
+        else:
+            assert sorted(out) == sorted(expected), desc
+        for i, (_, _, workers, throttle, _) in enumerate(self.specs):
+            down = self.specs[i + 1][2] if i + 1 < len(self.specs) else 1  # the caller: 1
+            bound = throttle + workers + down
+            peak = self.flights[i + 1].peak
+            assert not throttle or peak <= bound, (
+                f"stage {i + 1}: {peak} in flight > {bound}; {desc}"
+            )
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", ["sync", "async", "mixed"])
+def test_fuzz_random_pipelines_against_oracle(mode: str, leaks: Leaks) -> None:
+    seeds = random.Random(f"pyper-fuzz-{mode}")
+    trials = [_Trial(seeds.randrange(1 << 30), mode) for _ in range(FUZZ_TRIALS)]
+    for trial in trials:
+        trial.run(leaks)
+    # Abandoned tasks report "never retrieved" when collected: once for all trials (a
+    # gc.collect per trial, as run_async does, would double the test's time).
+    gc.collect()
+    for trial in trials:
+        assert not trial.loop_errors.contexts, f"{trial.loop_errors.describe()}; {trial.desc}"
 
 
 # --------------------------------------------------------------------------------------------

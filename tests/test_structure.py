@@ -101,6 +101,49 @@ def test_sync_programs_never_import_asyncio() -> None:
     assert done.returncode == 0, done.stderr
 
 
+# Second review, issue 11: ``import pyper`` imported asyncio, even for sync-only programs. (Beside
+# the test above: asyncio is not loaded before the import either, and ordered=, throttle=,
+# join= and ``>`` run without it too.)
+
+NO_ASYNCIO_CHILD = r"""
+import sys
+print("asyncio" in sys.modules)
+import pyper
+from pyper import task
+print("asyncio" in sys.modules)
+
+def produce(n):
+    yield from range(n)
+
+def fan(x):
+    yield x
+    yield -x
+
+def total(items):
+    return sum(items)
+
+p = task(produce) | task(lambda x: x * 2, workers=3, ordered=True) | task(fan, workers=2, throttle=4)
+print(sorted(p(10)))
+print((task(produce) | task(lambda x: x + 1, branch=False) | task(total, join=True) > list)(10))
+print("asyncio" in sys.modules)
+"""
+
+
+@pytest.mark.timeout(20)
+def test_sync_program_never_imports_asyncio() -> None:
+    proc = subprocess.run([sys.executable, "-c", NO_ASYNCIO_CHILD], capture_output=True, text=True,
+                          timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    expected_items = sorted([2 * x for x in range(10)] + [-2 * x for x in range(10)])
+    assert proc.stdout.splitlines() == [
+        "False",  # the interpreter itself does not load it
+        "False",
+        str(expected_items),
+        "[55]",
+        "False",
+    ], proc.stderr
+
+
 @pytest.mark.timeout(30)
 def test_import_pyper_stays_light() -> None:
     """What ``import pyper`` costs, every program pays, and every worker process again."""
