@@ -53,12 +53,12 @@ def pytest_configure(config: pytest.Config) -> None:
     interval = os.environ.get("PYPER_SWITCH_INTERVAL")
     if interval:
         sys.setswitchinterval(float(interval))
-    # PYPER_NO_STEAL=1: run as in a free-threaded build, where a receiver never advances a
-    # sibling's claim (no GIL makes that atomic); the owner shares and gives back instead.
-    if os.environ.get("PYPER_NO_STEAL"):
+    # PYPER_NO_GIL_CLAIMS=1: share work as in a free-threaded build, where no GIL makes a
+    # list iterator's next() atomic: a claim siblings may advance is a deque-backed Claim.
+    if os.environ.get("PYPER_NO_GIL_CLAIMS"):
         import pyper._channel._sharing
 
-        pyper._channel._sharing.STEAL = False
+        pyper._channel._sharing.PLAIN_CLAIMS = False
     # keep hypothesis' files (example database, patches for failing examples) out of the repo
     try:
         from hypothesis.configuration import set_hypothesis_home_dir

@@ -3,7 +3,7 @@
 # whole suite: pytest (with its leak fixture and timeouts), the process stages again
 # under the fork server, the concurrency tests
 # again with a tiny thread switch interval (and once more as a free-threaded build
-# would share work: PYPER_NO_STEAL), mypy --strict, and the original Pyper's
+# would share work: PYPER_NO_GIL_CLAIMS), mypy --strict, and the original Pyper's
 # own tests (all 39) against ours (scripts/run_original_tests.sh), then the optional
 # extras: cloudpickle (lambdas in processes; with loky, an executor of the user's), docs (the site, built strictly and looked at
 # in a headless Chromium) and ray (stages on a local Ray cluster).
@@ -20,7 +20,7 @@ PYPER_START_METHOD=forkserver "$VENV/bin/python" -m pytest -q -k process \
     tests/test_process.py tests/test_policies.py tests/test_metrics.py tests/test_adaptive.py \
     tests/test_bounds.py tests/test_lifecycle_matrix.py
 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_bounds.py tests/test_lifecycle.py
-PYPER_NO_STEAL=1 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_bounds.py tests/test_lifecycle.py
+PYPER_NO_GIL_CLAIMS=1 PYPER_SWITCH_INTERVAL=1e-6 "$VENV/bin/python" -m pytest -q tests/test_semantics.py tests/test_bounds.py tests/test_lifecycle.py
 "$VENV/bin/python" -m mypy
 PYTHON="$VENV/bin/python" sh scripts/run_original_tests.sh
 # Last, the optional cloudpickle extra: lambdas and closures in process stages.

@@ -58,7 +58,7 @@ from conftest import (
     wait_until,
 )
 from pyper import AsyncPipeline, task
-from pyper._channel import Channel, _sharing
+from pyper._channel import Channel
 
 KINDS = ["sync", "async_threads", "async_tasks"]
 SYNC_ASYNC = ["sync", "async"]
@@ -70,14 +70,6 @@ LONG_S = 5.0
 PROMPT_S = 0.5
 #: a call may start this long after the caller saw the error / left the loop (thread races)
 STOP_SLACK_S = 0.05
-#: Without stealing (a free-threaded build, or PYPER_NO_STEAL=1 as tests/run.sh runs this file
-#: again), an item taken into a worker's batch can wait behind that worker's blocked call while
-#: a sibling is idle: the owner hands items back only before it starts its next call, and a
-#: sibling that parks after that finds nothing to take. A known bug of that path: the tests of
-#: N workers as N concurrent units show it, and are expected to fail there until it is fixed.
-needs_steal = pytest.mark.xfail(
-    not _sharing.STEAL, reason="without stealing, an item can wait behind its worker's blocked call"
-)
 
 
 class Boom(Exception):
@@ -514,7 +506,6 @@ def _two_raising_workers(
     return f, raised, caller_has_item_0
 
 
-@needs_steal
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("kind", SYNC_ASYNC)
 @pytest.mark.parametrize("case", ["frozen_frozen", "frozen_badstr", "boom_badstr"])
@@ -1489,7 +1480,6 @@ def test_sync_pipeline_iterated_from_several_threads_in_turn() -> None:
     assert sorted(out) == [2 * i + 1 for i in range(100)]
 
 
-@needs_steal
 @pytest.mark.timeout(15)
 @pytest.mark.parametrize("kind", ["sync", "async_threads"])
 def test_no_pool_cap_many_workers_truly_concurrent(kind: str) -> None:
@@ -2783,7 +2773,6 @@ def test_ready_output_not_held_back_by_next_slow_call(kind: str, where: str) -> 
     assert waited == [True], "output 1 was held back until the slow call for item 2 ended"
 
 
-@needs_steal
 @pytest.mark.timeout(15)
 @pytest.mark.parametrize("kind", KINDS)
 def test_no_item_waits_behind_a_blocked_call_while_a_worker_is_idle(kind: str) -> None:

@@ -223,11 +223,11 @@ def cheap_then_slow(x: int) -> int:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("steal", [True, False])
-def test_items_shared_between_workers_are_counted_once(steal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("plain", [True, False])
+def test_items_shared_between_workers_are_counted_once(plain: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     import pyper._channel._sharing
 
-    monkeypatch.setattr(pyper._channel._sharing, "STEAL", steal)  # thieves take, or owners hand back
+    monkeypatch.setattr(pyper._channel._sharing, "PLAIN_CLAIMS", plain)  # list iterators, or Claims
     p = task(source, branch=True) | task(cheap_then_slow, workers=4) | task(doubled, workers=3)
     with observe() as seen:
         assert sorted(p(5000)) == [2 * x for x in range(5000)]

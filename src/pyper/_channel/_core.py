@@ -336,9 +336,6 @@ class Channel:
             self.wake_putters()
         else:
             stolen = sharing.steal(n) if sharing is not None else []
-            if stolen is WAIT:
-                return WAIT
-            assert isinstance(stolen, list)
             if not stolen:
                 return None if self._senders == 0 else WAIT  # closed and drained: the end
             taken = stolen
@@ -415,8 +412,7 @@ class Channel:
                 self._wake_all()
 
     def close_receive(self) -> None:
-        """One receiver has left. When the last one has, senders get ``Broken``; until then
-        the parked ones look again (one may be waiting for this one's claim)."""
+        """One receiver has left. When the last one has, senders get ``Broken``."""
         with self._lock:
             self._receivers -= 1
             if self._retiring is not None:
@@ -424,9 +420,6 @@ class Channel:
             if self._receivers == 0:
                 self._drop()
                 self._wake_all()
-            elif not _sharing.STEAL:
-                while self.getters:
-                    self.getters.popleft().wake()
 
     def open_ends(self, send: bool) -> bool:
         """One more sender (``send``) or receiver: a worker added to a stage while it runs

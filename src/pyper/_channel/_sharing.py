@@ -7,23 +7,24 @@ of the batches in their hands (``_core.Channel`` reaches this at a few points).
   item, no lock), and a receiver that finds the channel empty takes what is in the shown
   outboxes before it parks (``outputs``). So an output is never held back by its worker's
   next call, however slow.
-- A receiver's *claim* is the list iterator over its batch (``share``). A worker that sees
-  a sibling parked, before its next call, hands half of what it has not started back to
-  the channel and wakes the sibling (``wake_idle``); and, in a build with a GIL, a
-  receiver that finds nothing else steals half of what a sibling has claimed but not
-  started (``steal``), even while that sibling is blocked in a call. So no item waits
-  behind a blocked call while a worker is idle.
+- A receiver's *claim* is the iterator over its batch (``share``). A worker that sees a
+  sibling parked, before its next call, hands half of what it has not started back to
+  the channel and wakes the sibling (``wake_idle``); and a receiver that finds nothing
+  else steals half of what a sibling has claimed but not started (``steal``), even while
+  that sibling is blocked in a call. So no item waits behind a blocked call while a
+  worker is idle.
 
 Lock-free accesses, and why they are safe with or without the GIL:
 - An outbox is appended to only by its worker and emptied from the front only under the
   channel's lock: ``list.append``, a slice and ``del`` of a slice are each atomic (under
   the GIL, and in a free-threaded build where a list locks itself per operation), and
   appends land after whatever the remover took.
-- A claim's iterator is advanced by its worker's ``for`` loop; ``wake_idle`` runs in that
-  same worker. Thieves advance it too, under the lock, only where the GIL makes ``next()``
-  on a list iterator atomic: a free-threaded build does not promise that for an iterator
-  shared between threads (an item could be taken twice), so there stealing is off
-  (``STEAL``) and only the owner shares, and gives back what it leaves.
+- A claim is advanced by its worker's ``for`` loop, and by thieves (under the channel's
+  lock, which the owner does not take). Each step must hand an item to one of them only:
+  with a GIL a plain list iterator's ``next()`` is one atomic step; a free-threaded build
+  does not promise that for an iterator shared between threads (an item could be taken
+  twice), so there a claim that can be shared is a ``Claim``, each step of which is one
+  ``deque.popleft()`` (a deque locks itself per operation). ``PLAIN_CLAIMS`` says which.
 Everything else here (``_outboxes``, ``_claims``) is guarded by the channel's lock: every
 method is called with it held (``wake_idle`` and ``give_back``, which need no state of
 their own, take it). A channel makes its ``Sharing`` as a batch is first shown or shared
@@ -33,21 +34,47 @@ to it: a run of one-item batches makes none.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from operator import length_hint
 from typing import TYPE_CHECKING, Any
 
-from ._waiters import WAIT
-
 if TYPE_CHECKING:
     from ._inside import Inside
 
-__all__ = ["STEAL", "Sharing", "give_back", "wake_idle"]
+__all__ = ["PLAIN_CLAIMS", "Claim", "Sharing", "claim", "give_back", "wake_idle"]
 
-#: Whether receivers may advance a sibling's claim: only where a GIL makes a list
-#: iterator's ``next()`` atomic (the tests turn it off to run as a free-threaded build would).
-STEAL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
+#: Whether a claim that siblings may advance can be a plain list iterator: only where a GIL
+#: makes its ``next()`` atomic (the tests turn it off to run as a free-threaded build would).
+PLAIN_CLAIMS: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
+class Claim:
+    """An iterator over a batch whose every step is one atomic ``deque.popleft()``: its
+    owner and thieves may advance it at once, and each item goes to one of them."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, batch: Iterable[Any]) -> None:
+        self._items = deque(batch)
+
+    def __iter__(self) -> Claim:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self._items.popleft()
+        except IndexError:
+            raise StopIteration from None
+
+    def __length_hint__(self) -> int:
+        return len(self._items)
+
+
+def claim(batch: list[Any]) -> Iterator[Any]:
+    """The iterator a receiver holds over ``batch``, which its siblings may share."""
+    return iter(batch) if PLAIN_CLAIMS else Claim(batch)
 
 
 class Sharing:
@@ -84,11 +111,9 @@ class Sharing:
                     break
         return taken
 
-    def steal(self, n: int) -> list[Any] | object:
+    def steal(self, n: int) -> list[Any]:
         """Half of what the sibling with the most left has claimed but not started (at
-        most ``n``); ``WAIT`` where stealing is off and a sibling holds some (its owner
-        shares it, or gives it back when it leaves, and wakes us: until then the stream
-        has not ended, however closed the channel is)."""
+        most ``n``)."""
         most, richest = 0, None
         spent = []
         for key, slot in self._claims.items():
@@ -102,8 +127,6 @@ class Sharing:
             del self._claims[key]
         if richest is None:
             return []
-        if not STEAL:
-            return WAIT
         return list(islice(richest, min(n, (most + 1) // 2)))
 
     def drop(self) -> None:

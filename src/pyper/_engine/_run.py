@@ -43,6 +43,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._channel import MAX_CAPACITY, PACE_SECONDS, Channel, Held
+from .._channel._sharing import claim
 from .._errors import Broken, Cancelled, add_note, attach, short_repr
 from .._spec import Task, stage_call
 from . import _state, _threads
@@ -829,10 +830,12 @@ class Worker:
         else:
             batch = got
         self.size = size = len(batch)
-        items: Iterator[Any] = iter(batch)
-        self.claim[0] = items
-        if size > 1 and self.shares:
+        if size > 1 and self.shares:  # siblings may take from it: a claim (``_sharing``)
+            items: Iterator[Any] = claim(batch)
+            self.claim[0] = items
             self.stage.inp.share(self.claim)
+        else:
+            self.claim[0] = items = iter(batch)
         if size > 1 or self.shows:
             self.stage.out.show(self.box, self.seq if self.ordered else None)
         return items
