@@ -209,6 +209,19 @@ def test_errors_are_the_original_exception_with_the_remote_traceback(kind: str) 
             assert "HTTPError" in str(info2.value) and "could not be unpickled" in str(info2.value)
 
 
+# An error on a thread pool is the original exception, even one that does not unpickle, as on
+# pyper's own threads. Bug found by review: a call on a ThreadPoolExecutor shares the caller's
+# process, yet its error was pickled into an envelope and rebuilt, so one that does not round-trip
+# (a two-argument __init__) reached the caller and on_error as a RuntimeError.
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", ["thread", "thread pool"])
+def test_an_error_on_a_thread_pool_is_the_original_exception(where: str) -> None:
+    with executor_of("thread") as pool:
+        p = task(range, branch=True) | task(http_error, **({"executor": pool} if where != "thread" else {}))
+        with pytest.raises(HTTPError):
+            list(p(3))
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_on_error_runs_in_the_callers_process_and_retries_beside_the_call(kind: str, tmp_path: Any) -> None:
@@ -237,6 +250,62 @@ def test_a_call_past_its_timeout_is_abandoned_not_waited_for() -> None:
         with elapsed() as t:
             assert sorted(p()) == [0.01, 0.01]
         assert t.elapsed < 0.9, t.elapsed  # the 1 s call was not waited for
+
+
+# A call abandoned at its timeout does not time out the next one. Bug found by review:
+# FuturesRemote kept the done callback of a future abandoned at its timeout, which set the one
+# _woken event when that call ended and so timed out the next call long before its deadline.
+
+
+def _slow_0_and_1(x: int) -> int:
+    time.sleep({0: 0.7, 1: 0.3}.get(x, 0.0))
+    return x
+
+
+@pytest.mark.timeout(30)
+def test_an_abandoned_call_does_not_time_out_the_next_one() -> None:
+    failed: list[tuple[int, str]] = []
+
+    def handler(item: int, exc: Exception) -> None:
+        failed.append((item, type(exc).__name__))
+
+    with executor_of("thread", workers=2) as pool:  # room for the abandoned call and the next one
+        p = task(range, branch=True) | task(_slow_0_and_1, executor=pool, timeout=0.5, on_error=handler)
+        out = list(p(3))
+    assert failed == [(0, "TimeoutError")]  # item 1 takes 0.3 s of its 0.5
+    assert out == [1, 2]
+
+
+# timeout= counts only the call, not its wait in the executor's queue. Bug found by review: on an
+# executor of the user's, timeout= counted the time a call waited in the executor's queue, so the
+# items queued behind one stuck call timed out without ever running (Ray's timed calls count
+# from their start: STARTED).
+
+_stall = threading.Event()
+
+
+def _stall_on_0(x: int) -> int:
+    if x == 0:
+        _stall.wait(2.0)
+    return x
+
+
+@pytest.mark.timeout(30)
+def test_timeout_on_a_busy_executor_counts_only_the_call() -> None:
+    _stall.clear()
+    failed: list[tuple[int, str]] = []
+
+    def handler(item: int, exc: Exception) -> None:
+        failed.append((item, type(exc).__name__))
+
+    with executor_of("thread", workers=1) as pool:
+        p = task(range, branch=True) | task(_stall_on_0, executor=pool, timeout=0.3, on_error=handler)
+        try:
+            out = list(p(6))
+        finally:
+            _stall.set()
+    assert failed == [(0, "TimeoutError")]
+    assert out == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.timeout(30)
@@ -299,6 +368,30 @@ def test_a_dead_worker_of_a_process_pool_is_worker_process_died() -> None:
         with pytest.raises(WorkerProcessDied, match="task 'die': a worker of its executor died") as info:
             list(p(3))
         assert type(info.value.__cause__).__name__ == "BrokenProcessPool"
+
+
+# A broken process pool is WorkerProcessDied, in the run that broke it and in the next. Bug found
+# by review: FuturesRemote._submit wrapped every RuntimeError of submit, and BrokenProcessPool is
+# one, as 'refused the call (was it shut down?)' instead of WorkerProcessDied.
+
+
+def _die_on_3(x: int) -> int:
+    if x == 3:
+        os._exit(3)
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_a_broken_process_pool_is_worker_process_died() -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    with executor_of("process", workers=1) as pool:
+        p = task(range, branch=True) | task(_die_on_3, executor=pool)
+        with pytest.raises(WorkerProcessDied):
+            list(p(10))
+        with pytest.raises(WorkerProcessDied) as info:  # the next run: the pool is still broken
+            list(p(10))
+    assert isinstance(info.value.__cause__, BrokenProcessPool)
 
 
 @pytest.mark.timeout(30)

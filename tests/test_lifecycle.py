@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import contextvars
 import gc
+import inspect
 import itertools
 import logging
 import os
@@ -1657,6 +1658,38 @@ def test_batch_taken_as_the_run_is_cancelled_is_not_started(
     assert calls_after_close == []
 
 
+# The first task is not called once its run has failed. Bug found by review: Run.cancel never
+# cancelled the first task's source channel, so a first-task worker that reached its first get
+# after the run had stopped still called the function.
+
+
+def _stay(resource: Any, x: Any) -> Any:
+    return x
+
+
+@pytest.mark.timeout(30)
+def test_first_task_is_not_called_after_its_run_failed() -> None:
+    proceed = threading.Event()
+    called = threading.Event()
+
+    def slow_setup() -> str:  # the first task's worker is still in its setup as the run fails
+        proceed.wait(5)
+        return "resource"
+
+    def first(resource: str) -> int:
+        called.set()
+        return 1
+
+    def failing_setup() -> None:
+        raise Boom("setup")
+
+    p = task(first, setup=slow_setup) | task(_stay, setup=failing_setup)
+    with pytest.raises(Boom):
+        list(p())
+    proceed.set()  # the run has failed and returned: the first task's worker goes on
+    assert not called.wait(1.0), "the first task was called after its run had failed"
+
+
 # ============================================================================================
 # join: cancelled iterators raise; partial reads do not hang
 
@@ -2504,6 +2537,70 @@ def test_keyboard_interrupt_inside_cancel_does_not_hang_interpreter_exit() -> No
         )
     assert proc.stdout.strip() == "KeyboardInterrupt handled", proc.stderr
     assert proc.returncode == 0, proc.stderr
+
+
+# Ctrl-C in the thread cache's hand-over loses no worker and deadlocks no later spawn. Bug found
+# by review: a worker that spawn took out of _idle but did not wake (Ctrl-C between the two)
+# timed out, then waited forever for that wake-up holding _threads._lock, which deadlocked every
+# later spawn.
+
+
+def _inc(x: int) -> int:
+    return x + 1
+
+
+def _line_of(func: Any, text: str) -> int:
+    lines, start = inspect.getsourcelines(func)
+    for i, line in enumerate(lines):
+        if text in line:
+            return start + i
+    raise AssertionError(f"{text!r} not found in {func.__name__}")
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_in_spawn_loses_no_worker() -> None:
+    from pyper._engine import _threads
+
+    p = task(range, branch=True) | task(_inc)
+    assert list(p(3)) == [1, 2, 3]  # threads parked for reuse
+    with _threads._lock:
+        parked = list(_threads._idle[False])
+    assert parked
+    target = parked[-1]  # the one spawn takes next
+    line = _line_of(_threads.spawn, "worker.thread.name = name")
+    fired: list[int] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is not _threads.spawn.__code__:
+            return None
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "line" and frame.f_lineno == line and not fired:
+                fired.append(1)
+                raise KeyboardInterrupt  # Ctrl-C between the steps of the hand-over
+            return local
+
+        return local
+
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(p(3))
+    finally:
+        sys.settrace(None)
+    assert fired
+    time.sleep(2 * _threads.IDLE_SECONDS + 0.3)  # the worker's wait for a job has timed out
+    free = _threads._lock.acquire(timeout=2.0)
+    if free:
+        _threads._lock.release()
+    else:  # let it go (it holds the lock, waiting for a wake-up nobody gives): it must not outlive the test
+        target._job = None
+        target._wake.release()
+        target.thread.join(2)
+    with _threads._lock:  # (spawn marked it busy before Ctrl-C: alone() would wait for it at each fork)
+        if not target.thread.is_alive():
+            _threads._busy.pop(target, None)
+    assert free, "the worker waits forever for its wake-up, holding _threads._lock"
 
 
 # ============================================================================================

@@ -1,7 +1,8 @@
 """Per-call options on every executor, a section per option: setup=, retries= (retry_on=,
 backoff=), on_error=, unpack=, the item named in errors, validation at task() time, rate=,
 batch= (linger=), timeout= and gather(). Each section holds the option's tests, the bugs found
-in it by review among them ("Issue 8 review: ...", and "Call bug N" from the call-bugs branch).
+in it by review among them ("Issue 8 review: ...", "Bug found by review: ...", and "Call bug N"
+from the call-bugs branch).
 
 Each behaviour runs on threads, asyncio tasks and worker processes. The functions are at
 module level so that worker processes can import them; what a process does is seen
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from conftest import acollect, elapsed, run_async, wait_until
-from pyper import AsyncPipeline, Emit, task
+from pyper import AsyncPipeline, Emit, PipelineSetupError, task
 
 EXECUTORS = ["thread", "async", "process"]
 
@@ -60,6 +61,10 @@ def source(n: int) -> list[int]:
 
 def numbers() -> Any:
     return task(source, branch=True)
+
+
+class Boom(Exception):
+    pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -669,6 +674,34 @@ def test_on_error_handler_replaces_or_drops_or_stops(executor: str) -> None:
         run(p, 12)
 
 
+# An error raised by the on_error handler names its item, in a process stage as on threads. Bug
+# found by review: _relay._kept ran the handler without setting worker.item, so an error it raised
+# was noted without its item (the thread loops note it with its item).
+
+
+class _HandlerBoom(Exception):
+    pass
+
+
+def _fail_on_3(x: int) -> int:
+    if x == 3:
+        raise Boom("three")
+    return x
+
+
+def _bad_handler(item: Any, exc: Exception) -> None:
+    raise _HandlerBoom(f"handler {item}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["thread", "process"])
+def test_an_error_of_the_on_error_handler_names_its_item(where: str) -> None:
+    p = task(range, branch=True) | task(_fail_on_3, on_error=_bad_handler, multiprocess=where == "process")
+    with pytest.raises(_HandlerBoom) as info:
+        list(p(10))
+    assert any("on item 3" in note for note in getattr(info.value, "__notes__", [])), info.value.__notes__
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("timeout", [None, 5.0])
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -824,6 +857,19 @@ def test_process_options_that_run_in_the_worker_must_pickle() -> None:
     with pytest.raises(RuntimeError, match="backoff= to worker processes"):
         task(fail_on_big, multiprocess=True, retries=1, backoff=lambda n: 0.0)
     task(fail_on_big, multiprocess=True, on_error=lambda x, e: None)
+
+
+# retry_on= goes to the worker processes too, so it must pickle at task() time, as setup= and
+# backoff= must. Bug found by review: task() checked that setup= and backoff= pickle for a
+# process stage but not retry_on=, so a local exception class failed at run time, blamed on the
+# pipeline's arguments.
+@pytest.mark.timeout(30)
+def test_an_unpicklable_retry_on_is_refused_at_task_time() -> None:
+    class Local(Exception):
+        pass
+
+    with pytest.raises(PipelineSetupError, match="retry_on"):
+        task(_fail_on_3, multiprocess=True, retries=1, retry_on=Local)
 
 
 def fail_now_or_later(x: int) -> int:
@@ -1155,6 +1201,55 @@ def test_abandoned_calls_are_bounded_by_workers() -> None:
         assert run(p, 8) == []
     assert peak[0] <= 2 * 2  # two workers' calls plus two abandoned ones
     assert t.elapsed >= 0.5  # the bound made workers wait for abandoned calls to end
+
+
+# A worker waiting for an abandoned call's slot is woken by its run's cancellation. Bug found by
+# review: Run's hooks were a dict keyed by the hook, so the workers of a task waiting in
+# Abandoned.add registered one hook (its bound _wake) and the first to leave removed it: the
+# run's cancellation no longer woke the others.
+@pytest.mark.timeout(30)
+def test_wait_for_an_abandoned_call_slot_is_woken_by_the_runs_cancellation() -> None:
+    import threading
+
+    release = {i: threading.Event() for i in range(4)}
+    fail_now = threading.Event()
+
+    def source() -> Iterator[int]:
+        yield from range(4)
+        fail_now.wait(10)
+        raise Boom("source")
+
+    def hang(x: int) -> int:
+        release[x].wait(10)
+        return x
+
+    stage = task(hang, workers=2, timeout=0.1, on_error="skip")
+    abandoned = stage.tasks[0].policy.abandoned
+    waiting = lambda: len(abandoned._cond._waiters)  # noqa: E731
+    p = task(source, branch=True) | stage
+    raised: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            list(p())
+        except BaseException as exc:
+            raised.append(exc)
+
+    caller = threading.Thread(target=consume)
+    caller.start()
+    try:
+        assert wait_until(lambda: waiting() == 2, 5)  # two calls abandoned: both workers wait for a slot
+        release[0].set()  # one abandoned call ends: one worker goes on, and leaves the run's hooks
+        assert wait_until(lambda: waiting() == 1, 5)
+        fail_now.set()  # the run fails: its cancellation must end the other worker's wait
+        caller.join(5)
+        assert len(raised) == 1 and isinstance(raised[0], Boom)
+        stuck = not wait_until(lambda: waiting() == 0, 1.0)
+    finally:
+        for event in release.values():
+            event.set()
+        caller.join(5)
+    assert not stuck, "a worker waiting for an abandoned-call slot was not woken by the run's cancellation"
 
 
 def exit_on_3(x: int) -> int:

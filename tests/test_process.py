@@ -384,6 +384,91 @@ def test_join_in_a_process_returning_early_or_raising() -> None:
     assert list(p(5)) == [[0, 1, 2]]
 
 
+# A join that returns early on one of several workers loses no item: its siblings read what it
+# left, in worker processes as on threads. Bug found by review: a join relay fed its worker
+# process whole batches, and the items fed but not read by a join function that returned early
+# were dropped (on threads Worker.leave gives them back to the siblings).
+
+
+def _with_a_stop_sign(n: int) -> Iterator[int]:
+    yield from range(1, 50)
+    yield -1
+    yield from range(50, n)
+
+
+def _sum_until_negative(xs: Any) -> int:
+    total = 0
+    for x in xs:
+        if x < 0:
+            return total
+        total += x
+    return total
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_join_returning_early_on_several_workers_loses_no_item(multiprocess: bool) -> None:
+    p = task(_with_a_stop_sign, branch=True) | task(_sum_until_negative, join=True, workers=2,
+                                                     multiprocess=multiprocess)
+    for _ in range(5):
+        assert sum(p(400)) == sum(range(1, 400))
+
+
+# A SystemExit (any BaseException) raised by a join function in a worker process reaches the
+# caller, as on threads. Bug found by review: _serve.Joining._run caught only Exception, so a
+# SystemExit ended its thread and the join was reported done, without output and without error.
+
+
+def _exit_at_3(xs: Any) -> int:
+    for x in xs:
+        if x == 3:
+            sys.exit(3)
+    return 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_join_reports_system_exit(multiprocess: bool) -> None:
+    p = task(range, branch=True) | task(_exit_at_3, join=True, multiprocess=multiprocess)
+    with pytest.raises(SystemExit):
+        list(p(10))
+
+
+# A branching join in a worker process runs no further ahead than the room downstream
+# (throttle=), as on threads. Bug found by review: _serve.Joining's thread appended a branching
+# join's outputs to an unbounded list, however slowly the relay pulled them (throttle= and the
+# channels' room were not felt there).
+
+
+def _endless(path: str, xs: Any) -> Iterator[int]:
+    made = 0
+    for _ in xs:
+        for i in itertools.count():
+            made += 1
+            if made % 100 == 0:
+                Path(path + ".tmp").write_text(str(made))
+                os.replace(path + ".tmp", path)
+            yield i
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_branching_join_runs_no_further_ahead_than_the_room_downstream(multiprocess: bool, tmp_path: Path) -> None:
+    path = tmp_path / "made"
+    path.write_text("0")
+    p = task(range, branch=True) | task(_endless, join=True, branch=True, throttle=10,
+                                        multiprocess=multiprocess, bind=task.bind(str(path)))
+    outputs = p(3)
+    try:
+        for _ in range(5):
+            next(outputs)
+            time.sleep(0.1)
+        made = int(path.read_text())
+    finally:
+        outputs.close()
+    assert made < 1000, f"{made} outputs made for 5 read, with throttle=10"
+
+
 def sixty_four_kib(n: int) -> Any:
     for x in range(n):
         yield bytes([x % 256]) * (1 << 16)  # distinct objects: pickle's memo cannot fold them
@@ -580,6 +665,142 @@ def test_a_cancelled_run_starts_no_more_calls_of_a_batch_in_a_process(tmp_path: 
     late = [s for s in starts if s > stopped + 0.01]
     assert len(late) <= 1, f"{len(late)} calls started after the error ({len(starts)} in all)"
     assert t.elapsed < 10
+
+
+# A process first task is not called once its run has failed. Bug found by review: a process
+# first task's relay that got its worker after the run had failed took the (never cancelled)
+# source item and sent the call to its worker process.
+
+_taking = threading.Event()
+_failing = threading.Event()
+
+
+def _stay(resource: Any, x: Any) -> Any:
+    return x
+
+
+def _mark_then_yield(path: str) -> Iterator[int]:
+    Path(path).write_text("called")
+    yield 1
+
+
+def _failing_setup_after_take() -> None:
+    _taking.wait(5)
+    _failing.set()
+    raise Boom("setup")
+
+
+@pytest.mark.timeout(60)
+def test_first_process_task_is_not_called_after_its_run_failed(
+        tmp_path: Path, monkeypatch: Any, forkserver: None) -> None:
+    # (the fork server's workers: the relay starts its worker itself, take, as under spawn)
+    from pyper._engine import _process
+
+    _taking.clear()
+    _failing.clear()
+    take = _process.take
+    path = tmp_path / "called"
+    first = task(_mark_then_yield, branch=True, multiprocess=True)
+    assert list(first(str(path))) == [1]  # a warm worker for the next run
+    path.unlink()
+
+    def slow_take(*args: Any) -> Any:  # a worker slow to start (spawn, a loaded machine)
+        _taking.set()  # (past the relay's "cancelled already?" check)
+        _failing.wait(5)
+        time.sleep(0.2)  # the run has failed meanwhile
+        return take(*args)
+
+    monkeypatch.setattr(_process, "take", slow_take)
+    with pytest.raises(Boom):
+        list((first | task(_stay, setup=_failing_setup_after_take))(str(path)))
+    time.sleep(1.0)
+    assert not path.exists(), "the first task was called, in its worker process, after its run had failed"
+
+
+# A relay sends no batch to its worker process once the run has failed, even one it took before.
+# Bug found by review: ProcessRemote.interrupt only woke the relay when no request was unread, and
+# nothing stopped the relay from then posting the batch it held, so the call started in the
+# worker after the run had stopped.
+
+_packing = threading.Event()
+_proceed = threading.Event()
+
+
+class _SlowToPickle:
+    """An item whose pickling (the relay packing its request) lasts until the run has failed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        _packing.set()
+        _proceed.wait(5)
+        return (_SlowToPickle, (self.path,))
+
+
+def _slow_item_then_fail(path: str) -> Iterator[Any]:
+    yield _SlowToPickle(path)
+    _packing.wait(5)  # the relay has taken the item and is packing it
+    raise Boom("source")
+
+
+def _mark_item(item: _SlowToPickle) -> Iterator[int]:
+    Path(item.path).write_text("called")
+    yield 1
+
+
+@pytest.mark.timeout(30)
+def test_relay_sends_no_batch_after_its_run_failed(tmp_path: Path) -> None:
+    _packing.clear()
+    _proceed.clear()
+    path = tmp_path / "called"
+    p = task(_slow_item_then_fail, branch=True) | task(_mark_item, branch=True, multiprocess=True)
+    try:
+        with pytest.raises(Boom):
+            list(p(str(path)))
+    finally:
+        _proceed.set()
+    time.sleep(1.0)
+    assert not path.exists(), "a process stage's call started after its run had failed"
+
+
+# A branching batch starts no call once its run has failed, in a worker process as on threads.
+# Bug found by review: a worker process's branching batch (_serve.fan_out) ignored the cancel the
+# relay sends on the lifeline (_child._cancelled), so it called the function for every item left
+# in the batch until the worker was terminated.
+
+_SLOW_FROM = 3000
+
+
+def _fast_then_wait_for_slow_calls(path: str, n: int) -> Iterator[int]:
+    yield from range(n)
+    log = Path(path)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (log.exists() and log.stat().st_size >= 5 * 8):
+        time.sleep(0.005)
+    raise Boom("stop")  # five slow calls have been made: the run fails
+
+
+def _filter_slowly(path: str, x: int) -> tuple[()]:
+    if x >= _SLOW_FROM:
+        time.sleep(0.02)
+        with open(path, "ab") as f:
+            f.write(b"%07d\n" % x)
+    return ()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_branching_batch_starts_no_call_after_its_run_failed(multiprocess: bool, tmp_path: Path) -> None:
+    path = str(tmp_path / "log")
+    p = task(_fast_then_wait_for_slow_calls, branch=True, bind=task.bind(path)) | task(
+        _filter_slowly, branch=True, multiprocess=multiprocess, bind=task.bind(path))
+    with pytest.raises(Boom):
+        list(p(_SLOW_FROM + 200))
+    at_stop = os.path.getsize(path) // 8
+    time.sleep(1.5)
+    after = os.path.getsize(path) // 8
+    assert after - at_stop <= 1, f"{after - at_stop} calls started after the run failed"
 
 
 def print_pid_then_stuck(x: int) -> int:
