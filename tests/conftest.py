@@ -47,6 +47,11 @@ POLL_S = 0.01
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A runner that started the suite in the background (`cmd &` in a script, nohup) hands
+    # it SIGINT ignored, and every program a test starts inherits that through exec: the
+    # Ctrl-C tests would test the runner. Python's own default, as in a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # PYPER_SWITCH_INTERVAL=1e-6 (tests/run.sh sets it for the concurrency tests): threads
     # switch every microsecond instead of every 5 ms, to shake out interleavings that the GIL's
     # usual switching rarely produces. Tests only: the library never changes it.
