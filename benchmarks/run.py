@@ -558,7 +558,11 @@ def write_markdown(path: Path, table: list[Row], notes: list[str], command: str,
     ]
     if notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
-    path.write_text("\n".join(lines))
+    # The file's top part is this runner's; the sections after it (each "## " heading: the
+    # other runners', notes written by hand) stay as they are.
+    old = path.read_text() if path.exists() else ""
+    rest = old.find("\n## ")
+    path.write_text("\n".join(lines) + (old[rest:] if rest >= 0 else ""))
 
 
 # --- main ---------------------------------------------------------------------------------------
