@@ -82,7 +82,7 @@ class Channel:
     __slots__ = (
         "_lock", "_batches", "_size", "_capacity", "_senders", "_receivers", "_cancelled",
         "getters", "_putters", "_sharing", "_order", "_sequenced", "_next_get_seq", "_pace", "_ahead",
-        "_retiring", "taken", "get_waited", "put_waited",
+        "_retiring", "_lending", "_lent", "taken", "get_waited", "put_waited",
     )
 
     def __init__(
@@ -95,6 +95,7 @@ class Channel:
         batch: int = 1,
         pace: float | None = None,
         ahead: int = 0,
+        lending: bool = False,
     ) -> None:
         self._lock = threading.Lock()
         self._batches: deque[list[Any]] = deque()  # visible to receivers, FIFO
@@ -118,6 +119,13 @@ class Channel:
         self._pace = pace if pace is not None and not reordered else 0.0
         self._ahead = ahead
         self._retiring: Retiring | None = None  # made by the first retire()
+        # The receivers are several workers of a join task (``lending``), whose function
+        # may return before it has read the items its worker took: those come back
+        # (``give_back``). ``_lent`` counts the items they took and have neither read nor
+        # given back (``returned``); while there are some, the stream has not ended for a
+        # receiver that finds the channel empty: it waits for them, or for the end.
+        self._lending = lending
+        self._lent = 0
         # Counters for metrics (pyper.observe), counted per batch: items the receivers took
         # (from the batches or a sender's outbox: not what one took from a sibling's claim,
         # which was counted when the sibling took it), and the seconds receivers and senders
@@ -180,6 +188,23 @@ class Channel:
     def give_back(self, slot: list[Any]) -> None:
         """A receiver leaving early returns the items it took but did not start."""
         _sharing.give_back(self, slot)
+
+    def settle(self, count: int) -> None:
+        """A receiver of a lending channel has read ``count`` of the items it took: they
+        will not come back."""
+        with self._lock:
+            self.returned(count)
+
+    def returned(self, count: int) -> None:
+        """``count`` lent items were read, or came back to the channel (called with the
+        lock held). Once none is lent, a closed channel has ended: the receivers waiting
+        for lent items learn it."""
+        if not self._lending:
+            return
+        self._lent -= count
+        if not self._lent and not self._senders:
+            while self.getters:
+                self.getters.popleft().wake()
 
     def pace(self, n: int, seconds: float) -> None:
         """A receiver took ``seconds`` over ``n`` items (``_pacing``): once per batch."""
@@ -305,6 +330,8 @@ class Channel:
                 taken.extend(batches.popleft())
         self._size -= len(taken)
         self.taken += len(taken)
+        if self._lending:
+            self._lent += len(taken)
         if batches:
             self.wake_getter()  # the rest is for another receiver
         self.wake_putter()
@@ -332,12 +359,15 @@ class Channel:
             taken = sharing.outputs(n) if sharing is not None else []
         if taken:
             self.taken += len(taken)
+            if self._lending:
+                self._lent += len(taken)
             # A sender parked in flush may be waiting for room for what was just taken.
             self.wake_putters()
         else:
-            stolen = sharing.steal(n) if sharing is not None else []
+            stolen = sharing.steal(n) if sharing is not None else []  # (still lent: now to us)
             if not stolen:
-                return None if self._senders == 0 else WAIT  # closed and drained: the end
+                # Closed, drained, and nothing lent can come back: the end.
+                return None if self._senders == 0 and not self._lent else WAIT
             taken = stolen
         return self._number(taken) if self._sequenced else taken
 

@@ -23,6 +23,8 @@ class Inside(Protocol):
     getters: deque[Any]  # parked receivers
     taken: int  # items receivers took (metrics)
 
+    def returned(self, count: int) -> None: ...  # ``count`` lent items came back or were read
+
     def check(self) -> None: ...  # raise Cancelled or Broken if the channel is either
 
     def stopped(self) -> bool: ...  # cancelled, or nobody reads

@@ -147,6 +147,7 @@ def wake_idle(channel: Inside, claimed: Iterator[Any]) -> None:
                     channel._batches.appendleft(shared)
                     channel._size += len(shared)
                     channel.taken -= len(shared)  # counted again when a sibling takes them
+                    channel.returned(len(shared))
                 channel.wake_getter()
 
 
@@ -164,3 +165,4 @@ def give_back(channel: Inside, slot: list[Iterator[Any] | None]) -> None:
             channel._size += len(items)
             channel.taken -= len(items)  # counted again when a sibling takes them
             channel.wake_getter()
+        channel.returned(len(items))  # (given back, or nobody is left to read them)

@@ -196,11 +196,15 @@ async def _join(worker: Worker) -> None:
     async def stream() -> AsyncIterator[Any]:
         n = 1
         # inp.aget raises Cancelled into the join function if the run stops.
-        while (items := worker.begin(await inp.aget(n, held))) is not None:
+        while True:
+            worker.settle()  # (what it read will not come back: before it takes more)
+            if (items := worker.begin(await inp.aget(n, held))) is None:
+                break
             started = perf_counter()
             for x in items:
                 if worker.idle:
                     inp.wake_idle(items)
+                worker.read += 1
                 yield x
             elapsed = perf_counter() - started
             inp.pace(worker.size, elapsed)

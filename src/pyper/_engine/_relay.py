@@ -344,10 +344,13 @@ def _join(worker: Worker, remote: Remote) -> None:
     while True:
         box.extend(outputs)
         if kind == "done":
+            worker.read += len(batch) - len(left)
             if left:  # it returned early: what it did not read goes back to its siblings
                 worker.claim[0] = iter(left)  # (Worker.leave gives the claim back)
             break
         if kind == "need":
+            worker.read += len(batch)  # it asks for more: it read all it was fed
+            worker.settle()
             if box:
                 out.flush(box, False)
             if batch:  # how long the call took to read the last feed

@@ -339,6 +339,8 @@ class Run:
                 batch=batch,
                 pace=None if task.throttle else PACE_SECONDS,
                 ahead=PROCESS_AHEAD if remote[i] else 0,
+                # several join workers: what one took and did not read may come back
+                lending=i + 1 < n and tasks[i + 1].join and tasks[i + 1].most > 1,
             )
             for i, (task, (capacity, batch)) in enumerate(zip(tasks, limits))
         ]
@@ -725,7 +727,7 @@ class Worker:
 
     __slots__ = (
         "run", "stage", "ordered", "claim", "box", "seq", "size", "idle", "shows", "shares",
-        "item", "call", "born", "gone", "retries", "skips", "handled", "raised", "refs_in", "refs_out",
+        "item", "call", "read", "born", "gone", "retries", "skips", "handled", "raised", "refs_in", "refs_out",
         "cpu_clock", "cpu", "cpu_base",
     )
 
@@ -747,6 +749,7 @@ class Worker:
         self.shows = stage.branch or task.join
         self.item: str | None = None  # short repr of the input whose call raised, for its note
         self.call = stage.call  # what the loops call per item (_async_calls: with the task's options)
+        self.read = 0  # items a join call has read since its last get (``settle``)
         # For metrics: when the worker started and left (0: not yet); written only by it.
         self.born = perf_counter()
         self.gone = 0.0
@@ -840,6 +843,14 @@ class Worker:
             self.stage.out.show(self.box, self.seq if self.ordered else None)
         return items
 
+    def settle(self) -> None:
+        """A join call is about to take more (or has ended): what it read of its input so
+        far will not come back to its siblings (``Channel.settle``; a no-op unless the
+        task has several workers)."""
+        if self.read:
+            self.stage.inp.settle(self.read)
+            self.read = 0
+
     def leave(self, exc: BaseException | None) -> None:
         """The worker is done: report ``exc`` (unless it is the run stopping), close both ends."""
         if self.cpu_clock is not None:  # (before ``gone``, which tells readers it is final)
@@ -858,11 +869,12 @@ class Worker:
             # named, whichever executor reported the item (a remote side sees the source's
             # placeholder item, which is None).
             self.run.fail(exc, self.stage.task, None if self.stage.take_args else self.item)
-        if self.stage.task.join and exc is None:
-            # A join function returned early: what it took but did not read is not its.
-            self.stage.inp.give_back(self.claim)
-        else:
-            self.claim[0] = None
+        if self.stage.task.join:
+            self.settle()
+            if exc is None:
+                # A join function returned early: what it took but did not read is not its.
+                self.stage.inp.give_back(self.claim)
+        self.claim[0] = None
         self.stage.inp.close_receive()
         self.stage.out.close_send()
         self.run.worker_left()
