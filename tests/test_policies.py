@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from conftest import acollect, elapsed, run_async, wait_until
-from pyper import AsyncPipeline, Emit, PipelineSetupError, task
+from pyper import AsyncPipeline, Emit, PipelineSetupError, _pickling, task
 
 EXECUTORS = ["thread", "async", "process"]
 
@@ -849,9 +849,10 @@ def test_bad_options_fail_at_task_time_naming_the_task(options: dict[str, Any], 
     assert "fail_on_big" in str(info.value)
 
 
-def test_process_options_that_run_in_the_worker_must_pickle() -> None:
+def test_process_options_that_run_in_the_worker_must_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
     """setup= and backoff= go to the worker processes; on_error= runs in the caller's
     process (a closure over a list of the caller's is the point of a dead-letter handler)."""
+    monkeypatch.setattr(_pickling, "_cloudpickle", lambda: None)  # as without the extra
     with pytest.raises(RuntimeError, match="setup= to worker processes"):
         task(fail_on_big, multiprocess=True, setup=lambda: 1)
     with pytest.raises(RuntimeError, match="backoff= to worker processes"):
@@ -864,7 +865,9 @@ def test_process_options_that_run_in_the_worker_must_pickle() -> None:
 # process stage but not retry_on=, so a local exception class failed at run time, blamed on the
 # pipeline's arguments.
 @pytest.mark.timeout(30)
-def test_an_unpicklable_retry_on_is_refused_at_task_time() -> None:
+def test_an_unpicklable_retry_on_is_refused_at_task_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_pickling, "_cloudpickle", lambda: None)  # as without the extra
+
     class Local(Exception):
         pass
 
