@@ -31,13 +31,16 @@ from _workloads import (
     inc,
     main,
     memory_growth,
+    payload,
     perf,
     produce,
     sleep_10ms,
     sleep_50ms,
+    slowish,
     time_async_calls,
     time_async_sum,
     time_sync_calls,
+    time_sum,
     time_sync_sum,
 )
 
@@ -268,6 +271,61 @@ def _with_option(kind: str, option: str) -> Callable[[int, int], list[float]]:
 for _kind in ("sync", "async"):
     for _option in _OPTIONS:
         contender(_with_option(_kind, _option))
+
+
+# Throttled links (issue 21): payload | len | slowish, throttle=T on the producer.
+
+
+def _throttled(limit: int) -> Contender:
+    def run(n: int, reps: int) -> list[float]:
+        from pyper import task
+
+        p = task(payload, throttle=limit) | task(len) | task(slowish)
+        return time_sum(lambda k: sum(p(k)), n, reps, 100)
+
+    return run
+
+
+for _limit in (0, 64, 256, 1000, 5000):
+    CONTENDERS[f"throttle_{_limit}"] = _throttled(_limit)
+
+
+@contender
+def throttle_plain(n: int, reps: int) -> list[float]:
+    return time_sum(lambda k: sum(slowish(len(x)) for x in payload(k)), n, reps, 100)
+
+
+@contender
+def throttle_threads(n: int, reps: int) -> list[float]:
+    """Hand-written: three threads, queue.Queue(1000) between them, sentinel-terminated."""
+    import queue
+    import threading
+
+    def run(k: int) -> int:
+        q1: queue.Queue[Any] = queue.Queue(1000)
+        q2: queue.Queue[Any] = queue.Queue(1000)
+
+        def first() -> None:
+            for x in payload(k):
+                q1.put(x)
+            q1.put(_STOP)
+
+        def second() -> None:
+            while (x := q1.get()) is not _STOP:
+                q2.put(len(x))
+            q2.put(_STOP)
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        total = 0
+        while (y := q2.get()) is not _STOP:
+            total += slowish(y)
+        for t in threads:
+            t.join()
+        return total
+
+    return time_sum(run, n, reps, 100)
 
 
 @contender

@@ -34,13 +34,16 @@ from _workloads import (
     inc,
     main,
     memory_growth,
+    payload,
     perf,
     produce,
     sleep_10ms,
     sleep_50ms,
+    slowish,
     time_async_calls,
     time_async_sum,
     time_sync_calls,
+    time_sum,
     time_sync_sum,
 )
 
@@ -97,6 +100,12 @@ def async_w4(n: int, reps: int) -> list[float]:
 def async_mixed_w4(n: int, reps: int) -> list[float]:
     p = task(aproduce, branch=True) | task(inc, workers=4) | task(adbl)
     return time_async_sum(_sum_async(p), n, reps)
+
+
+@contender
+def throttle_1000(n: int, reps: int) -> list[float]:
+    p = task(payload, branch=True, throttle=1000) | task(len) | task(slowish)
+    return time_sum(lambda k: sum(p(k)), n, reps, 100)
 
 
 # --- per call (n = calls per repetition) ----------------------------------------------------

@@ -57,6 +57,36 @@ async def adbl(x: int) -> int:
     return 2 * x
 
 
+def payload(n: int) -> Iterator[bytes]:
+    """The throttle case's producer: n small byte strings."""
+    for _ in range(n):
+        yield b"x" * 100
+
+
+_slowish_calls = [0]
+
+
+def slowish(x: int) -> int:
+    """The throttle case's consumer: 1 ms of sleep every 1000th call (a consumer that
+    stalls now and then, so a throttled link fills and its producer waits)."""
+    _slowish_calls[0] += 1
+    if _slowish_calls[0] % 1000 == 0:
+        time.sleep(0.001)
+    return x
+
+
+def time_sum(run: Callable[[int], int], n: int, reps: int, each: int) -> list[float]:
+    """Seconds per ``run(n)``, whose sum must be ``each * n`` (after a warm-up)."""
+    check("warm-up", run(WARMUP_N), each * WARMUP_N)
+    values = []
+    for _ in range(reps):
+        t0 = perf()
+        total = run(n)
+        values.append(perf() - t0)
+        check("run", total, each * n)
+    return values
+
+
 def count() -> Iterator[int]:
     """An infinite producer."""
     i = 0

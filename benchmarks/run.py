@@ -212,6 +212,19 @@ def build_cases(quick: bool, skip_ours: str | None, skip_original: str | None) -
             add(c, f"ours: {kind}, {text}", "ours", [*ours, f"{kind}_w4_{option}", str(n), "3"], 300)
     cases.append(c)
 
+    # Throttled links (issue 21): payload | len | slowish (1 ms of sleep every 1000th item),
+    # throttle=T on the producer; the ratio is to the same pipeline without a throttle.
+    c = Case("throttle", f"{spaced(n)} items through payload(throttle=T) | len | slowish", "ms", 1e3,
+             reference="ours without throttle")
+    add(c, "ours: no throttle", "baseline", [*ours, "throttle_0", str(n), "3"], 120)
+    add(c, "plain generator chain", "reference", [*ours, "throttle_plain", str(n), "5"], 60)
+    add(c, "hand-written threads + queue.Queue(1000)", "reference", [*ours, "throttle_threads", str(n), "1"], 120)
+    for limit in (64, 256, 1000, 5000):
+        add(c, f"ours: throttle={limit}", "ours", [*ours, f"throttle_{limit}", str(n), "3"], 120,
+            target=ratio_at_most(1.3))
+    add(c, f"{ORIGINAL_VERSION}: throttle=1000", "original", [*orig, "throttle_1000", str(n), "1"], 300)
+    cases.append(c)
+
     # Per call: `task(f) | task(g)` on one item; value = seconds per call, mean over the calls.
     calls = 500 if quick else 2000
     c = Case("per call", "tiny two-task pipeline, one item, per call", "us", 1e6)

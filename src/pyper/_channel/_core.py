@@ -328,13 +328,21 @@ class Channel:
             taken = first  # the channel owns it; extend it in place
             while batches and len(taken) + len(batches[0]) <= n:
                 taken.extend(batches.popleft())
-        self._size -= len(taken)
+        self._size = size = self._size - len(taken)
         self.taken += len(taken)
         if self._lending:
             self._lent += len(taken)
         if batches:
             self.wake_getter()  # the rest is for another receiver
-        self.wake_putter()
+        if self._putters and (2 * size <= self._capacity or self._order is not None):
+            # A blocked sender is woken once half the capacity is free, not for each batch
+            # taken: it then hands over several batches at a go, and receivers drain the
+            # other half meanwhile (one hand-over of threads per half channel, not per batch;
+            # a throttled link of small batches was 10x slower for it). It is woken by the
+            # time the channel is empty, so receivers never park while it could fill it. A
+            # reordered channel wakes its senders every time: its oldest sequence may be
+            # the one parked, and the buffer's other items may fill more than half of it.
+            self.wake_putter()
         return taken
 
     def _try_get_seq(self, n: int) -> object:

@@ -224,9 +224,13 @@ def _edge(up: Task, down: Task | None, remote: bool) -> tuple[int, int]:
 
     With ``throttle=T`` the outputs of ``up`` in flight are at most
     ``capacity + (up.workers + down.workers) * batch <= T + up.workers + down.workers``.
-    Batches on a throttled edge are small against ``T`` (at most ``T / 1024`` per worker on
-    either side), so that a producer runs ahead of a blocked consumer by nearly ``T``
-    items, as the original Pyper documents ("paused after 5000 values").
+    Batches on a throttled edge are small against ``T`` (``b = T / (8 * ends)``, ``ends``
+    the workers on both sides), so that a producer runs ahead of a blocked consumer by
+    nearly ``T`` items, as the original Pyper documents ("paused after 5000 values"):
+    with one worker on each side it has made the consumer's batch, a full channel (all
+    but one item of a batch) and its own batch, ``capacity + b + 1 >= 15/16 T``; yet a
+    batch is large enough that from ``T = 64`` on the link costs about what an unthrottled
+    one does (``Channel`` wakes a blocked producer once half the capacity is free).
     """
     down_workers = down.workers if down is not None else 1
     if up.throttle == 0:
@@ -234,7 +238,7 @@ def _edge(up: Task, down: Task | None, remote: bool) -> tuple[int, int]:
             return down_workers, MAX_BATCH  # one item for each worker at first, then as they pace
         return min(MAX_CAPACITY, INITIAL_CAPACITY * down_workers), MAX_BATCH
     ends = up.most + (down.most if down is not None else 1)
-    batch = max(1, min(MAX_BATCH, up.throttle // (1024 * ends)))
+    batch = max(1, min(MAX_BATCH, up.throttle // (8 * ends)))
     return up.throttle + ends * (1 - batch), batch
 
 
