@@ -674,6 +674,52 @@ def test_on_error_handler_replaces_or_drops_or_stops(executor: str) -> None:
         run(p, 12)
 
 
+def emit_none(x: int, exc: Exception) -> Emit[None]:
+    return Emit(None)
+
+
+def emit_what_failed(x: Any, exc: Exception) -> Emit[tuple[Any, str]]:
+    return Emit((x, type(exc).__name__))
+
+
+def tuple_or_fail(x: int) -> tuple[int, int]:
+    if x % 4 == 0:
+        raise KeyError(x)
+    return (x, x)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["plain", "timeout"])
+def test_on_error_on_a_mapping_task_hands_on_each_result_as_it_is(executor: str, timeout: float | None) -> None:
+    """A mapping task's result goes on whole whatever it is (a tuple, None, a list), with
+    on_error as without; a handler's Emit(None) is an output, its None drops the item."""
+    p = numbers() | on(executor, tuple_or_fail, workers=2, on_error=emit_none, timeout=timeout)
+    assert sorted(run(p, 12), key=repr) == sorted([None] * 3 + [(x, x) for x in range(12) if x % 4], key=repr)
+    p = numbers() | on(executor, tuple_or_fail, workers=2, on_error="skip", timeout=timeout)
+    assert sorted(run(p, 12)) == [(x, x) for x in range(12) if x % 4]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_on_error_keeps_the_order_of_what_it_keeps(executor: str) -> None:
+    p = numbers() | on(executor, fail_on_multiples_of_4, workers=3, ordered=True, on_error=replace_with_negative)
+    assert run(p, 40) == [x if x % 4 else -x - 1000 for x in range(40)]
+    p = numbers() | on(executor, fail_on_multiples_of_4, workers=3, ordered=True, on_error="skip")
+    assert run(p, 40) == [x for x in range(40) if x % 4]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_on_error_on_the_first_task(executor: str) -> None:
+    """The first task's one call takes the pipeline's arguments: skipped, the run is empty;
+    its handler is given None for the item (the arguments are not an item)."""
+    assert run(on(executor, fail_on_multiples_of_4, on_error="skip"), 4) == []
+    assert run(on(executor, fail_on_multiples_of_4, on_error="skip"), 5) == [5]
+    p = on(executor, fail_on_multiples_of_4, on_error=emit_what_failed) | task(lambda x: x)
+    assert run(p, 8) == [(None, "KeyError")]
+
+
 # An error raised by the on_error handler names its item, in a process stage as on threads. Bug
 # found by review: _relay._kept ran the handler without setting worker.item, so an error it raised
 # was noted without its item (the thread loops note it with its item).

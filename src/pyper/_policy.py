@@ -20,7 +20,7 @@ from typing import Any, Generic, Literal, NamedTuple, TypeVar
 from ._spec import Kind, Policy, classify, no_policy
 
 __all__ = [
-    "MAX_BACKOFF", "OPTIONS", "Abandoned", "Context", "Emit", "Limiter", "OnError", "Option", "Rate",
+    "DROPPED", "MAX_BACKOFF", "OPTIONS", "Abandoned", "Context", "Emit", "Limiter", "OnError", "Option", "Rate",
     "check_policy", "delay", "forget", "live_resources", "remember", "where",
 ]
 
@@ -28,6 +28,11 @@ _V = TypeVar("_V")
 
 #: The longest wait between two attempts that a numeric ``backoff`` grows to, in seconds.
 MAX_BACKOFF = 30.0
+
+
+#: What a guarded call (``on_error=``) of a mapping task returns for an item it drops
+#: (the engine's map loop hands on nothing for it: ``_run.dropping``).
+DROPPED: Any = type("Dropped", (), {"__repr__": lambda self: "DROPPED", "__slots__": ()})()
 
 
 class Emit(Generic[_V]):

@@ -31,7 +31,7 @@ from typing import Any
 
 from .._channel import TIMED_OUT
 from ._bridge import aiter_result
-from ._run import NO_ITEM, Worker, adapt
+from ._run import NO_ITEM, Worker, adapt, dropping
 
 __all__ = ["flusher", "pour", "work"]
 
@@ -61,7 +61,8 @@ async def _map(worker: Worker) -> None:
     stage = worker.stage
     inp, call = stage.inp, worker.call
     get = inp.aget_seq if worker.ordered else inp.aget
-    receivers, idle, append = stage.out.getters, worker.idle, worker.box.append
+    receivers, idle = stage.out.getters, worker.idle
+    append = dropping(worker.box) if worker.drops else worker.box.append
     flush = flusher(worker)
     limit = min(stage.take, stage.emit)
     held = worker.holding()

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .._channel import MAX_CAPACITY, PACE_SECONDS, Channel, Held
 from .._channel._sharing import claim
 from .._errors import Broken, Cancelled, add_note, attach, short_repr
+from .._policy import DROPPED
 from .._spec import Task, stage_call
 from . import _state, _threads
 from ._registry import row
@@ -52,7 +53,7 @@ from ._registry import row
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["EVENTS", "NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "log", "log_event",
+__all__ = ["EVENTS", "NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "dropping", "log", "log_event",
            "refuse_in_bootstrap"]
 
 #: No item in hand: the loop had not started its first call when it stopped.
@@ -202,9 +203,9 @@ class Stage:
         self.take = take  # the most items a worker takes from ``inp`` at once
         self.emit = emit  # the most items a worker hands to ``out`` at once
         self.take_args = take_args  # the first task: its one input is the pipeline's arguments
-        # Whether each call's result is a stream of outputs: with on_error, a failed item
-        # gives none (or Emit's one), so every call's outputs go as a stream.
-        self.branch = task.branch or (task.policy.on_error != "raise" and not task.join)
+        # Whether each call's result is a stream of outputs. (With on_error, a mapping
+        # task's call gives ``DROPPED`` for a failed item it drops: see ``Worker.drops``.)
+        self.branch = task.branch
         # A stage the run added to gather the next task's input (batch=): see _with_groups.
         self.group = task.func if isinstance(task.func, Grouping) else None
         # Every Worker made for this stage, for metrics (appended by each from its own
@@ -695,6 +696,18 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
 TARGET_SECONDS = 0.0005
 
 
+def dropping(box: list[Any]) -> Callable[[Any], None]:
+    """``box.append``, but for ``DROPPED`` (the map loop's append when the calls are guarded:
+    one comparison per item, where a stream per item cost the loop of a branching task)."""
+    append = box.append
+
+    def keep(output: Any) -> None:
+        if output is not DROPPED:
+            append(output)
+
+    return keep
+
+
 def adapt(n: int, done: int, seconds: float, limit: int, target: float = TARGET_SECONDS) -> int:
     """The next batch size, after ``done`` items (of at most ``n``) took ``seconds``.
 
@@ -731,7 +744,7 @@ class Worker:
 
     __slots__ = (
         "run", "stage", "ordered", "claim", "box", "seq", "size", "idle", "shows", "shares",
-        "item", "call", "read", "born", "gone", "retries", "skips", "handled", "raised", "refs_in", "refs_out",
+        "item", "call", "drops", "read", "born", "gone", "retries", "skips", "handled", "raised", "refs_in", "refs_out",
         "cpu_clock", "cpu", "cpu_base",
     )
 
@@ -753,6 +766,7 @@ class Worker:
         self.shows = stage.branch or task.join
         self.item: str | None = None  # short repr of the input whose call raised, for its note
         self.call = stage.call  # what the loops call per item (_async_calls: with the task's options)
+        self.drops = False  # ``call`` may return DROPPED (on_error=, a mapping task: run_worker sets it)
         self.read = 0  # items a join call has read since its last get (``settle``)
         # For metrics: when the worker started and left (0: not yet); written only by it.
         self.born = perf_counter()

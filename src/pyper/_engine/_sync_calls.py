@@ -17,8 +17,9 @@ set them. Otherwise ``run_worker`` wraps the worker's loop::
               threads the calls run on a helper thread, which makes the resource too)
     rate=     each attempt waits for its slot of the task's rate (cancellable)
     retries=  call again on retry_on, after a backoff wait (cancellable)
-    on_error= the outputs become a stream: (result,), or () for a dropped item,
-              or (value,) for Emit(value); so the stage runs as a branching one
+    on_error= a failed item's call gives what the handler makes of it: for a mapping
+              task the value of Emit(value), or DROPPED (the loop then hands on
+              nothing: ``Worker.drops``); for a branching one a stream
 
 and exits the resource when the loop ends, on every path. Everything here runs in the
 worker's own thread, task or process, and owns what it makes; but for ``timeout=`` on
@@ -34,7 +35,7 @@ from functools import partial
 from typing import Any
 
 from .._errors import Broken, Cancelled, WorkerProcessDied, add_note, attach, safe_str, short_repr
-from .._policy import Emit, delay, forget, remember
+from .._policy import DROPPED, Emit, delay, forget, remember
 from .._spec import Task, stage_call
 
 __all__ = ["handle_failure", "open_call", "run_worker"]
@@ -73,7 +74,9 @@ def run_worker(
 
     try:
         # (log records are the worker's: counted for the metrics, logged naming task and run)
-        worker.call = open_call(task or worker.stage.task, args, kwargs, stack, wait, worker.note, timed, worker.run)
+        task = task or worker.stage.task
+        worker.call = open_call(task, args, kwargs, stack, wait, worker.note, timed, worker.run)
+        worker.drops = task.policy.on_error != "raise" and not task.branch
         loop(worker)
     except BaseException as exc:
         try:
@@ -267,7 +270,8 @@ def handle_failure(task: Task, x: Any, exc: Exception, log: Log, shown: str | No
 def _guarded(
     task: Task, call: Callable[[Any], Any], log: Log, shown: Callable[[Any], str], run: Any,
 ) -> Callable[[Any], Any]:
-    """The call, with errors handled per item by ``on_error``; its outputs as a stream."""
+    """The call, with errors handled per item by ``on_error``: a branching task's outputs
+    as a stream; a mapping task's output, or ``DROPPED``."""
     branch = task.branch
 
     def handled(x: Any, exc: Exception) -> tuple[Any, ...]:
@@ -294,7 +298,10 @@ def _guarded(
         except Exception as exc:
             if isinstance(exc, _NEVER_RETRIED):
                 raise
-            return handled(x, exc)
-        return stream(x, result) if branch else (result,)
+            outputs = handled(x, exc)
+            if branch:
+                return outputs
+            return outputs[0] if outputs else DROPPED
+        return stream(x, result) if branch else result
 
     return guarded

@@ -33,7 +33,7 @@ from typing import Any
 
 from .._channel import TIMED_OUT
 from ._bridge import iter_result
-from ._run import NO_ITEM, Worker, adapt
+from ._run import NO_ITEM, Worker, adapt, dropping
 
 __all__ = ["flusher", "pour", "work"]
 
@@ -63,7 +63,8 @@ def _map(worker: Worker) -> None:
     stage = worker.stage
     inp, call = stage.inp, worker.call
     get = inp.get_seq if worker.ordered else inp.get
-    receivers, idle, append = stage.out.getters, worker.idle, worker.box.append
+    receivers, idle = stage.out.getters, worker.idle
+    append = dropping(worker.box) if worker.drops else worker.box.append
     flush = flusher(worker)
     limit = min(stage.take, stage.emit)
     held = worker.holding()
