@@ -1249,12 +1249,14 @@ def test_async_worker_cleanup_runs_to_completion(exit_how: str) -> None:
     """An async task whose cancellation cleanup awaits (closing a connection, say): the cleanup
     completes and nothing is reported to the loop's exception handler (run_async checks)."""
     cleaned: list[int] = []
+    started: list[int] = []
     err = Boom("stage failed")
 
     async def work(x: int) -> int:
         if exit_how == "error" and x == 5:
             user_boom_function(err)
         if x >= 2:
+            started.append(x)
             try:
                 await asyncio.sleep(LONG_S)
             finally:
@@ -1274,17 +1276,19 @@ def test_async_worker_cleanup_runs_to_completion(exit_how: str) -> None:
                 async for x in agen:
                     out.append(x)
                     if len(out) == 2 and exit_how == "break":
+                        assert await await_until(lambda: len(started) >= 2, 1.0), started
                         break
         except Boom as e:
             assert e is err
-        assert await await_until(lambda: len(cleaned) >= 3, 1.0), cleaned
+        assert await await_until(lambda: len(cleaned) == len(started), 1.0), (cleaned, started)
         await wait_no_other_tasks(PROMPT_S)
         return out
 
     out = run_async(main())
     assert sorted(out) == [0, 1] or (exit_how == "error" and set(out) <= {0, 1})
-    # every call blocked when the run stopped was cleaned up (4 workers: 3 or 4 of them)
-    assert len(cleaned) == len(set(cleaned)) >= 3 and set(cleaned) <= set(range(2, 10)), cleaned
+    # every call blocked when the run stopped was cleaned up, once (how many had started
+    # depends on the threads' timing: counted, not assumed; no call starts after the stop)
+    assert sorted(cleaned) == sorted(started) and len(started) >= (2 if exit_how == "break" else 1), (cleaned, started)
 
 
 @pytest.mark.timeout(10)
