@@ -19,6 +19,7 @@ from _workloads import (
     acount,
     adbl,
     ainc,
+    apair,
     aproduce,
     asleep_10ms,
     asleep_50ms,
@@ -31,6 +32,7 @@ from _workloads import (
     inc,
     main,
     memory_growth,
+    pair,
     payload,
     perf,
     produce,
@@ -356,6 +358,26 @@ def percall_async(n: int, reps: int) -> list[float]:
         return [x async for x in p(1)]
 
     return time_async_calls(call, [4], n, reps)
+
+
+@contender
+def percall_run_sync(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(pair, branch=True) | task(dbl)
+    return time_sync_calls(lambda: list(p(1)), [2, 4], n, reps)
+
+
+@contender
+def percall_run_async(n: int, reps: int) -> list[float]:
+    from pyper import task
+
+    p = task(apair, branch=True) | task(adbl)
+
+    async def call() -> list[int]:
+        return [x async for x in p(1)]
+
+    return time_async_calls(call, [2, 4], n, reps)
 
 
 # --- ours: latency --------------------------------------------------------------------------

@@ -57,6 +57,17 @@ async def adbl(x: int) -> int:
     return 2 * x
 
 
+def pair(x: int) -> Iterator[int]:
+    """The per-call case's generator first task: two items, so the run's stages start."""
+    yield x
+    yield x + 1
+
+
+async def apair(x: int) -> AsyncIterator[int]:
+    yield x
+    yield x + 1
+
+
 def payload(n: int) -> Iterator[bytes]:
     """The throttle case's producer: n small byte strings."""
     for _ in range(n):

@@ -230,9 +230,14 @@ def build_cases(quick: bool, skip_ours: str | None, skip_original: str | None) -
     c = Case("per call", "tiny two-task pipeline, one item, per call", "us", 1e6)
     for child, label in (("percall_sync", "sync"), ("percall_async", "async")):
         add(c, f"ours: {label}", "ours", [*ours, child, str(calls), "3"], 120,
-            target=below(150e-6, 1e6, "us"))
+            target=below(100e-6, 1e6, "us"))
+    # A first task that makes two items: the run's channels and workers start (issue 21).
+    for child, label in (("percall_run_sync", "sync"), ("percall_run_async", "async")):
+        add(c, f"ours: {label}, pair | dbl (two items)", "ours", [*ours, child, str(calls), "3"], 120)
     add(c, f"{ORIGINAL_VERSION}: sync", "original", [*orig, "percall_sync", "5" if quick else "20", "1"], 120)
     add(c, f"{ORIGINAL_VERSION}: async", "original", [*orig, "percall_async", "50" if quick else "200", "1"], 120)
+    add(c, f"{ORIGINAL_VERSION}: sync, pair | dbl (two items)", "original",
+        [*orig, "percall_run_sync", "5" if quick else "20", "1"], 120)
     cases.append(c)
 
     # Seed programs: the README's two examples, wall time of `python examples/seed_*.py`.

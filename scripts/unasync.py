@@ -43,6 +43,7 @@ NAMES = {
     "aclose": "close",
     "aiter_result": "iter_result",
     "acall_inline": "call_inline",
+    "acall_chain": "call_chain",
     "asettle": "settle",
     "_async_loops": "_sync_loops",
     "_async_caller": "_sync_caller",

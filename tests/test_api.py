@@ -1325,6 +1325,110 @@ def test_inline_first_task_context_changes_stay_its_own_async(shape: str) -> Non
     assert run_async(main()) == (expected, "caller's")
 
 
+# A pipeline called once whose tasks each make one output, with no per-call option, runs
+# its calls in the caller, one after another (nothing could overlap); every other shape
+# starts its stages. Both give the same outputs, contexts and error notes.
+
+
+def _chain_values(shape: str) -> tuple[Pipeline[[int], Any], bool]:
+    """A three-task pipeline of the given shape, and whether its calls run in the caller."""
+    def first(n: int) -> tuple[int, str, int]:
+        VAR.set("first task's")
+        return (n, VAR.get(), threading.get_ident())
+
+    def second(item: tuple[int, str, int]) -> tuple[int, str, int, str, int]:
+        VAR.set("second task's")
+        return (*item, VAR.get(), threading.get_ident())
+
+    def third(item: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (*item, VAR.get(), threading.get_ident())
+
+    if shape == "chain":
+        return task(first) | task(second, workers=3) | task(third, throttle=2), True
+    if shape == "daemon":
+        return task(first) | task(second, daemon=True) | task(third), False
+    if shape == "option":
+        return task(first) | task(second, retries=1) | task(third), False
+    return task(first) | task(second, branch=True) | task(third), False  # "branch": a stream
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("shape", ["chain", "daemon", "option"])
+def test_a_one_item_chain_runs_in_the_caller_with_the_contexts_of_a_run(shape: str) -> None:
+    p, in_caller = _chain_values(shape)
+    me = threading.get_ident()
+    token = VAR.set("caller's")
+    try:
+        [(n, first_var, first_thread, second_var, second_thread, third_var, third_thread)] = list(p(7))
+        assert VAR.get() == "caller's"
+    finally:
+        VAR.reset(token)
+    # each task's call sees the caller's context, and its changes stay its own
+    assert (n, first_var, second_var, third_var) == (7, "first task's", "second task's", "caller's")
+    assert first_thread == me  # the first task runs inline in every shape
+    assert (second_thread == me and third_thread == me) is in_caller
+    if not in_caller:
+        assert second_thread != me and third_thread != me
+
+
+@pytest.mark.timeout(10)
+def test_a_one_item_chain_under_observe_starts_its_stages() -> None:
+    from pyper import observe
+
+    def dbl(x: int) -> int:
+        return 2 * x
+
+    p = task(lambda x: x + 1) | task(dbl)
+    with observe() as seen:
+        assert list(p(1)) == [4]
+    [run] = seen.runs
+    last = run.stages[-1]
+    assert (last.name.endswith("dbl"), last.items_in, last.items_out) == (True, 1, 1)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_one_item_chain_error_names_its_task_and_item(kind: str) -> None:
+    def inc(x: int) -> int:
+        return x + 1
+
+    def boom(x: int) -> int:
+        raise ValueError(f"bad {x}")
+
+    async def ainc(x: int) -> int:
+        return x + 1
+
+    async def aboom(x: int) -> int:
+        raise ValueError(f"bad {x}")
+
+    if kind == "sync":
+        with pytest.raises(ValueError, match="bad 2") as ei:
+            list((task(inc) | task(boom) | task(inc))(1))
+    else:
+        with pytest.raises(ValueError, match="bad 2") as ei:
+            run_async(acollect((task(ainc) | task(aboom) | task(ainc))(1)))
+    name = "boom" if kind == "sync" else "aboom"
+    [note] = ei.value.__notes__  # as a worker's error is noted
+    assert note.startswith("pyper: raised in task '") and note.endswith(f"{name}' on item 2")
+
+
+@pytest.mark.timeout(10)
+def test_a_one_item_async_chain_runs_its_coroutines_in_the_callers_task() -> None:
+    async def ainc(x: int) -> tuple[int, object]:
+        await asyncio.sleep(0)
+        return x + 1, asyncio.current_task()
+
+    async def adbl(item: tuple[int, object]) -> tuple[int, object, object]:
+        await asyncio.sleep(0)
+        return 2 * item[0], item[1], asyncio.current_task()
+
+    async def main() -> tuple[list[Any], object]:
+        return await acollect((task(ainc) | task(adbl))(1)), asyncio.current_task()
+
+    [(value, first, second)], me = run_async(main())
+    assert (value, first, second) == (4, me, me)
+
+
 # --------------------------------------------------------------------------------------------
 # Event loops other than asyncio
 
@@ -1337,11 +1441,11 @@ def test_async_pipeline_under_trio_says_it_needs_asyncio() -> None:
         return x + 1
 
     async def main() -> None:
-        p = task(ainc) | task(ainc)
-        with pytest.raises(RuntimeError, match="asyncio") as ei:
-            async for _ in p(1):
-                pass
-        assert "trio" in str(ei.value)
+        for p in (task(ainc), task(ainc) | task(ainc), task(ainc) | task(ainc, branch=True)):
+            with pytest.raises(RuntimeError, match="asyncio") as ei:
+                async for _ in p(1):
+                    pass
+            assert "trio" in str(ei.value)
 
     trio.run(main)
 

@@ -8,7 +8,9 @@ from it by ``scripts/unasync.py``, as the worker loops are (``_async_loops.py``)
 The caller starts the run when first iterated: it runs the first task inline if it
 is called once and can run here (a sync function for a sync caller, a coroutine
 function for an async one), starts every other stage on its executor, and reads
-the output channel. It owns the run's lifecycle: whatever way it leaves (the end,
+the output channel. A pipeline whose later tasks can all run here too, one output per
+call with no per-call option (``_bridge.chained``), has one value in flight and nothing
+to overlap: the caller makes every call itself, and no run is made. It owns the run's lifecycle: whatever way it leaves (the end,
 an error, a break, ``close()``, a cancelled task) ends in ``Run.finish``.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 
 from .._errors import Cancelled
 from .._spec import Task
-from ._bridge import call_inline
+from ._bridge import call_chain, call_inline, chained
 from ._executors import running_loop, start_all
 from ._run import Run, refuse_in_bootstrap
 
@@ -33,8 +35,8 @@ def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, An
     # Inline: the first call runs here, when it is one plain call (no per-call options) of
     # the caller's own executor (asyncio here; a sync caller's is threads).
     inline = first.executor == "thread" and not first.branch and not first.policy.any
-    if inline and len(tasks) == 1:
-        yield call_inline(first, args, kwargs, None)
+    if inline and (len(tasks) == 1 or chained(tasks, "thread")):
+        yield call_chain(tasks, args, kwargs)
         return
     run = Run(tasks, args, kwargs, loop=None)
     try:
