@@ -988,6 +988,23 @@ def test_rate_spaces_the_calls_of_all_workers(executor: str) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["thread", "async"])
+def test_a_high_rate_taken_in_blocks_still_bounds_every_window(executor: str) -> None:
+    """Above 1000 calls a second a worker takes its turns up to 64 at a time (spanning
+    1 ms of the rate): the calls keep to the rate over any window, but for those few each
+    worker may take ahead of time, and reach it (no sleep per call)."""
+    rate, workers, n = 40_000, 4, 12_000
+    p = numbers() | on(executor, started_at, workers=workers, rate=rate)
+    with elapsed() as t:
+        starts = sorted(run(p, n))
+    assert len(starts) == n
+    ahead = workers * 64  # turns held ahead of time, at most, by the workers together
+    assert t.elapsed >= (n - ahead) / rate, t.elapsed  # 0.3 s at the rate, less what was held
+    assert t.elapsed < 3 * n / rate, t.elapsed  # and near the rate (a sleep per call: 1 s)
+    assert _windows_ok(starts, rate // 100, 0.01, ahead)  # any 10 ms: 400 calls, + the blocks held
+
+
+@pytest.mark.timeout(60)
 def test_rate_with_a_period_and_a_burst() -> None:
     from pyper import Rate
 

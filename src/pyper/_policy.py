@@ -121,6 +121,12 @@ class Abandoned:
             self._cond.notify()
 
 
+#: A worker takes at most this many turns of a rate at once, spanning at most
+#: BLOCK_SECONDS of it (``Limiter.block``): calls may start that much ahead of their turns.
+BLOCK_CALLS = 64
+BLOCK_SECONDS = 1e-3
+
+
 class Limiter:
     """When a task's calls may start under its ``Rate``, decided as each call starts.
 
@@ -143,31 +149,39 @@ class Limiter:
     def __init__(self, rate: Rate) -> None:
         self.interval = rate.per / rate.calls
         self.tolerance = (rate.burst - 1) * self.interval
+        # How many turns a worker takes at once when none is in line (``reserve(block)``):
+        # as many as fit in BLOCK_SECONDS of the rate, so that a rate far above what the
+        # calls reach costs one lock per block, not per call; 1 (every call asks) at or
+        # below 1 / BLOCK_SECONDS calls a second.
+        self.block = max(1, min(BLOCK_CALLS, int(BLOCK_SECONDS / self.interval + 1e-9)))
         self._lock = threading.Lock()
         self._tat = 0.0  # theoretical start of the next call, from the calls started (monotonic clock)
         self._waiting = 0  # callers in line
 
-    def reserve(self) -> float | None:
-        """Ask to start a call: None if it may start now (it counts as started); else the
-        caller is in line, and should sleep this many seconds, then ask ``start()``."""
+    def reserve(self, n: int = 1) -> float | None:
+        """Ask to start a call: None if it may start now (it counts as started, with the
+        ``n - 1`` turns after it, which the caller's next calls take without asking:
+        ``n`` is 1 or ``block``); else the caller is in line and should sleep this many
+        seconds, then ask ``start(n)``."""
         with self._lock:
             now = time.monotonic()
             if not self._waiting and now >= self._tat - self.tolerance:
-                self._tat = max(self._tat, now) + self.interval
+                self._tat = max(self._tat, now) + n * self.interval
                 return None
             self._waiting += 1
             # its turn if those ahead of it start on theirs (an estimate: ``start`` decides)
-            return max(0.0, self._tat + (self._waiting - 1) * self.interval - self.tolerance - now)
+            return max(0.0, self._tat + (self._waiting - 1) * n * self.interval - self.tolerance - now)
 
-    def start(self) -> float | None:
+    def start(self, n: int = 1) -> float | None:
         """A caller in line woke up: None if its call may start now (it leaves the line and
-        counts as started); else the seconds to sleep before asking again."""
+        counts as started, with ``n - 1`` turns after it, as in ``reserve``); else the
+        seconds to sleep before asking again."""
         with self._lock:
             now = time.monotonic()
             wait = self._tat - self.tolerance - now
             if wait > 0:
                 return wait
-            self._tat = max(self._tat, now) + self.interval
+            self._tat = max(self._tat, now) + n * self.interval
             self._waiting -= 1
             return None
 

@@ -146,19 +146,27 @@ def _paced(
     call: Callable[[Any], Any], limiter: Any, wait: Callable[[float], None],
 ) -> Callable[[Any], Any]:
     """The call, started no earlier than the task's rate allows (``Limiter``: the turn is
-    decided when the call starts, so a wait that overran does not start it early)."""
-    reserve, start, give_back = limiter.reserve, limiter.start, limiter.give_back
+    decided when the call starts, so a wait that overran does not start it early). Where
+    the rate is high (``Limiter.block`` > 1) a call that need not wait takes a block of
+    turns, and this worker's next calls use them without asking (``left``: owned by the
+    worker, which makes its calls one at a time)."""
+    reserve, start, give_back, block = limiter.reserve, limiter.start, limiter.give_back, limiter.block
+    left = [0]  # turns this worker holds
 
     def paced(x: Any) -> Any:
-        seconds = reserve()
+        if left[0]:
+            left[0] -= 1
+            return call(x)
+        seconds = reserve(block)
         if seconds is not None:  # in line
             try:
                 while seconds is not None:
                     wait(seconds)
-                    seconds = start()
+                    seconds = start(block)
             except BaseException:
                 give_back()
                 raise
+        left[0] = block - 1
         return call(x)
 
     return paced
