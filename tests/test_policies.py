@@ -1236,6 +1236,52 @@ def test_timeouts_go_through_on_error_and_the_task_keeps_its_workers(executor: s
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["thread", "async"])
+def test_each_call_gets_its_whole_timeout_from_its_own_start(executor: str) -> None:
+    """One worker, calls of 60 ms under a timeout of 100 ms: none times out, however long
+    the worker has been calling; then one slow call (item 8) times out 100 ms after it
+    started, not earlier (the async worker's one timer, armed by an earlier call, is moved
+    to the running call's deadline)."""
+    starts: dict[int, float] = {}
+
+    def call(x: int) -> int:
+        starts[x] = time.monotonic()
+        time.sleep(1.0 if x == 8 else 0.06)
+        return x
+
+    async def acall(x: int) -> int:
+        starts[x] = time.monotonic()
+        await asyncio.sleep(1.0 if x == 8 else 0.06)
+        return x
+
+    p = numbers() | task(acall if executor == "async" else call, timeout=0.1, on_error="skip")
+    ended: list[float] = []
+
+    def ends(x: int) -> int:
+        ended.append(time.monotonic())
+        return x
+
+    assert run(p | task(ends), 12) == [x for x in range(12) if x != 8]  # eleven calls of 60 ms: 0.66 s in all
+    given_up = ended[8] - 0.06 - starts[8]  # item 9's output came 60 ms after item 8 was given up
+    assert 0.09 <= given_up <= 0.5, given_up
+
+
+@pytest.mark.timeout(30)
+def test_an_async_call_that_swallows_its_deadline_keeps_its_result_and_the_worker_goes_on() -> None:
+    """A call that catches the cancellation at its deadline and returns anyway gives its
+    result (as under ``asyncio.timeout``), and the worker's later calls run uncancelled."""
+    async def stubborn(x: int) -> int:
+        try:
+            await asyncio.sleep(0.5 if x == 0 else 0)
+        except asyncio.CancelledError:
+            return -1
+        return x
+
+    p = numbers() | task(stubborn, timeout=0.1)
+    assert run(p, 5) == [-1, 1, 2, 3, 4]
+
+
+@pytest.mark.timeout(60)
 def test_timeouts_go_through_retries() -> None:
     p = numbers() | task(slow_on_multiples_of_5, timeout=0.1, retries=2, backoff=0)
     with pytest.raises(TimeoutError) as info:

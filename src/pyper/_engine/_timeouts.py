@@ -42,18 +42,70 @@ def timeout_error(name: str, seconds: float) -> TimeoutError:
 
 
 async def timed_async(bind: Bind, stack: Any, *, seconds: float, name: str) -> Callable[[Any], Any]:
+    """Each call of this worker's task cancelled at its deadline, raising ``TimeoutError``.
+
+    One timer per worker, not one per call (``asyncio.timeout`` makes, schedules and
+    cancels a timer each call: ~4 us): the call writes when it started (``started``), and
+    the worker's timer, armed by the first call, fires ``seconds`` after the start of the
+    call it was armed for; if another call is running by then, it is re-armed for that
+    call's deadline, and if none is, the next call arms it again. Calls far shorter than
+    the timeout cost a clock read each, and the timer fires once per ``seconds``.
+
+    Who owns what: all of it belongs to the worker's task and its loop's thread (the timer
+    runs there too, between the task's steps). ``started`` is set only while the task is
+    inside ``await call(x)`` (no await between setting it and the call, nor between the
+    call and clearing it), so a timer that finds it set cancels the task inside the call.
+    ``cancelled``: the start of the call the timer cancelled (compared by identity: each
+    clock read is a new float), with the task's cancel count before it, as
+    ``asyncio.timeout`` keeps it, to tell the deadline's cancellation from the run's.
+    """
     import asyncio
 
     call = await bind(stack)  # the worker's task makes the resource and runs every call
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    clock, call_at = loop.time, loop.call_at
+    started: list[float | None] = [None]
+    timer: list[asyncio.TimerHandle | None] = [None]
+    cancelled: list[Any] = [None, 0]  # (the call's start, the task's cancel count before)
+
+    def due() -> None:
+        timer[0] = None
+        start = started[0]
+        if start is None:
+            return  # no call running: the next one arms the timer
+        deadline = start + seconds
+        if clock() < deadline:
+            timer[0] = call_at(deadline, due)
+        else:
+            cancelled[0], cancelled[1] = start, task.cancelling()
+            task.cancel()
+
+    def disarm() -> None:
+        if timer[0] is not None:
+            timer[0].cancel()
+            timer[0] = None
+
+    stack.callback(disarm)
 
     async def timed(x: Any) -> Any:
+        started[0] = start = clock()
+        if timer[0] is None:
+            timer[0] = call_at(start + seconds, due)
         try:
-            async with asyncio.timeout(seconds):
-                return await call(x)
-        except TimeoutError as exc:
-            if isinstance(exc.__cause__, asyncio.CancelledError):  # the deadline's, not the call's own
-                raise timeout_error(name, seconds) from None
+            return await call(x)
+        except asyncio.CancelledError:
+            if cancelled[0] is start:
+                cancelled[0] = None
+                if task.uncancel() <= cancelled[1]:  # the deadline's cancellation, not the run's
+                    raise timeout_error(name, seconds) from None
             raise
+        finally:
+            started[0] = None
+            if cancelled[0] is start:  # the call swallowed the deadline's cancellation:
+                cancelled[0] = None  # take it back, as asyncio.timeout does
+                task.uncancel()
 
     return timed
 
