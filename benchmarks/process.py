@@ -161,6 +161,25 @@ def build(quick: bool, venv_skip: str | None) -> list[Case]:
     add(c, "0.4.4, first call", ["percall", "pyper", 1, "first", 1], timeout=60)
     cases.append(c)
 
+    # Issue 21: CPU spent moving each item between the parent and a worker, calls of 1-1000 us
+    # (the program's and its workers' CPU, less the calls' own), and a CSV -> process stage ->
+    # sqlite ETL as a user writes it, against a plain loop and Pool.imap (workers forked).
+    c = Case("move", "CPU per item moved to a worker and back, beyond the call (2 workers)", "us/item")
+    for us in (1, 10, 100, 1000):
+        add(c, f"ours, calls of {us} us", ["move", "pyper", us, "warm", 1], "ours", target=at_most(5, "us/item"))
+        for cs in (100, 1000):
+            add(c, f"Pool.imap chunksize={cs}, calls of {us} us", ["move", "pool", us, "warm", cs])
+    cases.append(c)
+
+    rows = 20_000 if quick else 100_000
+    c = Case("etl", f"CSV of {rows:_} rows | transform (2 processes, on_error) | load (sqlite, batch=1000)"
+             .replace("_", " "), "s")
+    add(c, "ours (the pipeline as written, no chunk size)", ["etl", "pyper", rows, "warm", 1], "ours")
+    add(c, "plain loop", ["etl", "loop", rows, "warm", 1])
+    for cs in (100, 1000):
+        add(c, f"Pool.imap chunksize={cs}", ["etl", "pool", rows, "warm", cs])
+    cases.append(c)
+
     reps = 2 if quick else 3
     for mode, title, limit in (("boom", "an error at item 5 of 10, to the caller (warm stage)", 50),
                                ("die", "a child dies (os._exit(3)) at item 5, to the caller", 100)):
@@ -321,6 +340,10 @@ def table(cases: list[Case], engines: Sequence[Engine] = ()) -> tuple[list[tuple
             shown.append(tuple(r))
             for note in sorted(c.notes):
                 notes.append(f"{case.key}: {c.label}: {note}")
+            if "cpu" in c.extra:  # (the ETL's: CPU seconds of the program and its workers)
+                label = f"{c.label}: CPU"
+                medians[label] = statistics.median(c.extra["cpu"])
+                shown.append((title, label, *row("", "", c.extra["cpu"], "s", None, "")[2:5], "reported"))
             if "pulled" in c.extra:
                 label = f"{c.label}: inputs pulled ahead of the 10 consumed"
                 medians[label] = statistics.median(c.extra["pulled"])

@@ -72,6 +72,185 @@ def counting() -> Iterator[int]:
         i += 1
 
 
+def spin(us: int) -> int:
+    """A call of ``us`` microseconds of CPU (the moving case's item says how long)."""
+    end = perf() + us * 1e-6
+    while perf() < end:
+        pass
+    return us
+
+
+# The ETL case (issue 21): a CSV read in the parent, rows transformed in two worker
+# processes (a handler for the bad ones), loaded into sqlite in batches of 1000.
+
+ETL_COLUMNS = "id, name, domain, digest, cents, day, weekday, words, tags"
+
+
+def write_csv(path: str, rows: int) -> int:
+    """A CSV of ``rows`` rows, one in 1000 with a bad amount; how many are good."""
+    import csv
+    import random
+
+    rng = random.Random(7)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+    good = 0
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["id", "name", "email", "amount", "day", "note"])
+        for i in range(rows):
+            bad = i % 1000 == 999
+            good += not bad
+            name = f"{rng.choice(words)} {rng.choice(words)}-{i}"
+            out.writerow([i, name, f"user{i}@Example{i % 50}.COM", "n/a" if bad else f"{rng.random() * 1000:.2f}",
+                          f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}", " ".join(rng.choices(words, k=12))])
+    return good
+
+
+def read_rows(path: str) -> Iterator[list[str]]:
+    import csv
+
+    with open(path, newline="") as fh:
+        rows = csv.reader(fh)
+        next(rows)
+        yield from rows
+
+
+def transform(row: list[str]) -> tuple[object, ...]:
+    """Some 20-40 us of pure Python per row, as a real cleaning step takes."""
+    import datetime
+    import hashlib
+    import json
+    import re
+
+    id_, name, email, amount, day, note = row
+    cents = round(float(amount) * 100)  # ValueError on a bad row
+    when = datetime.datetime.strptime(day, "%Y-%m-%d").date()
+    domain = email.rsplit("@", 1)[1].lower()
+    digest = hashlib.sha1(email.lower().encode()).hexdigest()[:12]
+    title = " ".join(w.capitalize() for w in re.split(r"[\s-]+", name) if w)
+    tags = sorted({re.sub(r"[aeiou]", "", w) for w in note.split() if len(w) > 4})
+    return (int(id_), title, domain, digest, cents, when.isoformat(), when.weekday(),
+            len(note.split()), json.dumps(tags))
+
+
+def transformed_or_none(row: list[str]) -> tuple[object, ...] | None:
+    """``transform``, a bad row giving None (the peers' stand-in for on_error=)."""
+    try:
+        return transform(row)
+    except ValueError:
+        return None
+
+
+def skip_bad(item: object, exc: Exception) -> None:
+    """The on_error handler: a bad row is dropped."""
+
+
+def connect(path: str):  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    return sqlite3.connect(path, timeout=60, isolation_level=None)
+
+
+def load(conn, rows: list[tuple[object, ...]]) -> int:  # type: ignore[no-untyped-def]
+    conn.execute("BEGIN")
+    conn.executemany(f"INSERT INTO rows ({ETL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.execute("COMMIT")
+    return len(rows)
+
+
+def etl_db(path: str) -> None:
+    conn = connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"CREATE TABLE rows ({ETL_COLUMNS})")
+    conn.close()
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time and its reaped children's."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def child_etl(who: str, n: int, mode: str, chunksize: int) -> dict:
+    """``n`` CSV rows into sqlite; values: wall seconds, and "cpu": CPU seconds of the
+    program and its workers (each contender's workers end, and are reaped, in the timer)."""
+    import functools
+    import sqlite3
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_path, db = os.path.join(tmp, "rows.csv"), os.path.join(tmp, "rows.db")
+        good = write_csv(csv_path, n)
+        etl_db(db)
+        t0, c0 = perf(), cpu_seconds()
+        if who == "pyper":
+            from pyper import task
+
+            pipeline = (task(read_rows, branch=True)
+                        | task(transform, workers=2, multiprocess=True, on_error=skip_bad)
+                        | task(load, workers=2, setup=functools.partial(connect, db), batch=1000))
+            loaded = sum(pipeline(csv_path))
+        else:
+            conn = connect(db)
+            if who == "loop":
+                outputs: Iterator[tuple[object, ...] | None] = map(transformed_or_none, read_rows(csv_path))
+                pool = None
+            else:
+                # forked, as ours are: children of this process, whose CPU is counted here
+                pool = multiprocessing.get_context("fork").Pool(2)
+                outputs = pool.imap(transformed_or_none, read_rows(csv_path), chunksize=chunksize)
+            loaded, batch = 0, []
+            for out in outputs:
+                if out is not None:
+                    batch.append(out)
+                    if len(batch) == 1000:
+                        loaded += load(conn, batch)
+                        batch = []
+            if batch:
+                loaded += load(conn, batch)
+            if pool is not None:
+                pool.close()
+                pool.join()
+            conn.close()
+        wall, cpu = perf() - t0, cpu_seconds() - c0
+        stored = sqlite3.connect(db).execute("SELECT count(*), count(DISTINCT id) FROM rows").fetchone()
+    assert loaded == good and tuple(stored) == (good, good), (loaded, good, stored)
+    return {"values": [wall], "cpu": [cpu]}
+
+
+def child_move(who: str, n: int, mode: str, chunksize: int) -> dict:
+    """Calls of ``n`` us through two workers; value: the CPU (us) spent per item beyond the
+    calls themselves, the program's and its workers', all started and reaped in the timer
+    (ours after an untimed run of 200 items, so that its modules are loaded)."""
+    us = n
+    items = 200_000 if us <= 1 else min(100_000, int(4e6 / us))
+    if who == "pyper":
+        sum(task_run(us, 200))
+        c0 = cpu_seconds()
+        total = sum(task_run(us, items))
+    else:  # Pool.imap, its workers forked (as ours are): children of this process, reaped here
+        c0 = cpu_seconds()
+        pool = multiprocessing.get_context("fork").Pool(2)
+        total = sum(pool.imap(spin, (us for _ in range(items)), chunksize))
+        pool.close()
+        pool.join()
+    cpu = cpu_seconds() - c0
+    assert total == us * items
+    return {"values": [(cpu - items * us * 1e-6) / items * 1e6]}
+
+
+def task_run(us: int, items: int) -> Iterator[int]:
+    from pyper import task
+
+    def repeat(n: int) -> Iterator[int]:
+        for _ in range(n):
+            yield us
+
+    return (task(repeat, branch=True) | task(spin, workers=2, multiprocess=True))(items)
+
+
 # --- children: one contender per process --------------------------------------------------------
 
 def ctx() -> multiprocessing.context.BaseContext:
@@ -268,7 +447,8 @@ def child_break(who: str, n: int, mode: str, chunksize: int) -> dict:
 
 
 CHILDREN = {"trivial": child_trivial, "burn": child_burn, "payload": child_payload,
-            "percall": child_percall, "error": child_error, "break": child_break}
+            "percall": child_percall, "error": child_error, "break": child_break, "etl": child_etl,
+            "move": child_move}
 
 
 def main(argv: list[str]) -> None:

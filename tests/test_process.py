@@ -1277,14 +1277,16 @@ def test_the_originals_documented_cpu_bound_examples() -> None:
 
 
 def sleep_then_identity(x: int) -> int:
-    time.sleep(0.01)
+    from pyper._engine._process import PROCESS_TARGET_SECONDS
+
+    time.sleep(PROCESS_TARGET_SECONDS * 1.2)  # slower than a batch aims to take: one item each
     return x
 
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("workers", [1, 3])
 def test_the_input_pulled_ahead_of_a_process_stage_is_a_few_batches(workers: int) -> None:
-    """Slow calls keep batches at one item; the edge in front holds PROCESS_AHEAD of them
+    """Calls slower than a batch aims to take keep batches at one item; the edge in front holds PROCESS_AHEAD of them
     per worker, and each worker has one in its child: the producer runs no further ahead."""
     from pyper._engine._run import PROCESS_AHEAD
 

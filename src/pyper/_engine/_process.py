@@ -42,6 +42,7 @@ from .._pickling import dumps
 from .._spec import Task
 from . import _relay, _state, _threads
 from ._relay import Relayed, remote_task
+from ._remote import next_size
 from ._run import TARGET_SECONDS, Run, Stage, Worker
 from ._workers import Child, Late, context, keep, sigint_held, take, take_warm, threaded_context
 
@@ -50,6 +51,10 @@ __all__ = ["ProcessRemote", "prepare", "start", "unprepare"]
 #: Batches grow while calls are cheap, but not past this many pickled bytes each way
 #: (a cheap function of large items would otherwise pickle thousands of them at once).
 MAX_BATCH_BYTES = 1 << 22
+#: What a batch's calls should take in the child (their own time): with a message costing
+#: both sides about 0.1 ms of CPU, 20 ms of calls make it a small part and still share the
+#: work out between the workers (a run's tail is shared out in smaller pieces).
+PROCESS_TARGET_SECONDS = 0.05
 
 
 def start(run: Run, stage: Stage, workers: range) -> None:
@@ -190,12 +195,15 @@ class ProcessRemote(Relayed):
         return reply[1], reply[3]
 
     def measured(self, asked: int, count: int, elapsed: float, seconds: float, limit: int) -> int:
-        # The batch size follows the relay's time (the calls and moving the items, but not
-        # handing them on): large items through a small pipe keep batches small.
+        # Batches grow toward TARGET_SECONDS of the calls' own time (measured in the
+        # child), as an executor of the user's does: a message costs both sides about
+        # 0.1 ms of CPU, which calls of 0.1-1 ms must not pay one item at a time. Large
+        # items are kept to MAX_BATCH_BYTES a batch (``cap``).
         self.per_item = seconds / count if count else 1.0
         if self._posted:  # a map batch's (a stream's was set as it started)
             self.sent = self._posted.popleft()
-        return super().measured(asked, count, elapsed, seconds, limit)
+        self.worker.stage.inp.pace(count, elapsed)
+        return self.cap(next_size(asked, count, seconds, limit, PROCESS_TARGET_SECONDS), count)
 
     def cap(self, n: int, count: int) -> int:
         """``n``, reduced so that ``n`` items of the size of the last batch's (``count``
