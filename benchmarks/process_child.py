@@ -222,23 +222,28 @@ def child_etl(who: str, n: int, mode: str, chunksize: int) -> dict:
 
 def child_move(who: str, n: int, mode: str, chunksize: int) -> dict:
     """Calls of ``n`` us through two workers; value: the CPU (us) spent per item beyond the
-    calls themselves, the program's and its workers', all started and reaped in the timer
-    (ours after an untimed run of 200 items, so that its modules are loaded)."""
+    calls themselves, the program's and its workers' (all started and reaped in the run):
+    the difference between a run of ``items`` and one of a fifth as many, so that what a
+    run costs once (starting the workers, ours or the pool's) cancels out."""
     us = n
     items = 200_000 if us <= 1 else min(100_000, int(4e6 / us))
+
+    def cpu_of(count: int) -> float:
+        c0 = cpu_seconds()
+        if who == "pyper":
+            total = sum(task_run(us, count))
+        else:  # Pool.imap, its workers forked (as ours are): children of this process, reaped here
+            pool = multiprocessing.get_context("fork").Pool(2)
+            total = sum(pool.imap(spin, (us for _ in range(count)), chunksize))
+            pool.close()
+            pool.join()
+        assert total == us * count
+        return cpu_seconds() - c0 - count * us * 1e-6
+
     if who == "pyper":
-        sum(task_run(us, 200))
-        c0 = cpu_seconds()
-        total = sum(task_run(us, items))
-    else:  # Pool.imap, its workers forked (as ours are): children of this process, reaped here
-        c0 = cpu_seconds()
-        pool = multiprocessing.get_context("fork").Pool(2)
-        total = sum(pool.imap(spin, (us for _ in range(items)), chunksize))
-        pool.close()
-        pool.join()
-    cpu = cpu_seconds() - c0
-    assert total == us * items
-    return {"values": [(cpu - items * us * 1e-6) / items * 1e6]}
+        sum(task_run(us, 200))  # (pyper's modules loaded, as a program that ran it once)
+    small = cpu_of(items // 5)
+    return {"values": [(cpu_of(items) - small) / (items - items // 5) * 1e6]}
 
 
 def task_run(us: int, items: int) -> Iterator[int]:
