@@ -155,6 +155,30 @@ def test_import_pyper_stays_light() -> None:
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.timeout(30)
+def test_building_a_pipeline_loads_no_engine_until_it_runs() -> None:
+    """``from pyper import task`` and composing pipelines load the front of pyper only (11
+    modules; the engine's channels, runs and threads come with the first run), and no
+    module an option needs until the option is used (``random``: retries' jitter)."""
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "from pyper import task\n"
+        "p = task(range, branch=True) | task(abs, workers=4, retries=2) | task(str)\n"
+        "print(sorted(set(sys.modules) - before))\n"
+        "print(sorted(p(3)))\n"
+        "print('pyper._engine._run' in sys.modules, 'random' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    loaded, outputs, after = done.stdout.splitlines()
+    assert {m for m in ast.literal_eval(loaded) if m.startswith("pyper")} == {
+        "pyper", "pyper._engine", "pyper._engine._registry", "pyper._errors", "pyper._pickling",
+        "pyper._pipeline", "pyper._policy", "pyper._spec", "pyper._task", "pyper._typing",
+    }
+    assert (outputs, after) == ("['0', '1', '2']", "True False")  # the run loaded the engine, no retry ran
+
+
 def test_version_is_the_distributions() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == "python-pyper"

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, Generic, NoReturn, ParamSpec, Protocol, TypeVar, overload
 
-from ._engine import _async_caller, _sync_caller
 from ._errors import PipelineSetupError
 from ._spec import Task, classify, describe
 
@@ -22,6 +21,38 @@ P = ParamSpec("P")
 T = TypeVar("T")
 U = TypeVar("U")
 R = TypeVar("R")
+
+
+class _Callers:
+    """The engine's two callers (``iterate``), imported by a pipeline's first call, not by
+    ``from pyper import task``: a program pays for the engine when it runs one (and a
+    module that only builds pipelines, or a worker process that unpickles a task, never
+    does). Written once, by whichever thread calls first (two that race import the same
+    modules and write the same functions)."""
+
+    __slots__ = ("sync", "asynchronous")
+
+    def __init__(self) -> None:
+        self.sync: Callable[[tuple[Task, ...], tuple[Any, ...], dict[str, Any]], Generator[Any, None, None]] | None = None
+        self.asynchronous: Callable[[tuple[Task, ...], tuple[Any, ...], dict[str, Any]], AsyncGenerator[Any, None]] | None = None
+
+    def load_sync(self) -> Callable[[tuple[Task, ...], tuple[Any, ...], dict[str, Any]], Generator[Any, None, None]]:
+        self._load()
+        assert self.sync is not None
+        return self.sync
+
+    def load_async(self) -> Callable[[tuple[Task, ...], tuple[Any, ...], dict[str, Any]], AsyncGenerator[Any, None]]:
+        self._load()
+        assert self.asynchronous is not None
+        return self.asynchronous
+
+    def _load(self) -> None:
+        from ._engine import _async_caller, _sync_caller
+
+        self.asynchronous, self.sync = _async_caller.iterate, _sync_caller.iterate  # type: ignore[assignment]
+
+
+_callers = _Callers()
 
 
 class Pipeline(Generic[P, T]):
@@ -75,7 +106,7 @@ class Pipeline(Generic[P, T]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Generator[T, None, None]:
         """Run lazily: nothing starts until the returned generator is iterated."""
         self.check_first_task()
-        return _sync_caller.iterate(self._tasks, args, kwargs)  # type: ignore[return-value]
+        return (_callers.sync or _callers.load_sync())(self._tasks, args, kwargs)
 
     @overload
     def pipe(self, other: _AsyncTaking[T, U]) -> AsyncPipeline[P, U]: ...
@@ -129,7 +160,7 @@ class AsyncPipeline(Pipeline[P, T]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[T, None]:  # type: ignore[override]
         """Run lazily: nothing starts until the returned async generator is iterated."""
         self.check_first_task()
-        return _async_caller.iterate(self._tasks, args, kwargs)  # type: ignore[return-value]
+        return (_callers.asynchronous or _callers.load_async())(self._tasks, args, kwargs)
 
     def pipe(self, other: _Taking[T, U] | _AsyncTaking[T, U]) -> AsyncPipeline[P, U]:
         return AsyncPipeline(Pipeline.pipe(self, other)._tasks)

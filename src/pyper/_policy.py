@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -252,6 +251,8 @@ def delay(backoff: float | Callable[[int], float], attempt: int) -> float:
     if backoff <= 0:
         return 0.0
     ceiling: float = min(MAX_BACKOFF, backoff * 2.0 ** (attempt - 1))
+    import random  # (the first retry's: a program that never retries never loads it)
+
     return ceiling * random.uniform(0.5, 1.0)
 
 
