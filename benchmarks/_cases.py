@@ -13,6 +13,7 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from _workloads import (
@@ -32,6 +33,7 @@ from _workloads import (
     inc,
     main,
     memory_growth,
+    nap,
     pair,
     payload,
     perf,
@@ -42,6 +44,7 @@ from _workloads import (
     time_async_calls,
     time_async_sum,
     time_sync_calls,
+    time_and_memory,
     time_sum,
     time_sync_sum,
 )
@@ -336,6 +339,38 @@ def async_mixed_w4(n: int, reps: int) -> list[float]:
 
     p = task(aproduce) | task(inc, workers=4) | task(adbl)
     return time_async_sum(_sum_async(p), n, reps)
+
+
+# --- asyncio at scale (issue 21): n workers of one asyncio.sleep(0.5) each, n items -------
+# "<name>" times one run; "<name>_mem" is its peak RSS growth (one value per fresh process).
+
+def _at_scale(who: str) -> Callable[[int, int, bool], list[float]]:
+    def run(n: int, reps: int, memory: bool) -> list[float]:
+        async def gather() -> int:
+            return sum(await asyncio.gather(*(nap(i) for i in range(n))))
+
+        async def taskgroup() -> int:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(nap(i)) for i in range(n)]
+            return sum(t.result() for t in tasks)
+
+        def main() -> int:
+            if who == "gather":
+                return asyncio.run(gather())
+            if who == "taskgroup":
+                return asyncio.run(taskgroup())
+            from pyper import task
+
+            return int(asyncio.run(_sum_async(task(produce, branch=True) | task(nap, workers=n))(n)))
+
+        return time_and_memory(main, n * (n - 1) // 2, memory)
+
+    return run
+
+
+for _who in ("gather", "taskgroup", "ours"):
+    CONTENDERS[f"scale_{_who}"] = partial(_at_scale(_who), memory=False)
+    CONTENDERS[f"scale_{_who}_mem"] = partial(_at_scale(_who), memory=True)
 
 
 # --- ours: per call (n = calls per repetition) -----------------------------------------------

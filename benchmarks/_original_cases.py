@@ -16,6 +16,7 @@ import asyncio
 import multiprocessing
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from pyper import task
@@ -35,6 +36,7 @@ from _workloads import (
     inc,
     main,
     memory_growth,
+    nap,
     pair,
     payload,
     perf,
@@ -45,6 +47,7 @@ from _workloads import (
     time_async_calls,
     time_async_sum,
     time_sync_calls,
+    time_and_memory,
     time_sum,
     time_sync_sum,
 )
@@ -108,6 +111,17 @@ def async_mixed_w4(n: int, reps: int) -> list[float]:
 def throttle_1000(n: int, reps: int) -> list[float]:
     p = task(payload, branch=True, throttle=1000) | task(len) | task(slowish)
     return time_sum(lambda k: sum(p(k)), n, reps, 100)
+
+
+# --- asyncio at scale: n workers of one asyncio.sleep(0.5) each ------------------------------
+
+def _at_scale(n: int, reps: int, memory: bool) -> list[float]:
+    p = task(produce, branch=True) | task(nap, workers=n)
+    return time_and_memory(lambda: asyncio.run(_sum_async(p)(n)), n * (n - 1) // 2, memory)
+
+
+CONTENDERS["scale_ours"] = partial(_at_scale, memory=False)
+CONTENDERS["scale_ours_mem"] = partial(_at_scale, memory=True)
 
 
 # --- per call (n = calls per repetition) ----------------------------------------------------

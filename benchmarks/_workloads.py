@@ -68,6 +68,24 @@ async def apair(x: int) -> AsyncIterator[int]:
     yield x + 1
 
 
+async def nap(x: int) -> int:
+    """The async-at-scale case's call: half a second of asyncio.sleep."""
+    await asyncio.sleep(0.5)
+    return x
+
+
+def time_and_memory(run: Callable[[], int], expect: int, memory: bool) -> list[float]:
+    """One run's seconds, or (``memory``) its peak RSS growth in bytes (one value per fresh
+    process, as ``memory_growth``)."""
+    if memory:
+        return memory_growth(run, expect)
+    started = perf()
+    total = run()
+    elapsed = perf() - started
+    check("run", total, expect)
+    return [elapsed]
+
+
 def payload(n: int) -> Iterator[bytes]:
     """The throttle case's producer: n small byte strings."""
     for _ in range(n):

@@ -18,6 +18,7 @@ class Inside(Protocol):
     _size: int  # items in _batches plus those held in a reorder buffer
     _capacity: int
     _receivers: int  # open receive ends
+    _senders: int  # open send ends
     _pace: float  # seconds of its receivers' work the channel holds (``_pacing``; never changes)
     _ahead: int  # if set, at most this many batches per receiver (never changes)
     getters: deque[Any]  # parked receivers

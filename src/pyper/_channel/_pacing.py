@@ -1,5 +1,7 @@
 """How much an edge with no throttle of the user's holds: about ``seconds`` of its
-receivers' measured work (``pace``, once per batch), at least a batch per receiver, at
+receivers' measured work (``pace``, once per batch), at least a batch per receiver and an
+item per sender (10 000 async workers whose calls end together hold their outputs anyway:
+a place in the channel costs less than a blocked flush), at
 most ``ahead`` batches per receiver if set (a remote stage's input), and at most
 ``MAX_CAPACITY`` items; so a slow or heavy consumer never has a large backlog. A remote
 relay that knows its batches' size from the last run widens it at once (``widen``).
@@ -30,7 +32,8 @@ def pace(channel: Inside, n: int, seconds: float) -> None:
     channel's ``_pace`` seconds of the receivers' work (at most ``_ahead`` batches per
     receiver, if set)."""
     receivers = max(channel._receivers, 1)
-    floor = receivers * n
+    # A batch per receiver, and an output per sender: those it would hold while blocked anyway.
+    floor = max(receivers * n, channel._senders)
     target = int(channel._pace * floor / seconds) if seconds > 0 else MAX_CAPACITY
     if channel._ahead:
         target = min(target, channel._ahead * floor)

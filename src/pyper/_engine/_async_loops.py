@@ -36,17 +36,17 @@ from ._run import NO_ITEM, Worker, adapt, dropping
 __all__ = ["flusher", "pour", "work"]
 
 
-async def work(worker: Worker) -> None:
-    """Run one stage worker until its input ends; raises what stopped it otherwise."""
+def work(worker: Worker) -> Awaitable[None]:
+    """Run one stage worker until its input ends; raises what stopped it otherwise. (It
+    returns the loop's own awaitable: no frame of its own for the worker to hold.)"""
     task = worker.stage.task
     if worker.stage.group is not None:
-        await _group(worker)
-    elif task.join:
-        await _join(worker)
-    elif worker.stage.branch:
-        await _branch(worker)
-    else:
-        await _map(worker)
+        return _group(worker)
+    if task.join:
+        return _join(worker)
+    if worker.stage.branch:
+        return _branch(worker)
+    return _map(worker)
 
 
 def flusher(worker: Worker) -> Callable[[bool], Awaitable[None]]:

@@ -53,7 +53,7 @@ from ._registry import row
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["EVENTS", "NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "dropping", "log", "log_event",
+__all__ = ["ASYNC_WORKERS", "EVENTS", "NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "dropping", "log", "log_event",
            "refuse_in_bootstrap"]
 
 #: No item in hand: the loop had not started its first call when it stopped.
@@ -146,6 +146,10 @@ _CANCELLED_FROM_OUTSIDE = (
     "the pipeline was cancelled from outside (an enclosing run, or interpreter exit)"
 )
 
+#: In ``current_run``'s entry, for the run's asyncio worker tasks: whichever of ``Run.tasks``
+#: is running (one entry, set once per stage's start, for all its workers).
+ASYNC_WORKERS: Any = type("AsyncWorkers", (), {"__repr__": lambda self: "ASYNC_WORKERS", "__slots__": ()})()
+
 #: The run whose call is in progress here, as ``(run, thread ident, asyncio task or None)``.
 #: Set by each worker in its own context; a pipeline started from the same thread (and,
 #: for an async worker, the same task) belongs to that run. Background work started by
@@ -237,7 +241,9 @@ def _edge(up: Task, down: Task | None, remote: bool) -> tuple[int, int]:
     if up.throttle == 0:
         if remote:
             return down_workers, MAX_BATCH  # one item for each worker at first, then as they pace
-        return min(MAX_CAPACITY, INITIAL_CAPACITY * down_workers), MAX_BATCH
+        # Room for an output of each worker above too: they hold one each while blocked anyway
+        # (10 000 async workers whose calls end together would park 9 936 flushes on 64 places).
+        return max(min(MAX_CAPACITY, INITIAL_CAPACITY * down_workers), up.most), MAX_BATCH
     ends = up.most + (down.most if down is not None else 1)
     batch = max(1, min(MAX_BATCH, up.throttle // (8 * ends)))
     return up.throttle + ends * (1 - batch), batch
@@ -676,10 +682,14 @@ def _calling_run() -> Run | None:
     if ident != threading.get_ident():
         return None
     if task is not None:
-        try:  # asyncio is loaded: an async worker set the entry
-            if sys.modules["asyncio"].current_task() is not task:
-                return None
+        try:  # asyncio is loaded: an async worker (or an inline call) set the entry
+            current = sys.modules["asyncio"].current_task()
         except RuntimeError:  # no loop running in this thread
+            return None
+        if task is ASYNC_WORKERS:  # the run's worker tasks share one entry (_async.start)
+            if current not in run.tasks:
+                return None
+        elif current is not task:
             return None
     return run
 

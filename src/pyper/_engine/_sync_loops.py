@@ -39,16 +39,16 @@ __all__ = ["flusher", "pour", "work"]
 
 
 def work(worker: Worker) -> None:
-    """Run one stage worker until its input ends; raises what stopped it otherwise."""
+    """Run one stage worker until its input ends; raises what stopped it otherwise. (It
+    returns the loop's own awaitable: no frame of its own for the worker to hold.)"""
     task = worker.stage.task
     if worker.stage.group is not None:
-        _group(worker)
-    elif task.join:
-        _join(worker)
-    elif worker.stage.branch:
-        _branch(worker)
-    else:
-        _map(worker)
+        return _group(worker)
+    if task.join:
+        return _join(worker)
+    if worker.stage.branch:
+        return _branch(worker)
+    return _map(worker)
 
 
 def flusher(worker: Worker) -> Callable[[bool], None]:
