@@ -285,6 +285,19 @@ def build_cases(quick: bool, skip_ours: str | None, skip_original: str | None) -
         add(c, f"{ORIGINAL_VERSION}: {label}, cold", "original", [*orig, child, "200", "1"], 60)
     cases.append(c)
 
+    # asyncio at scale (issue 21): n async workers, one asyncio.sleep(0.5) each, one item each.
+    n = 2_000 if quick else 10_000
+    for key, suffix, unit, scale, limit in (("scale", "", "s", 1.0, 1.2),
+                                            ("scale memory", "_mem", "MiB", 1 / MiB, 1.5)):
+        what = "peak RSS growth" if suffix else "time"
+        c = Case(key, f"{spaced(n)} async workers, one asyncio.sleep(0.5) each: {what}", unit, scale,
+                 reference="asyncio.gather")
+        add(c, "asyncio.gather", "baseline", [*ours, f"scale_gather{suffix}", str(n), "1"], 60)
+        add(c, "asyncio.TaskGroup", "reference", [*ours, f"scale_taskgroup{suffix}", str(n), "1"], 60)
+        add(c, "ours", "ours", [*ours, f"scale_ours{suffix}", str(n), "1"], 60, target=ratio_at_most(limit))
+        add(c, f"{ORIGINAL_VERSION}", "original", [*orig, f"scale_ours{suffix}", str(n), "1"], 120)
+        cases.append(c)
+
     # Memory: peak RSS growth over n items through a throttled 3-stage pipeline.
     n = 100_000 if quick else 1_000_000
     c = Case("memory", f"{spaced(n)} items, throttle=1000 on each task: peak RSS growth",

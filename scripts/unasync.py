@@ -9,6 +9,13 @@ words only), and a line that ends in ``# sync: CODE`` becomes ``CODE`` (same
 indentation) where the plain rewrite would be wrong or slow (``# sync: -``: the line
 is left out). The module docstring
 is copied as it is: it describes both files.
+
+The loops and the per-call options have a third twin, *stepped* (``STEPPED``): the sync
+one, but for the call of the task's function, which the loop does not make itself: it
+yields the item to whoever drives it and gets the outcome back (``await call(x)``, and
+``await worker.call(...)`` and ``await loop(worker)`` that lead to it, become ``yield
+from``). ``timeout=`` on threads drives a worker so (``_timeouts``): the calls are made
+in the worker's thread, and at a deadline another thread takes over the loop.
 """
 
 from __future__ import annotations
@@ -26,6 +33,15 @@ FILES = {
     "_engine/_async_calls.py": "_engine/_sync_calls.py",
     "_channel/_async_wait.py": "_channel/_sync_wait.py",
 }
+
+#: source -> stepped twin (see the module's docstring), relative to the package
+STEPPED = {
+    "_engine/_async_loops.py": "_engine/_stepped_loops.py",
+    "_engine/_async_calls.py": "_engine/_stepped_calls.py",
+}
+
+#: In a stepped twin: an awaited call that leads to the task's function, made a ``yield from``.
+_STEP = re.compile(r"\bawait ((?:worker\.)?call|loop)\(([^()]*)\)")
 
 #: whole-word replacements, applied after async/await are dropped
 NAMES = {
@@ -58,11 +74,13 @@ _NAME = re.compile(r"(?<![\w.])(" + "|".join(re.escape(k) for k in sorted(NAMES,
 _ATTR = re.compile(r"(?<=\.)(" + "|".join(re.escape(k) for k in sorted(NAMES, key=len, reverse=True)) + r")(?!\w)")
 
 
-def _line(line: str) -> str | None:
+def _line(line: str, stepped: bool = False) -> str | None:
     directive = _DIRECTIVE.match(line)
     if directive:
         code = directive.group(3).strip()
         return None if code == "-" else directive.group(1) + code
+    if stepped:
+        line = _STEP.sub(r"(yield from \1(\2))", line)
     line = re.sub(r"\basync (def|for|with)\b", r"\1", line)
     line = re.sub(r"\bawait ", "", line)
     line = _NAME.sub(lambda m: NAMES[m.group(1)], line)
@@ -70,16 +88,18 @@ def _line(line: str) -> str | None:
     return line
 
 
-def generate(source: str, name: str) -> str:
-    """The sync twin of ``source``; its module docstring, which speaks of both, is kept."""
+def generate(source: str, name: str, stepped: bool = False) -> str:
+    """The sync (or stepped) twin of ``source``; its module docstring, which speaks of
+    all of them, is kept."""
     header = (
-        f"# GENERATED from {name} by scripts/unasync.py: edit that file, then run\n"
+        f"# GENERATED from {name} by scripts/unasync.py{' (the stepped twin)' if stepped else ''}: "
+        "edit that file, then run\n"
         "# `python scripts/unasync.py` (a test fails while this file is stale).\n"
     )
     lines = source.splitlines()
     end = next(i for i, line in enumerate(lines) if i and line.rstrip().endswith('"""'))
     kept, rest = lines[: end + 1], lines[end + 1 :]
-    body = [converted for converted in map(_line, rest) if converted is not None]
+    body = [converted for converted in (_line(line, stepped) for line in rest) if converted is not None]
     return header + "".join(line + "\n" for line in kept) + "".join(line + "\n" for line in body)
 
 
@@ -92,8 +112,9 @@ def main(argv: list[str]) -> int:
     if unused:  # a substitution that no longer matches anything: the list has drifted
         print(f"unasync: names replaced nowhere: {', '.join(unused)}: drop them from NAMES", file=sys.stderr)
         return 1
-    for src, dst in FILES.items():
-        text = generate(sources[src], Path(src).name)
+    jobs = [(src, dst, False) for src, dst in FILES.items()] + [(src, dst, True) for src, dst in STEPPED.items()]
+    for src, dst, stepped in jobs:
+        text = generate(sources[src], Path(src).name, stepped)
         target = PACKAGE / dst
         if target.exists() and target.read_text() == text:
             continue

@@ -1282,6 +1282,35 @@ def test_an_async_call_that_swallows_its_deadline_keeps_its_result_and_the_worke
 
 
 @pytest.mark.timeout(60)
+def test_timed_thread_calls_run_in_the_thread_that_made_their_resource() -> None:
+    """timeout= on threads: each call runs in its worker's thread, with the resource made
+    there; the call given up at its deadline leaves its thread to it, and the worker goes
+    on in another thread, with a resource of its own."""
+    import threading
+
+    made: list[int] = []
+
+    def connect() -> int:
+        made.append(threading.get_ident())
+        return threading.get_ident()
+
+    names: dict[int, str] = {}
+
+    def call(resource: int, x: int) -> tuple[int, int, int]:
+        names[x] = threading.current_thread().name
+        time.sleep(1.0 if x == 3 else 0.001)
+        return x, resource, threading.get_ident()
+
+    p = numbers() | task(call, workers=2, setup=connect, timeout=0.3, on_error="skip")
+    out = run(p, 20)
+    assert sorted(x for x, _, _ in out) == [x for x in range(20) if x != 3]
+    assert all(resource == thread for _, resource, thread in out)  # each call in its resource's thread
+    # the first calls in the workers' own threads (no helper thread per worker)
+    assert {names[0], names[1]} <= {f"pyper:{p.tasks[1].name}[0]", f"pyper:{p.tasks[1].name}[1]"}, names
+    assert len(made) == 3  # two workers, and a successor with its own (on a parked thread, maybe)
+
+
+@pytest.mark.timeout(60)
 def test_timeouts_go_through_retries() -> None:
     p = numbers() | task(slow_on_multiples_of_5, timeout=0.1, retries=2, backoff=0)
     with pytest.raises(TimeoutError) as info:

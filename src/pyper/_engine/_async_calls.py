@@ -12,7 +12,7 @@ set them. Otherwise ``run_worker`` wraps the worker's loop::
     setup=    func(resource, ...)        the worker's own resource, made and entered here
     unpack=   func(*item) / func(**item)
     timeout=  each attempt given up at the deadline (_timeouts: the executor's way; on
-              threads the calls run on a helper thread, which makes the resource too)
+              threads the loop runs stepped, and each thread driving it makes the resource)
     rate=     each attempt waits for its slot of the task's rate (cancellable)
     retries=  call again on retry_on, after a backoff wait (cancellable)
     on_error= a failed item's call gives what the handler makes of it: for a mapping
@@ -21,8 +21,8 @@ set them. Otherwise ``run_worker`` wraps the worker's loop::
 
 and exits the resource when the loop ends, on every path. Everything here runs in the
 worker's own thread, task or process, and owns what it makes; but for ``timeout=`` on
-threads, where the resource is made, used and exited by the helper thread that runs the
-calls (``_timeouts``).
+threads, where the loop runs as the stepped twin (``_stepped_calls``, ``_stepped_loops``),
+driven by one thread at a time, each with the resource it made (``_timeouts``).
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ async def open_call(
     policy = task.policy
     bind = partial(_bound, task, args, kwargs)
     if policy.timeout is not None and timed is not None:
-        # The executor's way: on asyncio, this task makes the call; on threads, each helper
-        # thread that runs the calls makes its own, with its own resource (_timeouts).
+        # The executor's way: on asyncio, this task makes the call; on threads (stepped),
+        # each thread that drives the loop makes the calls, with its own resource (_timeouts).
         call: Callable[[Any], Any] = await timed(bind, stack)
     else:
         call = await bind(stack)

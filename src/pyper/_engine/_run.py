@@ -433,18 +433,20 @@ class Run:
         finally:
             self.off_cancel(woken.set)
 
-    def start_threads(self, stage: Stage, workers: range, job: Callable[[Run, Stage, int], None]) -> None:
+    def start_threads(self, stage: Stage, workers: range, job: Callable[[Run, Stage, int], None],
+                      daemon: bool = False) -> None:
         """Run ``job(self, stage, i)`` for each worker ``i`` of ``workers`` on pyper's
-        threads, each in its own copy of the caller's context: a thread stage's workers,
-        and a remote stage's relays. Returns at once; on an event loop's thread it waits
-        for at most one new thread to start (~0.1 ms), which starts the others."""
+        threads (daemon threads if the task or ``daemon`` says so), each in its own copy
+        of the caller's context: a thread stage's workers, and a remote stage's relays.
+        Returns at once; on an event loop's thread it waits for at most one new thread to
+        start (~0.1 ms), which starts the others."""
         task = stage.task
         jobs: list[tuple[Callable[[], None], str]] = [
             (partial(self.context.copy().run, job, self, stage, i), f"pyper:{task.name}[{i}]")
             for i in workers
         ]
         # (owner: a fork waits a moment for the jobs of a run that has ended: _threads.alone)
-        _threads.spawn(jobs, daemon=task.daemon, nonblocking=self.loop is not None,
+        _threads.spawn(jobs, daemon=task.daemon or daemon, nonblocking=self.loop is not None,
                        on_error=lambda exc: self.fail(exc, task), owner=self)
 
     def enter(self, task: object = None) -> None:
