@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -1379,10 +1384,9 @@ def test_wait_for_an_abandoned_call_slot_is_woken_by_the_runs_cancellation() -> 
     caller = threading.Thread(target=consume)
     caller.start()
     try:
-        assert wait_until(lambda: waiting() == 2, 5)  # two calls abandoned: both workers wait for a slot
-        release[0].set()  # one abandoned call ends: one worker goes on, and leaves the run's hooks
-        assert wait_until(lambda: waiting() == 1, 5)
-        fail_now.set()  # the run fails: its cancellation must end the other worker's wait
+        # four calls abandoned, more than the two workers allow: both workers wait for a slot
+        assert wait_until(lambda: waiting() == 2, 5)
+        fail_now.set()  # the run fails: its cancellation must end both waits
         caller.join(5)
         assert len(raised) == 1 and isinstance(raised[0], Boom)
         stuck = not wait_until(lambda: waiting() == 0, 1.0)
@@ -1391,6 +1395,556 @@ def test_wait_for_an_abandoned_call_slot_is_woken_by_the_runs_cancellation() -> 
             event.set()
         caller.join(5)
     assert not stuck, "a worker waiting for an abandoned-call slot was not woken by the run's cancellation"
+
+
+def test_equal_cancel_hooks_are_counted_each_taken_back_once() -> None:
+    """The review's bug above, on the run itself: two waits register the same bound method;
+    the first to leave takes back its own registration only, and the run's cancellation
+    still calls the hook for the other."""
+    from pyper._engine._run import Run
+
+    calls: list[int] = []
+    hook = calls.append
+    run = Run(task(abs).tasks, (1,), {}, loop=None)
+    try:
+        run.on_cancel(lambda: hook(1))
+        shared = functools.partial(hook, 2)
+        run.on_cancel(shared)
+        run.on_cancel(shared)
+        run.off_cancel(shared)  # one of the two left
+        run.cancel()
+    finally:
+        run.finish()
+    assert sorted(calls) == [1, 2]
+
+
+# timeout= on threads: the stepped worker, its watchdog and its successors (a review's tests:
+# the first task, branch, ordered, retries, on_error, rate, setup and teardown errors, a break
+# or an error while a call is stuck, interpreter exit, nested pipelines, adaptive workers).
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+def slow_on_3(x: int) -> int:
+    time.sleep(1.0 if x == 3 else 0.001)
+    return x
+
+
+# ------------------------------------------------------------------------------------------
+# the first task of a pipeline
+
+
+@pytest.mark.timeout(30)
+def test_first_task_with_timeout_raises_timeout_error() -> None:
+    def slow() -> int:
+        time.sleep(1.0)
+        return 1
+
+    p = task(slow, timeout=0.2)
+    with elapsed() as t, pytest.raises(TimeoutError):
+        list(p())
+    assert t.elapsed < 0.9
+
+
+@pytest.mark.timeout(30)
+def test_first_task_with_timeout_and_branch_skips() -> None:
+    def slow(n: int) -> list[int]:
+        time.sleep(1.0)
+        return list(range(n))
+
+    p = task(slow, branch=True, timeout=0.2, on_error="skip") | task(lambda x: x + 1)
+    assert list(p(3)) == []
+    q = task(lambda n: list(range(n)), branch=True, timeout=5) | task(lambda x: x + 1)
+    assert list(q(3)) == [1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------
+# branch=True, ordered=True
+
+
+@pytest.mark.timeout(30)
+def test_branch_plain_function_returning_a_list() -> None:
+    def fan(x: int) -> list[int]:
+        time.sleep(1.0 if x == 3 else 0.001)
+        return [x, x]
+
+    p = numbers() | task(fan, branch=True, workers=2, timeout=0.3, on_error="skip")
+    assert sorted(p(8)) == sorted([y for x in range(8) if x != 3 for y in (x, x)])
+    p = numbers() | task(fan, branch=True, workers=2, timeout=0.3)
+    with pytest.raises(TimeoutError):
+        list(p(8))
+
+
+@pytest.mark.timeout(30)
+def test_ordered_with_timeout_keeps_order() -> None:
+    p = numbers() | task(slow_on_3, workers=3, ordered=True, timeout=0.3,
+                         on_error=lambda x, e: __import__("pyper").Emit(-x))
+    assert list(p(12)) == [0, 1, 2, -3, 4, 5, 6, 7, 8, 9, 10, 11]
+
+
+# ------------------------------------------------------------------------------------------
+# retries=, on_error=, rate=
+
+
+@pytest.mark.timeout(30)
+def test_retry_after_a_timeout_succeeds() -> None:
+    attempts: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def once_slow(x: int) -> int:
+        with lock:
+            attempts[x] = attempts.get(x, 0) + 1
+            n = attempts[x]
+        time.sleep(1.0 if (x == 2 and n == 1) else 0.001)
+        return x
+
+    p = numbers() | task(once_slow, workers=2, timeout=0.3, retries=1, backoff=0)
+    assert sorted(p(6)) == list(range(6))
+    assert attempts[2] == 2
+
+
+@pytest.mark.timeout(30)
+def test_on_error_handler_sees_timeout_error() -> None:
+    seen: list[tuple[int, type]] = []
+
+    def handler(x: int, exc: BaseException) -> Any:
+        from pyper import Emit
+
+        seen.append((x, type(exc)))
+        return Emit(-1)
+
+    p = numbers() | task(slow_on_3, workers=2, timeout=0.3, on_error=handler)
+    assert sorted(p(6)) == [-1, 0, 1, 2, 4, 5]
+    assert seen == [(3, TimeoutError)]
+
+
+@pytest.mark.timeout(30)
+def test_rate_wait_does_not_count_against_the_timeout() -> None:
+    """rate=2/s, 1 worker, timeout 0.3: the calls are instant, but each waits ~0.5 s for its turn."""
+    p = numbers() | task(lambda x: x, timeout=0.3, rate=2)
+    assert list(p(4)) == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------
+# setup= in a successor, teardown in the abandoned thread
+
+
+@pytest.mark.timeout(30)
+def test_setup_error_in_a_successor_stops_the_run_with_it() -> None:
+    made = [0]
+    lock = threading.Lock()
+
+    def setup() -> int:
+        with lock:
+            made[0] += 1
+            if made[0] > 1:
+                raise Boom("second setup")
+        return 0
+
+    def call(r: int, x: int) -> int:
+        time.sleep(1.0 if x == 1 else 0.001)
+        return x
+
+    p = numbers() | task(call, setup=setup, timeout=0.2, on_error="skip")
+    with elapsed() as t, pytest.raises(Boom):
+        list(p(5))
+    assert t.elapsed < 0.9
+
+
+class Res:
+    exits: list[Any] = []
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def __enter__(self) -> Res:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        Res.exits.append((threading.get_ident(), exc[0]))
+        if self.fail:
+            raise Boom("teardown")
+
+
+@pytest.mark.timeout(30)
+def test_abandoned_resource_is_exited_told_of_timeout_in_its_thread() -> None:
+    Res.exits = []
+    threads: dict[int, int] = {}
+
+    def call(r: Res, x: int) -> int:
+        threads[x] = threading.get_ident()
+        time.sleep(1.0 if x == 1 else 0.001)
+        return x
+
+    p = numbers() | task(call, setup=Res, timeout=0.2, on_error="skip")
+    assert list(p(4)) == [0, 2, 3]
+    assert wait_until(lambda: len(Res.exits) == 2, 3)
+    kinds = {t: k for t, k in Res.exits}
+    assert kinds[threads[1]] is TimeoutError
+    assert kinds[threads[3]] is None
+
+
+@pytest.mark.timeout(30)
+def test_teardown_error_of_an_abandoned_resource_is_raised() -> None:
+    def setup() -> Res:
+        return Res(fail=True)
+
+    def call(r: Res, x: int) -> int:
+        time.sleep(0.6 if x == 1 else 0.001)
+        return x
+
+    # the run is still going (many more items) when the abandoned call's exit fails
+    def slow_tail(x: int) -> int:
+        time.sleep(0.05)
+        return x
+
+    p = numbers() | task(call, setup=setup, timeout=0.2, on_error="skip") | task(slow_tail)
+    with pytest.raises(Boom):
+        list(p(40))
+
+
+# ------------------------------------------------------------------------------------------
+# stopping while a call is stuck
+
+
+@pytest.mark.timeout(30)
+def test_break_while_a_call_is_stuck_returns_at_once() -> None:
+    started = threading.Event()
+
+    def stuck(x: int) -> int:
+        if x == 1:
+            started.set()
+            time.sleep(1.0)
+        return x
+
+    p = numbers() | task(stuck, timeout=0.5, on_error="skip")
+    with elapsed() as t:
+        for x in p(5):
+            assert started.wait(5)
+            break
+    assert t.elapsed < 0.4
+
+
+@pytest.mark.timeout(30)
+def test_an_error_elsewhere_while_a_call_is_stuck_is_raised_at_once() -> None:
+    started = threading.Event()
+
+    def src(n: int) -> Iterator[int]:
+        yield 0
+        yield 1
+        assert started.wait(5)
+        raise Boom("source")
+
+    def stuck(x: int) -> int:
+        if x == 1:
+            started.set()
+            time.sleep(1.0)
+        return x
+
+    p = task(src, branch=True) | task(stuck, timeout=0.5, on_error="skip")
+    with elapsed() as t, pytest.raises(Boom):
+        list(p(5))
+    assert t.elapsed < 0.4
+
+
+@pytest.mark.timeout(30)
+def test_run_cancelled_while_a_successor_waits_for_the_bound_starts_no_call_and_no_setup() -> None:
+    """workers=1: the first abandoned call fills the bound; the second abandonment's successor
+    waits for a slot. The run fails (an error in the source): the successor, woken, must not
+    make a resource (nor call the function) for a run that has stopped."""
+    release = threading.Event()
+    fail_now = threading.Event()
+    made: list[int] = []
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def src(n: int) -> Iterator[int]:
+        yield from range(n)
+        fail_now.wait(10)
+        raise Boom("source")
+
+    def setup() -> int:
+        with lock:
+            made.append(threading.get_ident())
+        return 0
+
+    def hang(r: int, x: int) -> int:
+        with lock:
+            calls.append(x)
+        if x < 2:
+            release.wait(3)
+        return x
+
+    p = task(src, branch=True) | task(hang, setup=setup, timeout=0.1, on_error="skip")
+    abandoned = p.tasks[1].policy.abandoned
+    raised: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            list(p(10))
+        except BaseException as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    try:
+        assert wait_until(lambda: len(abandoned._cond._waiters) == 1, 5)
+        n_made, n_calls = len(made), len(calls)
+        fail_now.set()
+        t.join(5)
+        assert raised and isinstance(raised[0], Boom), raised
+        time.sleep(0.3)
+        after_made, after_calls = len(made), len(calls)
+    finally:
+        fail_now.set()
+        release.set()
+        t.join(5)
+    assert after_calls == n_calls, calls
+    assert after_made == n_made, made
+
+
+# ------------------------------------------------------------------------------------------
+# interpreter exit
+
+
+@pytest.mark.timeout(60)
+def test_interpreter_exits_with_a_stuck_call() -> None:
+    script = textwrap.dedent(
+        """
+        import time
+        from pyper import task
+
+        def hang(x):
+            if x == 1:
+                time.sleep(60)
+            return x
+
+        def src(n):
+            return list(range(n))
+
+        p = task(src, branch=True) | task(hang, workers=2, timeout=0.2, on_error="skip")
+        print(sorted(p(4)), flush=True)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 2, 3]"
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.timeout(60)
+def test_interpreter_exits_after_a_break_with_a_stuck_call() -> None:
+    script = textwrap.dedent(
+        """
+        import time, threading
+        from pyper import task
+        started = threading.Event()
+
+        def hang(x):
+            if x == 1:
+                started.set()
+                time.sleep(60)
+            return x
+
+        def src(n):
+            return list(range(n))
+
+        p = task(src, branch=True) | task(hang, timeout=5, on_error="skip")
+        for x in p(4):
+            started.wait(5)
+            break
+        print("done", flush=True)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "done"
+    assert time.monotonic() - start < 10
+
+
+# ------------------------------------------------------------------------------------------
+# nested pipelines
+
+
+@pytest.mark.timeout(30)
+def test_nested_pipeline_in_a_timed_call() -> None:
+    inner = task(lambda n: list(range(n)), branch=True) | task(lambda x: x * 2, workers=2)
+
+    def call(x: int) -> int:
+        if x == 3:
+            time.sleep(1.0)
+        return sum(inner(x))
+
+    p = numbers() | task(call, workers=2, timeout=0.3, on_error="skip")
+    assert sorted(p(6)) == sorted(sum(2 * i for i in range(x)) for x in range(6) if x != 3)
+
+
+# ------------------------------------------------------------------------------------------
+# workers=(lo, hi)
+
+
+@pytest.mark.timeout(30)
+def test_adaptive_workers_with_timeout() -> None:
+    p = numbers() | task(slow_on_3, workers=(1, 4), timeout=0.3, on_error="skip")
+    assert sorted(p(50)) == [x for x in range(50) if x != 3]
+
+
+# ------------------------------------------------------------------------------------------
+# deadline races
+
+
+@pytest.mark.timeout(120)
+def test_calls_ending_at_their_deadline_each_give_one_outcome() -> None:
+    """Calls that take about their timeout: each item is an output or a TimeoutError, once."""
+    seconds = 0.02
+    handled: list[int] = []
+
+    def near(x: int) -> int:
+        time.sleep(seconds * (0.9 + 0.2 * ((x * 7919) % 11) / 10))
+        return x
+
+    def handler(x: int, exc: BaseException) -> Any:
+        assert isinstance(exc, TimeoutError), exc
+        handled.append(x)
+        return None
+
+    for _ in range(3):
+        handled.clear()
+        p = numbers() | task(near, workers=4, timeout=seconds, on_error=handler)
+        out = list(p(200))
+        assert sorted(out + handled) == list(range(200))
+        time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------------------
+# interpreter exit with a call in flight (not past its deadline)
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pyper import task
+
+    class R:
+        def __enter__(self): return self
+        def __exit__(self, *a): print("exited", flush=True)
+
+    def call(r, x):
+        time.sleep(0.5)
+        print("done", x, flush=True)
+        return x
+
+    timeout = None if sys.argv[1] == "none" else float(sys.argv[1])
+    p = task(lambda n: list(range(n)), branch=True) | task(call, setup=R, timeout=timeout)
+    for x in p(3):
+        break
+    print("left", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", ["none", "5"])
+def test_exit_after_a_break_lets_the_call_in_flight_return_and_exits_its_resource(timeout: str) -> None:
+    """README: "the program exits once calls in flight return" (daemon=False, the default);
+    a setup= resource is exited on every path. A call in flight well within its timeout of 5 s
+    is no call given up: exit should treat it as it does without timeout=."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, timeout], capture_output=True, text=True,
+                          timeout=30, env=env)
+    lines = done.stdout.split()
+    assert done.returncode == 0, done.stderr
+    assert "exited" in lines, done.stdout  # the resource's __exit__ ran
+    assert "1" in lines, done.stdout  # "done 1": the call in flight returned
+
+
+# ------------------------------------------------------------------------------------------
+# other shapes
+
+
+@pytest.mark.timeout(30)
+def test_sync_timed_stage_in_an_async_pipeline() -> None:
+    from conftest import acollect, run_async
+
+    async def asrc(n: int) -> Any:
+        for i in range(n):
+            yield i
+
+    p = task(asrc, branch=True) | task(slow_on_3, workers=3, timeout=0.3, on_error="skip")
+    assert sorted(run_async(acollect(p(8)))) == [0, 1, 2, 4, 5, 6, 7]
+
+
+@pytest.mark.timeout(30)
+def test_unpack_with_timeout() -> None:
+    def add(a: int, b: int) -> int:
+        time.sleep(1.0 if a == 3 else 0.001)
+        return a + b
+
+    p = task(lambda n: [(i, i) for i in range(n)], branch=True) | task(add, unpack=True, timeout=0.3,
+                                                                        on_error="skip")
+    assert list(p(5)) == [0, 2, 4, 8]
+
+
+@pytest.mark.timeout(60)
+def test_one_watchdog_thread_per_stage_with_adaptive_workers() -> None:
+    """README: "one watchdog thread per stage"."""
+    peak = [0]
+
+    def call(x: int) -> int:
+        ours = [t for t in threading.enumerate() if t.name.endswith(":timeouts")]
+        peak[0] = max(peak[0], len(ours))
+        time.sleep(0.005)
+        return x
+
+    p = numbers() | task(call, workers=(1, 8), timeout=5)
+    assert sorted(p(600)) == list(range(600))
+    assert peak[0] == 1, peak[0]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("seconds", [float("inf"), 1e10])
+def test_a_timeout_too_long_to_wait_for_is_refused_at_task_time(seconds: float) -> None:
+    """timeout=math.inf passed the check (> 0): the watchdog's wait(inf) raised
+    OverflowError, its thread died and the stage ran on unwatched. A timeout past a year
+    is refused where the task is made, naming it, and saying to leave it out instead."""
+    def f(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match=r"task '\S*f': timeout must be .* at most .*leave it out for no timeout"):
+        task(f, timeout=seconds)
+
+
+@pytest.mark.timeout(60)
+def test_abandoned_count_never_goes_negative(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that returns just after its deadline: its thread gives back its abandoned-call
+    slot (Abandoned.ended) before the successor has taken it (Abandoned.add), so the count
+    dips below zero and the bound lets one more abandoned call through."""
+    from pyper._policy import Abandoned
+
+    lows: list[int] = []
+    ended = Abandoned.ended
+
+    def watched_ended(self: Abandoned) -> None:
+        ended(self)
+        lows.append(self._running)
+
+    monkeypatch.setattr(Abandoned, "ended", watched_ended)
+    seconds = 0.01
+
+    def at_deadline(x: int) -> int:
+        time.sleep(seconds)
+        return x
+
+    for _ in range(5):
+        p = numbers() | task(at_deadline, workers=2, timeout=seconds, on_error="skip")
+        list(p(100))
+        if lows and min(lows) < 0:
+            break
+    assert lows, "no call was abandoned"
+    assert min(lows) >= 0, sorted(lows)[:5]
 
 
 def exit_on_3(x: int) -> int:

@@ -87,23 +87,28 @@ class Rate:
 
 class Abandoned:
     """The abandoned calls of one task (``timeout=`` on threads) still running, over all
-    its runs (guarded by ``_cond``): at most ``limit``; a worker about to abandon one more
-    waits for one to end (or for its run to be cancelled)."""
+    its runs (guarded by ``_cond``), counted as each is abandoned (``add``) and until its
+    call returns (``ended``): a worker whose call was abandoned goes on only while at most
+    ``limit`` of them run (``wait``; or once its run is cancelled)."""
 
     def __init__(self, limit: int) -> None:
         self._cond = threading.Condition()
         self._running = 0
         self._limit = limit
 
-    def add(self, run: Any) -> None:
-        """Count one more abandoned call of ``run`` (a ``Run``), waiting first while there
-        are ``limit`` of them; the run's cancellation ends the wait (its hook wakes it)."""
+    def add(self) -> None:
+        """Count one more abandoned call, as it is abandoned (never waits: the watchdog's)."""
+        with self._cond:
+            self._running += 1
+
+    def wait(self, run: Any) -> None:
+        """Wait while more than ``limit`` abandoned calls run (the worker that abandoned the
+        last one, before it goes on); the run's cancellation ends the wait (its hook)."""
         run.on_cancel(self._wake)
         try:
             with self._cond:
-                while self._running >= self._limit and not run.cancelled:
+                while self._running > self._limit and not run.cancelled:
                     self._cond.wait()
-                self._running += 1
         finally:
             run.off_cancel(self._wake)
 
@@ -117,7 +122,7 @@ class Abandoned:
     def ended(self) -> None:
         with self._cond:
             self._running -= 1
-            self._cond.notify()
+            self._cond.notify_all()  # (each waiter checks the count again: one end may free several)
 
 
 #: A worker takes at most this many turns of a rate at once, spanning at most
@@ -396,11 +401,17 @@ def _check_linger(linger: object, c: Context) -> dict[str, Any]:
     return {"linger": float(linger)}
 
 
+#: The longest ``timeout=``: a year (an infinite one, or one past what a thread's wait
+#: takes, ``threading.TIMEOUT_MAX``, is no timeout: leave it out).
+MAX_TIMEOUT = 365 * 24 * 3600.0
+
+
 def _check_timeout(timeout: object, c: Context) -> dict[str, Any]:
     if timeout is None:
         return {}
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise TypeError(f"task {c.name!r}: timeout must be a number of seconds > 0, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+        raise TypeError(f"task {c.name!r}: timeout must be a number of seconds > 0 and at most "
+                        f"{MAX_TIMEOUT:g} (a year), got {timeout!r}; leave it out for no timeout")
     if c.join or c.is_gen or c.pipeline:
         what = "a join task's one call reads the whole stream" if c.join else (
             "a generator's call returns at once and its work happens as it is iterated"

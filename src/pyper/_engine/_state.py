@@ -24,6 +24,9 @@ start
 Ray: jobs put in its object store,        ``_ray``      ``_ray._init_lock``    (not used there)       (Ray's own exit hook)
 batch sizes reached, the connection
 setup= resources alive (for the tests)    ``_policy``   ``_policy._live_lock`` kept                   -
+timeout= watchdogs of thread stages       ``_timeouts`` ``_timeouts._live_    forgotten, new lock    their calls in flight
+whose workers have not all left                         lock``                                        waited for, each up to
+                                                                                                      its deadline
 ========================================  ============  =====================  =====================  ======================
 
 Why a private hook for exit: ``atexit`` handlers run after ``threading._shutdown`` has

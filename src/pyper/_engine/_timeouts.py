@@ -35,12 +35,16 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
 from .._errors import Broken, Cancelled, attach
-from . import _threads
+from . import _state, _threads
 
 if TYPE_CHECKING:
     from ._run import Run, Stage
 
 __all__ = ["timed_async", "timeout_error", "watched"]
+
+#: How long interpreter exit waits, at most, for a timed stage's workers between calls
+#: (they leave as soon as they see the run stopped).
+DRAIN_SECONDS = 0.5
 
 #: ``bind(stack)``: the task's call on one item, its resource (if any) made and entered on
 #: ``stack`` (``_async_calls._bound``, awaited on asyncio).
@@ -145,7 +149,13 @@ def watched(run: Run, stage: Stage, count: int) -> Callable[[Run, Stage, int], N
     assert seconds is not None
     args = run.args if stage.take_args else None
     bind = functools.partial(_bound, task, args, run.kwargs)
-    watchdog = _Watchdog(run, seconds, count)
+    with _live_lock:  # one watchdog per stage: the sizer's workers join the stage's
+        watchdog = _live.get(id(stage))
+        if watchdog is None or not watchdog.join(count):
+            watchdog = _live[id(stage)] = _Watchdog(run, stage, seconds, count)
+            start = True
+        else:
+            start = False
 
     def job(run: Run, stage: Stage, index: int) -> None:
         from ._run import Worker
@@ -157,9 +167,40 @@ def watched(run: Run, stage: Stage, count: int) -> Callable[[Run, Stage, int], N
         steps.gen = cast("Generator[Any, Any, None]", run_worker(worker, work, args, run.kwargs, run.sleep, _stepped))
         _drive(steps, steps.current, contextvars.copy_context(), None, watchdog)
 
-    _threads.spawn([(watchdog.main, f"pyper:{task.name}:timeouts")], daemon=True,
-                   nonblocking=run.loop is not None, on_error=lambda exc: run.fail(exc, task), owner=run)
+    if start:
+        _threads.spawn([(watchdog.main, f"pyper:{task.name}:timeouts")], daemon=True,
+                       nonblocking=run.loop is not None, on_error=lambda exc: run.fail(exc, task), owner=run)
     return job
+
+
+#: The stages' watchdogs whose workers have not all left, by ``id`` of their stage (alive
+#: while here), guarded by ``_live_lock`` (taken before a watchdog's ``_cond``, never
+#: after): a stage's second start (the sizer's) joins its watchdog if that still watches,
+#: and interpreter exit waits for their calls in flight (``_wait_at_exit``).
+_live_lock = threading.Lock()
+_live: dict[int, _Watchdog] = {}
+
+
+def _wait_at_exit() -> None:
+    """At interpreter exit, after the runs nobody finishes were cancelled (``_run``'s exit
+    action, registered before this one): wait for each timed thread call in flight to
+    return, up to its deadline. Their threads are daemon threads (a call given up may
+    never return), so Python itself would not wait: a call within its time finishes, and
+    its ``setup=`` resource is exited, as the program's exit promises for calls in flight."""
+    with _live_lock:
+        watchdogs = list(_live.values())
+    for watchdog in watchdogs:
+        watchdog.drain()
+
+
+def _after_fork_in_child() -> None:
+    global _live_lock
+    _live_lock = threading.Lock()  # (the parent's threads, and their watchdogs, are not here)
+    _live.clear()
+
+
+_state.on_exit(_wait_at_exit)
+_state.on_fork(_after_fork_in_child)
 
 
 class _Steps:
@@ -197,16 +238,19 @@ def _drive(steps: _Steps, me: object, context: contextvars.Context, error: BaseE
     steps.context = context
     context.run(run.enter)
     stack = ExitStack()  # the resource: made, used and exited in this thread only
-    try:
-        call = context.run(steps.bind, stack)
-    except BaseException as exc:
-        _exit(stack, exc)
-        if error is None:  # the worker's first thread: its setup error is the worker's, noted
-            _finish(steps, watchdog, exc, None)
-            return
-        run.fail(exc, task)  # a successor's: the run stops with it (not the item's error)
-        error = Cancelled()
-        call = None
+    call: Callable[[Any], Any] | None = None
+    if error is not None and run.cancelled:
+        error = Cancelled()  # a successor of a stopped run: no resource, no call, the loop ends
+    else:
+        try:
+            call = context.run(steps.bind, stack)
+        except BaseException as exc:
+            _exit(stack, exc)
+            if error is None:  # the worker's first thread: its setup error is the worker's, noted
+                _finish(steps, watchdog, exc, None)
+                return
+            run.fail(exc, task)  # a successor's: the run stops with it (not the item's error)
+            error = Cancelled()
     value: Any = None
     outcome: BaseException | None = None
     while True:
@@ -280,26 +324,55 @@ class _Watchdog:
     ``_cond``'s lock (``idle`` is also read without it, by the drivers: a stale False
     only means a call the watchdog's scan sees anyway)."""
 
-    def __init__(self, run: Run, seconds: float, count: int) -> None:
-        self._run, self.seconds = run, seconds
+    def __init__(self, run: Run, stage: Stage, seconds: float, count: int) -> None:
+        self._run, self._stage, self.seconds = run, stage, seconds
         self._cond = threading.Condition()
         self._steps: list[_Steps] = []
         self._left = count  # workers that have not left yet
         self._stopped = False
+        self._ended = False  # ``main`` is done: no worker joins any more
         self.idle = False
         run.on_cancel(self.stop)
+
+    def join(self, count: int) -> bool:
+        """``count`` more workers of the stage (the sizer's): False if it has ended."""
+        with self._cond:
+            if self._ended:
+                return False
+            self._left += count
+            return True
+
+    def drain(self) -> None:
+        """Wait until the stage's workers have left, or for at most the deadline of the last
+        call in flight (a moment if none is: workers between calls see the run stopped)."""
+        with self._cond:
+            while self._left:
+                now = perf_counter()
+                deadlines = [s.started + self.seconds for s in self._steps if s.started is not None]
+                until = max(deadlines) if deadlines else now + DRAIN_SECONDS
+                if until <= now:
+                    return
+                self._cond.wait(min(until - now, threading.TIMEOUT_MAX))
 
     def add(self, steps: _Steps) -> None:
         with self._cond:
             self._steps.append(steps)
 
     def done(self, steps: _Steps) -> None:
+        """A worker left (its last thread's resource exited). The last one takes the
+        watchdog out of ``_live`` (not under ``_cond``: ``watched`` takes the locks the
+        other way round)."""
         with self._cond:
             if steps in self._steps:
                 self._steps.remove(steps)
             self._left -= 1
-            if not self._left:
-                self._cond.notify()
+            last = not self._left
+            if last:
+                self._cond.notify_all()
+        if last:
+            with _live_lock:
+                if _live.get(id(self._stage)) is self:
+                    del _live[id(self._stage)]
 
     def wake(self) -> None:
         with self._cond:
@@ -314,28 +387,35 @@ class _Watchdog:
     def main(self) -> None:
         run, seconds = self._run, self.seconds
         try:
-            with self._cond:
-                while self._left and not self._stopped:
-                    self.idle = True
-                    now = perf_counter()
-                    due: float | None = None
-                    late = []
-                    for steps in self._steps:
-                        started = steps.started
-                        if started is None:
-                            continue
-                        if started + seconds <= now:
-                            late.append((steps, started))
-                        elif due is None or started + seconds < due:
-                            due = started + seconds
-                    if late or due is not None:
-                        self.idle = False
-                    for steps, started in late:
-                        self._abandon(steps, started)
-                    if not late:
-                        self._cond.wait(None if due is None else due - now)
+            self._watch(run, seconds)
+        except BaseException as exc:  # (never expected: the stage would go unwatched)
+            run.fail(exc, self._stage.task)
         finally:
+            with self._cond:
+                self._ended = True  # (it stays in _live while workers are left: see drain)
             run.off_cancel(self.stop)
+
+    def _watch(self, run: Run, seconds: float) -> None:
+        with self._cond:
+            while self._left and not self._stopped:
+                self.idle = True
+                now = perf_counter()
+                due: float | None = None
+                late = []
+                for steps in self._steps:
+                    started = steps.started
+                    if started is None:
+                        continue
+                    if started + seconds <= now:
+                        late.append((steps, started))
+                    elif due is None or started + seconds < due:
+                        due = started + seconds
+                if late or due is not None:
+                    self.idle = False
+                for steps, started in late:
+                    self._abandon(steps, started)
+                if not late:
+                    self._cond.wait(None if due is None else min(due - now, threading.TIMEOUT_MAX))
 
     def _abandon(self, steps: _Steps, started: float) -> None:
         """Give up the call of ``steps`` that started at ``started``, if it is still in
@@ -349,8 +429,10 @@ class _Watchdog:
         run, stage = self._run, steps.stage
         task = stage.task
 
+        task.policy.abandoned.add()  # (counted now: its thread gives it back when the call ends)
+
         def successor() -> None:
-            task.policy.abandoned.add(run)  # waits while too many abandoned calls still run
+            task.policy.abandoned.wait(run)  # while too many abandoned calls still run
             _drive(steps, me, context, timeout_error(task.name, self.seconds), self)
 
         try:
