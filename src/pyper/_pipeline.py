@@ -24,11 +24,11 @@ R = TypeVar("R")
 
 
 class _Callers:
-    """The engine's two callers (``iterate``), imported by a pipeline's first call, not by
-    ``from pyper import task``: a program pays for the engine when it runs one (and a
-    module that only builds pipelines, or a worker process that unpickles a task, never
-    does). Written once, by whichever thread calls first (two that race import the same
-    modules and write the same functions)."""
+    """The engine's two callers (``iterate``), imported as the first pipeline is made, not
+    by ``from pyper import task``: a program pays for the engine when it makes a pipeline
+    (before its first run, whose first output should not wait for an import), and a
+    worker process that unpickles a task never does. Written once, by whichever thread
+    gets here first (two that race import the same modules and write the same functions)."""
 
     __slots__ = ("sync", "asynchronous")
 
@@ -71,10 +71,14 @@ class Pipeline(Generic[P, T]):
             )
         if cls is Pipeline and any(t.is_async for t in tasks):
             cls = AsyncPipeline
+        if _callers.sync is None:
+            # Load the engine now rather than inside the first run: a program that makes a
+            # pipeline runs it, and its first output should not wait for an import (a
+            # program that only imports pyper, a worker process, never loads it).
+            _callers.load_sync()
         if cls is AsyncPipeline:
-            # Load the asyncio executor (and asyncio) now rather than inside the first run:
-            # a program that makes an async pipeline runs it, and its first output should
-            # not wait for an import. Sync-only programs never get here.
+            # The asyncio executor (and asyncio) too, for the same reason. Sync-only
+            # programs never get here.
             from ._engine import _async  # noqa: F401
         self = object.__new__(cls)
         object.__setattr__(self, "_tasks", tasks)
