@@ -1485,6 +1485,33 @@ def test_sync_pipeline_iterated_from_several_threads_in_turn() -> None:
     assert sorted(out) == [2 * i + 1 for i in range(100)]
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("plain", [True, False])
+def test_a_batch_taken_is_shareable_before_its_receiver_goes_on(plain: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receiver that finds a closed channel empty while a sibling holds a batch it has not
+    started takes a share of it, not the end of the stream: the claim is shown in the same
+    step as the take. (It was shown a step later: in between, the sibling saw the end and
+    left, and the batch's items waited behind the first call; the 40-worker test below
+    deadlocked about one run in ten.) And the run's cancellation empties a claim of either
+    kind (a free-threaded build's is a deque, which emptying the batch did not empty)."""
+    import pyper._channel._sharing
+    from pyper._channel import Held
+
+    monkeypatch.setattr(pyper._channel._sharing, "PLAIN_CLAIMS", plain)  # list iterators, or Claims
+    ch = Channel(capacity=8, senders=1, receivers=2)
+    ch.put([1, 2, 3, 4])
+    ch.close_send()
+    first, second = Held(shares=True), Held(shares=True)
+    assert ch.get(4, first) == [1, 2, 3, 4]
+    share = ch.get(4, second)  # before ``first`` has started any of its items
+    assert share == [1, 2]  # half of what it had not started
+    assert second.items is not None and list(second.items) == [1, 2]
+    assert first.items is not None and next(first.items) == 3
+    first()  # the run's cancellation: no further item from the claim
+    assert list(first.items) == []
+    assert ch.get(4, second) is None  # and then the end
+
+
 @pytest.mark.timeout(15)
 @pytest.mark.parametrize("kind", ["sync", "async_threads"])
 def test_no_pool_cap_many_workers_truly_concurrent(kind: str) -> None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from .._errors import Broken, Cancelled
@@ -53,29 +54,56 @@ from . import _pacing
 from ._pacing import MAX_CAPACITY
 from ._retiring import Retiring
 from . import _sharing
-from ._sharing import Sharing
+from ._sharing import Claim, Sharing, claim
 from ._waiters import STOPPED, WAIT, AsyncWaiter, ThreadWaiter
 
 __all__ = ["Channel", "Held"]
 
 
 class Held:
-    """Where a receiver keeps the batch it works through: ``get(n, held)`` puts each batch
-    it takes there, under the channel's lock, and calling it (a hook of the run's
-    cancellation) empties that batch, so the receiver's ``for`` over it ends and no further
-    call starts. Set under the lock, a batch taken is always there by the time the
-    channel's own ``cancel`` returns (no later get succeeds): the hook, which runs after the
-    channels are cancelled, empties the last one. Written by the receiver's gets, emptied
-    by the hook (``list.clear`` is one operation: atomic under the GIL, and a list locks
-    itself per operation without it)."""
+    """A receiver's hand: the batch it works through and its iterator over that batch.
 
-    __slots__ = ("batch",)
+    ``get(n, held)`` puts each batch it takes here under the channel's lock (``take``),
+    and for a receiver that shares (``shares``: one of several workers, unordered) makes
+    the iterator a claim its idle siblings may take from, shown to the channel in that same
+    step (``_sharing``): a sibling that finds the channel empty sees the items there or in
+    this claim, never in neither, and so never takes the end of the stream for real while
+    they wait behind this receiver's call.
 
-    def __init__(self) -> None:
+    Calling it (a hook of the run's cancellation) empties the batch and the claim, so the
+    receiver's ``for`` ends and no further call starts. Taken under the lock, a batch is
+    always here by the time the channel's own ``cancel`` returns (no later get succeeds):
+    the hook, which runs after the channels are cancelled, empties the last one.
+
+    Written by the receiver's gets under the channel's lock (a sibling's steal advances
+    ``items`` under that lock too), emptied by the hook without it: ``list.clear`` and
+    ``Claim.clear`` are one operation each (atomic under the GIL, and a list or deque
+    locks itself per operation without it)."""
+
+    __slots__ = ("batch", "items", "shares")
+
+    def __init__(self, shares: bool = False) -> None:
         self.batch: list[Any] = []
+        self.items: Iterator[Any] | None = None  # None: nothing in hand
+        self.shares = shares
 
     def __call__(self) -> None:
         self.batch.clear()
+        items = self.items
+        if type(items) is Claim:
+            items.clear()
+
+    def take(self, channel: Channel, got: list[Any] | tuple[int, list[Any]]) -> None:
+        """``got`` (a batch, or a numbered one) is now in hand (called with the lock held)."""
+        self.batch = batch = got if type(got) is list else got[1]
+        if self.shares and len(batch) > 1 and not channel._sequenced:
+            self.items = claim(batch)
+            sharing = channel._sharing
+            if sharing is None:
+                sharing = channel._sharing = Sharing(channel)
+            sharing.share(self)
+        else:
+            self.items = iter(batch)
 
 
 class Channel:
@@ -171,23 +199,20 @@ class Channel:
                 assert self._order is not None
                 self._order.show(seq, box)
 
-    def share(self, slot: list[Any]) -> None:
-        """A receiver holds an iterator over a multi-item batch in ``slot``: an idle
-        sibling may take half of what it has not started (``_sharing``)."""
-        if not self._sequenced:
-            with self._lock:
-                if self._sharing is None:
-                    self._sharing = Sharing(self)
-                self._sharing.share(slot)
+    def hold(self, held: Held, batch: list[Any]) -> None:
+        """``batch``, taken some other way (a relay's remote side), is now in ``held``
+        (``Held.take``, under the lock)."""
+        with self._lock:
+            held.take(self, batch)
 
     def wake_idle(self, claimed: Any) -> None:
         """A receiver about to start its next item sees a sibling parked: it hands back
         half of the items left in ``claimed`` (``_sharing``)."""
         _sharing.wake_idle(self, claimed)
 
-    def give_back(self, slot: list[Any]) -> None:
+    def give_back(self, held: Held) -> None:
         """A receiver leaving early returns the items it took but did not start."""
-        _sharing.give_back(self, slot)
+        _sharing.give_back(self, held)
 
     def settle(self, count: int) -> None:
         """A receiver of a lending channel has read ``count`` of the items it took: they

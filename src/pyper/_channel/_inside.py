@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import Any, Protocol
 
-__all__ = ["Inside"]
+__all__ = ["Hand", "Inside"]
 
 
 class Inside(Protocol):
@@ -33,3 +34,9 @@ class Inside(Protocol):
     def wake_getter(self) -> None: ...
 
     def wake_putter(self) -> None: ...
+
+
+class Hand(Protocol):
+    """A receiver's hand (``_core.Held``), as ``_sharing`` sees it."""
+
+    items: Iterator[Any] | None  # the iterator over the batch in hand (a claim, if shared)

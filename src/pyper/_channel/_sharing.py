@@ -7,7 +7,8 @@ of the batches in their hands (``_core.Channel`` reaches this at a few points).
   item, no lock), and a receiver that finds the channel empty takes what is in the shown
   outboxes before it parks (``outputs``). So an output is never held back by its worker's
   next call, however slow.
-- A receiver's *claim* is the iterator over its batch (``share``). A worker that sees a
+- A receiver's *claim* is the iterator over its batch, in its hand (``_core.Held``),
+  shown here as the batch is taken (``share``, under the same lock). A worker that sees a
   sibling parked, before its next call, hands half of what it has not started back to
   the channel and wakes the sibling (``wake_idle``); and a receiver that finds nothing
   else steals half of what a sibling has claimed but not started (``steal``), even while
@@ -25,10 +26,11 @@ Lock-free accesses, and why they are safe with or without the GIL:
   does not promise that for an iterator shared between threads (an item could be taken
   twice), so there a claim that can be shared is a ``Claim``, each step of which is one
   ``deque.popleft()`` (a deque locks itself per operation). ``PLAIN_CLAIMS`` says which.
-Everything else here (``_outboxes``, ``_claims``) is guarded by the channel's lock: every
-method is called with it held (``wake_idle`` and ``give_back``, which need no state of
-their own, take it). A channel makes its ``Sharing`` as a batch is first shown or shared
-to it: a run of one-item batches makes none.
+Everything else here (``_outboxes``, ``_claims``, and a hand's ``items``) is guarded by
+the channel's lock: every method is called with it held (``wake_idle`` and
+``give_back``, which need no state of their own, take it). A channel makes its
+``Sharing`` as a batch is first shown or shared to it: a run of one-item batches makes
+none.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from operator import length_hint
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._inside import Inside
+    from ._inside import Hand, Inside
 
 __all__ = ["PLAIN_CLAIMS", "Claim", "Sharing", "claim", "give_back", "wake_idle"]
 
@@ -71,6 +73,10 @@ class Claim:
     def __length_hint__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        """No further item (the run was cancelled)."""
+        self._items.clear()
+
 
 def claim(batch: list[Any]) -> Iterator[Any]:
     """The iterator a receiver holds over ``batch``, which its siblings may share."""
@@ -87,8 +93,8 @@ class Sharing:
         # Senders' outboxes that may hold outputs between flushes, by id (shown at the start
         # of a batch that can leave outputs behind a later call, hidden by its last flush).
         self._outboxes: dict[int, list[Any]] = {}
-        # Receivers' claims on multi-item batches, by id (pruned when exhausted).
-        self._claims: dict[int, list[Iterator[Any] | None]] = {}
+        # Receivers' hands holding claims on multi-item batches, by id (pruned when exhausted).
+        self._claims: dict[int, Hand] = {}
 
     def show(self, box: list[Any]) -> None:
         self._outboxes[id(box)] = box
@@ -96,8 +102,8 @@ class Sharing:
     def hide(self, box: list[Any]) -> None:
         self._outboxes.pop(id(box), None)
 
-    def share(self, slot: list[Iterator[Any] | None]) -> None:
-        self._claims[id(slot)] = slot
+    def share(self, held: Hand) -> None:
+        self._claims[id(held)] = held
 
     def outputs(self, n: int) -> list[Any]:
         """Up to ``n`` ready outputs from the shown outboxes (taken from their fronts)."""
@@ -116,8 +122,8 @@ class Sharing:
         most ``n``)."""
         most, richest = 0, None
         spent = []
-        for key, slot in self._claims.items():
-            it = slot[0]
+        for key, held in self._claims.items():
+            it = held.items
             left = length_hint(it) if it is not None else 0
             if left > most:
                 most, richest = left, it
@@ -151,14 +157,14 @@ def wake_idle(channel: Inside, claimed: Iterator[Any]) -> None:
                 channel.wake_getter()
 
 
-def give_back(channel: Inside, slot: list[Iterator[Any] | None]) -> None:
+def give_back(channel: Inside, held: Hand) -> None:
     """A receiver leaving early returns the items it took but did not start.
 
-    The claim leaves its slot and its items enter the channel in one step under the
+    The claim leaves its hand and its items enter the channel in one step under the
     lock: a sibling looking for work sees them in one place or the other, never in
     neither (it would take the end of the stream for real, and the items be lost)."""
     with channel._lock:
-        claimed, slot[0] = slot[0], None
+        claimed, held.items = held.items, None
         items = list(claimed) if claimed is not None else []
         if items and not channel.stopped() and channel._receivers > 1:
             channel._batches.appendleft(items)

@@ -30,7 +30,7 @@ def wait(
 ) -> Any:
     """``step(*args)`` under ``channel``'s lock until it does not have to wait: its result
     (``TIMED_OUT`` if ``timeout`` seconds passed first, for a getter). A getter's batch is
-    put in ``held`` (a ``Held``) under the lock."""
+    put in ``held`` (a ``Held``: ``take``) under the lock."""
     lock = channel._lock
     deadline = None if timeout is None else perf_counter() + timeout
     parked = 0.0  # when this caller parked, if it did: counted once it goes on
@@ -56,7 +56,7 @@ def wait(
                     channel._putters.append(waiter)
             if result is not WAIT:
                 if held is not None and result is not None:
-                    held.batch = result if type(result) is list else result[1]
+                    held.take(channel, result)
                 return result
         parked = perf_counter()
         try:

@@ -346,7 +346,7 @@ def _join(worker: Worker, remote: Remote) -> None:
         if kind == "done":
             worker.read += len(batch) - len(left)
             if left:  # it returned early: what it did not read goes back to its siblings
-                worker.claim[0] = iter(left)  # (Worker.leave gives the claim back)
+                worker.hand.items = iter(left)  # (Worker.leave gives the claim back)
             break
         if kind == "need":
             worker.read += len(batch)  # it asks for more: it read all it was fed

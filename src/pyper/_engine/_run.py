@@ -43,7 +43,6 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._channel import MAX_CAPACITY, PACE_SECONDS, Channel, Held
-from .._channel._sharing import claim
 from .._errors import Broken, Cancelled, add_note, attach, short_repr
 from .._policy import DROPPED
 from .._spec import Task, stage_call
@@ -388,11 +387,12 @@ class Run:
 
     # -- lifecycle -------------------------------------------------------------
 
-    def held(self) -> Held:
-        """Where a worker (or the caller) keeps the batch it works through: its channel's
-        gets put each batch there, and the run's cancellation empties it (one hook for
-        all of them, ``_empty_held``; see ``Held``)."""
-        held = Held()
+    def held(self, held: Held | None = None) -> Held:
+        """Where a worker (``held``, its hand) or the caller keeps the batch it works
+        through: its channel's gets put each batch there, and the run's cancellation
+        empties it (one hook for all of them, ``_empty_held``; see ``Held``)."""
+        if held is None:
+            held = Held()
         self.helds.append(held)  # (one list.append: atomic, see ``helds``)
         return held
 
@@ -749,13 +749,13 @@ class Worker:
     """One stage worker's state, for whichever executor runs it.
 
     Owned by the worker's thread or task. Others touch it only through what it
-    registered: its batch in hand (``holding``: emptied by the run's cancellation),
-    ``claim`` and ``box`` (read by the channels under their locks, while shown to
-    them: see ``begin``).
+    registered: its ``hand`` (the batch in hand: emptied by the run's cancellation,
+    ``holding``; its claim shared with siblings under the input's lock, ``Held``) and
+    ``box`` (read by the channels under their locks, while shown to them: ``begin``).
     """
 
     __slots__ = (
-        "run", "stage", "ordered", "claim", "box", "seq", "size", "idle", "shows", "shares",
+        "run", "stage", "ordered", "hand", "box", "seq", "size", "idle", "shows", "shares",
         "item", "call", "drops", "read", "born", "gone", "retries", "skips", "handled", "raised", "refs_in", "refs_out",
         "cpu_clock", "cpu", "cpu_base",
     )
@@ -765,7 +765,6 @@ class Worker:
         self.stage = stage
         task = stage.task
         self.ordered = task.ordered and task.most > 1  # input numbered, output reordered
-        self.claim: list[Iterator[Any] | None] = [None]  # the iterator over the batch in hand
         self.box: list[Any] = []  # outputs not yet flushed
         self.seq = 0  # sequence number of the batch in hand, when ordered
         self.size = 0  # items in the batch in hand, as taken
@@ -773,6 +772,8 @@ class Worker:
         # take a share of this worker's batch; not when order must be kept).
         self.shares = task.most > 1 and not self.ordered
         self.idle: Sized = stage.inp.getters if self.shares else ()
+        # The batch in hand and the iterator over it (a claim, when siblings may share it).
+        self.hand = Held(self.shares)
         # A branching or joining call may leave outputs in the box while it computes the
         # next one, whatever the batch size; a map worker, only in a multi-item batch.
         self.shows = stage.branch or task.join
@@ -850,8 +851,8 @@ class Worker:
     def holding(self) -> Held:
         """Where this worker's loop keeps the batch it calls the function on: given to its
         input's gets, emptied by the run's cancellation (so the loop starts no new call). A
-        relay has none: the run's cancellation stops its remote calls its own way."""
-        return self.run.held()
+        relay does not give it to the run: its cancellation stops remote calls its own way."""
+        return self.run.held(self.hand)
 
     def begin(self, got: Any) -> Iterator[Any] | None:
         """Start on what ``get``/``get_seq`` returned: an iterator over the batch,
@@ -863,15 +864,12 @@ class Worker:
         else:
             batch = got
         self.size = size = len(batch)
-        if size > 1 and self.shares:  # siblings may take from it: a claim (``_sharing``)
-            items: Iterator[Any] = claim(batch)
-            self.claim[0] = items
-            self.stage.inp.share(self.claim)
-        else:
-            self.claim[0] = items = iter(batch)
+        hand = self.hand
+        if hand.batch is not batch:  # taken without the hand (from a relay's remote side)
+            self.stage.inp.hold(hand, batch)
         if size > 1 or self.shows:
             self.stage.out.show(self.box, self.seq if self.ordered else None)
-        return items
+        return hand.items
 
     def settle(self) -> None:
         """A join call is about to take more (or has ended): what it read of its input so
@@ -903,8 +901,8 @@ class Worker:
             self.settle()
             if exc is None:
                 # A join function returned early: what it took but did not read is not its.
-                self.stage.inp.give_back(self.claim)
-        self.claim[0] = None
+                self.stage.inp.give_back(self.hand)
+        self.hand.items = None
         self.stage.inp.close_receive()
         self.stage.out.close_send()
         self.run.worker_left()
