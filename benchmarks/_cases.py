@@ -71,6 +71,39 @@ async def plain_async_chain(n: int) -> int:
     return total
 
 
+async def batched_async_chain(n: int) -> int:
+    """The least an engine that hands items between stages in batches does per item, with
+    no concurrency at all: batches of 1024, each stage a ``for`` over a list appending to
+    the next, one async generator to the consumer (issue 21: the async chain's floor)."""
+
+    async def stages(n: int) -> Any:
+        source = aproduce(n)
+        while True:
+            first: list[Any] = []
+            append = first.append
+            async for x in source:
+                append(x)
+                if len(first) == 1024:
+                    break
+            if not first:
+                return
+            second: list[Any] = []
+            append = second.append
+            for x in first:
+                append(await ainc(x))
+            third: list[Any] = []
+            append = third.append
+            for x in second:
+                append(await adbl(x))
+            for x in third:
+                yield x
+
+    total = 0
+    async for x in stages(n):
+        total += x
+    return total
+
+
 _STOP = object()
 
 
@@ -142,6 +175,11 @@ def plain(n: int, reps: int) -> list[float]:
 @contender
 def plain_async(n: int, reps: int) -> list[float]:
     return time_async_sum(plain_async_chain, n, reps)
+
+
+@contender
+def batched_async(n: int, reps: int) -> list[float]:
+    return time_async_sum(batched_async_chain, n, reps)
 
 
 @contender

@@ -181,6 +181,7 @@ def build_cases(quick: bool, skip_ours: str | None, skip_original: str | None) -
              reference="plain generator chain")
     add(c, "plain generator chain", "baseline", [*ours, "plain", str(n), "10"], 60)
     add(c, "plain async generator chain", "reference", [*ours, "plain_async", str(n), "5"], 60)
+    add(c, "hand-written async batches, a list per stage", "reference", [*ours, "batched_async", str(n), "5"], 60)
     add(c, "hand-written threads + queue.Queue", "reference", [*ours, "threads_queue", str(n), "1"], 120)
     add(c, "hand-written asyncio.Queue", "reference", [*ours, "asyncio_queue", str(n), "1"], 120)
     shapes = [

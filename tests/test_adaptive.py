@@ -134,6 +134,22 @@ def test_gil_bound_threads_do_not_grow_past_what_pays() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_computing_stage_with_a_backlog_grows_one_verdict_at_a_time() -> None:
+    """A stage of threads that computes takes no growth on faith, even with a backlog that
+    would keep 16 workers busy: it doubles, and waits for the verdict (here: no gain) before
+    it grows again. It took on the whole backlog at once (16 threads contending for the GIL)."""
+    p = task(source) | task(spin, workers=(1, 16))
+    most = 0
+    with observe() as seen:
+        out = []
+        for x in p(600):
+            out.append(x)
+            most = max(most, stage("spin", seen.last.stages).size)
+    assert sorted(out) == list(range(600))
+    assert most <= 8, seen.last.summary()
+
+
+@pytest.mark.timeout(60)
 def test_a_stage_whose_calls_get_slower_gains_workers() -> None:
     """Items come every millisecond; calls take 2 ms for 0.6 s (a few workers keep up), then
     40 ms (it takes about 40): the stage grows when they slow down."""

@@ -10,7 +10,12 @@ run, a task on the run's loop for an async one) looks at each such stage every
   starting, for ``PRESSURE_TICKS`` ticks in a row. It doubles (``lo`` to ``hi`` in a few
   ticks, so a short run is not spent ramping up) until it has retired a worker or a
   growth failed; from then on it adds a quarter per trial, and doubles again after a
-  growth that paid nearly in full or once its calls got slower.
+  growth that paid nearly in full or once its calls got slower. Ramping takes growth on
+  faith only for calls that wait: a stage of threads that computes (its threads together
+  used at least ``COMPUTING`` of a core since the last look) doubles and waits for each
+  growth's verdict before the next, since its calls may contend for the GIL (a stage of
+  1 ms of pure Python was grown to 64 threads before the first verdict came). Its
+  threads' share each is no guide: n threads that contend for the GIL each get 1/n.
 - **judge each growth** (a *trial*): once the workers added have each had time for a few
   calls, the rate of the stage's outputs must have risen by at least ``GAIN`` of what the
   added workers would ideally give. If it did not (calls contend for the GIL, a lock, a
@@ -64,6 +69,9 @@ GAIN = 0.25
 SLOWER = 0.6
 #: The longest a trial waits for enough calls before it is judged on what it has.
 TRIAL_SECONDS = 1.0
+#: A stage whose threads together use at least this many cores computes: its growths
+#: are judged one at a time, even while ramping.
+COMPUTING = 0.5
 
 
 class _Sized:
@@ -92,6 +100,9 @@ class _Sized:
         # The workers the stage runs: those started, less those asked to retire (a request
         # no worker has taken yet is taken back before a growth: ``Channel.unretire``).
         self.live = stage.size
+        # When the sizer last looked at the CPU seconds its threads had used, and those
+        # (``computing``: a look on every tick under pressure).
+        self.cpu_seen = (perf_counter(), 0.0)
 
     def starting(self) -> int:
         """Workers started that have not yet taken their first batch (looking only at those
@@ -103,6 +114,21 @@ class _Sized:
             self.ready += 1
         unready = sum(1 for w in workers[self.ready:count] if not (w.size or w.gone))
         return stage.started - count + unready
+
+    def computing(self, now: float) -> bool:
+        """Whether the stage computes rather than waits: the cores its threads used since
+        the last look (False for workers whose CPU is not measured: tasks on a loop,
+        processes, Ray)."""
+        total = 0.0
+        for worker in self.stage.workers:
+            seconds = worker.cpu_seconds()
+            if seconds is None:
+                return False
+            total += seconds
+        seen, self.cpu_seen = self.cpu_seen, (now, total)
+        if now <= seen[0]:
+            return False
+        return total - seen[1] >= COMPUTING * (now - seen[0])
 
     def rate(self, since: float, now: float, done: int) -> float | None:
         """Outputs per second from ``since`` to now (``done`` made by now), from the samples."""
@@ -147,7 +173,10 @@ class _Sized:
                 # Its calls got slower since: the ceiling no longer holds, and it ramps up again.
                 self.cool_until, self.ramping = 0.0, True
         ceiling = self.ceiling if now < self.cool_until else self.hi
-        judging = self.trial is not None and not self.ramping  # one step per trial, once settled
+        # One step per trial once settled, or while ramping a stage whose calls compute;
+        # and those double, rather than take on at once what waits.
+        computes = self.pressure > 0 and self.computing(now)
+        judging = self.trial is not None and (not self.ramping or computes)
         if self.pressure >= PRESSURE_TICKS and live < ceiling and starting <= idle and not judging:
             live += inp.unretire()  # first, keep the workers asked to retire that are still here
             if self.retired_at and now - self.retired_at < 3 * self.idle_wait:
@@ -159,7 +188,7 @@ class _Sized:
             unknown = rate is None if new_trial else self.trial is not None and self.trial[2] is None
             if not self.ramping:
                 step = max(1, live // 4)
-            elif unknown:
+            elif unknown or computes:
                 step = live  # double, until a rate tells whether workers pay
             else:
                 step = max(live, queued)  # take on at once what waits (each worker takes an item)

@@ -28,8 +28,8 @@ def start(run: Run, stage: Stage, workers: range) -> None:
 def _job(run: Run, stage: Stage, index: int) -> None:
     run.enter()
     worker = Worker(run, stage)
-    if run.observed:  # (observe()'s advice weighs it; unobserved runs pay nothing)
-        worker.measure_cpu()
+    if run.observed or stage.task.adaptive:  # (observe()'s advice and the sizer weigh it;
+        worker.measure_cpu()  # other runs pay nothing)
     error: BaseException | None = None
     try:
         if stage.task.policy.any:
