@@ -5,8 +5,9 @@
 
 The public names are re-exported here from private modules: ``_task`` (``task``),
 ``_pipeline`` (``Pipeline``, ``AsyncPipeline``), ``_policy`` (``Emit``, for ``on_error``
-handlers, and ``Rate``), ``_gather`` (``gather``), ``_metrics`` (``observe``), ``_progress`` (``progress``),
-``_start_method`` (``set_start_method``) and ``_errors``.
+handlers, ``Rate`` and ``Budget``), ``_failures`` (``DeadLetter``), ``_letters`` (``replay``), ``_gather``
+(``gather``), ``_metrics`` (``observe``), ``_progress`` (``progress``), ``_start_method``
+(``set_start_method``) and ``_errors``.
 
 Each is imported when first used (a module ``__getattr__``): a worker process, which
 imports pyper's modules only to run its calls (``_engine._child``, ``_serve``), loads no
@@ -19,11 +20,13 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._errors import PipelineSetupError, WorkerProcessDied
+    from ._errors import PipelineSetupError, TooManyFailures, WorkerProcessDied
     from ._gather import gather
+    from ._failures import DeadLetter
+    from ._letters import replay
     from ._metrics import RunMetrics, StageMetrics, observe
     from ._pipeline import AsyncPipeline, Pipeline
-    from ._policy import Emit, Rate
+    from ._policy import Budget, Emit, Rate
     from ._progress import progress
     from ._start_method import set_start_method
     from ._task import task
@@ -32,13 +35,15 @@ if TYPE_CHECKING:
 __version__ = "0.5.0"
 
 __all__ = [
-    "AsyncPipeline", "Emit", "Pipeline", "PipelineSetupError", "Rate", "RunMetrics", "StageMetrics",
-    "WorkerProcessDied", "gather", "observe", "progress", "set_start_method", "task", "__version__",
+    "AsyncPipeline", "Budget", "DeadLetter", "Emit", "Pipeline", "PipelineSetupError", "Rate", "RunMetrics",
+    "StageMetrics", "TooManyFailures", "WorkerProcessDied", "gather", "observe", "progress", "replay",
+    "set_start_method", "task", "__version__",
 ]
 
 #: Where each public name lives.
 _HOMES = {
     "AsyncPipeline": "._pipeline", "Pipeline": "._pipeline", "Emit": "._policy", "Rate": "._policy",
+    "Budget": "._policy", "DeadLetter": "._failures", "replay": "._letters", "TooManyFailures": "._errors",
     "PipelineSetupError": "._errors", "WorkerProcessDied": "._errors", "RunMetrics": "._metrics",
     "StageMetrics": "._metrics", "observe": "._metrics", "gather": "._gather", "progress": "._progress",
     "set_start_method": "._start_method", "task": "._task",

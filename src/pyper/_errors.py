@@ -3,6 +3,7 @@
     Exception
      +-- PipelineSetupError(ValueError, RuntimeError)  a pipeline that cannot run as built
      +-- WorkerProcessDied(RuntimeError)  a worker process of a process stage died
+     +-- TooManyFailures     a task's failed items went past its budget (max_failures=)
      +-- RemoteTraceback     the traceback of an error raised in a worker process,
      |                       attached to it as its ``__cause__``
      +-- Cancelled           internal: the run stopped (never reaches a caller as itself,
@@ -18,11 +19,17 @@ whose ``__str__`` raises, keeps its own identity and message.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 __all__ = [
     "Broken",
     "Cancelled",
     "PipelineSetupError",
     "RemoteTraceback",
+    "TooManyFailures",
     "WorkerProcessDied",
     "add_note",
     "attach",
@@ -44,6 +51,32 @@ class WorkerProcessDied(RuntimeError):
     """A worker process of a process stage (``multiprocess=True``) died: killed, out of
     memory, crashed, or it called ``os._exit``. The message names the task and the exit
     code or signal."""
+
+
+class TooManyFailures(Exception):
+    """A task's failed items went past its error budget (``max_failures=``): the run
+    stopped. ``task`` names it, ``failed`` of the ``seen`` items it had taken failed,
+    ``budget`` is its ``pyper.Budget``, and ``failures`` holds every failure as a
+    ``pyper.DeadLetter`` (the first few are also in the notes). Its ``__cause__`` is the
+    error that broke the budget."""
+
+    def __init__(self, task: str, failed: int, seen: int, budget: object, failures: Sequence[object],
+                 shown: int = 5) -> None:
+        super().__init__(f"task {task!r} failed on {failed} of {seen} items it took, past its budget "
+                         f"(max_failures={budget})")
+        self.task = task
+        self.failed = failed
+        self.seen = seen
+        self.budget = budget
+        self.failures = failures
+        for letter in failures[:shown]:
+            add_note(self, f"pyper: failed on item {short_repr(getattr(letter, 'item', None))}: "
+                           f"{getattr(letter, 'type', '?')}: {getattr(letter, 'message', '')}")
+        if len(failures) > shown:
+            add_note(self, f"pyper: and {len(failures) - shown} more (all in .failures)")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.failed, self.seen, self.budget, self.failures, 0), self.__dict__)
 
 
 class RemoteTraceback(Exception):

@@ -1,5 +1,6 @@
 """The per-call options of a task: ``setup=``, ``retries=`` (with ``retry_on=`` and
-``backoff=``), ``on_error=`` and ``unpack=``; validated here, once, at ``task(...)`` time.
+``backoff=``), ``on_error=`` (with ``max_failures=`` and ``dead_letters=``), ``unpack=``,
+``rate=``, ``batch=``, ``timeout=``; validated here, once, at ``task(...)`` time.
 
 The engine applies them per worker (``_engine/_async_calls.py`` and its generated sync
 twin): a task that sets none of them runs exactly as before, with nothing added to its
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +21,8 @@ from typing import Any, Generic, Literal, NamedTuple, TypeVar
 from ._spec import Kind, Policy, classify, no_policy
 
 __all__ = [
-    "DROPPED", "MAX_BACKOFF", "OPTIONS", "Abandoned", "Context", "Emit", "Limiter", "OnError", "Option", "Rate",
+    "DROPPED", "MAX_BACKOFF", "OPTIONS", "Abandoned", "Budget", "Context", "Emit", "Limiter", "OnError", "Option",
+    "Rate",
     "check_policy", "delay", "forget", "live_resources", "remember", "where",
 ]
 
@@ -83,6 +86,55 @@ class Rate:
 
     def __hash__(self) -> int:
         return hash((self.calls, self.per, self.burst))
+
+
+class Budget:
+    """``max_failures=Budget(count=100, fraction=0.01, after=1000)``: how many of a task's
+    items may fail in a run (skipped by ``on_error="skip"`` or handed to a handler) before
+    the run stops with ``pyper.TooManyFailures``: at most ``count``, and at most
+    ``fraction`` of the items the task has taken so far, judged once it has taken
+    ``after``. ``max_failures=100`` is ``Budget(count=100)``, ``max_failures=0.01``
+    ``Budget(fraction=0.01)``."""
+
+    __slots__ = ("count", "fraction", "after")
+
+    def __init__(self, count: int | None = None, fraction: float | None = None, after: int = 100) -> None:
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise ValueError(f"Budget: count must be an int >= 0 (the failures allowed), got {count!r}")
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                     or not 0 <= fraction < 1):
+            raise ValueError(f"Budget: fraction must be a number >= 0 and < 1 (the share of the items "
+                             f"taken that may fail), got {fraction!r}")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 1:
+            raise ValueError(f"Budget: after must be an int >= 1 (the items taken before a fraction "
+                             f"is judged), got {after!r}")
+        if count is None and fraction is None:
+            raise ValueError("Budget: give count=, fraction= or both")
+        self.count, self.fraction, self.after = count, fraction, after
+
+    def exceeded(self, failed: int, seen: int) -> bool:
+        """Whether ``failed`` of ``seen`` items taken is past the budget."""
+        if self.count is not None and failed > self.count:
+            return True
+        return self.fraction is not None and seen >= self.after and failed > self.fraction * seen
+
+    def __repr__(self) -> str:
+        given = [f"{k}={v!r}" for k, v in (("count", self.count), ("fraction", self.fraction)) if v is not None]
+        if self.fraction is not None:
+            given.append(f"after={self.after!r}")
+        return f"Budget({', '.join(given)})"
+
+    def __str__(self) -> str:
+        if self.fraction is None:
+            return str(self.count)
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Budget) and (other.count, other.fraction, other.after) == (
+            self.count, self.fraction, self.after)
+
+    def __hash__(self) -> int:
+        return hash((self.count, self.fraction, self.after))
 
 
 class Abandoned:
@@ -421,6 +473,37 @@ def _check_timeout(timeout: object, c: Context) -> dict[str, Any]:
     return {"timeout": float(timeout), "abandoned": Abandoned(c.workers)}
 
 
+def _check_max_failures(max_failures: object, c: Context) -> dict[str, Any]:
+    if max_failures is None:
+        return {}
+    if isinstance(max_failures, Budget):
+        return {"max_failures": max_failures}
+    if isinstance(max_failures, bool) or not isinstance(max_failures, (int, float)):
+        raise TypeError(f"task {c.name!r}: max_failures must be an int (the failed items allowed), "
+                        f"a float below 1 (their share of the items taken) or a pyper.Budget, "
+                        f"got {max_failures!r}")
+    try:
+        budget = Budget(count=max_failures) if isinstance(max_failures, int) else Budget(fraction=max_failures)
+    except ValueError as exc:
+        raise ValueError(f"task {c.name!r}: max_failures: {exc}") from None
+    return {"max_failures": budget}
+
+
+def _check_dead_letters(dead_letters: object, c: Context) -> dict[str, Any]:
+    if dead_letters is None:
+        return {}
+    if isinstance(dead_letters, (str, os.PathLike)):
+        return {"dead_letters": os.fspath(dead_letters)}
+    if not callable(dead_letters):
+        raise TypeError(f"task {c.name!r}: dead_letters must be a file path (JSON lines are "
+                        f"appended to it) or a function called with each pyper.DeadLetter, "
+                        f"got {dead_letters!r}")
+    if classify(dead_letters)[0] != "sync":
+        raise TypeError(f"task {c.name!r}: dead_letters must be a plain function (it is called "
+                        "as each item is skipped, in the worker), not an async one")
+    return {"dead_letters": dead_letters}
+
+
 class Option(NamedTuple):
     """One per-call option of ``task()``: its default (``task()``'s signature and the type
     stubs are held equal to it by a test), its check (its value in, the ``Policy`` fields
@@ -450,6 +533,8 @@ OPTIONS: dict[str, Option] = {
     "batch": Option(None, _check_batch, ("batch",), "run"),
     "linger": Option(None, _check_linger, ("linger",), "run"),
     "timeout": Option(None, _check_timeout, ("timeout", "abandoned"), "relay"),
+    "max_failures": Option(None, _check_max_failures, ("max_failures",), "relay"),
+    "dead_letters": Option(None, _check_dead_letters, ("dead_letters",), "relay"),
 }
 
 
@@ -477,6 +562,14 @@ def check_policy(
     if (fields["retry_on"] != (Exception,) or values["backoff"] != 0.1) and not retries:
         raise ValueError(f"task {name!r}: retry_on= and backoff= shape retries: give retries=N "
                          "(the retries after the first attempt) too")
+    if values["max_failures"] is not None and on_error == "raise":
+        raise ValueError(f"task {name!r}: max_failures= bounds the items on_error= skips or hands "
+                         "to a handler: give on_error='skip' (or a handler) too; with on_error='raise' "
+                         "the first failure stops the run")
+    if values["dead_letters"] is not None and on_error != "skip":
+        raise ValueError(f"task {name!r}: dead_letters= records the items on_error='skip' drops: "
+                         "give on_error='skip' too" + (" (a handler gets each failed item: record "
+                                                       "it there)" if callable(on_error) else ""))
     if values["linger"] is not None and values["batch"] is None:
         raise ValueError(f"task {name!r}: linger= is how long a partial batch waits: give "
                          "batch=N too")

@@ -33,6 +33,8 @@ class Policy(NamedTuple):
     linger: float | None = None  # a partial list goes once its first item waited this long
     timeout: float | None = None  # seconds per call (attempt)
     abandoned: Any = None  # a _policy.Abandoned, with timeout=: the task's abandoned thread calls
+    max_failures: Any = None  # a _policy.Budget: the failed items allowed a run (with on_error=)
+    dead_letters: Any = None  # a path (str) or a function: where skipped items go (_letters)
 
     @property
     def any(self) -> bool:

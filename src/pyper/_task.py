@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Iterator
-from typing import Any, Callable, Concatenate, Literal, Unpack, overload
+from typing import TYPE_CHECKING, Any, Callable, Concatenate, Literal, Unpack, overload
 
 from ._engine._registry import EXECUTORS, Row, executor_name
 from ._errors import PipelineSetupError
@@ -38,6 +38,12 @@ from ._typing import (
     _T,
     _U,
 )
+
+if TYPE_CHECKING:
+    from os import PathLike
+
+    from ._failures import DeadLetter
+    from ._policy import Budget
 
 __all__ = ["make_task", "task"]
 
@@ -614,6 +620,8 @@ class _TaskFactory:
         batch: int | None = None,
         linger: float | None = None,
         timeout: float | None = None,
+        max_failures: int | float | Budget | None = None,
+        dead_letters: str | PathLike[str] | Callable[[DeadLetter], object] | None = None,
         executor: Executor | None = None,
         ray_options: dict[str, Any] | None = None,
         **unknown: Any,
@@ -648,6 +656,11 @@ class _TaskFactory:
         :param batch: the function receives lists of up to this many items.
         :param linger: seconds a partial list waits for more items (with ``batch``).
         :param timeout: seconds a call may take, past which its item raises ``TimeoutError``.
+        :param max_failures: with ``on_error``, the failed items a run allows (an int, a share
+            of the items taken as a float below 1, or a ``pyper.Budget``); past it the run
+            stops with ``pyper.TooManyFailures``.
+        :param dead_letters: with ``on_error="skip"``, where each skipped item goes: a file
+            (JSON lines) or a function called with each ``pyper.DeadLetter``.
         :param executor: where the calls run: ``"thread"``, ``"asyncio"``, ``"process"``,
             ``"ray"``, or a ``concurrent.futures.Executor`` of yours.
         :param ray_options: with ``executor="ray"``, Ray's resource options for the calls.
@@ -676,6 +689,8 @@ class _TaskFactory:
             batch=batch,
             linger=linger,
             timeout=timeout,
+            max_failures=max_failures,
+            dead_letters=dead_letters,
             executor=executor,
             ray_options=ray_options,
         )

@@ -14,7 +14,10 @@ if TYPE_CHECKING:
     import concurrent.futures
 
     from ._pipeline import AsyncPipeline, Pipeline
-    from ._policy import OnError, Rate
+    from os import PathLike
+
+    from ._failures import DeadLetter
+    from ._policy import Budget, OnError, Rate
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -47,6 +50,8 @@ class _Options(TypedDict, total=False):
     batch: int | None
     linger: float | None
     timeout: float | None
+    max_failures: int | float | Budget | None
+    dead_letters: str | PathLike[str] | Callable[[DeadLetter], object] | None
     executor: Executor | None
     ray_options: dict[str, Any] | None
 

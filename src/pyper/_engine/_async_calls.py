@@ -48,8 +48,10 @@ _NEVER_RETRIED = (Cancelled, Broken, WorkerProcessDied, KeyboardInterrupt, Syste
 RETRY, SKIP, HANDLED = "retry", "skip", "handled"
 
 #: ``log(event, message)``: an event of a worker's calls, for the caller's process (it
-#: counts it, and logs the message on the ``pyper`` logger).
-Log = Callable[[str, str], None]
+#: counts it, and logs the message on the ``pyper`` logger); ``log(event, message,
+#: (item, exc))`` for a failed item on_error= dropped or handled (``Worker.note``: counted
+#: against the task's budget, written as a dead letter).
+Log = Callable[..., None]
 
 
 #: ``timed(bind, stack)``: the call given up at the task's timeout (the executor's way);
@@ -269,10 +271,10 @@ async def handle_failure(task: Task, x: Any, exc: Exception, log: Log, shown: st
     handler, name = task.policy.on_error, task.name
     what = f"item {short_repr(x)}" if shown is None else shown
     if handler == "skip":
-        log(SKIP, f"pyper: task {name!r} skipped {what} after {safe_str(exc)}")
+        log(SKIP, f"pyper: task {name!r} skipped {what} after {safe_str(exc)}", (x, exc))
         return ()
     assert callable(handler)
-    log(HANDLED, f"pyper: task {name!r} handed {what} to on_error after {safe_str(exc)}")
+    log(HANDLED, f"pyper: task {name!r} handed {what} to on_error after {safe_str(exc)}", (x, exc))
     out = handler(x, exc)
     if hasattr(out, "__await__"):  # sync: -
         out = await out  # sync: -

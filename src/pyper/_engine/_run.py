@@ -52,6 +52,8 @@ from ._registry import row
 if TYPE_CHECKING:
     import asyncio
 
+    from .._failures import Failures
+
 __all__ = ["ASYNC_WORKERS", "EVENTS", "NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "dropping", "log", "log_event",
            "refuse_in_bootstrap"]
 
@@ -194,7 +196,7 @@ class Stage:
     """One task in one run: its function, its two channels and its batch sizes."""
 
     __slots__ = ("task", "row", "call", "inp", "out", "take", "emit", "take_args", "branch", "group", "workers",
-                 "total", "started", "size")
+                 "total", "started", "size", "failures")
 
     def __init__(self, task: Task, call: Callable[[Any], Any], inp: Channel, out: Channel,
                  take: int, emit: int, take_args: bool = False) -> None:
@@ -220,6 +222,12 @@ class Stage:
         # whoever starts workers (the run's start, then the sizer), read by metrics.
         self.started = 0
         self.size = task.workers
+        # Its failed items in this run, with max_failures= or dead_letters= (``_letters``).
+        self.failures: Failures | None = None
+        if task.policy.max_failures is not None or task.policy.dead_letters is not None:
+            from .._failures import Failures
+
+            self.failures = Failures(task)
 
 
 def _edge(up: Task, down: Task | None, remote: bool) -> tuple[int, int]:
@@ -830,10 +838,13 @@ class Worker:
         except OSError:  # its thread has just ended
             return self.cpu
 
-    def note(self, event: str, message: str) -> None:
+    def note(self, event: str, message: str, failure: tuple[Any, BaseException] | None = None) -> None:
         """An event of this worker's calls (``_async_calls``: "retry", "skip", "handled"),
         wherever the call ran: counted for the metrics, and logged with the task's name and
-        the run's number at the event's level. Called by the worker only."""
+        the run's number at the event's level; a failed item (``failure``: the item and its
+        error, for a skip or a handler) counted against the task's budget, and a skipped one
+        written as a dead letter (``Stage.failures``: raises ``TooManyFailures`` past the
+        budget). Called by the worker only."""
         if event == "skip":
             self.skips += 1
         elif event == "retry":
@@ -841,6 +852,9 @@ class Worker:
         else:
             self.handled += 1
         log(EVENTS[event], message, self.stage.task.name, self.run.number)
+        failures = self.stage.failures
+        if failures is not None and failure is not None:
+            failures.add(failure[0], failure[1], event == "skip", self.stage.inp.taken)
 
     def failed_on(self, item: Any) -> None:
         """The loop stopped by an exception while ``item`` was the input in hand (or
