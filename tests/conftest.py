@@ -305,6 +305,29 @@ def collect(pipeline: Any, *args: Any, **kwargs: Any) -> list[Any]:
     return list(pipeline(*args, **kwargs))
 
 
+class AsyncCall:
+    """An async function that calls ``func``: the same test body on the async executor
+    (the task keeps ``func``'s name)."""
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+        self.__qualname__ = func.__qualname__
+        self.__name__ = func.__name__
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0)
+        return self.func(*args, **kwargs)
+
+
+def on(executor: str, func: Any, **options: Any) -> Any:
+    """``task(func, **options)`` running on ``executor``: "thread", "async" or "process"."""
+    from pyper import task
+
+    if executor == "async":
+        return task(AsyncCall(func), **options)
+    return task(func, multiprocess=executor == "process", **options)
+
+
 # --------------------------------------------------------------------------------------------
 # Time
 

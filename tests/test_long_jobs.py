@@ -7,7 +7,6 @@ outputs are checked whole against what a plain loop gives.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import acollect, run_async
+from conftest import acollect, collect as run, on, run_async
 from pyper import AsyncPipeline, Budget, DeadLetter, Emit, TooManyFailures, replay, task
 
 EXECUTORS = ["thread", "async", "process"]
@@ -44,30 +43,6 @@ def double(x: int) -> int:
 
 def records(rows: list[str]) -> list[str]:
     return rows
-
-
-class _Async:
-    """An async function that calls ``func``: the same test body on the async executor."""
-
-    def __init__(self, func: Any) -> None:
-        self.func = func
-        self.__qualname__ = self.__name__ = func.__name__
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0)
-        return self.func(*args, **kwargs)
-
-
-def on(executor: str, func: Any, **options: Any) -> Any:
-    if executor == "async":
-        return task(_Async(func), **options)
-    return task(func, multiprocess=executor == "process", **options)
-
-
-def run(pipeline: Any, *args: Any) -> list[Any]:
-    if isinstance(pipeline, AsyncPipeline):
-        return run_async(acollect(pipeline(*args)))
-    return list(pipeline(*args))
 
 
 def parsed(rows: list[str]) -> list[int]:

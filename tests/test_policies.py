@@ -29,35 +29,10 @@ from typing import Any
 
 import pytest
 
-from conftest import acollect, elapsed, run_async, wait_until
+from conftest import acollect, collect as run, elapsed, on, run_async, wait_until
 from pyper import AsyncPipeline, Emit, PipelineSetupError, _pickling, task
 
 EXECUTORS = ["thread", "async", "process"]
-
-
-class _Async:
-    """An async function that calls ``func``: the same test body on the async executor."""
-
-    def __init__(self, func: Any) -> None:
-        self.func = func
-        self.__qualname__ = func.__qualname__
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0)
-        return self.func(*args, **kwargs)
-
-
-def on(executor: str, func: Any, **options: Any) -> Any:
-    """``task(func, **options)`` running on ``executor``."""
-    if executor == "async":
-        return task(_Async(func), **options)
-    return task(func, multiprocess=executor == "process", **options)
-
-
-def run(pipeline: Any, *args: Any) -> list[Any]:
-    if isinstance(pipeline, AsyncPipeline):
-        return run_async(acollect(pipeline(*args)))
-    return list(pipeline(*args))
 
 
 def source(n: int) -> list[int]:
@@ -1867,7 +1842,7 @@ def test_exit_after_a_break_lets_the_call_in_flight_return_and_exits_its_resourc
 
 @pytest.mark.timeout(30)
 def test_sync_timed_stage_in_an_async_pipeline() -> None:
-    from conftest import acollect, run_async
+    from conftest import acollect, collect as run, on, run_async
 
     async def asrc(n: int) -> Any:
         for i in range(n):
