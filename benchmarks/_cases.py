@@ -10,8 +10,10 @@ python-pyper 0.4.4 runs the same shapes in `_original_cases.py`.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -190,6 +192,53 @@ def threads_queue(n: int, reps: int) -> list[float]:
 @contender
 def asyncio_queue(n: int, reps: int) -> list[float]:
     return time_async_sum(asyncio_queue_pipeline, n, reps)
+
+
+# --- journal= (issue 22): what recording done items costs ------------------------------------
+
+def _spin(seconds: float) -> Callable[[int], int]:
+    def work(x: int) -> int:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+        return 1
+
+    return work
+
+
+def _sleep_1ms(x: int) -> int:
+    time.sleep(0.001)
+    return 1
+
+
+def _journaled(work: Callable[[int], int], workers: int, journal: bool) -> Callable[[int, int], list[float]]:
+    """``produce | work`` (each output 1), with a fresh journal per run if ``journal``."""
+    def run(n: int, reps: int) -> list[float]:
+        import tempfile
+
+        from pyper import task
+
+        folder = tempfile.mkdtemp(prefix="pyper-journal-bench-")
+        runs = iter(range(10**9))
+
+        def once(k: int) -> int:
+            path = os.path.join(folder, f"run{next(runs)}.journal") if journal else None
+            return sum((task(produce, journal=path) | task(work, workers=workers))(k))
+
+        try:
+            return time_sum(once, n, reps, 1)
+        finally:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return run
+
+
+# journal_1ms_off/on: 1 ms of sleep per item, 4 workers; journal_10us_off/on: 10 us of CPU, 1 worker.
+for _name, _work, _workers in (("1ms", _sleep_1ms, 4), ("10us", _spin(10e-6), 1)):
+    for _on in (False, True):
+        CONTENDERS[f"journal_{_name}_{'on' if _on else 'off'}"] = _journaled(_work, _workers, _on)
 
 
 # --- ours: throughput -----------------------------------------------------------------------

@@ -226,6 +226,17 @@ def build_cases(quick: bool, skip_ours: str | None, skip_original: str | None) -
     add(c, f"{ORIGINAL_VERSION}: throttle=1000", "original", [*orig, "throttle_1000", str(n), "1"], 300)
     cases.append(c)
 
+    # A journal (issue 22): produce | work with journal= on produce (a fresh file per run)
+    # against the same without; work is 1 ms of sleep (4 workers) or 10 us of CPU (1 worker).
+    for label, cost, items in (("1ms", "1 ms of sleep per item, workers=4", 500 if quick else 3000),
+                               ("10us", "10 us of CPU per item", 5000 if quick else 30000)):
+        c = Case(f"journal {label}", f"{spaced(items)} items through produce | work ({cost})", "ms", 1e3,
+                 reference="ours without a journal")
+        add(c, "ours without a journal", "baseline", [*ours, f"journal_{label}_off", str(items), "3"], 120)
+        add(c, "ours with journal=", "ours", [*ours, f"journal_{label}_on", str(items), "3"], 120,
+            target=ratio_at_most(1.03) if label == "1ms" else None)
+        cases.append(c)
+
     # Per call: `task(f) | task(g)` on one item; value = seconds per call, mean over the calls.
     calls = 500 if quick else 2000
     c = Case("per call", "tiny two-task pipeline, one item, per call", "us", 1e6)

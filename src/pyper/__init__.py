@@ -5,7 +5,7 @@
 
 The public names are re-exported here from private modules: ``_task`` (``task``),
 ``_pipeline`` (``Pipeline``, ``AsyncPipeline``), ``_policy`` (``Emit``, for ``on_error``
-handlers, ``Rate`` and ``Budget``), ``_failures`` (``DeadLetter``), ``_letters`` (``replay``), ``_gather``
+handlers, ``Rate`` and ``Budget``), ``_failures`` (``DeadLetter``), ``_letters`` (``replay``), ``_journal`` (``Journal``), ``_gather``
 (``gather``), ``_metrics`` (``observe``), ``_progress`` (``progress``), ``_start_method``
 (``set_start_method``) and ``_errors``.
 
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._errors import PipelineSetupError, TooManyFailures, WorkerProcessDied
     from ._gather import gather
+    from ._journal import Journal
     from ._failures import DeadLetter
     from ._letters import replay
     from ._metrics import RunMetrics, StageMetrics, observe
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 __version__ = "0.5.0"
 
 __all__ = [
-    "AsyncPipeline", "Budget", "DeadLetter", "Emit", "Pipeline", "PipelineSetupError", "Rate", "RunMetrics",
+    "AsyncPipeline", "Budget", "DeadLetter", "Emit", "Journal", "Pipeline", "PipelineSetupError", "Rate", "RunMetrics",
     "StageMetrics", "TooManyFailures", "WorkerProcessDied", "gather", "observe", "progress", "replay",
     "set_start_method", "task", "__version__",
 ]
@@ -43,7 +44,7 @@ __all__ = [
 #: Where each public name lives.
 _HOMES = {
     "AsyncPipeline": "._pipeline", "Pipeline": "._pipeline", "Emit": "._policy", "Rate": "._policy",
-    "Budget": "._policy", "DeadLetter": "._failures", "replay": "._letters", "TooManyFailures": "._errors",
+    "Budget": "._policy", "Journal": "._journal", "DeadLetter": "._failures", "replay": "._letters", "TooManyFailures": "._errors",
     "PipelineSetupError": "._errors", "WorkerProcessDied": "._errors", "RunMetrics": "._metrics",
     "StageMetrics": "._metrics", "observe": "._metrics", "gather": "._gather", "progress": "._progress",
     "set_start_method": "._start_method", "task": "._task",

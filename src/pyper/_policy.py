@@ -504,6 +504,21 @@ def _check_dead_letters(dead_letters: object, c: Context) -> dict[str, Any]:
     return {"dead_letters": dead_letters}
 
 
+def _check_journal(journal: object, c: Context) -> dict[str, Any]:
+    if journal is None:
+        return {}
+    from ._journal import Journal  # (only a journaled task loads it)
+
+    if isinstance(journal, (str, os.PathLike)):
+        journal = Journal(journal)
+    if not isinstance(journal, Journal):
+        raise TypeError(f"task {c.name!r}: journal must be a file path or a pyper.Journal, got {journal!r}")
+    if c.join:
+        raise ValueError(f"task {c.name!r}: journal= keys the first task's outputs, and a join task "
+                         "is never first: put journal= on the first task")
+    return {"journal": journal}
+
+
 class Option(NamedTuple):
     """One per-call option of ``task()``: its default (``task()``'s signature and the type
     stubs are held equal to it by a test), its check (its value in, the ``Policy`` fields
@@ -535,6 +550,7 @@ OPTIONS: dict[str, Option] = {
     "timeout": Option(None, _check_timeout, ("timeout", "abandoned"), "relay"),
     "max_failures": Option(None, _check_max_failures, ("max_failures",), "relay"),
     "dead_letters": Option(None, _check_dead_letters, ("dead_letters",), "relay"),
+    "journal": Option(None, _check_journal, ("journal",), "run"),
 }
 
 

@@ -35,6 +35,7 @@ class Policy(NamedTuple):
     abandoned: Any = None  # a _policy.Abandoned, with timeout=: the task's abandoned thread calls
     max_failures: Any = None  # a _policy.Budget: the failed items allowed a run (with on_error=)
     dead_letters: Any = None  # a path (str) or a function: where skipped items go (_letters)
+    journal: Any = None  # a _journal.Journal, on a first task: the job's done items (_engine._lineage)
 
     @property
     def any(self) -> bool:

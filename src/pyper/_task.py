@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from os import PathLike
 
     from ._failures import DeadLetter
+    from ._journal import Journal
     from ._policy import Budget
 
 __all__ = ["make_task", "task"]
@@ -622,6 +623,7 @@ class _TaskFactory:
         timeout: float | None = None,
         max_failures: int | float | Budget | None = None,
         dead_letters: str | PathLike[str] | Callable[[DeadLetter], object] | None = None,
+        journal: str | PathLike[str] | Journal | None = None,
         executor: Executor | None = None,
         ray_options: dict[str, Any] | None = None,
         **unknown: Any,
@@ -661,6 +663,8 @@ class _TaskFactory:
             stops with ``pyper.TooManyFailures``.
         :param dead_letters: with ``on_error="skip"``, where each skipped item goes: a file
             (JSON lines) or a function called with each ``pyper.DeadLetter``.
+        :param journal: on the first task, a file (or a ``pyper.Journal``) that records the
+            job's done items by key, so that running it again skips them.
         :param executor: where the calls run: ``"thread"``, ``"asyncio"``, ``"process"``,
             ``"ray"``, or a ``concurrent.futures.Executor`` of yours.
         :param ray_options: with ``executor="ray"``, Ray's resource options for the calls.
@@ -691,6 +695,7 @@ class _TaskFactory:
             timeout=timeout,
             max_failures=max_failures,
             dead_letters=dead_letters,
+            journal=journal,
             executor=executor,
             ray_options=ray_options,
         )

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from os import PathLike
 
     from ._failures import DeadLetter
+    from ._journal import Journal
     from ._policy import Budget, OnError, Rate
 
 _P = ParamSpec("_P")
@@ -52,6 +53,7 @@ class _Options(TypedDict, total=False):
     timeout: float | None
     max_failures: int | float | Budget | None
     dead_letters: str | PathLike[str] | Callable[[DeadLetter], object] | None
+    journal: str | PathLike[str] | Journal | None
     executor: Executor | None
     ray_options: dict[str, Any] | None
 

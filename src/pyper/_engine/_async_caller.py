@@ -46,9 +46,17 @@ async def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[s
                 out.close_send()
             start_all(run, run.stages[1 if inline else 0 :])
             output, take, held = run.output, run.output_take, run.held()
+            lineage = run.lineage
             while (batch := await output.aget(take, held)) is not None:
                 started = perf_counter()
-                for item in batch: yield item  # sync: yield from batch
+                if lineage is None:
+                    for item in batch: yield item  # sync: yield from batch
+                else:
+                    # A journaled run: an output is taken once the caller asks for the next.
+                    for node, item in batch:
+                        yield item
+                        lineage.give(node)
+                    lineage.flush()
                 output.pace(len(batch), perf_counter() - started)  # how fast the caller reads
         except Cancelled:
             pass
@@ -58,6 +66,8 @@ async def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[s
         raise
     finally:
         run.finish()
+        if run.lineage is not None:
+            run.lineage.close()  # (what is done is written, whatever ended the run)
         await run.asettle()
     if not ended:
         raise run.failure()

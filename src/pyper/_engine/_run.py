@@ -43,7 +43,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._channel import MAX_CAPACITY, PACE_SECONDS, Channel, Held
-from .._errors import Broken, Cancelled, add_note, attach, short_repr
+from .._errors import Broken, Cancelled, PipelineSetupError, add_note, attach, short_repr
 from .._policy import DROPPED
 from .._spec import Task, stage_call
 from . import _state, _threads
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from .._failures import Failures
+    from ._lineage import Lineage
 
 __all__ = ["ASYNC_WORKERS", "EVENTS", "NO_ITEM", "Run", "Stage", "Worker", "adapt", "current_run", "dropping", "log", "log_event",
            "refuse_in_bootstrap"]
@@ -296,6 +297,30 @@ def _with_groups(tasks: tuple[Task, ...], is_async: bool) -> tuple[Task, ...]:
     return tuple(out)
 
 
+def _check_journaled(tasks: tuple[Task, ...], nested: bool) -> None:
+    """What a journaled run can do for now: refused with a clear error otherwise."""
+    first = tasks[0]
+    where = f"journal= on task {first.name!r}"
+    for task in tasks[1:]:
+        if task.policy.journal is not None:
+            raise PipelineSetupError(f"journal= on task {task.name!r}: a journal goes on the pipeline's "
+                                     f"first task ({first.name!r}), whose outputs it keys")
+    if nested:
+        raise PipelineSetupError(f"{where}: a journaled pipeline runs on its own, not as a task of "
+                                 "another pipeline: journal the outer one")
+    if row(first).remote:
+        raise PipelineSetupError(f"{where}: the first task of a journaled pipeline runs on a thread or "
+                                 "asyncio (its outputs are keyed as they are made)")
+    for task in tasks[1:]:
+        why = ("runs in worker processes, Ray or an executor of yours" if row(task).remote else
+               "is a join task" if task.join else
+               "has timeout= on threads" if task.policy.timeout is not None and row(task).runs == "sync"
+               else "")
+        if why:
+            raise PipelineSetupError(f"{where}: task {task.name!r} {why}, which a journaled run does "
+                                     "not follow yet: run it without journal=")
+
+
 class Run:
     def __init__(
         self,
@@ -304,6 +329,18 @@ class Run:
         kwargs: dict[str, Any],
         loop: asyncio.AbstractEventLoop | None,
     ) -> None:
+        # A journaled run (``journal=`` on the first task): its items' lineage, and the
+        # journal's file, opened here (an error, such as another pipeline's journal, is
+        # raised before anything starts).
+        self.lineage: Lineage | None = None
+        if any(task.policy.journal is not None for task in tasks):
+            from ._lineage import Lineage
+
+            _check_journaled(tasks, _calling_run() is not None)
+            self.lineage = lineage = Lineage(tasks[0].policy.journal, tasks)
+            if lineage.done:
+                log(20, f"pyper: journal {lineage.path!r} has {len(lineage.done)} items done: those "
+                        "the first task makes again are skipped", tasks[0].name)
         self._lock = threading.Lock()
         self.cancelled = False  # set once, first thing in cancel(); never reset
         self._stopped = False  # cancel() has gone all the way through once
@@ -806,6 +843,17 @@ class Worker:
         self.cpu = self.cpu_base = 0.0
         stage.workers.append(self)
         run.worker_started()
+
+    def trace(self, iterate: Callable[[Task, object, Run], Any], is_async: bool) -> None:
+        """In a journaled run, make ``call`` take and give ``(node, value)`` items
+        (``_lineage``): the loop's first step, once the call is built with its options.
+        ``iterate``: how the loop reads a branching call's result (``_bridge``)."""
+        lineage = self.run.lineage
+        if lineage is not None and self.stage.group is None:
+            stage = self.stage
+            self.call = lineage.traced(stage.task, stage.take_args, stage.branch, self.call, self.run, is_async,
+                                       iterate)
+            self.drops = True  # (an item whose key is done, or that on_error dropped)
 
     def measure_cpu(self) -> None:
         """Count the CPU time of this worker's thread: called, in that thread, by an

@@ -42,6 +42,8 @@ def work(worker: Worker) -> None:
     """Run one stage worker until its input ends; raises what stopped it otherwise. (It
     returns the loop's own awaitable: no frame of its own for the worker to hold.)"""
     task = worker.stage.task
+    if worker.run.lineage is not None:  # a journaled run: items carry their lineage
+        worker.trace(iter_result, False)
     if worker.stage.group is not None:
         return _group(worker)
     if task.join:

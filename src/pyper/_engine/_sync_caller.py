@@ -47,9 +47,17 @@ def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, An
                 out.close_send()
             start_all(run, run.stages[1 if inline else 0 :])
             output, take, held = run.output, run.output_take, run.held()
+            lineage = run.lineage
             while (batch := output.get(take, held)) is not None:
                 started = perf_counter()
-                yield from batch
+                if lineage is None:
+                    yield from batch
+                else:
+                    # A journaled run: an output is taken once the caller asks for the next.
+                    for node, item in batch:
+                        yield item
+                        lineage.give(node)
+                    lineage.flush()
                 output.pace(len(batch), perf_counter() - started)  # how fast the caller reads
         except Cancelled:
             pass
@@ -59,6 +67,8 @@ def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, An
         raise
     finally:
         run.finish()
+        if run.lineage is not None:
+            run.lineage.close()  # (what is done is written, whatever ended the run)
         run.settle()
     if not ended:
         raise run.failure()

@@ -1,0 +1,258 @@
+"""When an item of a journaled run is done (``journal=``): the lineage of every item in
+flight, counted.
+
+Each output of the first task whose key is not done yet becomes a *root* ``Node`` (its
+key, a count of 1), and travels through the channels as ``(node, value)``. A node counts
+the references to it in flight: an output a map call makes from an input keeps the
+input's reference; a fan-out takes one more per output it makes and gives the input's
+back when its stream ends (so the count never reaches 0 while outputs may still come);
+a dropped item (``on_error="skip"``) gives its back; the caller gives its back when it asks
+for the next output (the one before is then taken: consumed, or handed to the consumer).
+A ``batch=`` list holds a node of its own, over its items' nodes, given back with it. A
+node whose count reaches 0 is done: a root's key is marked, a holder's nodes given back.
+
+The stages' calls see plain values: each worker's call is wrapped once (``traced``), so
+the loops, the executors and the per-call options are the same with a journal or without.
+
+Who owns what: the counts and the list of keys done but not yet written are guarded by
+``_lock`` (workers of any stage and the caller give references back); the ``Store`` is
+written under it too, by the caller (``flush``: at most every ``FLUSH_SECONDS``, and at
+the run's end), so a crash loses at most that long of marks, whose items run again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from .._journal import Journal, Store, encode_key
+from .._policy import DROPPED
+
+if TYPE_CHECKING:
+    from .._spec import Task
+
+#: How a worker's loop reads a branching call's result (``_bridge.iter_result`` or
+#: ``aiter_result``): ``iterate(task, result, run)``.
+Iterate = Callable[["Task", object, Any], Any]
+
+__all__ = ["Lineage", "Node"]
+
+#: The longest done marks wait before they are written (the caller writes them).
+FLUSH_SECONDS = 0.05
+#: ... or once this many have gathered.
+FLUSH_KEYS = 4096
+
+
+class Node:
+    """References in flight to what one item became (``key``: a root's, else None) and,
+    for a holder, the nodes it gives back once done."""
+
+    __slots__ = ("count", "key", "holds")
+
+    def __init__(self, key: str | None, holds: list[Node] | None = None) -> None:
+        self.count = 1
+        self.key = key
+        self.holds = holds
+
+
+def _default_key(item: Any) -> Any:
+    if type(item) in (str, int, bytes):
+        return item
+    raise TypeError(f"the item is a {type(item).__name__} ({item!r:.60}), not a str, int or bytes: "
+                    "give Journal(path, key=...) a function that names an item")
+
+
+class Lineage:
+    """One journaled run's items in flight, and its journal's file."""
+
+    def __init__(self, journal: Journal, tasks: tuple[Task, ...]) -> None:
+        self._lock = threading.Lock()
+        self.store = Store(journal, tasks)
+        try:
+            self.done = self.store.done()  # read once, by the first task's worker
+        except BaseException:
+            self.store.close()
+            raise
+        self.key = journal.key or _default_key
+        self.name = tasks[0].name
+        self.path = journal.path
+        self.skipped = 0  # keys skipped as done (counted by the first task's one worker)
+        self._finished: list[str] = []  # keys done, not yet written
+        self._flushed = perf_counter()
+        self._closed = False
+
+    # -- counting -----------------------------------------------------------------------
+
+    def root(self, item: Any) -> Node | None:
+        """A root for the first task's output ``item``; None if its key is done (skipped)."""
+        try:
+            key = encode_key(self.key(item))
+        except TypeError as exc:
+            raise TypeError(f"journal {self.path!r} of task {self.name!r}: {exc}") from None
+        if key in self.done:
+            self.skipped += 1
+            return None
+        return Node(key)
+
+    def take(self, node: Node) -> None:
+        """One more reference to ``node`` (an output of a fan-out)."""
+        with self._lock:
+            node.count += 1
+
+    def give(self, node: Node) -> None:
+        """A reference to ``node`` is gone: an item left the pipeline, was dropped, or fanned out."""
+        with self._lock:
+            stack = [node]
+            while stack:
+                n = stack.pop()
+                n.count -= 1
+                if n.count == 0:
+                    if n.key is not None:
+                        self._finished.append(n.key)
+                    if n.holds:
+                        stack.extend(n.holds)
+
+    def flush(self, force: bool = False) -> None:
+        """Write the done marks, if it is time (or ``force``). Called by the caller."""
+        if not self._finished or not (force or len(self._finished) >= FLUSH_KEYS
+                                      or perf_counter() - self._flushed >= FLUSH_SECONDS):
+            return
+        with self._lock:
+            keys, self._finished = self._finished, []
+            self._flushed = perf_counter()
+            if keys and not self._closed:
+                self.store.mark(keys)
+
+    def close(self) -> None:
+        """The run is over: write what is done, and close the file."""
+        self.flush(force=True)
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.store.close()
+
+    # -- the calls, traced --------------------------------------------------------------
+
+    def traced(self, task: Task, first: bool, branch: bool, call: Callable[[Any], Any], run: object,
+               is_async: bool, iterate: Iterate) -> Callable[[Any], Any]:
+        """``call`` (a worker's of ``task``, with its options; ``first``: the first task's) on
+        ``(node, value)`` items: the value in, the output out with its node (see the
+        module's docstring). ``iterate``: how the worker's loop reads a ``branch``ing
+        call's result, applied here first."""
+        if first:
+            return (self._first_async if is_async else self._first)(task, call, run, iterate)
+        listed = task.policy.batch > 0  # its input: lists the run's grouping stage made
+        if branch:
+            return (self._branch_async if is_async else self._branch)(task, call, run, listed, iterate)
+        return self._map_async(call, listed) if is_async else self._map(call, listed)
+
+    def _holding(self, pair: Any, listed: bool) -> tuple[Node, Any]:
+        if not listed:
+            return pair  # type: ignore[no-any-return]
+        return Node(None, [node for node, _ in pair]), [value for _, value in pair]
+
+    def _mapped(self, node: Node, result: Any) -> Any:
+        """A map call's output, with its input's node (given back if on_error dropped it)."""
+        if result is DROPPED:
+            self.give(node)
+            return DROPPED
+        return (node, result)
+
+    def _map(self, call: Callable[[Any], Any], listed: bool) -> Callable[[Any], Any]:
+        def traced(pair: Any) -> Any:
+            node, value = self._holding(pair, listed)
+            return self._mapped(node, call(value))
+
+        return traced
+
+    def _map_async(self, call: Callable[[Any], Any], listed: bool) -> Callable[[Any], Any]:
+        async def traced(pair: Any) -> Any:
+            node, value = self._holding(pair, listed)
+            return self._mapped(node, await call(value))
+
+        return traced
+
+    def _branch(self, task: Task, call: Callable[[Any], Any], run: object, listed: bool,
+                iterate: Iterate) -> Callable[[Any], Any]:
+        def traced(pair: Any) -> Any:
+            node, value = self._holding(pair, listed)
+            return self._children(node, iterate(task, call(value), run))
+
+        return traced
+
+    def _children(self, node: Node, items: Iterator[Any]) -> Iterator[Any]:
+        try:
+            for item in items:
+                self.take(node)
+                yield (node, item)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+        self.give(node)  # (only at the stream's end: a stream cut short leaves the item undone)
+
+    def _branch_async(self, task: Task, call: Callable[[Any], Any], run: object, listed: bool,
+                      iterate: Iterate) -> Callable[[Any], Any]:
+        async def traced(pair: Any) -> Any:
+            node, value = self._holding(pair, listed)
+            return self._achildren(node, iterate(task, await call(value), run))
+
+        return traced
+
+    async def _achildren(self, node: Node, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        try:
+            async for item in items:
+                self.take(node)
+                yield (node, item)
+        finally:
+            close = getattr(items, "aclose", None)
+            if close is not None:
+                await close()
+        self.give(node)
+
+    def _first(self, task: Task, call: Callable[[Any], Any], run: object,
+               iterate: Iterate) -> Callable[[Any], Any]:
+        def traced(args: Any) -> Any:
+            result = call(args)
+            return self._roots(iterate(task, result, run)) if task.branch else self._one(result)
+
+        return traced
+
+    def _one(self, result: Any) -> Any:
+        """A first task's one output (it does not branch), with its root."""
+        if result is DROPPED:
+            return DROPPED
+        node = self.root(result)
+        return DROPPED if node is None else (node, result)
+
+    def _roots(self, items: Iterator[Any]) -> Iterator[Any]:
+        try:
+            for item in items:
+                node = self.root(item)
+                if node is not None:
+                    yield (node, item)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    def _first_async(self, task: Task, call: Callable[[Any], Any], run: object,
+                     iterate: Iterate) -> Callable[[Any], Any]:
+        async def traced(args: Any) -> Any:
+            result = await call(args)
+            return self._aroots(iterate(task, result, run)) if task.branch else self._one(result)
+
+        return traced
+
+    async def _aroots(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        try:
+            async for item in items:
+                node = self.root(item)
+                if node is not None:
+                    yield (node, item)
+        finally:
+            close = getattr(items, "aclose", None)
+            if close is not None:
+                await close()
