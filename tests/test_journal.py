@@ -198,6 +198,31 @@ def test_the_start_says_how_many_items_are_done(tmp_path: Path, caplog: pytest.L
     assert any(f"journal {str(path)!r} has 7 items done" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.timeout(60)
+def test_observe_and_progress_count_the_items_done_before(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A resumed run's metrics count the items its journal skipped apart from what it made,
+    and its progress starts where the last run stopped (the list's length is the total)."""
+    from pyper import observe, progress
+
+    path = tmp_path / "job.journal"
+    p = task(lambda n: list(range(n)), branch=True, journal=path) | task(double)
+    for y in p(10):
+        if y == 12:  # items 0-5 taken, the 7th (12) in hand: 6 done
+            break
+    with observe() as seen:
+        assert sorted(p(10)) == [2 * x for x in range(6, 10)]
+    assert seen.last.done_before == 6 and seen.last.count == 4 and seen.last.total == 10
+    assert "(6 items done before, skipped)" in seen.last.summary()
+    with caplog.at_level(logging.INFO, logger="pyper.progress"), progress(bars=False, interval=60):
+        assert list(p(10)) == []
+    lines = [r.getMessage() for r in caplog.records if r.name == "pyper.progress"]
+    assert "pyper: run 1: 10/10 items (0/s), 10 done before, done" in lines, lines
+    plain = task(lambda n: list(range(n)), branch=True) | task(double)
+    with observe() as seen:
+        list(plain(3))
+    assert seen.last.done_before == 0 and "done before" not in seen.last.summary()
+
+
 def test_what_a_journaled_run_does_not_follow_yet_is_refused_clearly(tmp_path: Path) -> None:
     path = tmp_path / "job.journal"
     with pytest.raises(PipelineSetupError, match=r"journal= on task 'double': a journal goes on the pipeline's first task"):

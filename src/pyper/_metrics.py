@@ -122,6 +122,13 @@ class RunMetrics:
         return last.items_out if last.items_in_lists is None else last.items_in_lists
 
     @property
+    def done_before(self) -> int:
+        """Items a journal (``journal=``) skipped as done by earlier runs, so far (0 without
+        a journal): a resumed run's progress starts here."""
+        lineage = self._run.lineage
+        return 0 if lineage is None else lineage.skipped
+
+    @property
     def bottleneck(self) -> StageMetrics | None:
         """The stage busiest for its workers (highest busy share): the one to give more."""
         stages = self.stages
@@ -143,6 +150,8 @@ class RunMetrics:
                  for row in rows]
         i = _busiest(stages)
         state = "done" if self.done else "running"
+        if self._run.lineage is not None:
+            state += f" ({self.done_before} items done before, skipped)"
         elapsed = self.elapsed
         if i is None:
             said = "none"

@@ -173,10 +173,12 @@ class _Lines(_View):
                     stage.alive, stage.workers, ", done" if done else "",
                 )
             total = self._total if self._total is not None else run.total
-            if total is not None or run.stages[-1].items_in_lists is not None:
+            before = run.done_before
+            if total is not None or run.stages[-1].items_in_lists is not None or before:
                 count = run.count
-                self._log.info("pyper: run %d: %s items (%.0f/s)%s", number,
-                               f"{count}/{total}" if total is not None else count, count / elapsed,
+                self._log.info("pyper: run %d: %s items (%.0f/s)%s%s", number,
+                               f"{before + count}/{total}" if total is not None else before + count,
+                               count / elapsed, f", {before} done before" if before else "",
                                ", done" if done else "")
             if final:
                 self._shown.add(id(run))
@@ -216,7 +218,9 @@ class _Bars(_View):
                     bar.start_t -= run.elapsed  # its rate counts from the run's start
                 if bar.total is None and run.total is not None:
                     bar.total = run.total  # known once the first task has returned
-                bar.update(max(0, run.count - bar.n))  # (a cancelled run drops what was queued)
+                # (a cancelled run drops what was queued; a journal's done items count: a
+                # resumed run's bar starts where the last one stopped)
+                bar.update(max(0, run.done_before + run.count - bar.n))
                 bar.set_postfix_str(
                     " | ".join(f"{_short(s)} {s.items_out}" for s in stages[:-1])
                     + f" | errors {sum(s.errors for s in stages)}", refresh=False)
@@ -269,7 +273,7 @@ class _RichBars(_View):
                 total = self._total if self._total is not None else run.total
                 if r not in self._tasks:
                     self._tasks[r] = self._progress.add_task("pyper", total=total, rate=rate, stages=counts)
-                self._progress.update(self._tasks[r], completed=count, total=total, rate=rate,
+                self._progress.update(self._tasks[r], completed=run.done_before + count, total=total, rate=rate,
                                       stages=counts)
             self._progress.refresh()
 

@@ -135,14 +135,15 @@ class Lineage:
 
     # -- the calls, traced --------------------------------------------------------------
 
-    def traced(self, task: Task, first: bool, branch: bool, call: Callable[[Any], Any], run: object,
-               is_async: bool, iterate: Iterate) -> Callable[[Any], Any]:
-        """``call`` (a worker's of ``task``, with its options; ``first``: the first task's) on
-        ``(node, value)`` items: the value in, the output out with its node (see the
-        module's docstring). ``iterate``: how the worker's loop reads a ``branch``ing
-        call's result, applied here first."""
-        if first:
-            return (self._first_async if is_async else self._first)(task, call, run, iterate)
+    def traced(self, task: Task, first: Callable[[int], None] | None, branch: bool, call: Callable[[Any], Any],
+               run: object, is_async: bool, iterate: Iterate) -> Callable[[Any], Any]:
+        """``call`` (a worker's of ``task``, with its options) on ``(node, value)`` items:
+        the value in, the output out with its node (see the module's docstring).
+        ``iterate``: how the worker's loop reads a ``branch``ing call's result, applied here
+        first. ``first``: for the first task's call, what takes the length of what it
+        returned, when it has one (the run's total, for metrics and progress)."""
+        if first is not None:
+            return (self._first_async if is_async else self._first)(task, call, run, iterate, first)
         listed = task.policy.batch > 0  # its input: lists the run's grouping stage made
         if branch:
             return (self._branch_async if is_async else self._branch)(task, call, run, listed, iterate)
@@ -213,9 +214,11 @@ class Lineage:
         self.give(node)
 
     def _first(self, task: Task, call: Callable[[Any], Any], run: object,
-               iterate: Iterate) -> Callable[[Any], Any]:
+               iterate: Iterate, sized: Callable[[int], None]) -> Callable[[Any], Any]:
         def traced(args: Any) -> Any:
             result = call(args)
+            if task.branch and hasattr(result, "__len__"):
+                sized(len(result))
             return self._roots(iterate(task, result, run)) if task.branch else self._one(result)
 
         return traced
@@ -239,9 +242,11 @@ class Lineage:
                 close()
 
     def _first_async(self, task: Task, call: Callable[[Any], Any], run: object,
-                     iterate: Iterate) -> Callable[[Any], Any]:
+                     iterate: Iterate, sized: Callable[[int], None]) -> Callable[[Any], Any]:
         async def traced(args: Any) -> Any:
             result = await call(args)
+            if task.branch and hasattr(result, "__len__"):
+                sized(len(result))
             return self._aroots(iterate(task, result, run)) if task.branch else self._one(result)
 
         return traced

@@ -851,8 +851,8 @@ class Worker:
         lineage = self.run.lineage
         if lineage is not None and self.stage.group is None:
             stage = self.stage
-            self.call = lineage.traced(stage.task, stage.take_args, stage.branch, self.call, self.run, is_async,
-                                       iterate)
+            sized = partial(setattr, stage, "total") if stage.take_args else None
+            self.call = lineage.traced(stage.task, sized, stage.branch, self.call, self.run, is_async, iterate)
             self.drops = True  # (an item whose key is done, or that on_error dropped)
 
     def measure_cpu(self) -> None:
