@@ -123,6 +123,42 @@ def test_a_fanned_out_item_is_done_once_all_its_outputs_are_taken(tmp_path: Path
     assert sorted(second) == sorted(double(v) for x in range(2, 10) for v in fan(x))  # item 2 again, whole
 
 
+def odd_fails(x: int) -> int:
+    if x % 2:
+        raise ValueError(x)
+    return x
+
+
+def fan_in_process(x: int) -> list[int]:
+    return [x, x + 1000]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["process", "pool"])
+def test_stages_in_worker_processes_and_an_executor_of_yours_resume_too(executor: str, tmp_path: Path) -> None:
+    """Their values cross to the other side, their nodes stay in the relay: a map stage
+    that skips the odd items, then a fan-out, each done once all its outputs are taken."""
+    import concurrent.futures
+
+    logging.getLogger("pyper").setLevel(logging.ERROR)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        where: dict[str, Any] = {"multiprocess": True} if executor == "process" else {"executor": pool}
+        path = tmp_path / "job.journal"
+        p = (task(rows, journal=path) | task(odd_fails, workers=2, on_error="skip", **where)
+             | task(fan_in_process, branch=True, **where))
+        first = []
+        for y in p(40):
+            first.append(y)
+            if len(first) == 9:
+                break
+        second = list(p(40))
+        oracle = {v for x in range(0, 40, 2) for v in fan_in_process(x)}
+        assert set(first) | set(second) == oracle
+        assert len(second) <= len(oracle) - 9 + 2 * 4  # only what was in flight runs again
+        assert done_keys(path) == sorted(f"i:{i}" for i in range(40))
+        assert list(p(40)) == []
+
+
 @pytest.mark.timeout(60)
 def test_a_skipped_item_is_done_and_one_whose_error_stopped_the_run_is_not(tmp_path: Path) -> None:
     path = tmp_path / "job.journal"
@@ -227,8 +263,8 @@ def test_what_a_journaled_run_does_not_follow_yet_is_refused_clearly(tmp_path: P
     path = tmp_path / "job.journal"
     with pytest.raises(PipelineSetupError, match=r"journal= on task 'double': a journal goes on the pipeline's first task"):
         list((task(rows) | task(double, journal=path))(3))
-    with pytest.raises(PipelineSetupError, match=r"task 'double' runs in worker processes, Ray or an executor"):
-        list((task(rows, journal=path) | task(double, multiprocess=True))(3))
+    with pytest.raises(PipelineSetupError, match=r"task 'double' has timeout= on threads or a remote executor"):
+        list((task(rows, journal=path) | task(double, multiprocess=True, timeout=5))(3))
     with pytest.raises(PipelineSetupError, match=r"task 'sum' is a join task"):
         list((task(rows, journal=path) | task(sum, join=True))(3))
     with pytest.raises(TypeError, match=r"task 'rows': journal must be a file path or a pyper.Journal"):

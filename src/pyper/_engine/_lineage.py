@@ -133,6 +133,42 @@ class Lineage:
                 self._closed = True
                 self.store.close()
 
+    # -- a relay's batches (a remote executor's stage: the values go, the nodes stay) ------
+
+    def split(self, batch: list[Any], listed: bool) -> tuple[list[Node], list[Any]]:
+        """(the nodes, the values) of a relay's batch of ``(node, value)`` items."""
+        pairs = [self._holding(pair, listed) for pair in batch] if listed else batch
+        return [node for node, _ in pairs], [value for _, value in pairs]
+
+    def relayed(self, nodes: list[Node], outputs: list[Any], kept: Callable[[list[Any]], list[Any]] | None,
+                failed: type) -> list[Any]:
+        """A mapping batch's outputs (one per input, in order; a ``failed`` in place of an
+        output whose call raised, which ``kept``, the task's on_error, replaces or drops),
+        each with its input's node."""
+        result = []
+        for node, output in zip(nodes, outputs):
+            if type(output) is failed:
+                assert kept is not None
+                replaced = kept([output])
+                if not replaced:
+                    self.give(node)
+                    continue
+                output = replaced[0]
+            result.append((node, output))
+        return result
+
+    def holder(self, nodes: list[Node]) -> Node:
+        """A node over ``nodes`` (a relay's branching batch, whose outputs cannot be told
+        apart by input): given back once the batch's stream has ended."""
+        return Node(None, nodes)
+
+    def held(self, holder: Node, outputs: list[Any]) -> list[Any]:
+        """``outputs`` of a batch, each holding a reference to ``holder``."""
+        if outputs:
+            with self._lock:
+                holder.count += len(outputs)
+        return [(holder, output) for output in outputs]
+
     # -- the calls, traced --------------------------------------------------------------
 
     def traced(self, task: Task, first: Callable[[int], None] | None, branch: bool, call: Callable[[Any], Any],

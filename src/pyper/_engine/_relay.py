@@ -260,18 +260,24 @@ def _map(worker: Worker, remote: Remote) -> None:
     limit = 1 if limiter is not None else min(stage.take, stage.emit)  # rate=: one call per request
     ahead = remote.ahead and limiter is None and not worker.ordered
     n = remote.first(limit)
-    pending: tuple[Any, int, int, float] | None = None  # (handle, items, asked, sent at): its reply unread
+    # (handle, items, asked, sent at, a journaled run's nodes of the items): its reply unread
+    pending: tuple[Any, int, int, float, list[Any] | None] | None = None
     last = 0.0  # when the last reply was read
+    lineage, listed = run.lineage, stage.task.policy.batch > 0
 
     def finish() -> None:
         nonlocal n, pending, last
         assert pending is not None
-        handle, count, asked, since = pending
+        handle, count, asked, since, nodes = pending
         pending = None
         outputs, seconds = remote.reply(handle)
         now = perf_counter()
         elapsed, last = now - max(since, last), now  # its time, from the relay
-        box.extend(outputs if kept is None else kept(outputs))
+        if nodes is not None:
+            assert lineage is not None
+            box.extend(lineage.relayed(nodes, outputs, kept, Failed))
+        else:
+            box.extend(outputs if kept is None else kept(outputs))
         flush(True)
         n = remote.measured(asked, count, elapsed, seconds, limit)
 
@@ -285,6 +291,9 @@ def _map(worker: Worker, remote: Remote) -> None:
         if items is None:
             break
         batch = list(items)  # all of it goes to the remote side: nothing is left to share
+        nodes = None
+        if lineage is not None:  # a journaled run: the values go, their nodes stay here
+            nodes, batch = lineage.split(batch, listed)
         if limiter is not None:
             limiter.wait_turn(run.sleep)
         request = remote.pack(batch)
@@ -294,7 +303,7 @@ def _map(worker: Worker, remote: Remote) -> None:
         since = perf_counter()
         if pending is not None:
             finish()
-        pending = (handle, len(batch), n, since)
+        pending = (handle, len(batch), n, since, nodes)
         if not ahead:
             finish()
     if pending is not None:
@@ -313,8 +322,13 @@ def _stream(worker: Worker, remote: Remote) -> None:
     limit = 1 if limiter is not None else stage.take
     n = remote.first(limit)
     m = 1
+    lineage, listed = run.lineage, stage.task.policy.batch > 0
     while (items := worker.begin(remote.get(n))) is not None:
         batch = list(items)
+        holder = None
+        if lineage is not None:  # a journaled run: the batch's outputs hold all its items' nodes
+            nodes, batch = lineage.split(batch, listed)
+            holder = lineage.holder(nodes)
         if limiter is not None:
             limiter.wait_turn(run.sleep)
         started = perf_counter()
@@ -322,12 +336,15 @@ def _stream(worker: Worker, remote: Remote) -> None:
         while True:
             chunk_started = perf_counter()
             outputs, done = chunks.next(m)
-            box.extend(outputs if kept is None else kept(outputs))
+            outputs = outputs if kept is None else kept(outputs)
+            box.extend(outputs if holder is None else lineage.held(holder, outputs))  # type: ignore[union-attr]
             flush(False)  # blocks while downstream is full: the remote side waits for the pull
             if done:
                 break
             m = remote.cap(adapt(m, len(outputs), perf_counter() - chunk_started, stage.emit), len(outputs) or 1)
         flush(True)
+        if holder is not None:
+            lineage.give(holder)  # type: ignore[union-attr]  # (the batch's stream has ended)
         elapsed = perf_counter() - started
         n = remote.measured(n, len(batch), elapsed, chunks.seconds, limit)
 

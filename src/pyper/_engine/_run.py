@@ -312,10 +312,10 @@ def _check_journaled(tasks: tuple[Task, ...], nested: bool) -> None:
         raise PipelineSetupError(f"{where}: the first task of a journaled pipeline runs on a thread or "
                                  "asyncio (its outputs are keyed as they are made)")
     for task in tasks[1:]:
-        why = ("runs in worker processes, Ray or an executor of yours" if row(task).remote else
+        why = ("runs on Ray" if row(task).module == "_ray" else
                "is a join task" if task.join else
-               "has timeout= on threads" if task.policy.timeout is not None and row(task).runs == "sync"
-               else "")
+               "has timeout= on threads or a remote executor" if task.policy.timeout is not None
+               and row(task).runs == "sync" else "")
         if why:
             raise PipelineSetupError(f"{where}: task {task.name!r} {why}, which a journaled run does "
                                      "not follow yet: run it without journal=")
