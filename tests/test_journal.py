@@ -336,3 +336,103 @@ def test_a_job_killed_at_random_points_is_finished_by_its_restarts(tmp_path: Pat
     assert sorted(set(saved)) == list(range(n))
     assert len(saved) - n <= kills * 1000  # re-run: only what was in flight or unmarked at a kill
     assert len(done_keys(journal)) == n
+
+
+# -- exactly once at a database --------------------------------------------------------------
+
+SINK_JOB = """
+import sqlite3, sys, time
+import pyper
+from pyper import task
+
+N = int(sys.argv[2])
+
+def connect():
+    return sqlite3.connect(sys.argv[1], timeout=30)
+
+journal = pyper.Journal(connect=connect)
+
+def rows(n):
+    yield from range(n)
+
+def square(x):
+    time.sleep(0.002)
+    return (x, x * x)
+
+def save(conn, batch):
+    conn.executemany("INSERT INTO squares VALUES (?, ?)", batch)  # no key: a second write would show
+    journal.mark(conn)
+    conn.commit()
+
+if __name__ == "__main__":
+    with connect() as db:
+        db.execute("CREATE TABLE IF NOT EXISTS squares (x INTEGER, y INTEGER)")
+    run = task(rows, journal=journal) | task(square, workers=2, multiprocess=sys.argv[3] == "process") \\
+        | task(save, setup=connect, batch=50)
+    for _ in run(N):
+        pass
+    print("finished", flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("middle", ["thread", "process"])
+def test_a_sink_that_marks_in_its_transaction_writes_each_row_once_however_often_killed(
+        middle: str, tmp_path: Path) -> None:
+    """SIGKILL at random points (and SIGINT, Ctrl-C, at some), restarted until it finishes:
+    the table has each row exactly once, though the sink's INSERT has no key to refuse a
+    second."""
+    import random
+
+    script = tmp_path / "job.py"
+    script.write_text(SINK_JOB)
+    db, n = tmp_path / "out.db", 4000
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rng = random.Random(11 if middle == "thread" else 12)
+    stops = {signal.SIGKILL: 0, signal.SIGINT: 0}
+    plan = [signal.SIGKILL] * 5 + [signal.SIGINT] * 2
+    rng.shuffle(plan)
+    for attempt in range(40):
+        proc = subprocess.Popen([sys.executable, str(script), str(db), str(n), middle],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        if plan:
+            time.sleep(rng.uniform(0.1, 0.5))
+            if proc.poll() is None:
+                sig = plan.pop()
+                proc.send_signal(sig)
+                stops[sig] += 1
+        stdout, stderr = proc.communicate(timeout=90)
+        if b"finished" in stdout:
+            break
+        assert proc.returncode in (-signal.SIGKILL, 1, -signal.SIGINT), stderr.decode()
+        if proc.returncode != -signal.SIGKILL:
+            assert b"KeyboardInterrupt" in stderr, stderr.decode()
+    else:
+        pytest.fail("the job never finished")
+    assert stops[signal.SIGKILL] >= 4 and stops[signal.SIGINT] >= 1, stops
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT x, y FROM squares ORDER BY x").fetchall()
+        marked = con.execute("SELECT COUNT(*) FROM pyper_done").fetchone()[0]
+    assert rows == [(x, x * x) for x in range(n)]  # each once: nothing lost, nothing twice
+    assert marked == n
+
+
+def test_marking_needs_a_call_a_database_journal_and_no_fan_out(tmp_path: Path) -> None:
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(tmp_path / "db.sqlite")
+
+    journal = Journal(connect=connect)
+    with pytest.raises(RuntimeError, match=r"journal.mark\(conn\) marks the items of the call in progress"):
+        journal.mark(connect())
+    on_file = Journal(tmp_path / "job.journal")
+
+    def sink(x: int) -> int:
+        on_file.mark(connect())
+        return x
+
+    with pytest.raises(RuntimeError, match=r"this journal is the file .*give Journal\(connect=...\)"):
+        list((task(rows, journal=on_file) | task(sink))(2))
+    with pytest.raises(PipelineSetupError, match=r"task 'fan' fans out \(part of an item's outputs could commit"):
+        list((task(rows, journal=journal) | task(fan, branch=True))(2))
+    with pytest.raises(TypeError, match=r"Journal: give a file path, or connect="):
+        Journal()

@@ -17,13 +17,15 @@ import hashlib
 import json
 import os
 import sqlite3
+import sys
+from contextvars import ContextVar
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._spec import Task
 
-__all__ = ["Journal", "Store", "encode_key", "fingerprint"]
+__all__ = ["Journal", "Store", "encode_key", "fingerprint", "roots"]
 
 
 class Journal:
@@ -31,27 +33,92 @@ class Journal:
     task: the done items of the job, by key, in a SQLite file, so that running it again
     skips them. ``key`` names an item (one of the first task's outputs) by a ``str``, an
     ``int`` or ``bytes`` (by default the item itself, when it is one of those). ``force``:
-    use the file even if another pipeline wrote it. ``journal="job.journal"`` is
-    ``Journal("job.journal")``."""
+    use the journal even if another pipeline wrote it. ``connect``, instead of a path: a
+    function that returns a DB-API connection (sqlite3, psycopg) to the database whose
+    tables hold the journal, so that a sink writing there can mark its items done in its
+    own transaction (``mark``). ``journal="job.journal"`` is ``Journal("job.journal")``."""
 
-    __slots__ = ("path", "key", "force")
+    __slots__ = ("path", "key", "force", "connect")
 
-    def __init__(self, path: str | os.PathLike[str], key: Callable[[Any], Any] | None = None,
-                 force: bool = False) -> None:
-        if not isinstance(path, (str, os.PathLike)):
+    def __init__(self, path: str | os.PathLike[str] | None = None, key: Callable[[Any], Any] | None = None,
+                 force: bool = False, connect: Callable[[], Any] | None = None) -> None:
+        if (path is None) == (connect is None):
+            raise TypeError("Journal: give a file path, or connect= (a function that returns a DB-API "
+                            "connection to the database that holds the journal), not both")
+        if path is not None and not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"Journal: path must be a file path, got {path!r}")
+        if connect is not None and not callable(connect):
+            raise TypeError(f"Journal: connect must be a function that returns a DB-API connection, "
+                            f"got {connect!r}")
         if key is not None and not callable(key):
             raise TypeError(f"Journal: key must be a function of an item that returns a str, int or "
                             f"bytes, got {key!r}")
         if not isinstance(force, bool):
             raise TypeError(f"Journal: force must be True or False, got {force!r}")
-        self.path = os.fspath(path)
+        self.path = os.fspath(path) if path is not None else None
         self.key = key
         self.force = force
+        self.connect = connect
+
+    @property
+    def where(self) -> str:
+        """How messages name the journal."""
+        if self.path is not None:
+            return repr(self.path)
+        return f"in the database of {getattr(self.connect, '__qualname__', self.connect)!s}"
+
+    def mark(self, conn: Any) -> None:
+        """Mark the items of the call in progress done, through ``conn`` (a connection to the
+        journal's database, ``connect=``), in its current transaction: call it in a sink's
+        call before it commits, and its rows and their marks commit together or not at all."""
+        if self.connect is None:
+            raise RuntimeError(f"journal.mark(conn) writes to the journal's database: this journal is "
+                               f"the file {self.path!r}; give Journal(connect=...) the sink's database")
+        nodes = _calling.get()
+        if nodes is None:
+            raise RuntimeError("journal.mark(conn) marks the items of the call in progress: call it "
+                               "inside a task's call (on a thread or asyncio) of a run with this journal")
+        keys = roots(nodes)
+        if keys:
+            mark = "?" if _paramstyle(conn) in ("qmark", "numeric") else "%s"
+            cursor = conn.cursor()
+            try:
+                cursor.executemany(f"INSERT INTO pyper_done (key) VALUES ({mark}) ON CONFLICT DO NOTHING",
+                                   [(k,) for k in keys])
+            finally:
+                cursor.close()
 
     def __repr__(self) -> str:
         key = "" if self.key is None else f", key={getattr(self.key, '__qualname__', self.key)!s}"
-        return f"Journal({self.path!r}{key}{', force=True' if self.force else ''})"
+        where = repr(self.path) if self.path is not None else f"connect={getattr(self.connect, '__qualname__', self.connect)!s}"
+        return f"Journal({where}{key}{', force=True' if self.force else ''})"
+
+
+#: The input of the call in progress, in a run whose journal a sink marks through
+#: (``connect=``): its lineage's node (``_engine._lineage`` sets it around each call).
+_calling: ContextVar[Any] = ContextVar("pyper_journal_calling", default=None)
+
+
+def roots(node: Any) -> list[str]:
+    """The keys of the first task's items a node stands for (a root's own; a holder's)."""
+    keys: list[str] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.key is not None:
+            keys.append(n.key)
+        elif n.holds:
+            stack.extend(n.holds)
+    return keys
+
+
+def _paramstyle(conn: Any) -> str:
+    module = sys.modules.get(type(conn).__module__.partition(".")[0])
+    style = getattr(module, "paramstyle", None)
+    if style not in ("qmark", "numeric", "format", "pyformat"):
+        raise TypeError(f"journal: cannot tell how {type(conn).__module__} marks parameters "
+                        f"(its paramstyle: {style!r}); sqlite3 and psycopg are known")
+    return style  # type: ignore[no-any-return]
 
 
 def encode_key(key: object) -> str:
@@ -74,55 +141,90 @@ def fingerprint(tasks: Iterable[Task]) -> tuple[str, str]:
 
 
 class Store:
-    """A journal's file, open for one run."""
+    """A journal's tables, open for one run: in its own SQLite file (``path``), or in the
+    database ``connect`` reaches (its connection's own SQL: standard, with the parameter
+    marks of its driver)."""
 
-    __slots__ = ("_db", "path")
+    __slots__ = ("_db", "_mark", "_sqlite")
 
     def __init__(self, journal: Journal, tasks: tuple[Task, ...]) -> None:
-        self.path = journal.path
         digest, summary = fingerprint(tasks)
-        # (check_same_thread off: the caller's thread writes, but a run's last marks may be
-        # written by the thread that ends it; its Lineage's lock keeps one at a time)
-        db = sqlite3.connect(journal.path, isolation_level=None, check_same_thread=False)
+        self._sqlite = journal.path is not None
+        if journal.path is not None:
+            # (check_same_thread off: the caller's thread writes, but a run's last marks may
+            # be written by the thread that ends it; its Lineage's lock keeps one at a time)
+            db = sqlite3.connect(journal.path, isolation_level=None, check_same_thread=False)
+        else:
+            assert journal.connect is not None
+            db = journal.connect()
+        self._db = db
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS pyper_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            db.execute("CREATE TABLE IF NOT EXISTS pyper_done (key TEXT PRIMARY KEY) WITHOUT ROWID")
-            found = dict(db.execute("SELECT name, value FROM pyper_meta").fetchall())
+            self._mark = "?" if _paramstyle(db) in ("qmark", "numeric") else "%s"
+            if self._sqlite:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            self._run("CREATE TABLE IF NOT EXISTS pyper_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._run("CREATE TABLE IF NOT EXISTS pyper_done (key TEXT PRIMARY KEY)")
+            found = dict(self._query("SELECT name, value FROM pyper_meta"))
+            m = self._mark
             if not found:
-                db.executemany("INSERT INTO pyper_meta VALUES (?, ?)",
-                               [("fingerprint", digest), ("tasks", summary)])
+                self._run(f"INSERT INTO pyper_meta VALUES ({m}, {m})", [("fingerprint", digest), ("tasks", summary)])
             elif found.get("fingerprint") != digest and not journal.force:
                 raise ValueError(
-                    f"journal {journal.path!r} was written by another pipeline (its tasks: "
+                    f"journal {journal.where} was written by another pipeline (its tasks: "
                     f"{found.get('tasks', '?')}; this one's: {summary}): give "
-                    f"Journal({journal.path!r}, force=True) to use it anyway, or a new file")
+                    f"Journal(..., force=True) to use it anyway, or a new journal")
             elif found.get("fingerprint") != digest:
-                db.execute("UPDATE pyper_meta SET value = ? WHERE name = 'fingerprint'", (digest,))
-                db.execute("UPDATE pyper_meta SET value = ? WHERE name = 'tasks'", (summary,))
+                self._run(f"UPDATE pyper_meta SET value = {m} WHERE name = {m}",
+                          [(digest, "fingerprint"), (summary, "tasks")])
         except sqlite3.DatabaseError as exc:
             db.close()
-            raise ValueError(f"journal {journal.path!r} is not a journal pyper can read: {exc}") from None
+            raise ValueError(f"journal {journal.where} is not a journal pyper can read: {exc}") from None
         except BaseException:
             db.close()
             raise
-        self._db = db
+
+    def _run(self, sql: str, rows: list[tuple[Any, ...]] | None = None) -> None:
+        """One statement (for each of ``rows``), committed."""
+        cursor = self._db.cursor()
+        try:
+            if rows is None:
+                cursor.execute(sql)
+            else:
+                cursor.executemany(sql, rows)
+            self._db.commit()
+        except BaseException:
+            self._db.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    def _query(self, sql: str) -> list[Any]:
+        cursor = self._db.cursor()
+        try:
+            cursor.execute(sql)
+            rows = cursor.fetchall()
+            self._db.commit()  # (ends the read's transaction where the driver opened one)
+            return rows
+        finally:
+            cursor.close()
 
     def done(self) -> set[str]:
         """The keys marked done."""
-        return {key for (key,) in self._db.execute("SELECT key FROM pyper_done")}
+        return {key for (key,) in self._query("SELECT key FROM pyper_done")}
 
     def mark(self, keys: list[str]) -> None:
         """Mark ``keys`` done, in one transaction."""
-        db = self._db
-        db.execute("BEGIN")
-        try:
-            db.executemany("INSERT OR IGNORE INTO pyper_done VALUES (?)", ((k,) for k in keys))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        if self._sqlite:  # (autocommit connection: one explicit transaction)
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO pyper_done VALUES (?)", ((k,) for k in keys))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return
+        self._run(f"INSERT INTO pyper_done (key) VALUES ({self._mark}) ON CONFLICT DO NOTHING", [(k,) for k in keys])
 
     def close(self) -> None:
         self._db.close()

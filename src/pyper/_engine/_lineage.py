@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from .._journal import Journal, Store, encode_key
+from .._journal import Journal, Store, _calling, encode_key
 from .._policy import DROPPED
 
 if TYPE_CHECKING:
@@ -77,7 +77,10 @@ class Lineage:
             raise
         self.key = journal.key or _default_key
         self.name = tasks[0].name
-        self.path = journal.path
+        self.where = journal.where
+        # A sink marks its items through its own connection (``Journal.mark``): each map
+        # call then runs with its input's node in ``_calling``.
+        self.marks = journal.connect is not None
         self.skipped = 0  # keys skipped as done (counted by the first task's one worker)
         self._finished: list[str] = []  # keys done, not yet written
         self._flushed = perf_counter()
@@ -90,7 +93,7 @@ class Lineage:
         try:
             key = encode_key(self.key(item))
         except TypeError as exc:
-            raise TypeError(f"journal {self.path!r} of task {self.name!r}: {exc}") from None
+            raise TypeError(f"journal {self.where} of task {self.name!r}: {exc}") from None
         if key in self.done:
             self.skipped += 1
             return None
@@ -198,6 +201,18 @@ class Lineage:
         return (node, result)
 
     def _map(self, call: Callable[[Any], Any], listed: bool) -> Callable[[Any], Any]:
+        if self.marks:
+            def marking(pair: Any) -> Any:
+                node, value = self._holding(pair, listed)
+                token = _calling.set(node)
+                try:
+                    result = call(value)
+                finally:
+                    _calling.reset(token)
+                return self._mapped(node, result)
+
+            return marking
+
         def traced(pair: Any) -> Any:
             node, value = self._holding(pair, listed)
             return self._mapped(node, call(value))
@@ -205,6 +220,18 @@ class Lineage:
         return traced
 
     def _map_async(self, call: Callable[[Any], Any], listed: bool) -> Callable[[Any], Any]:
+        if self.marks:
+            async def marking(pair: Any) -> Any:
+                node, value = self._holding(pair, listed)
+                token = _calling.set(node)
+                try:
+                    result = await call(value)
+                finally:
+                    _calling.reset(token)
+                return self._mapped(node, result)
+
+            return marking
+
         async def traced(pair: Any) -> Any:
             node, value = self._holding(pair, listed)
             return self._mapped(node, await call(value))

@@ -311,6 +311,13 @@ def _check_journaled(tasks: tuple[Task, ...], nested: bool) -> None:
     if row(first).remote:
         raise PipelineSetupError(f"{where}: the first task of a journaled pipeline runs on a thread or "
                                  "asyncio (its outputs are keyed as they are made)")
+    if first.policy.journal.connect is not None:
+        fanning = [t.name for t in tasks[1:] if t.branch]
+        if fanning:
+            raise PipelineSetupError(
+                f"{where}: a journal that sinks mark (Journal(connect=...)) needs each item to reach "
+                f"the sink whole, and task {fanning[0]!r} fans out (part of an item's outputs could "
+                "commit and the rest not): give the journal a path, and make the sink idempotent")
     for task in tasks[1:]:
         why = ("runs on Ray" if row(task).module == "_ray" else
                "is a join task" if task.join else
@@ -339,7 +346,7 @@ class Run:
             _check_journaled(tasks, _calling_run() is not None)
             self.lineage = lineage = Lineage(tasks[0].policy.journal, tasks)
             if lineage.done:
-                log(20, f"pyper: journal {lineage.path!r} has {len(lineage.done)} items done: those "
+                log(20, f"pyper: journal {lineage.where} has {len(lineage.done)} items done: those "
                         "the first task makes again are skipped", tasks[0].name)
         self._lock = threading.Lock()
         self.cancelled = False  # set once, first thing in cancel(); never reset
@@ -908,6 +915,8 @@ class Worker:
         """The loop stopped by an exception while ``item`` was the input in hand (or
         ``NO_ITEM``): named in the error's note (but for the first task: see ``leave``)."""
         if item is not NO_ITEM:
+            if self.run.lineage is not None and type(item) is tuple and len(item) == 2:
+                item = item[1]  # a journaled run's (node, value): the value
             self.item = short_repr(item)
 
     def holding(self) -> Held:
