@@ -36,6 +36,10 @@ collect_ignore = [] if os.environ.get("PYPER_WITH_CLOUDPICKLE") else ["test_clou
 #: PYPER_WITH_RAY=1 to run that file, with one local cluster for all its tests.
 if not os.environ.get("PYPER_WITH_RAY"):
     collect_ignore.append("test_ray.py")
+#: PYPER_WITH_POSTGRES=1 (tests/run.sh sets it, after installing the postgres extra and,
+#: where it can, Debian's postgresql): the exactly-once sink against a real server.
+if not os.environ.get("PYPER_WITH_POSTGRES"):
+    collect_ignore.append("test_postgres.py")
 #: PYPER_WITH_DOCS=1 (tests/run.sh sets it, after installing the docs extra): build the site
 #: strictly and look at it in a headless Chromium.
 if not os.environ.get("PYPER_WITH_DOCS"):
