@@ -9,8 +9,10 @@ outputs is the job's, and what a second run calls is what the first did not fini
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from conftest import acollect, collect, run_async
+import pyper
+from conftest import collect, run_async
 from pyper import Journal, PipelineSetupError, task
 
 
@@ -341,7 +344,7 @@ def test_a_job_killed_at_random_points_is_finished_by_its_restarts(tmp_path: Pat
 # -- exactly once at a database --------------------------------------------------------------
 
 SINK_JOB = """
-import sqlite3, sys, time
+import asyncio, sqlite3, sys, time
 import pyper
 from pyper import task
 
@@ -364,19 +367,38 @@ def save(conn, batch):
     journal.mark(conn)
     conn.commit()
 
+async def arows(n):
+    for i in range(n):
+        yield i
+
+async def asquare(x):
+    await asyncio.sleep(0.002)
+    return (x, x * x)
+
+async def asave(conn, batch):
+    save(conn, batch)
+
+async def main(run):
+    async for _ in run(N):
+        pass
+
 if __name__ == "__main__":
     with connect() as db:
         db.execute("CREATE TABLE IF NOT EXISTS squares (x INTEGER, y INTEGER)")
-    run = task(rows, journal=journal) | task(square, workers=2, multiprocess=sys.argv[3] == "process") \\
-        | task(save, setup=connect, batch=50)
-    for _ in run(N):
-        pass
+    if sys.argv[3] == "async":
+        run = task(arows, journal=journal) | task(asquare, workers=2) | task(asave, setup=connect, batch=50)
+        asyncio.run(main(run))
+    else:
+        run = task(rows, journal=journal) | task(square, workers=2, multiprocess=sys.argv[3] == "process") \\
+            | task(save, setup=connect, batch=50)
+        for _ in run(N):
+            pass
     print("finished", flush=True)
 """
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("middle", ["thread", "process"])
+@pytest.mark.parametrize("middle", ["thread", "process", "async"])
 def test_a_sink_that_marks_in_its_transaction_writes_each_row_once_however_often_killed(
         middle: str, tmp_path: Path) -> None:
     """SIGKILL at random points (and SIGINT, Ctrl-C, at some), restarted until it finishes:
@@ -388,7 +410,7 @@ def test_a_sink_that_marks_in_its_transaction_writes_each_row_once_however_often
     script.write_text(SINK_JOB)
     db, n = tmp_path / "out.db", 4000
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    rng = random.Random(11 if middle == "thread" else 12)
+    rng = random.Random({"thread": 11, "process": 12, "async": 13}[middle])
     stops = {signal.SIGKILL: 0, signal.SIGINT: 0}
     plan = [signal.SIGKILL] * 5 + [signal.SIGINT] * 2
     rng.shuffle(plan)
@@ -436,3 +458,253 @@ def test_marking_needs_a_call_a_database_journal_and_no_fan_out(tmp_path: Path) 
         list((task(rows, journal=journal) | task(fan, branch=True))(2))
     with pytest.raises(TypeError, match=r"Journal: give a file path, or connect="):
         Journal()
+
+
+# -- found by review (each was a bug) -------------------------------------------------------
+
+
+def ident(x: Any) -> Any:
+    return x
+
+
+@pytest.mark.timeout(30)
+def test_error_note_of_a_journaled_run_names_the_item_not_its_lineage(tmp_path: Path) -> None:
+    """Found by review: in a journaled run the map loop's ``worker.failed_on(x)`` sees the traced
+    ``(Node, value)`` pair, so the error's note reads "on item (<pyper._engine._lineage.Node
+    object at 0x...>, 3)". Expected: the same note as without a journal, "on item 3" (the
+    lineage is internal; the docs say journal= changes nothing about what the stages see)."""
+
+    def picky(x: int) -> int:
+        if x == 3:
+            raise ValueError("three")
+        return x
+
+    with pytest.raises(ValueError) as plain:
+        list((task(rows) | task(picky))(6))
+    with pytest.raises(ValueError) as journaled:
+        list((task(rows, journal=tmp_path / "j") | task(picky))(6))
+    assert plain.value.__notes__[0].endswith("' on item 3")
+    assert journaled.value.__notes__ == plain.value.__notes__
+
+
+@pytest.mark.timeout(30)
+def test_a_key_is_not_done_while_another_item_with_that_key_is_not(tmp_path: Path) -> None:
+    """Found by review: a source that yields the same key twice gets two independent root nodes
+    (``Lineage.root`` only checks the keys done in earlier runs), so the key is marked done
+    as soon as the FIRST item is taken, although the second one's error stopped the run.
+    The next run then skips both: the second item's output is never produced. Docs: "An
+    item whose error stops the run is not done ... the next run does them again"; a key
+    must be marked only once every item carrying it is done."""
+    path = tmp_path / "job.journal"
+    failed: list[int] = []
+
+    def source() -> Any:
+        yield ("k", 1)
+        yield ("k", 2)
+
+    def work(row: tuple[str, int]) -> tuple[str, int]:
+        if row[1] == 2:
+            time.sleep(0.1)  # the first is taken (and its key counted done) before this fails
+            if not failed:
+                failed.append(1)
+                raise RuntimeError("transient")
+        return row
+
+    p = task(source, journal=Journal(path, key=lambda row: row[0])) | task(work)
+    got = []
+    with pytest.raises(RuntimeError):
+        for row in p():
+            got.append(row)
+    assert got == [("k", 1)]
+    assert done_keys(path) == []  # ("k", 2) stopped the run: its key is not done
+    assert ("k", 2) in list(p())  # ... so the next run makes it
+
+
+@pytest.mark.timeout(30)
+def test_marks_are_committed_while_a_slow_loop_reads_a_batch(tmp_path: Path) -> None:
+    """Found by review: the caller writes the marks (``lineage.flush()``) only after it has yielded a
+    whole output batch (``_async_caller.iterate`` / ``_sync_caller.iterate``), and batches
+    grow to 64+ items when the loop is the slow part. Here 40 outputs were taken over ~0.5 s
+    and nothing is in the file: a crash would lose all 40. Docs: marks are "committed every
+    0.05 s and at the end: a crash loses at most those last marks"."""
+    path = tmp_path / "job.journal"
+    p = task(rows, journal=path) | task(ident, workers=2)
+    gen = p(300)
+    try:
+        for i, _ in enumerate(gen):
+            time.sleep(0.012)
+            if i == 40:  # items 0..39 taken (the loop asked for the next), over ~0.5 s
+                committed = len(done_keys(path))
+                break
+    finally:
+        gen.close()
+    assert committed >= 30
+
+
+@pytest.mark.timeout(30)
+def test_marks_of_items_without_outputs_are_committed_while_the_loop_waits(tmp_path: Path) -> None:
+    """Found by review: items that end without output (a fan-out to nothing, a filter) are given back
+    by the workers, but only the caller flushes, and only once an output batch reaches it:
+    while the loop waits for the next output, done items are never written (here 10 done
+    items, 1 s later, none committed). Docs: "committed every 0.05 s ... a crash loses at
+    most those last marks"."""
+    path = tmp_path / "job.journal"
+    gate = threading.Event()
+
+    def source(n: int) -> Any:
+        yield from range(n)
+        gate.wait(20)
+        yield 100
+
+    def keep_big(x: int) -> list[int]:
+        return [x] if x >= 100 else []  # a filter: the small ones are done, with no output
+
+    p = task(source, journal=path) | task(keep_big, branch=True)
+    out: list[int] = []
+    thread = threading.Thread(target=lambda: out.extend(p(10)))
+    thread.start()
+    try:
+        time.sleep(1.0)
+        committed = done_keys(path)
+    finally:
+        gate.set()
+        thread.join(20)
+    assert out == [100]
+    assert committed == sorted(f"i:{i}" for i in range(10))
+
+
+@pytest.mark.timeout(30)
+def test_two_first_runs_of_a_new_journal_at_once_both_work(tmp_path: Path) -> None:
+    """Found by review: ``Store.__init__`` sets WAL mode and creates the tables of a new file with no
+    retry, and turns any ``sqlite3.DatabaseError`` into "is not a journal pyper can read".
+    Runs starting at once on a new journal often fail with "journal ... is not a journal
+    pyper can read: database is locked" (a misleading refusal; ~20-30% of trials here). The
+    docs allow concurrent runs at-least-once; the file is a fine journal."""
+    errors: list[BaseException] = []
+    for trial in range(40):
+        p = task(rows, journal=tmp_path / f"job{trial}.journal") | task(ident)
+        barrier = threading.Barrier(4)
+
+        def go() -> None:
+            barrier.wait()
+            try:
+                list(p(20))
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=go) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    assert errors == []
+
+
+@pytest.mark.timeout(30)
+def test_replay_of_a_batch_tasks_letter_calls_it_on_that_list(tmp_path: Path) -> None:
+    """Found by review: a ``batch=`` task's dead letter holds the list it failed on; ``replay`` feeds
+    that list as ONE item into ``Pipeline(tasks[index:])``, whose run groups it again, so
+    the function gets ``[[2, 3]]`` instead of ``[2, 3]`` (here it fails again and the
+    replay yields nothing). Docs: replay "runs each letter's item through the same pipeline,
+    from the task that skipped it on" (``_letters.replay`` should hand a batch task's item
+    to it unbatched)."""
+    calls: list[Any] = []
+    broken = [True]
+    logging.getLogger("pyper").setLevel(logging.ERROR)
+
+    def total(xs: list[int]) -> int:
+        calls.append(xs)
+        if broken[0] and 3 in xs:
+            raise ValueError("bad batch")
+        return sum(xs)
+
+    letters: list[pyper.DeadLetter] = []
+    p = task(rows, branch=True) | task(total, batch=2, on_error="skip", dead_letters=letters.append)
+    assert list(p(6)) == [1, 9]
+    assert [letter.item for letter in letters] == [[2, 3]]
+    broken[0] = False
+    calls.clear()
+    replayed = list(pyper.replay(p, list(letters)))
+    assert calls == [[2, 3]]
+    assert replayed == [5]
+
+
+@pytest.mark.timeout(30)
+def test_dead_letter_attempts_of_a_stream_that_fails_after_its_first_output() -> None:
+    """Found by review: ``_failures._letter`` computes ``attempts`` as ``retries + 1`` whenever the error
+    is one of ``retry_on``, without counting calls. A branching generator that fails after
+    it has yielded is never retried ("once it has yielded, nothing is"), so it was called
+    once, yet its letter says attempts=4. Docs: "attempts counts the calls made on the
+    item"."""
+    calls: list[int] = []
+
+    def gen(x: int) -> Any:
+        calls.append(x)
+        yield x
+        raise ValueError("after the first output")
+
+    logging.getLogger("pyper").setLevel(logging.ERROR)
+    letters: list[pyper.DeadLetter] = []
+    p = task(rows, branch=True) | task(gen, branch=True, retries=3, backoff=0.001, on_error="skip",
+                                       dead_letters=letters.append)
+    assert list(p(1)) == [0]
+    assert calls == [0]
+    assert [letter.attempts for letter in letters] == [1]
+
+
+@pytest.mark.timeout(30)
+def test_dead_letter_attempts_when_a_retried_error_is_followed_by_another() -> None:
+    """Bug (same root, ``_failures._letter``): the first attempt raises a ``retry_on`` error
+    (retried), the second a ValueError (not retried, so it ends the item): two calls were
+    made, the letter says attempts=1. Docs: "attempts counts the calls made on the item"."""
+    calls: list[int] = []
+
+    def mixed(x: int) -> int:
+        calls.append(x)
+        if len(calls) == 1:
+            raise OSError("transient")
+        raise ValueError("permanent")
+
+    logging.getLogger("pyper").setLevel(logging.ERROR)
+    letters: list[pyper.DeadLetter] = []
+    p = task(rows, branch=True) | task(mixed, retries=3, retry_on=OSError, backoff=0.001, on_error="skip",
+                                       dead_letters=letters.append)
+    assert list(p(1)) == []
+    assert calls == [0, 0]
+    assert [(letter.type, letter.attempts) for letter in letters] == [("ValueError", 2)]
+
+
+@pytest.mark.timeout(30)
+def test_a_dead_letter_file_takes_an_item_with_a_surrogate(tmp_path: Path) -> None:
+    """Found by review: ``DeadLetter.to_json`` uses ``json.dumps(..., ensure_ascii=False)`` and
+    ``Failures.add`` writes it to a UTF-8 file, so an item ``json`` encodes fine but that
+    holds a lone surrogate (a file name ``os.listdir`` decoded with surrogateescape) raises
+    UnicodeEncodeError in the skip path and stops the run, instead of being skipped and
+    written. Docs: ``dead_letters=`` "appends each item it skips to a file, one JSON object
+    per line"; only an item JSON cannot encode is written as null."""
+    path = tmp_path / "dead.jsonl"
+    logging.getLogger("pyper").setLevel(logging.ERROR)
+    name = b"report-\xff.csv".decode("utf-8", "surrogateescape")
+
+    def parse(text: str) -> int:
+        raise ValueError("bad")
+
+    p = task(lambda: [name, "ok"], branch=True) | task(parse, on_error="skip", dead_letters=path)
+    assert list(p()) == []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["item"] for line in lines] == [name, "ok"]
+
+
+@pytest.mark.timeout(30)
+def test_a_resumed_run_logs_how_many_it_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by review: ``Lineage.skipped`` is counted but never used; the run only logs how many keys
+    the journal holds ("has 10 items done"), not how many it skipped (here 3: the source
+    yields 3 items this time). Docs: running again "skips the done keys before the second
+    task sees them, and logs how many it skipped"."""
+    path = tmp_path / "job.journal"
+    p = task(rows, journal=path) | task(ident)
+    assert len(list(p(10))) == 10
+    caplog.set_level(logging.DEBUG, logger="pyper")
+    assert list(p(3)) == []
+    messages = [r.getMessage().replace(str(path), "") for r in caplog.records if r.name == "pyper"]
+    assert any("skip" in m and re.findall(r"\d+", m) == ["3"] for m in messages), messages

@@ -62,14 +62,15 @@ class DeadLetter(NamedTuple):
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.time))
         record.update(type=self.type, message=self.message, traceback=self.traceback,
                       attempts=self.attempts, time=f"{stamp}.{int(self.time % 1 * 1e6):06d}+00:00")
-        return json.dumps(record, ensure_ascii=False)
+        return json.dumps(record)  # (ASCII: any str, a lone surrogate too, is written and read back)
 
 
 def _letter(task: Task, item: Any, exc: BaseException) -> DeadLetter:
     import traceback
 
-    policy = task.policy
-    attempts = policy.retries + 1 if policy.retries and isinstance(exc, policy.retry_on) else 1
+    # The calls made: each earlier attempt left a note on the error that ended them (the
+    # retries of ``_async_calls``, wherever they ran: the notes come with a remote error).
+    attempts = 1 + sum(1 for note in getattr(exc, "__notes__", ()) if str(note).startswith("pyper: attempt "))
     message = safe_str(exc).removeprefix(type(exc).__name__).removeprefix(": ")
     return DeadLetter(task.name, item, exc, type(exc).__qualname__, message,
                       "".join(traceback.format_exception(exc)), attempts, time.time())

@@ -112,6 +112,22 @@ def roots(node: Any) -> list[str]:
     return keys
 
 
+def _retried(step: Callable[[], object], seconds: float = 30.0) -> None:
+    """``step()``, tried again while SQLite says the database is locked (a step its busy
+    timeout does not wait for: another connection is setting the file up)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _paramstyle(conn: Any) -> str:
     module = sys.modules.get(type(conn).__module__.partition(".")[0])
     style = getattr(module, "paramstyle", None)
@@ -153,30 +169,44 @@ class Store:
         if journal.path is not None:
             # (check_same_thread off: the caller's thread writes, but a run's last marks may
             # be written by the thread that ends it; its Lineage's lock keeps one at a time)
-            db = sqlite3.connect(journal.path, isolation_level=None, check_same_thread=False)
+            # (timeout: runs that start at once on a new file wait for each other's set-up)
+            db = sqlite3.connect(journal.path, isolation_level=None, check_same_thread=False, timeout=30)
         else:
             assert journal.connect is not None
             db = journal.connect()
         self._db = db
         try:
-            self._mark = "?" if _paramstyle(db) in ("qmark", "numeric") else "%s"
+            self._mark = m = "?" if _paramstyle(db) in ("qmark", "numeric") else "%s"
             if self._sqlite:
-                db.execute("PRAGMA journal_mode=WAL")
+                _retried(lambda: db.execute("PRAGMA journal_mode=WAL"))  # (busy: another run's set-up)
                 db.execute("PRAGMA synchronous=NORMAL")
-            self._run("CREATE TABLE IF NOT EXISTS pyper_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self._run("CREATE TABLE IF NOT EXISTS pyper_done (key TEXT PRIMARY KEY)")
-            found = dict(self._query("SELECT name, value FROM pyper_meta"))
-            m = self._mark
-            if not found:
-                self._run(f"INSERT INTO pyper_meta VALUES ({m}, {m})", [("fingerprint", digest), ("tasks", summary)])
-            elif found.get("fingerprint") != digest and not journal.force:
-                raise ValueError(
-                    f"journal {journal.where} was written by another pipeline (its tasks: "
-                    f"{found.get('tasks', '?')}; this one's: {summary}): give "
-                    f"Journal(..., force=True) to use it anyway, or a new journal")
-            elif found.get("fingerprint") != digest:
-                self._run(f"UPDATE pyper_meta SET value = {m} WHERE name = {m}",
-                          [(digest, "fingerprint"), (summary, "tasks")])
+                db.execute("BEGIN IMMEDIATE")  # the set-up in one transaction (it waits its turn)
+            cursor = db.cursor()
+            try:
+                cursor.execute("CREATE TABLE IF NOT EXISTS pyper_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                cursor.execute("CREATE TABLE IF NOT EXISTS pyper_done (key TEXT PRIMARY KEY)")
+                cursor.execute("SELECT name, value FROM pyper_meta")
+                found = dict(cursor.fetchall())
+                if not found:
+                    cursor.executemany(f"INSERT INTO pyper_meta VALUES ({m}, {m})",
+                                       [("fingerprint", digest), ("tasks", summary)])
+                elif found.get("fingerprint") != digest and not journal.force:
+                    raise ValueError(
+                        f"journal {journal.where} was written by another pipeline (its tasks: "
+                        f"{found.get('tasks', '?')}; this one's: {summary}): give "
+                        f"Journal(..., force=True) to use it anyway, or a new journal")
+                elif found.get("fingerprint") != digest:
+                    cursor.executemany(f"UPDATE pyper_meta SET value = {m} WHERE name = {m}",
+                                       [(digest, "fingerprint"), (summary, "tasks")])
+            finally:
+                cursor.close()
+            if self._sqlite:
+                db.execute("COMMIT")
+            else:
+                db.commit()
+        except sqlite3.OperationalError:
+            db.close()
+            raise  # (locked past the timeout, a disk error: as it is)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise ValueError(f"journal {journal.where} is not a journal pyper can read: {exc}") from None

@@ -71,7 +71,12 @@ def replay(pipeline: Pipeline[Any, Any], letters: str | os.PathLike[str] | Itera
         if where[0] == 0:
             raise ValueError(f"replay: {letter.task!r} is the pipeline's first task, whose input is the "
                              "pipeline's arguments, not an item: call the pipeline again")
-        groups.setdefault(where[0], []).append(letter.item)
+        if tasks[where[0]].policy.batch and isinstance(letter.item, list):
+            # A batch= task's letter holds the list it failed on: its items go to the task
+            # again, which makes lists of them as it does.
+            groups.setdefault(where[0], []).extend(letter.item)
+        else:
+            groups.setdefault(where[0], []).append(letter.item)
     rests: list[tuple[list[Any], Pipeline[Any, Any]]] = [(items, Pipeline(tasks[index:])) for index, items in sorted(groups.items())]
     if isinstance(pipeline, AsyncPipeline):
         return _areplay(rests)

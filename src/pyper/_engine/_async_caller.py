@@ -56,7 +56,6 @@ async def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[s
                     for node, item in batch:
                         yield item
                         lineage.give(node)
-                    lineage.flush()
                 output.pace(len(batch), perf_counter() - started)  # how fast the caller reads
         except Cancelled:
             pass

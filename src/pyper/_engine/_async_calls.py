@@ -223,8 +223,11 @@ def _retrying(
                 if streams:
                     result = await _started(result)
                 return result
-            except retry_on as exc:
-                if isinstance(exc, _NEVER_RETRIED) or _cancelled(exc) or len(failures) == retries:
+            except BaseException as exc:
+                # (not one to retry, or the last: the error ends the item, with a note for
+                # each attempt before it; dead letters count the calls by them)
+                if (not isinstance(exc, retry_on) or isinstance(exc, _NEVER_RETRIED) or _cancelled(exc)
+                        or len(failures) == retries):
                     for number, failure in enumerate(failures, 1):
                         add_note(exc, f"pyper: attempt {number} of {retries + 1} raised {safe_str(failure)}")
                     raise

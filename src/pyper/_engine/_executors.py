@@ -90,6 +90,11 @@ def start_all(run: Run, stages: list[Stage]) -> None:
             module.unprepare(mine)
     if any(stage.task.adaptive for stage in run.stages[1:]):
         _start_sizer(run)
+    if run.lineage is not None:  # a journaled run: its writer of done marks
+        from . import _threads
+
+        _threads.spawn([(run.lineage.flusher, "pyper:journal")], daemon=False, nonblocking=run.loop is not None,
+                       on_error=lambda exc: run.fail(exc, run.stages[0].task), owner=run)
 
 
 def start(run: Run, stage: Stage, workers: range) -> None:

@@ -14,10 +14,11 @@ node whose count reaches 0 is done: a root's key is marked, a holder's nodes giv
 The stages' calls see plain values: each worker's call is wrapped once (``traced``), so
 the loops, the executors and the per-call options are the same with a journal or without.
 
-Who owns what: the counts and the list of keys done but not yet written are guarded by
-``_lock`` (workers of any stage and the caller give references back); the ``Store`` is
-written under it too, by the caller (``flush``: at most every ``FLUSH_SECONDS``, and at
-the run's end), so a crash loses at most that long of marks, whose items run again.
+Who owns what: the counts, the roots in flight and the keys done but not yet written are
+guarded by ``_lock`` (workers of any stage and the caller give references back); the
+``Store`` is written by one thread at a time (``_writing``): the run's flusher, a job on a
+pyper thread, at most ``FLUSH_SECONDS`` after a key is done, and ``close`` at the run's
+end. So a crash loses at most that long of marks, whose items run again.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ Iterate = Callable[["Task", object, Any], Any]
 
 __all__ = ["Lineage", "Node"]
 
-#: The longest done marks wait before they are written (the caller writes them).
+#: The longest done marks wait before they are written (by the run's flusher).
 FLUSH_SECONDS = 0.05
 #: ... or once this many have gathered.
 FLUSH_KEYS = 4096
@@ -68,36 +69,49 @@ class Lineage:
     """One journaled run's items in flight, and its journal's file."""
 
     def __init__(self, journal: Journal, tasks: tuple[Task, ...]) -> None:
+        # Guards the counts, ``_live``, ``done``, ``skipped``, ``_finished`` and ``_closed``;
+        # the flusher waits on it for marks to write.
         self._lock = threading.Lock()
+        self._due = threading.Condition(self._lock)
+        self._writing = threading.Lock()  # one write to the store at a time (flusher, close)
         self.store = Store(journal, tasks)
         try:
-            self.done = self.store.done()  # read once, by the first task's worker
+            self.done = self.store.done()  # the keys done: in the journal, or since in this run
         except BaseException:
             self.store.close()
             raise
+        self.before = len(self.done)
         self.key = journal.key or _default_key
         self.name = tasks[0].name
         self.where = journal.where
         # A sink marks its items through its own connection (``Journal.mark``): each map
         # call then runs with its input's node in ``_calling``.
         self.marks = journal.connect is not None
-        self.skipped = 0  # keys skipped as done (counted by the first task's one worker)
+        self.skipped = 0  # outputs of the first task skipped, their key being done
+        self._live: dict[str, Node] = {}  # the roots in flight, by key: one per key
         self._finished: list[str] = []  # keys done, not yet written
-        self._flushed = perf_counter()
+        self._since = 0.0  # when the oldest of them was done
         self._closed = False
 
     # -- counting -----------------------------------------------------------------------
 
     def root(self, item: Any) -> Node | None:
-        """A root for the first task's output ``item``; None if its key is done (skipped)."""
+        """The root for the first task's output ``item``; None if its key is done (skipped).
+        Two items with one key share it: the key is done once both are."""
         try:
             key = encode_key(self.key(item))
         except TypeError as exc:
             raise TypeError(f"journal {self.where} of task {self.name!r}: {exc}") from None
-        if key in self.done:
-            self.skipped += 1
-            return None
-        return Node(key)
+        with self._lock:
+            if key in self.done:
+                self.skipped += 1
+                return None
+            node = self._live.get(key)
+            if node is None:
+                node = self._live[key] = Node(key)
+            else:
+                node.count += 1
+            return node
 
     def take(self, node: Node) -> None:
         """One more reference to ``node`` (an output of a fan-out)."""
@@ -113,28 +127,61 @@ class Lineage:
                 n.count -= 1
                 if n.count == 0:
                     if n.key is not None:
+                        del self._live[n.key]
+                        self.done.add(n.key)
+                        if not self._finished:
+                            self._since = perf_counter()
+                            self._due.notify()  # (the flusher waits for a first mark)
                         self._finished.append(n.key)
+                        if len(self._finished) == FLUSH_KEYS:
+                            self._due.notify()
                     if n.holds:
                         stack.extend(n.holds)
 
-    def flush(self, force: bool = False) -> None:
-        """Write the done marks, if it is time (or ``force``). Called by the caller."""
-        if not self._finished or not (force or len(self._finished) >= FLUSH_KEYS
-                                      or perf_counter() - self._flushed >= FLUSH_SECONDS):
-            return
-        with self._lock:
-            keys, self._finished = self._finished, []
-            self._flushed = perf_counter()
-            if keys and not self._closed:
+    def flusher(self) -> None:
+        """The run's writer (a job on a pyper thread, from the run's start to ``close``): the
+        done marks, at most ``FLUSH_SECONDS`` after the oldest of them was done (or once
+        ``FLUSH_KEYS`` gathered), whatever the caller is doing."""
+        while True:
+            with self._lock:
+                while not self._closed:
+                    if self._finished:
+                        wait = self._since + FLUSH_SECONDS - perf_counter()
+                        if wait <= 0 or len(self._finished) >= FLUSH_KEYS:
+                            break
+                        self._due.wait(wait)
+                    else:
+                        self._due.wait()
+                if self._closed:
+                    return
+                keys, self._finished = self._finished, []
+                self._writing.acquire()  # (before letting the lock go: writes keep their order)
+            try:
                 self.store.mark(keys)
+            finally:
+                self._writing.release()
 
     def close(self) -> None:
-        """The run is over: write what is done, and close the file."""
-        self.flush(force=True)
+        """The run is over: the flusher stops, what is done is written, the store closed; and
+        a resumed run says how many items it skipped."""
         with self._lock:
-            if not self._closed:
-                self._closed = True
+            if self._closed:
+                return
+            self._closed = True
+            self._due.notify_all()
+            keys, self._finished = self._finished, []
+            skipped = self.skipped
+        with self._writing:
+            try:
+                if keys:
+                    self.store.mark(keys)
+            finally:
                 self.store.close()
+        if skipped:
+            import logging
+
+            logging.getLogger("pyper").info("pyper: journal %s: skipped %d items done before", self.where,
+                                            skipped, extra={"pyper_task": self.name, "pyper_run": None})
 
     # -- a relay's batches (a remote executor's stage: the values go, the nodes stay) ------
 

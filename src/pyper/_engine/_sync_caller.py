@@ -57,7 +57,6 @@ def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, An
                     for node, item in batch:
                         yield item
                         lineage.give(node)
-                    lineage.flush()
                 output.pace(len(batch), perf_counter() - started)  # how fast the caller reads
         except Cancelled:
             pass
