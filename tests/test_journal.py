@@ -188,6 +188,27 @@ def test_a_skipped_item_is_done_and_one_whose_error_stopped_the_run_is_not(tmp_p
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_run_stopped_by_its_error_budget_leaves_its_failures_undone(executor: str, tmp_path: Path) -> None:
+    """Within its budget a run marks the items it skipped done; a run the budget stopped
+    leaves them (all of them, those skipped before the one that broke it too) for the next."""
+    from pyper import TooManyFailures
+
+    logging.getLogger("pyper").setLevel(logging.ERROR)
+    where = {"multiprocess": True} if executor == "process" else {}
+    within = tmp_path / "within.journal"
+    p = task(rows, journal=within) | task(odd_fails, on_error="skip", max_failures=10, **where)
+    assert list(p(10)) == [0, 2, 4, 6, 8]
+    assert done_keys(within) == sorted(f"i:{i}" for i in range(10))
+
+    past = tmp_path / "past.journal"
+    q = task(rows, journal=past) | task(odd_fails, on_error="skip", max_failures=2, **where)
+    with pytest.raises(TooManyFailures):
+        list(q(10))
+    assert not {f"i:{i}" for i in range(1, 10, 2)} & set(done_keys(past))  # no failure marked
+
+
+@pytest.mark.timeout(60)
 def test_a_batch_is_done_with_its_call_and_its_items_with_it(tmp_path: Path) -> None:
     path = tmp_path / "job.journal"
     p = task(rows, journal=path) | task(sum, batch=4)

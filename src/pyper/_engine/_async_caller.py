@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import Any
 
-from .._errors import Cancelled
+from .._errors import Cancelled, TooManyFailures
 from .._spec import Task
 from ._bridge import acall_chain, acall_inline, chained
 from ._executors import running_loop, start_all
@@ -66,7 +66,8 @@ async def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[s
     finally:
         run.finish()
         if run.lineage is not None:
-            run.lineage.close()  # (what is done is written, whatever ended the run)
+            # (what is done is written, whatever ended the run; failures within a budget only)
+            run.lineage.close(not isinstance(run.error, TooManyFailures))
         await run.asettle()
     if not ended:
         raise run.failure()

@@ -50,12 +50,13 @@ class Node:
     """References in flight to what one item became (``key``: a root's, else None) and,
     for a holder, the nodes it gives back once done."""
 
-    __slots__ = ("count", "key", "holds")
+    __slots__ = ("count", "key", "holds", "failed")
 
     def __init__(self, key: str | None, holds: list[Node] | None = None) -> None:
         self.count = 1
         self.key = key
         self.holds = holds
+        self.failed = False  # part of it failed and was dropped (on_error=): see ``give``
 
 
 def _default_key(item: Any) -> Any:
@@ -88,6 +89,11 @@ class Lineage:
         # call then runs with its input's node in ``_calling``.
         self.marks = journal.connect is not None
         self.skipped = 0  # outputs of the first task skipped, their key being done
+        # With an error budget (max_failures=), a key done with a failure in it is written
+        # only by a run that ends within its budget (``close``): a run stopped by it leaves
+        # its failures to the next.
+        self.budgeted = any(t.policy.max_failures is not None for t in tasks)
+        self._failed: list[str] = []
         self._live: dict[str, Node] = {}  # the roots in flight, by key: one per key
         self._finished: list[str] = []  # keys done, not yet written
         self._since = 0.0  # when the oldest of them was done
@@ -118,9 +124,12 @@ class Lineage:
         with self._lock:
             node.count += 1
 
-    def give(self, node: Node) -> None:
-        """A reference to ``node`` is gone: an item left the pipeline, was dropped, or fanned out."""
+    def give(self, node: Node, failed: bool = False) -> None:
+        """A reference to ``node`` is gone: an item left the pipeline, was dropped (``failed``:
+        on_error= dropped it), or fanned out."""
         with self._lock:
+            if failed:
+                node.failed = True
             stack = [node]
             while stack:
                 n = stack.pop()
@@ -129,6 +138,9 @@ class Lineage:
                     if n.key is not None:
                         del self._live[n.key]
                         self.done.add(n.key)
+                        if n.failed and self.budgeted:
+                            self._failed.append(n.key)  # (written by close, if within budget)
+                            continue
                         if not self._finished:
                             self._since = perf_counter()
                             self._due.notify()  # (the flusher waits for a first mark)
@@ -136,6 +148,9 @@ class Lineage:
                         if len(self._finished) == FLUSH_KEYS:
                             self._due.notify()
                     if n.holds:
+                        if n.failed:
+                            for held in n.holds:
+                                held.failed = True
                         stack.extend(n.holds)
 
     def flusher(self) -> None:
@@ -161,15 +176,18 @@ class Lineage:
             finally:
                 self._writing.release()
 
-    def close(self) -> None:
-        """The run is over: the flusher stops, what is done is written, the store closed; and
-        a resumed run says how many items it skipped."""
+    def close(self, within_budget: bool = True) -> None:
+        """The run is over: the flusher stops, what is done is written (with the failed keys,
+        ``within_budget``: unless the run was stopped by a budget), the store closed; and a
+        resumed run says how many items it skipped."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._due.notify_all()
             keys, self._finished = self._finished, []
+            if within_budget:
+                keys += self._failed
             skipped = self.skipped
         with self._writing:
             try:
@@ -201,7 +219,7 @@ class Lineage:
                 assert kept is not None
                 replaced = kept([output])
                 if not replaced:
-                    self.give(node)
+                    self.give(node, failed=True)
                     continue
                 output = replaced[0]
             result.append((node, output))
@@ -243,7 +261,7 @@ class Lineage:
     def _mapped(self, node: Node, result: Any) -> Any:
         """A map call's output, with its input's node (given back if on_error dropped it)."""
         if result is DROPPED:
-            self.give(node)
+            self.give(node, failed=True)
             return DROPPED
         return (node, result)
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from time import perf_counter
 from typing import Any
 
-from .._errors import Cancelled
+from .._errors import Cancelled, TooManyFailures
 from .._spec import Task
 from ._bridge import call_chain, call_inline, chained
 from ._executors import running_loop, start_all
@@ -67,7 +67,8 @@ def iterate(tasks: tuple[Task, ...], args: tuple[Any, ...], kwargs: dict[str, An
     finally:
         run.finish()
         if run.lineage is not None:
-            run.lineage.close()  # (what is done is written, whatever ended the run)
+            # (what is done is written, whatever ended the run; failures within a budget only)
+            run.lineage.close(not isinstance(run.error, TooManyFailures))
         run.settle()
     if not ended:
         raise run.failure()
