@@ -729,3 +729,49 @@ def test_a_resumed_run_logs_how_many_it_skipped(tmp_path: Path, caplog: pytest.L
     assert list(p(3)) == []
     messages = [r.getMessage().replace(str(path), "") for r in caplog.records if r.name == "pyper"]
     assert any("skip" in m and re.findall(r"\d+", m) == ["3"] for m in messages), messages
+
+
+@pytest.mark.timeout(60)
+def test_marks_in_the_sinks_database_are_written_as_the_run_goes(tmp_path: Path) -> None:
+    """The run's writer thread writes through a connection of its own (a sqlite3
+    connection refuses any thread but its maker's): marks come while the caller is still
+    reading, not only at the end."""
+    db = tmp_path / "out.db"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(db, timeout=30)
+
+    p = task(rows, journal=Journal(connect=connect)) | task(double, workers=2)
+    seen_during = 0
+    for i, _ in enumerate(p(400)):
+        if i == 300:
+            time.sleep(0.3)  # (longer than the writer waits)
+            with sqlite3.connect(db) as con:
+                seen_during = con.execute("SELECT COUNT(*) FROM pyper_done").fetchone()[0]
+    assert 250 <= seen_during <= 300, seen_during
+    assert len(done_keys(db)) == 400
+
+
+@pytest.mark.timeout(120)
+def test_the_docs_resume_example_is_killed_and_resumed(tmp_path: Path) -> None:
+    """examples/resume.py, as the "Long jobs" page runs it: killed twice, then run to its end."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "resume.py"
+    db = tmp_path / "job.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    kills = 0
+    for delay in (0.3, 0.5):
+        proc = subprocess.Popen([sys.executable, str(example), str(db)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+    assert kills >= 1
+    with sqlite3.connect(db) as con:
+        partial = con.execute("SELECT COUNT(*) FROM squares").fetchone()[0]
+    assert partial < 2000
+    done = subprocess.run([sys.executable, str(example), str(db)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "squares: 2000 rows, 2000 distinct\n"

@@ -159,9 +159,12 @@ def fingerprint(tasks: Iterable[Task]) -> tuple[str, str]:
 class Store:
     """A journal's tables, open for one run: in its own SQLite file (``path``), or in the
     database ``connect`` reaches (its connection's own SQL: standard, with the parameter
-    marks of its driver)."""
+    marks of its driver). Set up, and its done keys read (``done``), by the thread that
+    opens it; written by whichever thread holds a connection from ``writer``: a file's one
+    connection (SQLite's, opened for any thread), or for ``connect`` one of the writing
+    thread's own (a driver's connection may refuse other threads: sqlite3's does)."""
 
-    __slots__ = ("_db", "_mark", "_sqlite")
+    __slots__ = ("_db", "_mark", "_sqlite", "_connect", "done")
 
     def __init__(self, journal: Journal, tasks: tuple[Task, ...]) -> None:
         digest, summary = fingerprint(tasks)
@@ -204,6 +207,7 @@ class Store:
                 db.execute("COMMIT")
             else:
                 db.commit()
+            self.done: set[str] = {key for (key,) in self._query("SELECT key FROM pyper_done")}
         except sqlite3.OperationalError:
             db.close()
             raise  # (locked past the timeout, a disk error: as it is)
@@ -213,21 +217,17 @@ class Store:
         except BaseException:
             db.close()
             raise
+        self._connect = journal.connect
+        if journal.connect is not None:
+            db.close()  # (this thread's: the writers open their own)
 
-    def _run(self, sql: str, rows: list[tuple[Any, ...]] | None = None) -> None:
-        """One statement (for each of ``rows``), committed."""
-        cursor = self._db.cursor()
-        try:
-            if rows is None:
-                cursor.execute(sql)
-            else:
-                cursor.executemany(sql, rows)
-            self._db.commit()
-        except BaseException:
-            self._db.rollback()
-            raise
-        finally:
-            cursor.close()
+    def writer(self) -> Any:
+        """A connection the calling thread writes marks through (``mark``, then ``release``)."""
+        return self._db if self._connect is None else self._connect()
+
+    def release(self, conn: Any) -> None:
+        if self._connect is not None:
+            conn.close()
 
     def _query(self, sql: str) -> list[Any]:
         cursor = self._db.cursor()
@@ -239,22 +239,28 @@ class Store:
         finally:
             cursor.close()
 
-    def done(self) -> set[str]:
-        """The keys marked done."""
-        return {key for (key,) in self._query("SELECT key FROM pyper_done")}
-
-    def mark(self, keys: list[str]) -> None:
-        """Mark ``keys`` done, in one transaction."""
+    def mark(self, conn: Any, keys: list[str]) -> None:
+        """Mark ``keys`` done, in one transaction, through ``conn`` (from ``writer``)."""
         if self._sqlite:  # (autocommit connection: one explicit transaction)
-            self._db.execute("BEGIN")
+            conn.execute("BEGIN")
             try:
-                self._db.executemany("INSERT OR IGNORE INTO pyper_done VALUES (?)", ((k,) for k in keys))
+                conn.executemany("INSERT OR IGNORE INTO pyper_done VALUES (?)", ((k,) for k in keys))
             except BaseException:
-                self._db.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            conn.execute("COMMIT")
             return
-        self._run(f"INSERT INTO pyper_done (key) VALUES ({self._mark}) ON CONFLICT DO NOTHING", [(k,) for k in keys])
+        cursor = conn.cursor()
+        try:
+            cursor.executemany(f"INSERT INTO pyper_done (key) VALUES ({self._mark}) ON CONFLICT DO NOTHING",
+                               [(k,) for k in keys])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            cursor.close()
 
     def close(self) -> None:
-        self._db.close()
+        if self._connect is None:
+            self._db.close()

@@ -93,8 +93,11 @@ def start_all(run: Run, stages: list[Stage]) -> None:
     if run.lineage is not None:  # a journaled run: its writer of done marks
         from . import _threads
 
-        _threads.spawn([(run.lineage.flusher, "pyper:journal")], daemon=False, nonblocking=run.loop is not None,
-                       on_error=lambda exc: run.fail(exc, run.stages[0].task), owner=run)
+        def fail(exc: BaseException) -> None:
+            run.fail(exc, run.stages[0].task)
+
+        _threads.spawn([(partial(run.lineage.flusher, fail), "pyper:journal")], daemon=False,
+                       nonblocking=run.loop is not None, on_error=fail, owner=run)
 
 
 def start(run: Run, stage: Stage, workers: range) -> None:

@@ -16,9 +16,10 @@ the loops, the executors and the per-call options are the same with a journal or
 
 Who owns what: the counts, the roots in flight and the keys done but not yet written are
 guarded by ``_lock`` (workers of any stage and the caller give references back); the
-``Store`` is written by one thread at a time (``_writing``): the run's flusher, a job on a
-pyper thread, at most ``FLUSH_SECONDS`` after a key is done, and ``close`` at the run's
-end. So a crash loses at most that long of marks, whose items run again.
+``Store`` is written by the run's flusher, a job on a pyper thread, at most
+``FLUSH_SECONDS`` after a key is done and once more when the run closes (by ``close``
+itself if the flusher never ran). So a crash loses at most that long of marks, whose
+items run again.
 """
 
 from __future__ import annotations
@@ -74,13 +75,12 @@ class Lineage:
         # the flusher waits on it for marks to write.
         self._lock = threading.Lock()
         self._due = threading.Condition(self._lock)
-        self._writing = threading.Lock()  # one write to the store at a time (flusher, close)
         self.store = Store(journal, tasks)
-        try:
-            self.done = self.store.done()  # the keys done: in the journal, or since in this run
-        except BaseException:
-            self.store.close()
-            raise
+        self.done = self.store.done  # the keys done: in the journal, or since in this run
+        # The flusher's state: running (it writes every mark, the last ones too), and
+        # ``_stopped`` once it has written them and let its connection go.
+        self._running = False
+        self._stopped = threading.Event()
         self.before = len(self.done)
         self.key = journal.key or _default_key
         self.name = tasks[0].name
@@ -153,48 +153,69 @@ class Lineage:
                                 held.failed = True
                         stack.extend(n.holds)
 
-    def flusher(self) -> None:
+    def flusher(self, fail: Callable[[BaseException], None]) -> None:
         """The run's writer (a job on a pyper thread, from the run's start to ``close``): the
         done marks, at most ``FLUSH_SECONDS`` after the oldest of them was done (or once
-        ``FLUSH_KEYS`` gathered), whatever the caller is doing."""
-        while True:
+        ``FLUSH_KEYS`` gathered), whatever the caller is doing, and the last ones when the
+        run closes; through a connection of its own thread. ``fail``: what it reports an
+        error to (the run)."""
+        conn = None
+        try:
             with self._lock:
-                while not self._closed:
-                    if self._finished:
-                        wait = self._since + FLUSH_SECONDS - perf_counter()
-                        if wait <= 0 or len(self._finished) >= FLUSH_KEYS:
-                            break
-                        self._due.wait(wait)
-                    else:
-                        self._due.wait()
                 if self._closed:
+                    return  # (close came first, and wrote the marks itself)
+                self._running = True
+            while True:
+                with self._lock:
+                    while not self._closed:
+                        if self._finished:
+                            wait = self._since + FLUSH_SECONDS - perf_counter()
+                            if wait <= 0 or len(self._finished) >= FLUSH_KEYS:
+                                break
+                            self._due.wait(wait)
+                        else:
+                            self._due.wait()
+                    keys, self._finished = self._finished, []
+                    last = self._closed
+                if keys:
+                    if conn is None:
+                        conn = self.store.writer()
+                    self.store.mark(conn, keys)
+                if last:
                     return
-                keys, self._finished = self._finished, []
-                self._writing.acquire()  # (before letting the lock go: writes keep their order)
-            try:
-                self.store.mark(keys)
-            finally:
-                self._writing.release()
+        except BaseException as exc:
+            fail(exc)
+        finally:
+            if conn is not None:
+                self.store.release(conn)
+            self._stopped.set()
 
     def close(self, within_budget: bool = True) -> None:
-        """The run is over: the flusher stops, what is done is written (with the failed keys,
-        ``within_budget``: unless the run was stopped by a budget), the store closed; and a
-        resumed run says how many items it skipped."""
+        """The run is over: the flusher writes what is done (with the failed keys,
+        ``within_budget``: unless the run was stopped by a budget) and stops, or this thread
+        writes it if the flusher never ran; the store is closed; and a resumed run says how
+        many items it skipped."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._due.notify_all()
-            keys, self._finished = self._finished, []
             if within_budget:
-                keys += self._failed
+                self._finished += self._failed
+            running = self._running
+            keys = [] if running else self._finished
+            self._due.notify_all()
             skipped = self.skipped
-        with self._writing:
-            try:
-                if keys:
-                    self.store.mark(keys)
-            finally:
-                self.store.close()
+        try:
+            if running:
+                self._stopped.wait()  # (its last write: as long as the database takes)
+            elif keys:
+                conn = self.store.writer()
+                try:
+                    self.store.mark(conn, keys)
+                finally:
+                    self.store.release(conn)
+        finally:
+            self.store.close()
         if skipped:
             import logging
 
