@@ -208,6 +208,64 @@ def test_a_run_stopped_by_its_error_budget_leaves_its_failures_undone(executor: 
     assert not {f"i:{i}" for i in range(1, 10, 2)} & set(done_keys(past))  # no failure marked
 
 
+def total(items: Any) -> int:
+    return sum(items)
+
+
+def chunks_of_three(items: Any) -> Any:
+    chunk = []
+    for x in items:
+        chunk.append(x)
+        if len(chunk) == 3:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@pytest.mark.timeout(60)
+def test_what_a_join_call_read_is_done_once_the_call_ended_and_its_outputs_are_taken(tmp_path: Path) -> None:
+    path = tmp_path / "job.journal"
+    p = task(rows, journal=path) | task(double, workers=2) | task(total, join=True)
+    for _ in p(20):
+        break  # the join's one output in hand, not taken
+    assert done_keys(path) == []
+    assert list(p(20)) == [sum(2 * x for x in range(20))]
+    assert done_keys(path) == sorted(f"i:{i}" for i in range(20))
+    assert list(p(20)) == []
+
+    streamed = tmp_path / "streamed.journal"
+    q = task(rows, journal=streamed) | task(chunks_of_three, join=True, branch=True)
+    taken = []
+    for chunk in q(10):
+        taken.append(chunk)
+        if len(taken) == 2:
+            break  # the call had not ended: nothing it read is done
+    assert done_keys(streamed) == []
+    assert [x for chunk in q(10) for x in chunk] == list(range(10))
+
+
+@pytest.mark.timeout(60)
+def test_two_join_workers_each_hold_what_they_read(tmp_path: Path) -> None:
+    path = tmp_path / "job.journal"
+    p = task(rows, journal=path) | task(total, join=True, workers=2)
+    assert sum(p(100)) == sum(range(100))
+    assert done_keys(path) == sorted(f"i:{i}" for i in range(100))
+
+
+@pytest.mark.timeout(60)
+def test_an_async_join_resumes_too(tmp_path: Path) -> None:
+    path = tmp_path / "job.journal"
+
+    async def atotal(items: Any) -> int:
+        return sum([x async for x in items])
+
+    p = task(arows, journal=path) | task(atotal, join=True)
+    assert collect(p, 30) == [sum(range(30))]
+    assert done_keys(path) == sorted(f"i:{i}" for i in range(30))
+    assert collect(p, 30) == []
+
+
 @pytest.mark.timeout(60)
 def test_a_batch_is_done_with_its_call_and_its_items_with_it(tmp_path: Path) -> None:
     path = tmp_path / "job.journal"
@@ -289,8 +347,8 @@ def test_what_a_journaled_run_does_not_follow_yet_is_refused_clearly(tmp_path: P
         list((task(rows) | task(double, journal=path))(3))
     with pytest.raises(PipelineSetupError, match=r"task 'double' has timeout= on threads or a remote executor"):
         list((task(rows, journal=path) | task(double, multiprocess=True, timeout=5))(3))
-    with pytest.raises(PipelineSetupError, match=r"task 'sum' is a join task"):
-        list((task(rows, journal=path) | task(sum, join=True))(3))
+    with pytest.raises(PipelineSetupError, match=r"task 'total' is a join task on a remote executor"):
+        list((task(rows, journal=path) | task(total, join=True, multiprocess=True))(3))
     with pytest.raises(TypeError, match=r"task 'rows': journal must be a file path or a pyper.Journal"):
         task(rows, journal=3)  # type: ignore[arg-type]
     inner = task(rows, journal=path) | task(double)

@@ -30,6 +30,7 @@ from time import perf_counter
 from typing import Any
 
 from .._channel import TIMED_OUT
+from .._policy import DROPPED
 from ._bridge import aiter_result
 from ._run import NO_ITEM, Worker, adapt, dropping
 
@@ -219,7 +220,7 @@ async def _join(worker: Worker) -> None:
         if task.branch:  # a generator reads its inputs as it is iterated
             flush = partial(out.aflush, box, False)
             await pour(aiter_result(task, result, run), box, 1, stage.emit, flush, out.getters)
-        else:
+        elif result is not DROPPED:  # (a journaled run's join whose input was all done: no call)
             box.append(result)
     finally:
         await inputs.aclose()  # type: ignore[attr-defined]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from itertools import chain
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -269,6 +270,8 @@ class Lineage:
         returned, when it has one (the run's total, for metrics and progress)."""
         if first is not None:
             return (self._first_async if is_async else self._first)(task, call, run, iterate, first)
+        if task.join:
+            return (self._join_async if is_async else self._join)(task, call, run, iterate)
         listed = task.policy.batch > 0  # its input: lists the run's grouping stage made
         if branch:
             return (self._branch_async if is_async else self._branch)(task, call, run, listed, iterate)
@@ -361,6 +364,62 @@ class Lineage:
             if close is not None:
                 await close()
         self.give(node)
+
+    def _join(self, task: Task, call: Callable[[Any], Any], run: object, iterate: Iterate) -> Callable[[Any], Any]:
+        """A join call: it reads values, and its outputs hold a node over the nodes of all
+        it read (given back once the call has ended and they have all been taken)."""
+        def traced(inputs: Any) -> Any:
+            holder = Node(None, [])
+            reading = self._reading(inputs, holder)
+            try:
+                first = next(reading)
+            except StopIteration:  # all its input was done before: no call
+                return () if task.branch else DROPPED
+            result = call(chain((first,), reading))
+            return self._children(holder, iterate(task, result, run)) if task.branch else (holder, result)
+
+        return traced
+
+    @staticmethod
+    def _reading(inputs: Iterator[Any], holder: Node) -> Iterator[Any]:
+        holds = holder.holds
+        assert holds is not None
+        for node, value in inputs:
+            holds.append(node)  # (its reference moves to the holder: given back with it)
+            yield value
+
+    def _join_async(self, task: Task, call: Callable[[Any], Any], run: object,
+                    iterate: Iterate) -> Callable[[Any], Any]:
+        async def traced(inputs: Any) -> Any:
+            holder = Node(None, [])
+            reading = self._areading(inputs, holder)
+            try:
+                first = await reading.__anext__()
+            except StopAsyncIteration:  # all its input was done before: no call
+                return self._nothing() if task.branch else DROPPED
+            result = await call(self._achain(first, reading))
+            return self._achildren(holder, iterate(task, result, run)) if task.branch else (holder, result)
+
+        return traced
+
+    @staticmethod
+    async def _areading(inputs: AsyncIterator[Any], holder: Node) -> AsyncIterator[Any]:
+        holds = holder.holds
+        assert holds is not None
+        async for node, value in inputs:
+            holds.append(node)
+            yield value
+
+    @staticmethod
+    async def _achain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        yield first
+        async for value in rest:
+            yield value
+
+    @staticmethod
+    async def _nothing() -> AsyncIterator[Any]:
+        return
+        yield  # (an async generator that yields nothing)
 
     def _first(self, task: Task, call: Callable[[Any], Any], run: object,
                iterate: Iterate, sized: Callable[[int], None]) -> Callable[[Any], Any]:

@@ -320,7 +320,7 @@ def _check_journaled(tasks: tuple[Task, ...], nested: bool) -> None:
                 "commit and the rest not): give the journal a path, and make the sink idempotent")
     for task in tasks[1:]:
         why = ("runs on Ray" if row(task).module == "_ray" else
-               "is a join task" if task.join else
+               "is a join task on a remote executor" if task.join and row(task).remote else
                "has timeout= on threads or a remote executor" if task.policy.timeout is not None
                and row(task).runs == "sync" else "")
         if why:
