@@ -426,6 +426,44 @@ def plus_one(x: int) -> int:
     return x + 1
 
 
+def odd_fails(x: int) -> int:
+    if x % 2:
+        raise ValueError(x)
+    return x
+
+
+def twice(x: int) -> list[int]:
+    return [x, x + 1000]
+
+
+@pytest.mark.timeout(180)
+def test_a_journaled_run_through_ray_stages_resumes(tmp_path: Any) -> None:
+    """Issue 22: two Ray stages after a journaled first task (a map that skips the odd items,
+    then a fan-out): values go to Ray, each item's lineage stays in the driver; a run cut
+    short is finished by the next, and a finished journal calls nothing."""
+    import logging
+    import sqlite3
+
+    logging.getLogger("pyper").setLevel(logging.ERROR)
+    path = tmp_path / "job.journal"
+    p = (task(count_to, branch=True, journal=str(path))
+         | task(odd_fails, workers=2, executor="ray", on_error="skip")
+         | task(twice, workers=2, executor="ray", branch=True))
+    first = []
+    for y in p(60):
+        first.append(y)
+        if len(first) == 11:
+            break
+    second = list(p(60))
+    oracle = {v for x in range(0, 60, 2) for v in twice(x)}
+    assert set(first) | set(second) == oracle
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM pyper_done").fetchone()[0] == 60
+    assert list(p(60)) == []
+
+
+
+
 @pytest.mark.timeout(120)
 def test_metrics_between_two_ray_stages_count_items_not_references() -> None:
     import pyper

@@ -106,8 +106,9 @@ def start(run: Run, stage: Stage, workers: range) -> None:
     # Outputs go on as references to the next stage only if it takes them as batches: not
     # to one call per item (rate=, timeout=), a join call, a grouping (batch=); and not
     # from a stage that counts its outputs in flight (throttle=), or whose outputs come to
-    # the driver anyway (branch, timeout=, on_error=: the handler runs there).
-    passes_refs = (down is not None and down.executor == "ray" and not down.policy.batch
+    # the driver anyway (branch, timeout=, on_error=: the handler runs there); nor in a
+    # journaled run, whose relays keep each item's lineage beside its value.
+    passes_refs = (run.lineage is None and down is not None and down.executor == "ray" and not down.policy.batch
                    and down.policy.limiter is None and down.policy.timeout is None and not down.join
                    and not stage.branch and not stage.task.throttle and stage.task.policy.timeout is None
                    and stage.task.policy.on_error == "raise")

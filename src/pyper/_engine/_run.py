@@ -319,8 +319,7 @@ def _check_journaled(tasks: tuple[Task, ...], nested: bool) -> None:
                 f"the sink whole, and task {fanning[0]!r} fans out (part of an item's outputs could "
                 "commit and the rest not): give the journal a path, and make the sink idempotent")
     for task in tasks[1:]:
-        why = ("runs on Ray" if row(task).module == "_ray" else
-               "is a join task on a remote executor" if task.join and row(task).remote else
+        why = ("is a join task on a remote executor" if task.join and row(task).remote else
                "has timeout= on threads or a remote executor" if task.policy.timeout is not None
                and row(task).runs == "sync" else "")
         if why:
