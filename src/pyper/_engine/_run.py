@@ -320,8 +320,8 @@ def _check_journaled(tasks: tuple[Task, ...], nested: bool) -> None:
                 "commit and the rest not): give the journal a path, and make the sink idempotent")
     for task in tasks[1:]:
         why = ("is a join task on a remote executor" if task.join and row(task).remote else
-               "has timeout= on threads or a remote executor" if task.policy.timeout is not None
-               and row(task).runs == "sync" else "")
+               "has timeout= on threads" if task.policy.timeout is not None and row(task).runs == "sync"
+               and not row(task).remote else "")
         if why:
             raise PipelineSetupError(f"{where}: task {task.name!r} {why}, which a journaled run does "
                                      "not follow yet: run it without journal=")
