@@ -262,12 +262,16 @@ class Lineage:
     # -- the calls, traced --------------------------------------------------------------
 
     def traced(self, task: Task, first: Callable[[int], None] | None, branch: bool, call: Callable[[Any], Any],
-               run: object, is_async: bool, iterate: Iterate) -> Callable[[Any], Any]:
+               run: object, is_async: bool, iterate: Iterate, stepped: bool = False) -> Callable[[Any], Any]:
         """``call`` (a worker's of ``task``, with its options) on ``(node, value)`` items:
         the value in, the output out with its node (see the module's docstring).
         ``iterate``: how the worker's loop reads a ``branch``ing call's result, applied here
         first. ``first``: for the first task's call, what takes the length of what it
-        returned, when it has one (the run's total, for metrics and progress)."""
+        returned, when it has one (the run's total, for metrics and progress).
+        ``stepped``: the loop runs stepped (``timeout=`` on threads: ``_timeouts``), and
+        ``call`` is a step its loop yields from."""
+        if stepped:
+            return self._stepped(task, first, branch, call, run, iterate)
         if first is not None:
             return (self._first_async if is_async else self._first)(task, call, run, iterate, first)
         if task.join:
@@ -276,6 +280,31 @@ class Lineage:
         if branch:
             return (self._branch_async if is_async else self._branch)(task, call, run, listed, iterate)
         return self._map_async(call, listed) if is_async else self._map(call, listed)
+
+    def _stepped(self, task: Task, first: Callable[[int], None] | None, branch: bool, call: Callable[[Any], Any],
+                 run: object, iterate: Iterate) -> Callable[[Any], Any]:
+        """``traced`` for a stepped loop: the wrapper is a step too (the call is made by the
+        thread that drives the loop; a join or a generator takes no timeout, so never here)."""
+        listed = task.policy.batch > 0
+
+        def traced(pair: Any) -> Any:
+            if first is not None:
+                result = yield from call(pair)
+                if not task.branch:
+                    return self._one(result)
+                if hasattr(result, "__len__"):
+                    first(len(result))
+                return self._roots(iterate(task, result, run))
+            node, value = self._holding(pair, listed)
+            token = _calling.set(node) if self.marks else None
+            try:
+                result = yield from call(value)
+            finally:
+                if token is not None:
+                    _calling.reset(token)
+            return self._children(node, iterate(task, result, run)) if branch else self._mapped(node, result)
+
+        return traced
 
     def _holding(self, pair: Any, listed: bool) -> tuple[Node, Any]:
         if not listed:

@@ -319,12 +319,9 @@ def _check_journaled(tasks: tuple[Task, ...], nested: bool) -> None:
                 f"the sink whole, and task {fanning[0]!r} fans out (part of an item's outputs could "
                 "commit and the rest not): give the journal a path, and make the sink idempotent")
     for task in tasks[1:]:
-        why = ("is a join task on a remote executor" if task.join and row(task).remote else
-               "has timeout= on threads" if task.policy.timeout is not None and row(task).runs == "sync"
-               and not row(task).remote else "")
-        if why:
-            raise PipelineSetupError(f"{where}: task {task.name!r} {why}, which a journaled run does "
-                                     "not follow yet: run it without journal=")
+        if task.join and row(task).remote:
+            raise PipelineSetupError(f"{where}: task {task.name!r} is a join task on a remote executor, "
+                                     "which a journaled run does not follow yet: run it without journal=")
 
 
 class Run:
@@ -858,7 +855,10 @@ class Worker:
         if lineage is not None and self.stage.group is None:
             stage = self.stage
             sized = partial(setattr, stage, "total") if stage.take_args else None
-            self.call = lineage.traced(stage.task, sized, stage.branch, self.call, self.run, is_async, iterate)
+            # (timeout= on threads: the loop runs stepped, its calls are steps: ``_timeouts``)
+            stepped = not is_async and not stage.row.remote and stage.task.policy.timeout is not None
+            self.call = lineage.traced(stage.task, sized, stage.branch, self.call, self.run, is_async, iterate,
+                                       stepped)
             self.drops = True  # (an item whose key is done, or that on_error dropped)
 
     def measure_cpu(self) -> None:
