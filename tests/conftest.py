@@ -332,6 +332,35 @@ def on(executor: str, func: Any, **options: Any) -> Any:
     return task(func, multiprocess=executor == "process", **options)
 
 
+def killed_and_restarted(command: list[str], seed: int, kills: int = 20, interrupts: int = 5) -> dict[int, int]:
+    """Run ``command`` (a job that prints "finished" at its end) again and again, each time
+    stopped at a random instant by the next of ``kills`` SIGKILLs and ``interrupts`` SIGINTs
+    (Ctrl-C) in a random order, until one run finishes; the signals sent, by number."""
+    import random
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rng = random.Random(seed)
+    plan = [signal.SIGKILL] * kills + [signal.SIGINT] * interrupts
+    rng.shuffle(plan)
+    sent = {signal.SIGKILL: 0, signal.SIGINT: 0}
+    for _ in range(3 * len(plan) + 5):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        if plan:
+            time.sleep(rng.uniform(0.15, 0.6))
+            if proc.poll() is None:
+                sig = plan.pop()
+                proc.send_signal(sig)
+                sent[sig] += 1
+        stdout, stderr = proc.communicate(timeout=120)
+        if b"finished" in stdout:
+            return sent
+        assert proc.returncode in (-signal.SIGKILL, 1, -signal.SIGINT), stderr.decode()
+        if proc.returncode != -signal.SIGKILL:
+            assert b"KeyboardInterrupt" in stderr, stderr.decode()
+    pytest.fail("the job never finished")
+
+
 # --------------------------------------------------------------------------------------------
 # Time
 
