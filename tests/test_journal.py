@@ -266,6 +266,24 @@ def test_what_a_join_call_read_is_done_once_the_call_ended_and_its_outputs_are_t
 
 
 @pytest.mark.timeout(60)
+def test_a_nested_pipeline_task_is_a_fan_out_of_the_item(tmp_path: Path) -> None:
+    """A pipeline used as a task: its outputs are the item's, done once all are taken."""
+    path = tmp_path / "job.journal"
+    inner = task(fan, branch=True) | task(double, workers=2)
+    p = task(rows, journal=path) | task(inner, branch=True)
+    first = []
+    for y in p(6):
+        first.append(y)
+        if len(first) == 3:
+            break
+    done = {int(k[2:]) for k in done_keys(path)}
+    assert len(done) <= 1  # at most the first item, whose two outputs were both taken
+    second = list(p(6))
+    assert sorted(second) == sorted(double(v) for x in range(6) if x not in done for v in fan(x))
+    assert list(p(6)) == []
+
+
+@pytest.mark.timeout(60)
 def test_two_join_workers_each_hold_what_they_read(tmp_path: Path) -> None:
     path = tmp_path / "job.journal"
     p = task(rows, journal=path) | task(total, join=True, workers=2)
