@@ -17,6 +17,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from contextlib import closing
 
 import pyper
 from pyper import task
@@ -37,6 +38,9 @@ def main(path: str) -> None:
     def connect() -> sqlite3.Connection:
         return sqlite3.connect(path, timeout=30)
 
+    def connection() -> closing[sqlite3.Connection]:
+        return closing(connect())  # a worker's own connection, closed when the worker ends
+
     journal = pyper.Journal(connect=connect)
 
     def save(conn: sqlite3.Connection, rows: list[tuple[int, int]]) -> None:
@@ -44,12 +48,12 @@ def main(path: str) -> None:
         journal.mark(conn)  # these rows' items are done, in this same transaction
         conn.commit()
 
-    with connect() as db:
+    with closing(connect()) as db:
         db.execute("CREATE TABLE IF NOT EXISTS squares (x INTEGER, y INTEGER)")
-    job = task(numbers, journal=journal) | task(square, workers=4) | task(save, setup=connect, batch=100)
+    job = task(numbers, journal=journal) | task(square, workers=4) | task(save, setup=connection, batch=100)
     for _ in job(N):
         pass
-    with connect() as db:
+    with closing(connect()) as db:
         count, distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT x) FROM squares").fetchone()
     print(f"squares: {count} rows, {distinct} distinct")
 

@@ -20,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def fan(x: int) -> list[int]:
 
 
 def done_keys(path: Path) -> list[str]:
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         return sorted(key for (key,) in db.execute("SELECT key FROM pyper_done"))
 
 
@@ -460,6 +461,7 @@ def test_a_job_killed_at_random_points_is_finished_by_its_restarts(tmp_path: Pat
 
 SINK_JOB = """
 import asyncio, sqlite3, sys, time
+from contextlib import closing
 import pyper
 from pyper import task
 
@@ -467,6 +469,9 @@ N = int(sys.argv[2])
 
 def connect():
     return sqlite3.connect(sys.argv[1], timeout=30)
+
+def connection():  # a worker's own, closed when it ends
+    return closing(connect())
 
 journal = pyper.Journal(connect=connect)
 
@@ -501,15 +506,15 @@ async def main(run):
         pass
 
 if __name__ == "__main__":
-    with connect() as db:
+    with closing(connect()) as db:
         db.execute("CREATE TABLE IF NOT EXISTS squares (x INTEGER, y INTEGER)")
     if sys.argv[3] == "async":
         run = (task(arows, journal=journal) | task(athink, workers=4) | task(square, workers=2, multiprocess=True)
-               | task(asave, setup=connect, batch=50))
+               | task(asave, setup=connection, batch=50))
         asyncio.run(main(run))
     else:
         run = (task(rows, journal=journal) | task(think, workers=2) | task(square, workers=2, multiprocess=True)
-               | task(save, setup=connect, batch=50))
+               | task(save, setup=connection, batch=50))
         for _ in run(N):
             pass
     print("finished", flush=True)
@@ -529,7 +534,7 @@ def test_a_sink_that_marks_in_its_transaction_writes_each_row_once_however_often
     db, n = tmp_path / "out.db", 10_000
     sent = killed_and_restarted([sys.executable, str(script), str(db), str(n), kind], seed=11 if kind == "sync" else 13)
     assert sent[signal.SIGKILL] >= 15 and sent[signal.SIGINT] >= 3, sent
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con:
         rows = con.execute("SELECT x, y FROM squares ORDER BY x").fetchall()
         marked = con.execute("SELECT COUNT(*) FROM pyper_done").fetchone()[0]
     assert rows == [(x, x * x) for x in range(n)]  # each once: nothing lost, nothing twice
@@ -541,12 +546,14 @@ def test_marking_needs_a_call_a_database_journal_and_no_fan_out(tmp_path: Path) 
         return sqlite3.connect(tmp_path / "db.sqlite")
 
     journal = Journal(connect=connect)
-    with pytest.raises(RuntimeError, match=r"journal.mark\(conn\) marks the items of the call in progress"):
-        journal.mark(connect())
+    with closing(connect()) as conn, pytest.raises(
+            RuntimeError, match=r"journal.mark\(conn\) marks the items of the call in progress"):
+        journal.mark(conn)
     on_file = Journal(tmp_path / "job.journal")
 
     def sink(x: int) -> int:
-        on_file.mark(connect())
+        with closing(connect()) as conn:
+            on_file.mark(conn)
         return x
 
     with pytest.raises(RuntimeError, match=r"this journal is the file .*give Journal\(connect=...\)"):
@@ -822,7 +829,7 @@ def test_marks_in_the_sinks_database_are_written_as_the_run_goes(tmp_path: Path)
     for i, _ in enumerate(p(400)):
         if i == 300:
             time.sleep(0.3)  # (longer than the writer waits)
-            with sqlite3.connect(db) as con:
+            with closing(sqlite3.connect(db)) as con:
                 seen_during = con.execute("SELECT COUNT(*) FROM pyper_done").fetchone()[0]
     assert 250 <= seen_during <= 300, seen_during
     assert len(done_keys(db)) == 400
@@ -844,7 +851,7 @@ def test_the_docs_resume_example_is_killed_and_resumed(tmp_path: Path) -> None:
             kills += 1
         proc.communicate(timeout=60)
     assert kills >= 1
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con:
         partial = con.execute("SELECT COUNT(*) FROM squares").fetchone()[0]
     assert partial < 2000
     done = subprocess.run([sys.executable, str(example), str(db)], capture_output=True, text=True,
